@@ -1,0 +1,21 @@
+"""eqprop: energy-based learning (equilibrium propagation, coupled and contrastive learning) in PyTorch."""
+
+from .algorithms import (ALGORITHMS, BackpropThroughTime, Contrastive, LearningAlgorithm, RecurrentBackprop,
+                         TruncatedBackprop, get_algorithm, register_algorithm)
+from .interactions import INTERACTIONS, Bias, ConvPool, Dense, Interaction, register_interaction
+from .layers import ACTIVATIONS, Layer, register_activation
+from .models import dchn, hopfield_mlp
+from .network import EnergyNetwork
+from .nudging import ClampNudge, CrossEntropy, EPNudge, SquaredError, get_cost, one_hot
+from .optim import make_optimizer, make_scheduler
+from .relaxation import RelaxResult, Trajectory, relax
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS", "ALGORITHMS", "INTERACTIONS", "BackpropThroughTime", "Bias", "ClampNudge", "Contrastive",
+    "ConvPool", "CrossEntropy", "Dense", "EPNudge", "EnergyNetwork", "Interaction", "Layer", "LearningAlgorithm",
+    "RecurrentBackprop", "RelaxResult", "SquaredError", "Trajectory", "TruncatedBackprop", "dchn",
+    "get_algorithm", "get_cost", "hopfield_mlp", "make_optimizer", "make_scheduler", "one_hot", "register_activation",
+    "register_algorithm", "register_interaction", "relax",
+]

@@ -1,0 +1,270 @@
+"""Learning algorithms: the seven energy-based rules (CL, P/N/C-EP, P/N/C-CpL) and the TBP, RBP, BPTT baselines.
+
+One training step (appendix D): a free phase of T iterations from the initial state; then, for the
+contrastive rules, two phases of K iterations from the free state with nudging values beta_1 and beta_2;
+then one parameter update. Every algorithm writes an estimate of dC/dtheta (the descent direction,
+so ``optimizer.step()`` performs theta <- theta - eta * estimate) into ``p.grad``.
+
+The contrastive estimate is  g = (dE/dtheta(s_{beta_2}) - dE/dtheta(s_{beta_1})) / (beta_2 - beta_1),
+which is eq. (3) for CL (beta = 0, 1 with clamping), eq. (5) for P-/N-EP (0, +-beta), eq. (6) for C-EP
+(-beta, +beta), and eqs. (8)-(9) for the CpL variants. Register new rules with :func:`register_algorithm`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .network import EnergyNetwork, State
+from .nudging import ClampNudge, Cost, EPNudge, Nudge, get_cost, one_hot
+from .relaxation import RelaxResult, relax
+
+__all__ = ["LearningAlgorithm", "Contrastive", "TruncatedBackprop", "RecurrentBackprop", "BackpropThroughTime",
+           "StepResult", "ALGORITHMS", "register_algorithm", "get_algorithm", "algorithm_names",
+           "conjugate_gradient"]
+
+
+@dataclass
+class StepResult:
+    """What a training step measured at the free state."""
+
+    loss: Tensor  # per-sample cost C(o_*, y)
+    output: Tensor  # free output o_*
+    free: RelaxResult
+    grads: list[Tensor | None]
+
+
+class LearningAlgorithm:
+    """Shared settings of all algorithms: costs, iteration counts, schedule, precision."""
+
+    name = "algorithm"
+
+    def __init__(self, *, beta: float = 0.25, free_iterations: int = 60, nudged_iterations: int = 15,
+                 cost: str | Cost = "squared_error", schedule: str = "asynchronous", first: str = "even",
+                 dtype: torch.dtype | str | None = None, tol: float | None = None, init: str = "zeros",
+                 engine: str = "messages") -> None:
+        if free_iterations < 1 or nudged_iterations < 1:
+            raise ValueError(f"iteration counts must be >= 1, got T={free_iterations}, K={nudged_iterations}")
+        self.beta = float(beta)
+        self.free_iterations = int(free_iterations)
+        self.nudged_iterations = int(nudged_iterations)
+        self.cost = get_cost(cost) if isinstance(cost, str) else cost
+        self.schedule, self.first, self.dtype, self.tol = schedule, first, dtype, tol
+        self.init, self.engine = init, engine
+
+    def __repr__(self) -> str:
+        return (f"{self.name}(beta={self.beta}, T={self.free_iterations}, K={self.nudged_iterations}, "
+                f"cost={self.cost.name}, schedule={self.schedule}, dtype={self.dtype})")
+
+    # ---- phases ----------------------------------------------------------------------------------------
+    def relax(self, network: EnergyNetwork, states: State, iterations: int, nudge: Nudge | None = None) -> RelaxResult:
+        return relax(network, states, iterations, nudge=nudge, schedule=self.schedule, first=self.first,
+                     tol=self.tol, dtype=self.dtype, engine=self.engine)
+
+    def free_phase(self, network: EnergyNetwork, x: Tensor) -> RelaxResult:
+        """Relax from the initial state with no nudging for T iterations (inference)."""
+        with torch.no_grad():
+            return self.relax(network, network.init_state(x, self.init), self.free_iterations)
+
+    def targets(self, network: EnergyNetwork, labels: Tensor) -> Tensor:
+        return one_hot(labels, network.layers[-1].size).to(labels.device)
+
+    # ---- step ------------------------------------------------------------------------------------------
+    def gradients(self, network: EnergyNetwork, x: Tensor, y: Tensor, free: RelaxResult) -> list[Tensor | None]:
+        """Estimate dC/dtheta given the free phase; ``y`` is the one-hot target."""
+        raise NotImplementedError
+
+    def step(self, network: EnergyNetwork, x: Tensor, labels: Tensor) -> StepResult:
+        """Free phase + gradient estimate, written into ``p.grad`` of every parameter."""
+        y = self.targets(network, labels)
+        free = self.free_phase(network, x)
+        grads = self.gradients(network, x, y, free)
+        write_grads(network, grads)
+        o = free.states[-1].float()
+        return StepResult(self.cost(o, y).detach(), o.detach(), free, grads)
+
+
+def write_grads(network: EnergyNetwork, grads: list[Tensor | None]) -> None:
+    for p, g in zip(network.parameters(), grads):
+        p.grad = None if g is None else g.detach().to(p.dtype)
+
+
+class Contrastive(LearningAlgorithm):
+    """A contrastive rule: EP nudging (``mode='ep'``) or output clamping (``mode='clamp'``, CpL/CL).
+
+    ``signs`` gives (beta_1, beta_2) as multiples of ``beta``; CL uses ``fixed_betas=(0, 1)``.
+    """
+
+    def __init__(self, name: str, mode: str, signs: tuple[float, float] | None = None,
+                 fixed_betas: tuple[float, float] | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if mode not in ("ep", "clamp"):
+            raise ValueError(f"mode must be 'ep' or 'clamp', got {mode!r}")
+        self.name, self.mode, self.signs, self.fixed_betas = name, mode, signs, fixed_betas
+        b1, b2 = self.betas
+        if b1 == b2:
+            raise ValueError(f"{name}: the two nudging values must differ, got beta_1 = beta_2 = {b1}")
+
+    @property
+    def betas(self) -> tuple[float, float]:
+        if self.fixed_betas is not None:
+            return self.fixed_betas
+        assert self.signs is not None
+        return self.signs[0] * self.beta, self.signs[1] * self.beta
+
+    def nudge(self, beta: float, y: Tensor, free: RelaxResult) -> Nudge:
+        if self.mode == "ep":
+            return EPNudge(self.cost, y, beta)
+        return ClampNudge.coupled(free.states[-1], y, beta)
+
+    def nudged_phase(self, network: EnergyNetwork, y: Tensor, free: RelaxResult, beta: float) -> RelaxResult:
+        """K iterations from the free state with nudging value ``beta`` (eq. 4 or eq. 7)."""
+        with torch.no_grad():
+            return self.relax(network, list(free.states), self.nudged_iterations, self.nudge(beta, y, free))
+
+    def gradients(self, network, x, y, free):
+        b1, b2 = self.betas
+        s1 = self.nudged_phase(network, y, free, b1).states
+        s2 = self.nudged_phase(network, y, free, b2).states
+        g1 = network.energy_param_grads(s1)
+        g2 = network.energy_param_grads(s2)
+        return [None if a is None else (a - b) / (b2 - b1) for a, b in zip(g2, g1)]
+
+
+class TruncatedBackprop(LearningAlgorithm):
+    """TBP: backprop through the last K iterations from the free state, not through the free phase."""
+
+    name = "TBP"
+
+    def gradients(self, network, x, y, free):
+        params = list(network.parameters())
+        with torch.enable_grad():
+            start = [s.detach() for s in free.states]
+            out = self.relax(network, start, self.nudged_iterations).states[-1]
+            loss = self.cost(out.float(), y).mean()
+            return list(torch.autograd.grad(loss, params, allow_unused=True))
+
+
+class BackpropThroughTime(LearningAlgorithm):
+    """BPTT through the whole free phase of T iterations (the reference for gradient and memory studies)."""
+
+    name = "BPTT"
+
+    def step(self, network, x, labels):
+        y = self.targets(network, labels)
+        params = list(network.parameters())
+        with torch.enable_grad():
+            free = self.relax(network, network.init_state(x, self.init), self.free_iterations)
+            o = free.states[-1].float()
+            loss = self.cost(o, y)
+            grads = list(torch.autograd.grad(loss.mean(), params, allow_unused=True))
+        free.states = [s.detach() for s in free.states]
+        write_grads(network, grads)
+        return StepResult(loss.detach(), o.detach(), free, grads)
+
+    def gradients(self, network, x, y, free):
+        raise RuntimeError("BPTT computes its gradients inside step()")
+
+
+def conjugate_gradient(apply_a: Callable[[list[Tensor]], list[Tensor]], b: list[Tensor], iterations: int = 200,
+                       tol: float = 1e-10) -> tuple[list[Tensor], int]:
+    """Solve A x = b for a symmetric positive definite operator on lists of tensors; returns (x, iterations)."""
+
+    def dot(u: list[Tensor], v: list[Tensor]) -> Tensor:
+        return sum((a * c).sum() for a, c in zip(u, v))  # type: ignore[return-value]
+
+    x = [torch.zeros_like(t) for t in b]
+    r = [t.clone() for t in b]
+    p = [t.clone() for t in r]
+    rs = dot(r, r)
+    b_norm = float(rs.sqrt())
+    if b_norm == 0.0:
+        return x, 0
+    for i in range(1, iterations + 1):
+        ap = apply_a(p)
+        alpha = rs / dot(p, ap)
+        x = [xi + alpha * pi for xi, pi in zip(x, p)]
+        r = [ri - alpha * api for ri, api in zip(r, ap)]
+        rs_new = dot(r, r)
+        if float(rs_new.sqrt()) <= tol * b_norm:
+            return x, i
+        p = [ri + (rs_new / rs) * pi for ri, pi in zip(r, p)]
+        rs = rs_new
+    return x, iterations
+
+
+class RecurrentBackprop(LearningAlgorithm):
+    """RBP: implicit differentiation of C(o_*) at the free state s_* = sigma(dPhi/ds(s_*)).
+
+    With D = diag(sigma'(dPhi/ds)) (1 on unsaturated units) and H the Hessian of Phi, the adjoint
+    mu solves (I - D H D) mu = D dC/ds on the unsaturated units (symmetric positive definite at a strict
+    minimum), solved by conjugate gradient; then dC/dtheta = mu . d(dPhi/ds)/dtheta.
+    """
+
+    name = "RBP"
+
+    def __init__(self, *, cg_iterations: int = 200, cg_tol: float = 1e-8, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.cg_iterations, self.cg_tol = cg_iterations, cg_tol
+        self.last_cg_iterations = 0
+
+    def gradients(self, network, x, y, free):
+        params = list(network.parameters())
+        dtype = params[0].dtype
+        with torch.enable_grad():
+            s = [t.detach().to(dtype) for t in free.states]
+            vars_ = [t.clone().requires_grad_(True) for t in s[1:]]
+            m = torch.autograd.grad(network.phi([s[0]] + vars_).sum(), vars_, create_graph=True)
+            masks = [network.layers[k].sigma.active(m[k - 1].detach()).to(dtype) for k in range(1, len(s))]
+            o = vars_[-1]
+            dc = torch.autograd.grad(self.cost(o, y.to(dtype)).mean(), o)[0]
+            rhs = [torch.zeros_like(v) for v in vars_[:-1]] + [dc * masks[-1]]
+
+            def apply_a(v: list[Tensor]) -> list[Tensor]:
+                dv = [vi * di for vi, di in zip(v, masks)]
+                hv = torch.autograd.grad(m, vars_, grad_outputs=dv, retain_graph=True, allow_unused=True)
+                return [vi - di * (torch.zeros_like(vi) if h is None else h) for vi, di, h in zip(v, masks, hv)]
+
+            mu, self.last_cg_iterations = conjugate_gradient(apply_a, rhs, self.cg_iterations, self.cg_tol)
+            return list(torch.autograd.grad(m, params, grad_outputs=mu, allow_unused=True))
+
+
+# ---- registry ----------------------------------------------------------------------------------------------
+ALGORITHMS: dict[str, Callable[..., LearningAlgorithm]] = {}
+
+
+def register_algorithm(name: str, factory: Callable[..., LearningAlgorithm]) -> None:
+    """Register a learning algorithm factory under ``name`` (looked up case-insensitively, '-' ignored)."""
+    ALGORITHMS[name] = factory
+
+
+def _contrastive(name: str, mode: str, signs=None, fixed=None) -> Callable[..., LearningAlgorithm]:
+    return lambda **kw: Contrastive(name, mode, signs=signs, fixed_betas=fixed, **kw)
+
+
+register_algorithm("CL", _contrastive("CL", "clamp", fixed=(0.0, 1.0)))
+register_algorithm("PEP", _contrastive("PEP", "ep", signs=(0.0, 1.0)))
+register_algorithm("NEP", _contrastive("NEP", "ep", signs=(0.0, -1.0)))
+register_algorithm("CEP", _contrastive("CEP", "ep", signs=(-1.0, 1.0)))
+register_algorithm("PCpL", _contrastive("PCpL", "clamp", signs=(0.0, 1.0)))
+register_algorithm("NCpL", _contrastive("NCpL", "clamp", signs=(0.0, -1.0)))
+register_algorithm("CCpL", _contrastive("CCpL", "clamp", signs=(-1.0, 1.0)))
+register_algorithm("TBP", TruncatedBackprop)
+register_algorithm("RBP", RecurrentBackprop)
+register_algorithm("BPTT", BackpropThroughTime)
+
+
+def algorithm_names() -> list[str]:
+    return list(ALGORITHMS)
+
+
+def get_algorithm(name: str, **kwargs) -> LearningAlgorithm:
+    """Build an algorithm by name ("CEP", "C-EP", "ncpl", "TBP", ...); an unknown name lists the valid ones."""
+    key = name.replace("-", "").replace("_", "").lower()
+    for canonical, factory in ALGORITHMS.items():
+        if canonical.lower() == key:
+            return factory(**kwargs)
+    raise ValueError(f"unknown algorithm {name!r}; valid algorithms are {algorithm_names()}")

@@ -1,0 +1,168 @@
+"""Interactions: the energy terms of the primitive function Phi (paper eqs. 19, 97).
+
+Each interaction couples a ``pre`` layer to a ``post`` layer (or, for a bias, touches ``post`` only) and
+contributes a term phi(pre, post) to Phi. For the relaxation it provides explicit *messages*:
+
+- ``forward(pre)`` returns dphi/dpost plus a context that stays valid while ``pre`` is unchanged
+  (for convolution + max-pooling: the pooling indices of ``w * pre``);
+- ``backward(post, ctx)`` returns dphi/dpre using that context, so each interaction costs one
+  convolution and one transposed convolution per (half-)iteration, never a second convolution.
+
+``phi`` itself is written with ordinary differentiable ops and is the autograd reference used in tests.
+Register a new energy term with :func:`register_interaction`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["Interaction", "Dense", "ConvPool", "Bias", "INTERACTIONS", "register_interaction"]
+
+INTERACTIONS: dict[str, type["Interaction"]] = {}
+
+
+def register_interaction(name: str) -> Callable[[type["Interaction"]], type["Interaction"]]:
+    """Class decorator registering an interaction type under ``name``."""
+
+    def deco(cls: type["Interaction"]) -> type["Interaction"]:
+        INTERACTIONS[name] = cls
+        cls.kind = name
+        return cls
+
+    return deco
+
+
+def _per_sample_dot(a: Tensor, b: Tensor) -> Tensor:
+    return (a * b).flatten(1).sum(1)
+
+
+class Interaction(nn.Module):
+    """Base class of an energy term phi(pre, post) of Phi; subclasses implement the four methods below."""
+
+    kind = "interaction"
+
+    def __init__(self, pre: int | None, post: int) -> None:
+        super().__init__()
+        self.pre = pre
+        self.post = post
+
+    def relaxation_params(self, dtype: torch.dtype | None = None) -> tuple[Tensor, ...]:
+        """Parameters as used by the relaxation, cast to ``dtype`` (differentiable cast, no copy if same)."""
+        return tuple(p if dtype is None or p.dtype == dtype else p.to(dtype) for p in self.parameters(recurse=False))
+
+    def phi(self, pre: Tensor | None, post: Tensor) -> Tensor:
+        """Per-sample value of this term of Phi (shape: batch)."""
+        raise NotImplementedError
+
+    def forward(self, pre: Tensor | None, params: tuple[Tensor, ...]) -> tuple[Tensor, Any]:  # type: ignore[override]
+        """dphi/dpost and a context reused by :meth:`backward` while ``pre`` is unchanged."""
+        raise NotImplementedError
+
+    def backward(self, post: Tensor, ctx: Any, params: tuple[Tensor, ...]) -> Tensor:
+        """dphi/dpre given ``post`` and the context of the last :meth:`forward`."""
+        raise NotImplementedError
+
+    def reset_parameters(self, gain: float) -> None:
+        """Kaiming-uniform init rescaled by ``gain``: U(-c, c), c = gain * sqrt(1 / fan_in) (eq. 102)."""
+        raise NotImplementedError
+
+
+@register_interaction("dense")
+class Dense(Interaction):
+    """Dense term s_post^T W s_pre (eq. 19); ``weight`` has shape (post units, pre units) like nn.Linear."""
+
+    def __init__(self, pre: int, post: int, pre_shape: tuple[int, ...], post_shape: tuple[int, ...], gain: float = 0.5):
+        super().__init__(pre, post)
+        self.pre_shape, self.post_shape = tuple(pre_shape), tuple(post_shape)
+        self.weight = nn.Parameter(torch.empty(math.prod(post_shape), math.prod(pre_shape)))
+        self.reset_parameters(gain)
+
+    def reset_parameters(self, gain: float) -> None:
+        c = gain * math.sqrt(1.0 / self.weight.shape[1])
+        with torch.no_grad():
+            self.weight.uniform_(-c, c)
+
+    def phi(self, pre: Tensor | None, post: Tensor) -> Tensor:
+        assert pre is not None
+        return _per_sample_dot(post.flatten(1) @ self.weight, pre.flatten(1))
+
+    def forward(self, pre, params):  # type: ignore[override]
+        (w,) = params
+        return (pre.flatten(1) @ w.t()).view(pre.shape[0], *self.post_shape), None
+
+    def backward(self, post, ctx, params):
+        (w,) = params
+        return (post.flatten(1) @ w).view(post.shape[0], *self.pre_shape)
+
+
+@register_interaction("conv_pool")
+class ConvPool(Interaction):
+    """Convolution then max-pooling: s_post . P(w * s_pre) (eq. 19); ``pool=1`` means no pooling."""
+
+    def __init__(self, pre: int, post: int, in_channels: int, out_channels: int, kernel_size: int = 3,
+                 padding: int = 1, pool: int = 2, gain: float = 0.5):
+        super().__init__(pre, post)
+        self.padding, self.pool = padding, pool
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.reset_parameters(gain)
+
+    def reset_parameters(self, gain: float) -> None:
+        fan_in = self.weight[0].numel()
+        c = gain * math.sqrt(1.0 / fan_in)
+        with torch.no_grad():
+            self.weight.uniform_(-c, c)
+
+    def _pooled(self, pre: Tensor, w: Tensor) -> Tensor:
+        z = F.conv2d(pre, w, padding=self.padding)
+        return F.max_pool2d(z, self.pool) if self.pool > 1 else z
+
+    def phi(self, pre: Tensor | None, post: Tensor) -> Tensor:
+        assert pre is not None
+        return _per_sample_dot(post, self._pooled(pre, self.weight))
+
+    def forward(self, pre, params):  # type: ignore[override]
+        (w,) = params
+        z = F.conv2d(pre, w, padding=self.padding)
+        if self.pool == 1:
+            return z, None
+        pooled, idx = F.max_pool2d(z, self.pool, return_indices=True)
+        return pooled, (idx, z.shape[-2:])
+
+    def backward(self, post, ctx, params):
+        (w,) = params
+        if self.pool > 1:
+            idx, size = ctx
+            post = F.max_unpool2d(post, idx, self.pool, output_size=size)
+        return F.conv_transpose2d(post, w, padding=self.padding)
+
+
+@register_interaction("bias")
+class Bias(Interaction):
+    """Bias term b^T s_post (eq. 19); one value per channel for image-shaped layers, per unit otherwise."""
+
+    def __init__(self, post: int, post_shape: tuple[int, ...]):
+        super().__init__(None, post)
+        self.post_shape = tuple(post_shape)
+        self.bias = nn.Parameter(torch.zeros(self.post_shape[0]))
+
+    def reset_parameters(self, gain: float) -> None:
+        with torch.no_grad():
+            self.bias.zero_()
+
+    def _broadcast(self, b: Tensor) -> Tensor:
+        return b.view(1, -1, *([1] * (len(self.post_shape) - 1)))
+
+    def phi(self, pre: Tensor | None, post: Tensor) -> Tensor:
+        return _per_sample_dot(post, self._broadcast(self.bias).expand_as(post))
+
+    def forward(self, pre, params):  # type: ignore[override]
+        (b,) = params
+        return self._broadcast(b), None
+
+    def backward(self, post, ctx, params):
+        raise RuntimeError("a bias has no pre layer")

@@ -1,0 +1,135 @@
+"""Costs and nudging: how the second-phase states are obtained from the free state.
+
+- EP nudging adds beta * C(o, y) to the energy (paper eq. 4);
+- CpL clamps the output to (1 - beta) o_* + beta y and relaxes the hidden layers (eq. 7);
+- CL clamps the output to y, i.e. CpL with beta = 1 (eq. 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .layers import Activation
+
+__all__ = ["Cost", "SquaredError", "CrossEntropy", "COSTS", "get_cost", "Nudge", "EPNudge", "ClampNudge",
+           "one_hot"]
+
+
+def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """One-hot code of integer labels (the target y of the squared error)."""
+    if labels.dim() != 1:
+        raise ValueError(f"labels must be a 1-D tensor of class indices, got shape {tuple(labels.shape)}")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes - 1}], got range "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+    return F.one_hot(labels.long(), num_classes).to(dtype)
+
+
+class Cost:
+    """A cost C(o, y) per sample, with its gradient dC/do; ``y`` is a one-hot target."""
+
+    name = "cost"
+
+    def __call__(self, o: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def grad(self, o: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def nudged_output(self, m: Tensor, o: Tensor, y: Tensor, beta: float, sigma: Activation) -> Tensor:
+        """Output update under the nudged energy E + beta*C: sigma(dPhi/do - beta dC/do) by default."""
+        return sigma.project(m - beta * self.grad(o, y))
+
+
+class SquaredError(Cost):
+    """C(o, y) = ||o - y||^2, the cost of the comparative study (section 3)."""
+
+    name = "squared_error"
+
+    def __call__(self, o: Tensor, y: Tensor) -> Tensor:
+        return (o - y).flatten(1).pow(2).sum(1)
+
+    def grad(self, o: Tensor, y: Tensor) -> Tensor:
+        return 2.0 * (o - y)
+
+    def nudged_output(self, m: Tensor, o: Tensor, y: Tensor, beta: float, sigma: Activation) -> Tensor:
+        # The output's energy 1/2 o^2 - m o + beta (o - y)^2 is a separable 1-D quadratic with curvature
+        # 1 + 2 beta, so its exact minimiser on the state space is sigma((m + 2 beta y) / (1 + 2 beta)).
+        if 1.0 + 2.0 * beta <= 0.0:
+            raise ValueError(f"beta={beta} makes E + beta*||o-y||^2 unbounded below in o; "
+                             "the squared-error nudging needs beta > -0.5")
+        return sigma.project((m + 2.0 * beta * y) / (1.0 + 2.0 * beta))
+
+
+class CrossEntropy(Cost):
+    """C(o, y) = -sum_j y_j log softmax(o)_j: the output state o is read out through a softmax."""
+
+    name = "cross_entropy"
+
+    def __call__(self, o: Tensor, y: Tensor) -> Tensor:
+        return -(y * torch.log_softmax(o.flatten(1), dim=1)).sum(1)
+
+    def grad(self, o: Tensor, y: Tensor) -> Tensor:
+        return (torch.softmax(o.flatten(1), dim=1) - y.flatten(1)).view_as(o)
+
+
+COSTS: dict[str, Callable[[], Cost]] = {"squared_error": SquaredError, "cross_entropy": CrossEntropy}
+
+
+def get_cost(name: str) -> Cost:
+    """A cost by name; an unknown name lists the valid ones."""
+    try:
+        return COSTS[name]()
+    except KeyError:
+        raise ValueError(f"unknown cost {name!r}; valid costs are {sorted(COSTS)}") from None
+
+
+class Nudge:
+    """What a nudged phase changes: the output update and the extra energy term."""
+
+    clamps_output = False
+
+    def output_update(self, m: Tensor, o: Tensor, sigma: Activation) -> Tensor:
+        raise NotImplementedError
+
+    def extra_energy(self, o: Tensor) -> Tensor:
+        """Per-sample term added to E in this phase (beta * C for EP, 0 for clamping)."""
+        return torch.zeros(o.shape[0], dtype=o.dtype, device=o.device)
+
+
+@dataclass
+class EPNudge(Nudge):
+    """EP nudging: minimise E + beta * C(o, y) (eq. 4)."""
+
+    cost: Cost
+    y: Tensor
+    beta: float
+
+    def output_update(self, m: Tensor, o: Tensor, sigma: Activation) -> Tensor:
+        if self.beta == 0.0:
+            return sigma.project(m)
+        return self.cost.nudged_output(m, o, self.y.to(m.dtype), self.beta, sigma)
+
+    def extra_energy(self, o: Tensor) -> Tensor:
+        return self.beta * self.cost(o, self.y.to(o.dtype))
+
+
+@dataclass
+class ClampNudge(Nudge):
+    """Clamp the output to ``target`` and relax the hidden layers only (CpL eq. 7, CL eq. 2)."""
+
+    target: Tensor
+    clamps_output = True
+
+    def output_update(self, m: Tensor, o: Tensor, sigma: Activation) -> Tensor:
+        return self.target.to(o.dtype)
+
+    @staticmethod
+    def coupled(o_free: Tensor, y: Tensor, beta: float) -> "ClampNudge":
+        """CpL target (1 - beta) o_* + beta y; beta = 1 gives contrastive learning's clamp to y."""
+        return ClampNudge((1.0 - beta) * o_free + beta * y.to(o_free.dtype))

@@ -1,0 +1,33 @@
+"""Optimiser and scheduler of the comparative study: SGD with momentum, weight decay, per-layer learning
+rates (Table 5, "lr conv-weight k & bias k") and cosine annealing (T_max, eta_min)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .network import EnergyNetwork
+
+__all__ = ["make_optimizer", "make_scheduler"]
+
+
+def make_optimizer(network: EnergyNetwork, lrs: float | Sequence[float], momentum: float = 0.9,
+                   weight_decay: float = 0.0, nesterov: bool = False) -> torch.optim.SGD:
+    """SGD with one parameter group per layer k = 1..L (weights into layer k and bias of layer k)."""
+    groups = network.layer_parameters()
+    if isinstance(lrs, (int, float)):
+        lrs = [float(lrs)] * len(groups)
+    lrs = list(lrs)
+    if len(lrs) != len(groups):
+        raise ValueError(f"expected {len(groups)} learning rates (one per non-input layer), got {len(lrs)}")
+    if any(lr < 0 for lr in lrs):
+        raise ValueError(f"learning rates must be >= 0, got {lrs}")
+    param_groups = [{"params": g, "lr": lr} for g, lr in zip(groups, lrs) if g]
+    return torch.optim.SGD(param_groups, lr=lrs[0], momentum=momentum, weight_decay=weight_decay,
+                           nesterov=nesterov)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, t_max: int, eta_min: float = 2e-6):
+    """Cosine annealing of every group's learning rate down to ``eta_min`` over ``t_max`` epochs."""
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(t_max)), eta_min=eta_min)

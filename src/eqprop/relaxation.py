@@ -1,0 +1,177 @@
+"""Relaxation: energy minimisation by the fixed-point dynamics s_k <- sigma_k(dPhi/ds_k + forces).
+
+Why this update: E = 1/2 ||s||^2 - Phi (eq. 96) gives dE/ds = s - dPhi/ds, so a critical point satisfies
+s = dPhi/ds. Restricted to one layer s_k (no pooling between s_k and its neighbours), E is a separable
+quadratic with identity curvature, so sigma_k(dPhi/ds_k) -- the projection of the unconstrained minimiser
+onto the state space (the box [0, 1] for the hard sigmoid) -- is the exact minimiser of E over s_k with
+the other layers fixed. With max-pooling, Phi is piecewise bilinear and the same update is used (eq. 99).
+
+Schedules (appendix C):
+- ``synchronous``: every free layer is updated from the previous iterate (eq. 99);
+- ``asynchronous``: even layers first, then odd layers using the fresh even layers (eqs. 100-101).
+  ``first="even"`` is the paper's order and the default; ``first="odd"`` reverses it. Both orders have the
+  same fixed points but differ after a few iterations.
+
+Engines: ``"messages"`` (default) uses the interactions' explicit messages and computes each interaction's
+convolution once per (half-)iteration, reusing its pooling indices for the transposed message;
+``"autograd"`` recomputes dPhi/ds by autograd every half-iteration and is the reference used in tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .network import EnergyNetwork, State
+from .nudging import Nudge
+
+__all__ = ["relax", "RelaxResult", "Trajectory", "SCHEDULES", "ENGINES", "layer_groups"]
+
+SCHEDULES = ("asynchronous", "synchronous")
+ENGINES = ("messages", "autograd")
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+
+
+@dataclass
+class Trajectory:
+    """Per-iteration diagnostics (batch means): energy (E + nudging term) and fixed-point residual."""
+
+    energy: list[float] = field(default_factory=list)
+    residual: list[float] = field(default_factory=list)
+    change: list[float] = field(default_factory=list)
+
+
+@dataclass
+class RelaxResult:
+    """Relaxed states, the number of iterations actually run and, if recorded, the trajectory."""
+
+    states: State
+    iterations: int
+    trajectory: Trajectory | None = None
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; valid dtypes are {sorted(DTYPES)}") from None
+
+
+def layer_groups(network: EnergyNetwork, schedule: str, first: str = "even",
+                 clamp_output: bool = False) -> list[list[int]]:
+    """Groups of layers updated together: one group (synchronous) or even/odd groups (asynchronous)."""
+    free = [k for k in range(1, network.num_layers) if not (clamp_output and k == network.output_index)]
+    if schedule == "synchronous":
+        return [free]
+    if schedule != "asynchronous":
+        raise ValueError(f"unknown schedule {schedule!r}; valid schedules are {list(SCHEDULES)}")
+    if first not in ("even", "odd"):
+        raise ValueError(f"first must be 'even' or 'odd', got {first!r}")
+    even = [k for k in free if k % 2 == 0]
+    odd = [k for k in free if k % 2 == 1]
+    return [g for g in ((even, odd) if first == "even" else (odd, even)) if g]
+
+
+def _diagnostics(network: EnergyNetwork, states: State, nudge: Nudge | None) -> tuple[float, float]:
+    with torch.no_grad():
+        dtype = next(network.parameters()).dtype
+        s32 = [s.to(dtype) for s in states]
+        e = network.energy(s32)
+        if nudge is not None:
+            e = e + nudge.extra_energy(s32[-1])
+        msgs = network.messages(s32)
+        sq = 0.0
+        for k in range(1, network.num_layers):
+            if k == network.output_index and nudge is not None:
+                target = nudge.output_update(msgs[k], s32[k], network.layers[k].sigma)
+            else:
+                target = network.layers[k].sigma.project(msgs[k])
+            sq = sq + (s32[k] - target).flatten(1).pow(2).sum(1)
+        return float(e.mean()), float(torch.as_tensor(sq).sqrt().mean())
+
+
+def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudge | None = None,
+          schedule: str = "asynchronous", first: str = "even", tol: float | None = None,
+          dtype: torch.dtype | str | None = None, record: bool = False, engine: str = "messages") -> RelaxResult:
+    """Run up to ``iterations`` fixed-point iterations from ``states`` (not modified in place).
+
+    ``tol`` stops early once the largest absolute change of any state unit in an iteration is below it;
+    ``dtype`` runs the relaxation in that precision (states and casts of the weights) while parameters stay
+    as they are; ``record`` fills a :class:`Trajectory`. Autograd tracks the iterations if grad is enabled
+    (used by truncated backprop and BPTT).
+    """
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; valid engines are {list(ENGINES)}")
+    dtype = resolve_dtype(dtype)
+    states = [s if dtype is None else s.to(dtype) for s in states]
+    clamp = nudge is not None and nudge.clamps_output
+    out = network.output_index
+    if clamp:
+        states[out] = nudge.output_update(None, states[out], network.layers[out].sigma)  # type: ignore[arg-type]
+    groups = layer_groups(network, schedule, first, clamp)
+    free = [k for g in groups for k in g]
+    traj = Trajectory() if record else None
+
+    inters = network.interactions
+    params = {name: inter.relaxation_params(dtype) for name, inter in inters.items()}
+    fwd: dict[str, Tensor] = {}
+    ctx: dict[str, Any] = {}
+
+    def refresh(name: str) -> None:
+        inter = inters[name]
+        pre = None if inter.pre is None else states[inter.pre]
+        fwd[name], ctx[name] = inter(pre, params[name])
+
+    refresh_after = [[n for k in g for n in network.out_of[k]] for g in groups]
+    if engine == "messages":
+        for name in inters:
+            refresh(name)
+
+    def update(k: int, grads: list[Tensor] | None) -> Tensor:
+        if grads is not None:
+            m = grads[k - 1]
+        else:
+            m = None
+            for n in network.into[k]:
+                m = fwd[n] if m is None else m + fwd[n]
+            for n in network.out_of[k]:
+                b = inters[n].backward(states[inters[n].post], ctx[n], params[n])
+                m = b if m is None else m + b
+            m = m.expand_as(states[k])  # type: ignore[union-attr]
+        sigma = network.layers[k].sigma
+        if k == out and nudge is not None:
+            return nudge.output_update(m, states[k], sigma)
+        return sigma.project(m)
+
+    used = 0
+    for _ in range(iterations):
+        before = [states[k] for k in free] if (tol is not None or record) else None
+        for g, group in enumerate(groups):
+            grads = network.grad_phi(states, create_graph=torch.is_grad_enabled()) if engine == "autograd" else None
+            new = {k: update(k, grads) for k in group}
+            for k, v in new.items():
+                states[k] = v
+            if engine == "messages":
+                for name in refresh_after[g]:
+                    refresh(name)
+        used += 1
+        change = None
+        if before is not None:
+            with torch.no_grad():
+                change = max(float((states[k] - b).abs().max()) for k, b in zip(free, before)) if free else 0.0
+        if traj is not None:
+            e, r = _diagnostics(network, states, nudge)
+            traj.energy.append(e)
+            traj.residual.append(r)
+            traj.change.append(change if change is not None else float("nan"))
+        if tol is not None and change is not None and change < tol:
+            break
+    return RelaxResult(states, used, traj)

@@ -1,0 +1,87 @@
+import math
+
+import pytest
+import torch
+
+from eqprop import Bias, ConvPool, Dense, EnergyNetwork, Layer, dchn, hopfield_mlp
+from helpers import max_diff, small_conv, small_mlp
+
+
+@pytest.mark.parametrize("make", [small_mlp, small_conv])
+def test_messages_equal_autograd_dphi_ds(make):
+    net, x, _ = make()
+    states = net.init_state(x, "uniform")
+    states[-1] = torch.randn_like(states[-1])
+    msgs = net.messages(states)
+    grads = net.grad_phi(states)
+    assert max_diff(msgs[1:], grads) < 1e-12
+
+
+def test_energy_is_half_norm_minus_phi():
+    net, x, _ = small_conv()
+    s = net.init_state(x, "uniform")
+    e = net.energy(s)
+    manual = 0.5 * sum(t.flatten(1).pow(2).sum(1) for t in s[1:]) - net.phi(s)
+    assert torch.allclose(e, manual)
+    # Phi by hand for the conv + pool + dense + bias terms (eq. 97)
+    w1, w2 = net.interactions["conv1"].weight, net.interactions["conv2"].weight
+    w3 = net.interactions["dense3"].weight
+    pooled1 = torch.nn.functional.max_pool2d(torch.nn.functional.conv2d(s[0], w1, padding=1), 2)
+    pooled2 = torch.nn.functional.max_pool2d(torch.nn.functional.conv2d(s[1], w2, padding=1), 2)
+    phi = ((s[1] * pooled1).flatten(1).sum(1) + (s[2] * pooled2).flatten(1).sum(1)
+           + ((s[2].flatten(1) @ w3.t()) * s[3]).sum(1)
+           + sum((s[k] * net.interactions[f"bias{k}"].bias.view(1, -1, *([1] * (s[k].dim() - 2)))).flatten(1).sum(1)
+                 for k in (1, 2, 3)))
+    assert torch.allclose(net.phi(s), phi)
+
+
+def test_dchn_table5_shapes_and_names():
+    net = dchn(3, 10)
+    assert [l.shape for l in net.layers] == [(3, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 2, 2), (10,)]
+    names = set(net.state_dict())
+    assert {"interactions.conv1.weight", "interactions.conv4.weight", "interactions.dense5.weight",
+            "interactions.bias5.bias"} <= names
+    assert net.interactions["dense5"].weight.shape == (10, 512 * 2 * 2)
+    assert [l.activation for l in net.layers[1:]] == ["hard_sigmoid"] * 4 + ["identity"]
+
+
+def test_init_is_kaiming_uniform_scaled_by_gain():
+    net = dchn(3, 10, gains=(0.4, 0.7, 0.6, 0.3, 0.4))
+    for name, gain, fan_in in [("conv1", 0.4, 27), ("conv2", 0.7, 128 * 9), ("dense5", 0.4, 2048)]:
+        w = net.interactions[name].weight
+        bound = gain / math.sqrt(fan_in)
+        assert float(w.abs().max()) <= bound
+        assert float(w.abs().max()) > 0.95 * bound  # many draws: the max is close to the bound
+        assert abs(float(w.std()) - bound / math.sqrt(3)) < 0.05 * bound
+
+
+def test_channel_multiplier_and_bad_sizes():
+    net = dchn(1, 10, channel_multiplier=0.125)
+    assert [l.shape[0] for l in net.layers[1:5]] == [16, 32, 64, 64]
+    with pytest.raises(ValueError, match="divisible"):
+        dchn(1, 10, input_size=20)
+    with pytest.raises(ValueError, match="expected 5 gains"):
+        dchn(1, 10, gains=(0.5, 0.5))
+
+
+def test_bad_input_shape_is_a_clear_error():
+    net = hopfield_mlp((4, 3, 2))
+    with pytest.raises(ValueError, match=r"expected \(batch, 4\)"):
+        net.init_state(torch.zeros(2, 5))
+
+
+def test_mismatched_interaction_shapes_are_rejected():
+    layers = [Layer("s0", (1, 8, 8), None), Layer("s1", (4, 8, 8)), Layer("s2", (3,), "identity")]
+    inters = {"conv1": ConvPool(0, 1, 1, 4), "dense2": Dense(1, 2, (4, 8, 8), (3,)), "bias1": Bias(1, (4, 8, 8))}
+    with pytest.raises(ValueError, match="conv1"):
+        EnergyNetwork(layers, inters)  # pooling makes 4x4, layer says 8x8
+    with pytest.raises(ValueError, match="unknown activation"):
+        Layer("s1", (3,), "tanhh")
+
+
+def test_layer_parameter_groups_follow_table5():
+    net = dchn(1, 10, channel_multiplier=0.125)
+    groups = net.layer_parameters()
+    assert len(groups) == 5
+    assert groups[0][0] is net.interactions["conv1"].weight and groups[0][1] is net.interactions["bias1"].bias
+    assert sum(len(g) for g in groups) == len(list(net.parameters()))

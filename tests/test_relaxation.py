@@ -1,0 +1,93 @@
+import pytest
+import torch
+
+from eqprop import ClampNudge, EPNudge, SquaredError, dchn, hopfield_mlp, one_hot, relax
+from helpers import max_diff, small_conv, small_mlp
+
+
+@pytest.mark.parametrize("make", [small_mlp, small_conv])
+@pytest.mark.parametrize("schedule", ["synchronous", "asynchronous"])
+def test_free_state_is_a_fixed_point(make, schedule):
+    net, x, _ = make()
+    r = relax(net, net.init_state(x), 300, schedule=schedule)
+    assert float(net.fixed_point_residual(r.states).max()) < 1e-10
+    # and it is not trivially zero: some hidden units are strictly inside the box
+    assert any(bool(((s > 0) & (s < 1)).any()) for s in r.states[1:-1])
+
+
+@pytest.mark.parametrize("schedule", ["synchronous", "asynchronous"])
+@pytest.mark.parametrize("first", ["even", "odd"])
+@pytest.mark.parametrize("nudge_kind", [None, "ep", "clamp"])
+def test_message_engine_matches_autograd_reference(schedule, first, nudge_kind):
+    net, x, labels = small_conv()
+    y = one_hot(labels, 5, torch.float64)
+    start = net.init_state(x, "uniform")
+    nudge = {None: None, "ep": EPNudge(SquaredError(), y, 0.3), "clamp": ClampNudge(y)}[nudge_kind]
+    a = relax(net, start, 7, schedule=schedule, first=first, nudge=nudge, engine="messages")
+    b = relax(net, start, 7, schedule=schedule, first=first, nudge=nudge, engine="autograd")
+    assert max_diff(a.states, b.states) < 1e-12
+
+
+def test_both_parity_orders_reach_the_same_fixed_point_but_differ_early():
+    net, x, _ = small_mlp()
+    even = relax(net, net.init_state(x), 300, first="even").states
+    odd = relax(net, net.init_state(x), 300, first="odd").states
+    assert max_diff(even, odd) < 1e-10
+    assert max_diff(relax(net, net.init_state(x), 2, first="even").states,
+                    relax(net, net.init_state(x), 2, first="odd").states) > 1e-3
+
+
+def _iterations_to(net, x, schedule, tol):
+    r = relax(net, net.init_state(x), 500, schedule=schedule, record=True)
+    hits = [i for i, res in enumerate(r.trajectory.residual, start=1) if res < tol]
+    assert hits, f"{schedule} never reached residual {tol}"
+    return hits[0]
+
+
+def test_asynchronous_converges_in_fewer_iterations_than_synchronous_on_a_dchn():
+    torch.manual_seed(3)
+    net = dchn(1, 10, channel_multiplier=1 / 16)  # 32x32 input, 4 conv layers, Table 5 gains 0.5
+    x = torch.randn(16, 1, 32, 32)
+    n_sync = _iterations_to(net, x, "synchronous", 1e-4)
+    n_async = _iterations_to(net, x, "asynchronous", 1e-4)
+    assert n_async < n_sync
+
+
+def test_tolerance_stops_early_and_reports_iterations():
+    net, x, _ = small_mlp()
+    r = relax(net, net.init_state(x), 500, tol=1e-9)
+    assert 1 < r.iterations < 500
+    assert float(net.fixed_point_residual(r.states).max()) < 1e-7
+
+
+def test_asynchronous_block_updates_never_increase_energy_on_dense_net():
+    net, x, labels = small_mlp()
+    y = one_hot(labels, 5, torch.float64)
+    r = relax(net, net.init_state(x, "uniform"), 40, nudge=EPNudge(SquaredError(), y, 0.5), record=True)
+    e = r.trajectory.energy
+    assert all(b <= a + 1e-12 for a, b in zip(e, e[1:]))
+    assert e[0] > e[-1]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16bit_relaxation_is_real_and_close_to_fp32(dtype):
+    net = dchn(1, 10, input_size=16, channels=(8, 16, 16))
+    x = torch.randn(4, 1, 16, 16)
+    low = relax(net, net.init_state(x), 30, dtype=dtype)
+    ref = relax(net, net.init_state(x), 30)
+    assert all(s.dtype == dtype for s in low.states)
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert max_diff([s.float() for s in low.states], ref.states) < 0.1
+
+
+def test_bad_relaxation_arguments():
+    net, x, _ = small_mlp()
+    with pytest.raises(ValueError, match="valid schedules"):
+        relax(net, net.init_state(x), 3, schedule="random")
+    with pytest.raises(ValueError, match="valid engines"):
+        relax(net, net.init_state(x), 3, engine="jax")
+    with pytest.raises(ValueError, match="valid dtypes"):
+        relax(net, net.init_state(x), 3, dtype="float8")
+    with pytest.raises(ValueError, match="beta > -0.5"):
+        y = torch.zeros(8, 5, dtype=torch.float64)
+        relax(net, net.init_state(x), 3, nudge=EPNudge(SquaredError(), y, -0.6))
