@@ -111,6 +111,9 @@ def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudg
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; valid engines are {list(ENGINES)}")
     dtype = resolve_dtype(dtype)
+    if engine == "autograd" and dtype is not None and dtype != next(network.parameters()).dtype:
+        raise ValueError("the autograd reference engine runs in the parameters' dtype; use engine='messages' "
+                         f"for dtype={dtype}")
     states = [s if dtype is None else s.to(dtype) for s in states]
     clamp = nudge is not None and nudge.clamps_output
     out = network.output_index

@@ -1,0 +1,60 @@
+"""Peak GPU memory of a C-EP training step vs BPTT through the free phase, as the iteration count grows.
+
+EP keeps only the current state (memory flat in T); BPTT stores every iterate (memory linear in T).
+Usage: python benchmarks/memory.py [--batch 128] [--iterations 10,20,40,80] [--out benchmarks/results/memory]
+Needs CUDA (torch.cuda.max_memory_allocated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from pathlib import Path
+
+import torch
+
+from eqprop import dchn, get_algorithm
+
+
+def peak(algorithm: str, iterations: int, batch: int, dtype: str | None) -> float:
+    torch.manual_seed(0)
+    net = dchn(3, 10).cuda()
+    alg = get_algorithm(algorithm, free_iterations=iterations, nudged_iterations=max(1, iterations // 4), dtype=dtype)
+    x = torch.randn(batch, 3, 32, 32, device="cuda")
+    labels = torch.randint(0, 10, (batch,), device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    alg.step(net, x, labels)
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--iterations", default="10,20,40,80")
+    ap.add_argument("--dtype", default=None)
+    ap.add_argument("--out", default="benchmarks/results/memory")
+    args = ap.parse_args()
+    rows = []
+    for t in [int(v) for v in args.iterations.split(",")]:
+        row = {"T": t, "CEP_MiB": peak("CEP", t, args.batch, args.dtype), "BPTT_MiB": peak("BPTT", t, args.batch, args.dtype)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+            "command": f"python benchmarks/memory.py --batch {args.batch} --iterations {args.iterations}"}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    lines = [f"Device: {meta['device']}; {meta['date']}; `{meta['command']}`", "",
+             "| T (free iterations) | C-EP step peak (MiB) | BPTT step peak (MiB) |", "|---|---|---|"]
+    lines += [f"| {r['T']} | {r['CEP_MiB']:.0f} | {r['BPTT_MiB']:.0f} |" for r in rows]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

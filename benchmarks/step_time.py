@@ -1,0 +1,147 @@
+"""Training-step time of the Table 5 DCHN with C-EP, throughput, achieved FLOP/s and projected run time.
+
+Settings compared (issue: speed engine):
+  sync32  - synchronous, fp32, 250 + 30 + 30 iterations (Laborieux et al. 2021 setting)
+  async16 - asynchronous, bf16, 60 + 15 + 15 iterations (the comparative study's setting)
+Engines: ``messages`` (explicit messages, one conv + one transposed conv per interaction per iteration)
+and ``autograd`` (the straightforward baseline: recomputes Phi and its gradient by autograd every
+half-iteration, i.e. recomputes each convolution for its pooling indices).
+
+Usage: python benchmarks/step_time.py [--device cuda] [--batch 128] [--steps 5] [--settings sync32,async16]
+       [--engines messages,autograd] [--out benchmarks/results/step_time_<device>]
+Writes <out>.json and <out>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from eqprop import dchn, get_algorithm, make_optimizer
+
+SETTINGS = {
+    "sync32": dict(schedule="synchronous", dtype=None, free_iterations=250, nudged_iterations=30),
+    "async16": dict(schedule="asynchronous", dtype="bfloat16", free_iterations=60, nudged_iterations=15),
+    "async32": dict(schedule="asynchronous", dtype=None, free_iterations=60, nudged_iterations=15),
+}
+# dense tensor-core peaks in FLOP/s (vendor figures, no sparsity). "float32" convolutions run as TF32 under
+# PyTorch's default (torch.backends.cudnn.allow_tf32 = True), so their peak is the TF32 one.
+PEAKS = {"H100": {"bfloat16": 989e12, "float32": 494.7e12}, "H200": {"bfloat16": 989e12, "float32": 494.7e12},
+         "A100": {"bfloat16": 312e12, "float32": 156e12}}
+
+
+def flops_per_iteration(net, batch: int) -> dict[str, float]:
+    """FLOPs of one relaxation iteration from the layer shapes: each conv interaction costs one convolution
+    at the pre-pooling resolution (2 * C_out * C_in * k^2 * H * W per image) when its pre layer changes, plus
+    the same again for the transposed convolution when its pre layer is free; dense likewise."""
+    fwd = bwd = 0.0
+    for inter in net.interactions.values():
+        if inter.pre is None:
+            continue
+        if inter.kind == "conv_pool":
+            c_out, c_in, kh, kw = inter.weight.shape
+            h, w = net.layers[inter.pre].shape[1:]
+            f = 2.0 * c_out * c_in * kh * kw * h * w
+        else:
+            f = 2.0 * inter.weight.numel()
+        if inter.pre > 0:  # the input layer never changes: its conv is computed once per phase
+            fwd += f
+            bwd += f
+    return {"per_iteration": batch * (fwd + bwd), "input_conv_per_phase": batch * 2.0 * 128 * 3 * 9 * 32 * 32}
+
+
+def time_step(setting: str, engine: str, device: torch.device, batch: int, steps: int, warmup: int) -> dict:
+    torch.manual_seed(0)
+    net = dchn(3, 10).to(device)
+    kw = SETTINGS[setting]
+    alg = get_algorithm("CEP", beta=0.25, engine=engine, **kw)
+    opt = make_optimizer(net, [0.0625, 0.0375, 0.025, 0.02, 0.0125], momentum=0.9, weight_decay=3e-4)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    labels = torch.randint(0, 10, (batch,), device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        alg.step(net, x, labels)
+        opt.step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        alg.step(net, x, labels)
+        opt.step()
+    sync()
+    dt = (time.perf_counter() - t0) / steps
+    iters = kw["free_iterations"] + 2 * kw["nudged_iterations"]
+    fl = flops_per_iteration(net, batch)
+    flops = iters * fl["per_iteration"]
+    # inference-only free phase (test pass), measured too
+    t1 = time.perf_counter()
+    for _ in range(steps):
+        alg.free_phase(net, x)
+    sync()
+    dt_free = (time.perf_counter() - t1) / steps
+    train_steps, test_steps = -(-50000 // batch), -(-10000 // batch)
+    projected = 100 * (train_steps * dt + test_steps * dt_free)
+    dtype = kw["dtype"] or "float32"
+    row = {"setting": setting, "engine": engine, "batch": batch, "iterations": iters, "step_s": dt,
+           "free_phase_s": dt_free, "images_per_s": batch / dt, "relaxation_flops_per_step": flops,
+           "achieved_tflops": flops / dt / 1e12, "projected_100_epoch_cifar10_h": projected / 3600, "dtype": dtype}
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+        for key, peaks in PEAKS.items():
+            if key in name:
+                row["fraction_of_peak"] = flops / dt / peaks[dtype]
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--settings", default="sync32,async16")
+    ap.add_argument("--engines", default="messages")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'} x{torch.get_num_threads()} threads"
+    rows = []
+    for setting in args.settings.split(","):
+        for engine in args.engines.split(","):
+            row = time_step(setting, engine, device, args.batch, args.steps, args.warmup)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    by = {(r["setting"], r["engine"]): r for r in rows}
+    ratios = {}
+    if ("sync32", "messages") in by and ("async16", "messages") in by:
+        ratios["async16_vs_sync32_speedup"] = by[("sync32", "messages")]["step_s"] / by[("async16", "messages")]["step_s"]
+    for s in SETTINGS:
+        if (s, "messages") in by and (s, "autograd") in by:
+            ratios[f"{s}_messages_vs_autograd_speedup"] = by[(s, "autograd")]["step_s"] / by[(s, "messages")]["step_s"]
+    meta = {"device": dev_name, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+            "command": "python benchmarks/step_time.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v is not None)}
+    out = Path(args.out or f"benchmarks/results/step_time_{device.type}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows, "ratios": ratios}, indent=2))
+    lines = [f"Device: {dev_name}; torch {torch.__version__}; {meta['date']}", "", f"`{meta['command']}`", "",
+             "| setting | engine | batch | iters | step (s) | images/s | TFLOP/s | frac. of peak | 100-ep CIFAR-10 (h) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        frac = f"{r['fraction_of_peak']:.3f}" if "fraction_of_peak" in r else "-"
+        lines.append(f"| {r['setting']} | {r['engine']} | {r['batch']} | {r['iterations']} | {r['step_s']:.4f} | "
+                     f"{r['images_per_s']:.1f} | {r['achieved_tflops']:.2f} | {frac} | {r['projected_100_epoch_cifar10_h']:.2f} |")
+    lines += [""] + [f"- {k}: {v:.2f}x" for k, v in ratios.items()]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
