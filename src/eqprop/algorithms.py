@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .network import EnergyNetwork, State
 from .nudging import ClampNudge, Cost, EPNudge, Nudge, get_cost, one_hot
-from .relaxation import RelaxResult, relax
+from .relaxation import RelaxResult, relax, relax_graphed
 
 __all__ = ["LearningAlgorithm", "Contrastive", "TruncatedBackprop", "RecurrentBackprop", "BackpropThroughTime",
            "StepResult", "ALGORITHMS", "register_algorithm", "get_algorithm", "algorithm_names",
@@ -45,7 +45,7 @@ class LearningAlgorithm:
     def __init__(self, *, beta: float = 0.25, free_iterations: int = 60, nudged_iterations: int = 15,
                  cost: str | Cost = "squared_error", schedule: str = "asynchronous", first: str = "even",
                  dtype: torch.dtype | str | None = None, tol: float | None = None, init: str = "zeros",
-                 engine: str = "messages") -> None:
+                 engine: str = "messages", cuda_graphs: bool = False, channels_last: bool = False) -> None:
         if free_iterations < 1 or nudged_iterations < 1:
             raise ValueError(f"iteration counts must be >= 1, got T={free_iterations}, K={nudged_iterations}")
         self.beta = float(beta)
@@ -54,6 +54,7 @@ class LearningAlgorithm:
         self.cost = get_cost(cost) if isinstance(cost, str) else cost
         self.schedule, self.first, self.dtype, self.tol = schedule, first, dtype, tol
         self.init, self.engine = init, engine
+        self.cuda_graphs, self.channels_last = cuda_graphs, channels_last
 
     def __repr__(self) -> str:
         return (f"{self.name}(beta={self.beta}, T={self.free_iterations}, K={self.nudged_iterations}, "
@@ -61,8 +62,13 @@ class LearningAlgorithm:
 
     # ---- phases ----------------------------------------------------------------------------------------
     def relax(self, network: EnergyNetwork, states: State, iterations: int, nudge: Nudge | None = None) -> RelaxResult:
+        """One phase; replayed as a CUDA graph when ``cuda_graphs`` is set and the phase allows it."""
+        if (self.cuda_graphs and states[0].is_cuda and self.tol is None and self.engine == "messages"
+                and not torch.is_grad_enabled()):
+            return relax_graphed(network, states, iterations, nudge=nudge, schedule=self.schedule, first=self.first,
+                                 dtype=self.dtype, channels_last=self.channels_last)
         return relax(network, states, iterations, nudge=nudge, schedule=self.schedule, first=self.first,
-                     tol=self.tol, dtype=self.dtype, engine=self.engine)
+                     tol=self.tol, dtype=self.dtype, engine=self.engine, channels_last=self.channels_last)
 
     def free_phase(self, network: EnergyNetwork, x: Tensor) -> RelaxResult:
         """Relax from the initial state with no nudging for T iterations (inference)."""

@@ -19,6 +19,7 @@ convolution once per (half-)iteration, reusing its pooling indices for the trans
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,9 +27,9 @@ import torch
 from torch import Tensor
 
 from .network import EnergyNetwork, State
-from .nudging import Nudge
+from .nudging import ClampNudge, EPNudge, Nudge
 
-__all__ = ["relax", "RelaxResult", "Trajectory", "SCHEDULES", "ENGINES", "layer_groups"]
+__all__ = ["relax", "relax_graphed", "RelaxResult", "Trajectory", "SCHEDULES", "ENGINES", "layer_groups"]
 
 SCHEDULES = ("asynchronous", "synchronous")
 ENGINES = ("messages", "autograd")
@@ -98,10 +99,12 @@ def _diagnostics(network: EnergyNetwork, states: State, nudge: Nudge | None) -> 
 
 def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudge | None = None,
           schedule: str = "asynchronous", first: str = "even", tol: float | None = None,
-          dtype: torch.dtype | str | None = None, record: bool = False, engine: str = "messages") -> RelaxResult:
+          dtype: torch.dtype | str | None = None, record: bool = False, engine: str = "messages",
+          channels_last: bool = False) -> RelaxResult:
     """Run up to ``iterations`` fixed-point iterations from ``states`` (not modified in place).
 
     ``tol`` stops early once the largest absolute change of any state unit in an iteration is below it;
+    ``channels_last`` stores image-shaped states and conv weights channels-last (faster cuDNN on GPUs);
     ``dtype`` runs the relaxation in that precision (states and casts of the weights) while parameters stay
     as they are; ``record`` fills a :class:`Trajectory`. Autograd tracks the iterations if grad is enabled
     (used by truncated backprop and BPTT).
@@ -115,6 +118,8 @@ def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudg
         raise ValueError("the autograd reference engine runs in the parameters' dtype; use engine='messages' "
                          f"for dtype={dtype}")
     states = [s if dtype is None else s.to(dtype) for s in states]
+    if channels_last:
+        states = [s.contiguous(memory_format=torch.channels_last) if s.dim() == 4 else s for s in states]
     clamp = nudge is not None and nudge.clamps_output
     out = network.output_index
     if clamp:
@@ -125,6 +130,9 @@ def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudg
 
     inters = network.interactions
     params = {name: inter.relaxation_params(dtype) for name, inter in inters.items()}
+    if channels_last:
+        params = {name: tuple(p.contiguous(memory_format=torch.channels_last) if p.dim() == 4 else p for p in ps)
+                  for name, ps in params.items()}
     fwd: dict[str, Tensor] = {}
     ctx: dict[str, Any] = {}
 
@@ -178,3 +186,73 @@ def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudg
         if tol is not None and change is not None and change < tol:
             break
     return RelaxResult(states, used, traj)
+
+
+_GRAPHS: "weakref.WeakKeyDictionary[EnergyNetwork, dict]" = weakref.WeakKeyDictionary()
+
+
+def _nudge_key(nudge: Nudge | None) -> tuple:
+    if nudge is None:
+        return ("free",)
+    if isinstance(nudge, EPNudge):
+        return ("ep", nudge.beta, type(nudge.cost).__name__)
+    if isinstance(nudge, ClampNudge):
+        return ("clamp",)
+    raise TypeError(f"relax_graphed does not know how to capture nudge {type(nudge).__name__}")
+
+
+def _nudge_tensor(nudge: Nudge | None) -> Tensor | None:
+    if isinstance(nudge, EPNudge):
+        return nudge.y
+    if isinstance(nudge, ClampNudge):
+        return nudge.target
+    return None
+
+
+def _with_tensor(nudge: Nudge | None, tensor: Tensor | None) -> Nudge | None:
+    if isinstance(nudge, EPNudge):
+        return EPNudge(nudge.cost, tensor, nudge.beta)  # type: ignore[arg-type]
+    if isinstance(nudge, ClampNudge):
+        return ClampNudge(tensor)  # type: ignore[arg-type]
+    return None
+
+
+def relax_graphed(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudge | None = None,
+                  schedule: str = "asynchronous", first: str = "even", dtype: torch.dtype | str | None = None,
+                  channels_last: bool = False) -> RelaxResult:
+    """:func:`relax` with a fixed iteration count, captured once per (shapes, settings) as a CUDA graph and
+    replayed: removes the per-kernel launch overhead of the relaxation loop on GPUs.
+
+    Parameters are read from their storage at each replay, so in-place optimiser updates are seen. No
+    autograd, no early stopping and no trajectory in this mode.
+    """
+    if not states[0].is_cuda:
+        raise ValueError("relax_graphed needs CUDA tensors; use relax() on the CPU")
+    dtype = resolve_dtype(dtype)
+    key = (tuple((tuple(s.shape), s.dtype) for s in states), iterations, schedule, first, dtype, channels_last,
+           _nudge_key(nudge))
+    cache = _GRAPHS.setdefault(network, {})
+    kwargs = dict(schedule=schedule, first=first, dtype=dtype, channels_last=channels_last)
+    with torch.no_grad():
+        if key not in cache:
+            static_in = [s.clone() for s in states]
+            aux = _nudge_tensor(nudge)
+            static_aux = None if aux is None else aux.clone()
+            static_nudge = _with_tensor(nudge, static_aux)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up outside the capture (cuDNN autotuning, allocator)
+                relax(network, static_in, iterations, nudge=static_nudge, **kwargs)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = relax(network, static_in, iterations, nudge=static_nudge, **kwargs).states
+            cache[key] = (graph, static_in, static_aux, static_out)
+        graph, static_in, static_aux, static_out = cache[key]
+        for dst, src in zip(static_in, states):
+            dst.copy_(src)
+        aux = _nudge_tensor(nudge)
+        if static_aux is not None and aux is not None:
+            static_aux.copy_(aux)
+        graph.replay()
+        return RelaxResult([s.clone() for s in static_out], iterations)
