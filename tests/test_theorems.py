@@ -12,6 +12,18 @@ from helpers import cosine, rel_error, small_conv, small_mlp
 CONVERGED = dict(free_iterations=400, nudged_iterations=400)
 
 
+def _central_difference(p, idx, fn, h=1e-6):
+    """(fn(theta + h e_idx) - fn(theta - h e_idx)) / 2h for one entry of parameter ``p``, restored after."""
+    with torch.no_grad():
+        old = p[idx].item()
+        p[idx] = old + h
+        up = fn()
+        p[idx] = old - h
+        down = fn()
+        p[idx] = old
+    return (up - down) / (2 * h)
+
+
 def _F(net, x, y, beta, free_states, cost=SquaredError()):
     """F(beta) = min_s E + beta C (eq. 20), by relaxation from the free state; per-sample values."""
     s = relax(net, free_states, 400, nudge=EPNudge(cost, y, beta)).states if beta else free_states
@@ -49,18 +61,10 @@ def test_theorem5_ep_update_is_exact_gradient_of_surrogate(algorithm, beta):
             return float((_F(net, x, y, b2, free) - _F(net, x, y, b1, free)).mean() / (b2 - b1))
 
     rng = np.random.default_rng(0)
-    h = 1e-6
     for p, g in zip(net.parameters(), est):
         for flat in rng.choice(p.numel(), size=3, replace=False):
             idx = np.unravel_index(flat, p.shape)
-            with torch.no_grad():
-                old = p[idx].item()
-                p[idx] = old + h
-                up = surrogate()
-                p[idx] = old - h
-                down = surrogate()
-                p[idx] = old
-            fd = (up - down) / (2 * h)
+            fd = _central_difference(p, idx, surrogate)
             assert abs(fd - float(g[idx])) < 1e-6 + 1e-4 * abs(fd)
 
 
@@ -91,17 +95,8 @@ def test_rbp_matches_finite_differences_of_the_cost():
             o = relax(net, net.init_state(x), 400).states[-1]
             return float(SquaredError()(o, y).mean())
 
-    h = 1e-6
     for p, g in zip(net.parameters(), rbp):
-        idx = (0,) * p.dim()
-        with torch.no_grad():
-            old = p[idx].item()
-            p[idx] = old + h
-            up = cost()
-            p[idx] = old - h
-            down = cost()
-            p[idx] = old
-        fd = (up - down) / (2 * h)
+        fd = _central_difference(p, (0,) * p.dim(), cost)
         assert abs(fd - float(g[idx])) < 1e-7 + 1e-4 * abs(fd)
 
 
