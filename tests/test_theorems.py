@@ -96,7 +96,8 @@ def test_rbp_matches_finite_differences_of_the_cost():
             return float(SquaredError()(o, y).mean())
 
     for p, g in zip(net.parameters(), rbp):
-        fd = _central_difference(p, (0,) * p.dim(), cost)
+        idx = (0,) * p.dim()
+        fd = _central_difference(p, idx, cost)
         assert abs(fd - float(g[idx])) < 1e-7 + 1e-4 * abs(fd)
 
 
