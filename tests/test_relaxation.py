@@ -91,3 +91,14 @@ def test_bad_relaxation_arguments():
     with pytest.raises(ValueError, match="beta > -0.5"):
         y = torch.zeros(8, 5, dtype=torch.float64)
         relax(net, net.init_state(x), 3, nudge=EPNudge(SquaredError(), y, -0.6))
+
+
+def test_nudges_describe_what_a_captured_phase_bakes_in():
+    y = torch.eye(3)
+    ep = EPNudge(SquaredError(), y, 0.25)
+    assert ep.capture_key() != EPNudge(SquaredError(), y, -0.25).capture_key()  # beta is baked into a graph
+    assert ep.capture_key() == EPNudge(SquaredError(), 2 * y, 0.25).capture_key()  # the target is copied in
+    buf = torch.zeros(3, 3)
+    assert ep.with_tensor(buf).tensor is buf and ep.with_tensor(buf).beta == 0.25
+    clamp = ClampNudge(y)
+    assert clamp.with_tensor(buf).tensor is buf and clamp.capture_key() != ep.capture_key()

@@ -97,6 +97,19 @@ class Nudge:
     def output_update(self, m: Tensor, o: Tensor, sigma: Activation) -> Tensor:
         raise NotImplementedError
 
+    def capture_key(self) -> tuple:
+        """What a captured (CUDA-graph) phase bakes in: phases with equal keys can share one graph."""
+        raise NotImplementedError(f"{type(self).__name__} does not support captured phases")
+
+    @property
+    def tensor(self) -> Tensor:
+        """The per-step data a captured phase copies in before each replay (target or clamp value)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support captured phases")
+
+    def with_tensor(self, tensor: Tensor) -> "Nudge":
+        """The same nudge reading ``tensor`` instead (the static buffer of a captured phase)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support captured phases")
+
     def extra_energy(self, o: Tensor) -> Tensor:
         """Per-sample term added to E in this phase (beta * C for EP, 0 for clamping)."""
         return torch.zeros(o.shape[0], dtype=o.dtype, device=o.device)
@@ -118,6 +131,16 @@ class EPNudge(Nudge):
     def extra_energy(self, o: Tensor) -> Tensor:
         return self.beta * self.cost(o, self.y.to(o.dtype))
 
+    def capture_key(self) -> tuple:
+        return ("ep", self.beta, type(self.cost).__name__)
+
+    @property
+    def tensor(self) -> Tensor:
+        return self.y
+
+    def with_tensor(self, tensor: Tensor) -> "EPNudge":
+        return EPNudge(self.cost, tensor, self.beta)
+
 
 @dataclass
 class ClampNudge(Nudge):
@@ -128,6 +151,16 @@ class ClampNudge(Nudge):
 
     def output_update(self, m: Tensor, o: Tensor, sigma: Activation) -> Tensor:
         return self.target.to(o.dtype)
+
+    def capture_key(self) -> tuple:
+        return ("clamp",)
+
+    @property
+    def tensor(self) -> Tensor:
+        return self.target
+
+    def with_tensor(self, tensor: Tensor) -> "ClampNudge":
+        return ClampNudge(tensor)
 
     @staticmethod
     def coupled(o_free: Tensor, y: Tensor, beta: float) -> "ClampNudge":

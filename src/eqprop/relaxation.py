@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .network import EnergyNetwork, State
-from .nudging import ClampNudge, EPNudge, Nudge
+from .nudging import Nudge
 
 __all__ = ["relax", "relax_graphed", "RelaxResult", "Trajectory", "SCHEDULES", "ENGINES", "layer_groups"]
 
@@ -191,32 +191,6 @@ def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudg
 _GRAPHS: "weakref.WeakKeyDictionary[EnergyNetwork, dict]" = weakref.WeakKeyDictionary()
 
 
-def _nudge_key(nudge: Nudge | None) -> tuple:
-    if nudge is None:
-        return ("free",)
-    if isinstance(nudge, EPNudge):
-        return ("ep", nudge.beta, type(nudge.cost).__name__)
-    if isinstance(nudge, ClampNudge):
-        return ("clamp",)
-    raise TypeError(f"relax_graphed does not know how to capture nudge {type(nudge).__name__}")
-
-
-def _nudge_tensor(nudge: Nudge | None) -> Tensor | None:
-    if isinstance(nudge, EPNudge):
-        return nudge.y
-    if isinstance(nudge, ClampNudge):
-        return nudge.target
-    return None
-
-
-def _with_tensor(nudge: Nudge | None, tensor: Tensor | None) -> Nudge | None:
-    if isinstance(nudge, EPNudge):
-        return EPNudge(nudge.cost, tensor, nudge.beta)  # type: ignore[arg-type]
-    if isinstance(nudge, ClampNudge):
-        return ClampNudge(tensor)  # type: ignore[arg-type]
-    return None
-
-
 def relax_graphed(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudge | None = None,
                   schedule: str = "asynchronous", first: str = "even", dtype: torch.dtype | str | None = None,
                   channels_last: bool = False) -> RelaxResult:
@@ -230,15 +204,14 @@ def relax_graphed(network: EnergyNetwork, states: State, iterations: int, *, nud
         raise ValueError("relax_graphed needs CUDA tensors; use relax() on the CPU")
     dtype = resolve_dtype(dtype)
     key = (tuple((tuple(s.shape), s.dtype) for s in states), iterations, schedule, first, dtype, channels_last,
-           _nudge_key(nudge))
+           ("free",) if nudge is None else nudge.capture_key())
     cache = _GRAPHS.setdefault(network, {})
     kwargs = dict(schedule=schedule, first=first, dtype=dtype, channels_last=channels_last)
     with torch.no_grad():
         if key not in cache:
             static_in = [s.clone() for s in states]
-            aux = _nudge_tensor(nudge)
-            static_aux = None if aux is None else aux.clone()
-            static_nudge = _with_tensor(nudge, static_aux)
+            static_aux = None if nudge is None else nudge.tensor.clone()
+            static_nudge = None if nudge is None else nudge.with_tensor(static_aux)
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):  # warm-up outside the capture (cuDNN autotuning, allocator)
@@ -251,8 +224,7 @@ def relax_graphed(network: EnergyNetwork, states: State, iterations: int, *, nud
         graph, static_in, static_aux, static_out = cache[key]
         for dst, src in zip(static_in, states):
             dst.copy_(src)
-        aux = _nudge_tensor(nudge)
-        if static_aux is not None and aux is not None:
-            static_aux.copy_(aux)
+        if nudge is not None:
+            static_aux.copy_(nudge.tensor)
         graph.replay()
         return RelaxResult([s.clone() for s in static_out], iterations)
