@@ -8,11 +8,9 @@ The residual is the batch mean of ||s - sigma(dPhi/ds)|| over all free layers (f
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-from pathlib import Path
 
 import torch
+from report import write_report
 
 from eqprop import dchn, relax
 
@@ -35,20 +33,11 @@ def main() -> None:
             traj = relax(net, net.init_state(x), args.max_iterations, schedule=schedule, record=True).trajectory
             result[schedule] = {str(t): next((i for i, r in enumerate(traj.residual, 1) if r < t), None) for t in TOLS}
             result[schedule]["final_residual"] = traj.residual[-1]
-    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    meta = {"device": dev, "date": datetime.date.today().isoformat(),
-            "command": f"python benchmarks/convergence.py --device {args.device} --batch {args.batch} "
-                       f"--max-iterations {args.max_iterations}"}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "result": result}, indent=2))
-    lines = [f"Device: {dev}; {meta['date']}; `{meta['command']}`", "",
-             "| schedule | " + " | ".join(f"iters to {t:g}" for t in TOLS) + " | residual at end |",
+    table = ["| schedule | " + " | ".join(f"iters to {t:g}" for t in TOLS) + " | residual at end |",
              "|---|" + "---|" * (len(TOLS) + 1)]
     for s, r in result.items():
-        lines.append(f"| {s} | " + " | ".join(str(r[str(t)]) for t in TOLS) + f" | {r['final_residual']:.2e} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        table.append(f"| {s} | " + " | ".join(str(r[str(t)]) for t in TOLS) + f" | {r['final_residual']:.2e} |")
+    write_report(args.out, args.device, {"result": result}, table)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,10 @@ Needs CUDA (torch.cuda.max_memory_allocated).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-from pathlib import Path
 
 import torch
+from report import write_report
 
 from eqprop import dchn, get_algorithm
 
@@ -44,16 +43,9 @@ def main() -> None:
         row = {"T": t, "CEP_MiB": peak("CEP", t, args.batch, args.dtype), "BPTT_MiB": peak("BPTT", t, args.batch, args.dtype)}
         print(json.dumps(row), flush=True)
         rows.append(row)
-    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": datetime.date.today().isoformat(),
-            "command": f"python benchmarks/memory.py --batch {args.batch} --iterations {args.iterations}"}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = [f"Device: {meta['device']}; {meta['date']}; `{meta['command']}`", "",
-             "| T (free iterations) | C-EP step peak (MiB) | BPTT step peak (MiB) |", "|---|---|---|"]
-    lines += [f"| {r['T']} | {r['CEP_MiB']:.0f} | {r['BPTT_MiB']:.0f} |" for r in rows]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    table = ["| T (free iterations) | C-EP step peak (MiB) | BPTT step peak (MiB) |", "|---|---|---|"]
+    table += [f"| {r['T']} | {r['CEP_MiB']:.0f} | {r['BPTT_MiB']:.0f} |" for r in rows]
+    write_report(args.out, "cuda", {"rows": rows}, table)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,11 @@ Writes <out>.json and <out>.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import time
-from pathlib import Path
 
 import torch
+from report import write_report
 
 from eqprop import dchn, get_algorithm, make_optimizer
 
@@ -45,7 +43,7 @@ PEAKS = {"H100": {"bfloat16": 989e12, "float32": 494.7e12}, "H200": {"bfloat16":
          "A100": {"bfloat16": 312e12, "float32": 156e12}}
 
 
-def flops_per_iteration(net, batch: int) -> dict[str, float]:
+def flops_per_iteration(net, batch: int) -> float:
     """FLOPs of one relaxation iteration from the layer shapes: each conv interaction costs one convolution
     at the pre-pooling resolution (2 * C_out * C_in * k^2 * H * W per image) when its pre layer changes, plus
     the same again for the transposed convolution when its pre layer is free; dense likewise."""
@@ -62,7 +60,7 @@ def flops_per_iteration(net, batch: int) -> dict[str, float]:
         if inter.pre > 0:  # the input layer never changes: its conv is computed once per phase
             fwd += f
             bwd += f
-    return {"per_iteration": batch * (fwd + bwd), "input_conv_per_phase": batch * 2.0 * 128 * 3 * 9 * 32 * 32}
+    return batch * (fwd + bwd)
 
 
 def time_step(setting: str, engine: str, device: torch.device, batch: int, steps: int, warmup: int) -> dict:
@@ -87,8 +85,7 @@ def time_step(setting: str, engine: str, device: torch.device, batch: int, steps
     sync()
     dt = (time.perf_counter() - t0) / steps
     iters = kw["free_iterations"] + 2 * kw["nudged_iterations"]
-    fl = flops_per_iteration(net, batch)
-    flops = iters * fl["per_iteration"]
+    flops = iters * flops_per_iteration(net, batch)
     # inference-only free phase (test pass), measured too
     t1 = time.perf_counter()
     for _ in range(steps):
@@ -98,7 +95,6 @@ def time_step(setting: str, engine: str, device: torch.device, batch: int, steps
     train_steps, test_steps = -(-50000 // batch), -(-10000 // batch)
     projected = 100 * (train_steps * dt + test_steps * dt_free)
     dtype = kw["dtype"] or "float32"
-    # the free phase of the test pass above reuses the same graphs as training
     row = {"setting": setting, "engine": engine, "batch": batch, "iterations": iters, "step_s": dt,
            "free_phase_s": dt_free, "images_per_s": batch / dt, "relaxation_flops_per_step": flops,
            "achieved_tflops": flops / dt / 1e12, "projected_100_epoch_cifar10_h": projected / 3600, "dtype": dtype}
@@ -122,7 +118,6 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     device = torch.device(args.device)
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'} x{torch.get_num_threads()} threads"
     rows = []
     for setting in args.settings.split(","):
         for engine in args.engines.split(","):
@@ -137,21 +132,15 @@ def main() -> None:
     for s in SETTINGS:
         if (s, "messages") in by and (s, "autograd") in by:
             ratios[f"{s}_messages_vs_autograd_speedup"] = by[(s, "autograd")]["step_s"] / by[(s, "messages")]["step_s"]
-    meta = {"device": dev_name, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
-            "command": "python benchmarks/step_time.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v is not None)}
-    out = Path(args.out or f"benchmarks/results/step_time_{device.type}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows, "ratios": ratios}, indent=2))
-    lines = [f"Device: {dev_name}; torch {torch.__version__}; {meta['date']}", "", f"`{meta['command']}`", "",
-             "| setting | engine | batch | iters | step (s) | images/s | TFLOP/s | frac. of peak | 100-ep CIFAR-10 (h) |",
+    table = ["| setting | engine | batch | iters | step (s) | images/s | TFLOP/s | frac. of peak | 100-ep CIFAR-10 (h) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         frac = f"{r['fraction_of_peak']:.3f}" if "fraction_of_peak" in r else "-"
-        lines.append(f"| {r['setting']} | {r['engine']} | {r['batch']} | {r['iterations']} | {r['step_s']:.4f} | "
+        table.append(f"| {r['setting']} | {r['engine']} | {r['batch']} | {r['iterations']} | {r['step_s']:.4f} | "
                      f"{r['images_per_s']:.1f} | {r['achieved_tflops']:.2f} | {frac} | {r['projected_100_epoch_cifar10_h']:.2f} |")
-    lines += [""] + [f"- {k}: {v:.2f}x" for k, v in ratios.items()]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    table += [""] + [f"- {k}: {v:.2f}x" for k, v in ratios.items()]
+    write_report(args.out or f"benchmarks/results/step_time_{device.type}", device,
+                 {"rows": rows, "ratios": ratios}, table)
 
 
 if __name__ == "__main__":
