@@ -10,8 +10,7 @@ ALL = ["CL", "PEP", "NEP", "CEP", "PCpL", "NCpL", "CCpL", "TBP", "RBP", "BPTT"]
 
 @pytest.fixture(scope="module")
 def digits():
-    train, _ = load_digits(image_size=8, flatten=True)
-    x, y = train.tensors
+    x, y = load_digits(image_size=8).normalized("train", flatten=True).tensors
     return x[:256], y[:256]
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from eqprop import ClampNudge, EPNudge, SquaredError, dchn, hopfield_mlp, one_hot, relax
+from eqprop import ClampNudge, EPNudge, SquaredError, dchn, one_hot, relax
 from helpers import max_diff, small_conv, small_mlp
 
 

@@ -1,7 +1,5 @@
 """The EP theorems of the comparative study (appendix A) and agreement with implicit differentiation."""
 
-import math
-
 import numpy as np
 import pytest
 import torch

@@ -2,6 +2,8 @@
 
 from .algorithms import (ALGORITHMS, BackpropThroughTime, Contrastive, LearningAlgorithm, RecurrentBackprop,
                          TruncatedBackprop, get_algorithm, register_algorithm)
+from .config import ConfigError, TrainConfig, load_config
+from .data import ImageData, load_dataset, register_dataset
 from .interactions import INTERACTIONS, Bias, ConvPool, Dense, Interaction, register_interaction
 from .layers import ACTIVATIONS, Layer, register_activation
 from .models import dchn, hopfield_mlp
@@ -13,7 +15,8 @@ from .relaxation import RelaxResult, Trajectory, relax
 __version__ = "0.1.0"
 
 __all__ = [
-    "ACTIVATIONS", "ALGORITHMS", "INTERACTIONS", "BackpropThroughTime", "Bias", "ClampNudge", "Contrastive",
+    "ACTIVATIONS", "ALGORITHMS", "ConfigError", "ImageData", "TrainConfig", "load_config", "load_dataset",
+    "register_dataset", "INTERACTIONS", "BackpropThroughTime", "Bias", "ClampNudge", "Contrastive",
     "ConvPool", "CrossEntropy", "Dense", "EPNudge", "EnergyNetwork", "Interaction", "Layer", "LearningAlgorithm",
     "RecurrentBackprop", "RelaxResult", "SquaredError", "Trajectory", "TruncatedBackprop", "dchn",
     "get_algorithm", "get_cost", "hopfield_mlp", "make_optimizer", "make_scheduler", "one_hot", "register_activation",

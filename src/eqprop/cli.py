@@ -1,89 +1,158 @@
-"""Command line: ``eqprop train [key=value ...]`` trains the experiment the overrides describe.
+"""Command line: ``eqprop train | eval | plot | table | study``.
 
-With no arguments it trains a small DCHN with C-EP on scikit-learn's bundled digits and prints per-epoch
-train/test error. ``eqprop train --help-config`` lists every key, its type and default.
+``eqprop train`` with no arguments trains a small DCHN with C-EP on scikit-learn's bundled digits.
+``eqprop train CONFIG.yaml key=value ...`` runs an experiment file with overrides; ``--resume RUN_DIR``
+continues a stopped run; ``--help-config`` lists every key, its type and default. Exit codes: 0 done,
+2 bad input, 3 diverged, 130 interrupted (SIGINT), 143 terminated (SIGTERM); both leave a checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
+import time
 import typing
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Sequence
 
-from .train import DivergenceError, TrainConfig, Trainer
+from .config import ConfigError, TrainConfig, load_config
 
-__all__ = ["main", "parse_overrides"]
-
-
-def _coerce(key: str, raw: str, typ: Any) -> Any:
-    origin = typing.get_origin(typ)
-    args = typing.get_args(typ)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
-        if raw.lower() in ("none", "null"):
-            return None
-        typ = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(typ), typing.get_args(typ)
-    try:
-        if origin is list:
-            value = json.loads(raw)
-            value = value if isinstance(value, list) else [value]
-            return [args[0](v) for v in value]
-        if typ is bool:
-            if raw.lower() not in ("true", "false", "1", "0"):
-                raise ValueError
-            return raw.lower() in ("true", "1")
-        return typ(raw)
-    except (ValueError, TypeError, json.JSONDecodeError):
-        name = getattr(typ, "__name__", str(typ))
-        raise ValueError(f"config key {key!r}: cannot read {raw!r} as {name}") from None
+__all__ = ["main"]
 
 
-def parse_overrides(items: Sequence[str], base: TrainConfig | None = None) -> TrainConfig:
-    """Apply ``key=value`` overrides to a config; unknown keys and bad values are errors naming them."""
-    cfg = base or TrainConfig()
-    types = typing.get_type_hints(TrainConfig)
-    changes: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"expected key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        key = key.strip().replace("-", "_")
-        if key not in types:
-            raise ValueError(f"unknown config key {key!r}; valid keys are {sorted(types)}")
-        changes[key] = _coerce(key, raw.strip(), types[key])
-    return dataclasses.replace(cfg, **changes)
+def _split_config(items: Sequence[str]) -> tuple[str | None, list[str]]:
+    """The optional leading CONFIG file and the key=value overrides."""
+    items = list(items)
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    return None, items
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import Trainer
+
+    if args.help_config:
+        hints = typing.get_type_hints(TrainConfig)
+        for f in dataclasses.fields(TrainConfig):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            print(f"{f.name:20s} {str(hints[f.name]).replace('typing.', ''):18s} {default!r}")
+        return 0
+    config, overrides = _split_config(args.items)
+    if args.resume:
+        if config is not None:
+            raise ConfigError("--resume takes the run's own config; give only key=value overrides "
+                              f"(such as device=cpu), not {config!r}")
+        trainer = Trainer.resume(args.resume, overrides)
+    else:
+        cfg = load_config(config, overrides)
+        if cfg.out_dir is None:
+            cfg.out_dir = str(Path("runs") / f"{cfg.dataset}_{cfg.algorithm}_seed{cfg.seed}_{time.strftime('%Y%m%d-%H%M%S')}")
+        trainer = Trainer(cfg)
+    trainer.fit()
+    if trainer.out:
+        print(f"eqprop: run directory {trainer.out}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .train import evaluate, load_run
+
+    trainer, state = load_run(args.run_dir, args.checkpoint, args.overrides)
+    res = evaluate(trainer.network, trainer.algorithm, trainer.data, trainer.device, flatten=trainer.flatten)
+    print(f"{args.run_dir} ({args.checkpoint} checkpoint, epoch {state['epoch']}): test error "
+          f"{100 * res['error']:.2f}%  top-5 {100 * res['top5_error']:.2f}%  test loss {res['loss']:.4f}  "
+          f"({len(trainer.data.test_labels)} images)")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .results import plot_runs
+
+    print(f"eqprop: wrote {plot_runs(args.run_dirs, args.output)}")
+    return 0
+
+
+def _cmd_table(args: argparse.Namespace) -> int:
+    from .results import results_table
+
+    table = results_table(args.run_dirs, metric=args.metric)
+    if args.output:
+        Path(args.output).write_text(table + "\n")
+    print(table)
+    return 0
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from .study import run_study
+
+    runs = run_study(args.config, args.out, args.algorithms, args.datasets, args.seeds, args.jobs, args.overrides)
+    failed = [r for r in runs if r.returncode != 0]
+    if failed:
+        print(f"eqprop study: {len(failed)} of {len(runs)} runs failed: {[r.out_dir.name for r in failed]} "
+              "(see stdout.log in each)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eqprop", description="Energy-based learning with equilibrium propagation")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model (default: small DCHN, C-EP, digits)")
+    p.add_argument("items", nargs="*", metavar="[CONFIG] key=value",
+                   help="an experiment YAML file, then overrides such as algorithm=NEP epochs=3")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--help-config", action="store_true", help="list the config keys, their types and defaults")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="re-measure a run's test error from a checkpoint")
+    p.add_argument("run_dir")
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. data_dir=... or device=cpu")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("plot", help="PNG learning curves of one or more runs")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("-o", "--output", default="curves.png")
+    p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser("table", help="Markdown table (rows: algorithms, columns: data sets; mean ± std over seeds)")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--metric", choices=["final", "best"], default="final")
+    p.add_argument("-o", "--output", help="also write the table to this file")
+    p.set_defaults(func=_cmd_table)
+
+    p = sub.add_parser("study", help="run a grid of algorithms x data sets x seeds, then tabulate and plot it")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key=value overrides for every run")
+    p.add_argument("--algorithms", nargs="+")
+    p.add_argument("--datasets", nargs="+")
+    p.add_argument("--seeds", nargs="+", type=int)
+    p.add_argument("--jobs", type=int, help="runs at once, each its own process (default: the config's, or 1)")
+    p.add_argument("--out", default="runs/study", help="the study directory (default: runs/study)")
+    p.set_defaults(func=_cmd_study)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="eqprop", description="Energy-based learning with equilibrium propagation")
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train a model (default: small DCHN, C-EP, digits)")
-    train.add_argument("overrides", nargs="*", help="config overrides as key=value, e.g. algorithm=NEP epochs=3")
-    train.add_argument("--help-config", action="store_true", help="list the config keys and their defaults")
-    args = parser.parse_args(argv)
+    from .train import DivergenceError, Interrupted
 
-    if args.command == "train":
-        if args.help_config:
-            for f in dataclasses.fields(TrainConfig):
-                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-                print(f"{f.name:20s} {str(f.type):24s} {default!r}")
-            return 0
-        try:
-            cfg = parse_overrides(args.overrides)
-            Trainer(cfg).fit()
-        except (ValueError, FileNotFoundError) as exc:
-            print(f"eqprop: error: {exc}", file=sys.stderr)
-            return 2
-        except DivergenceError as exc:
-            print(f"eqprop: {exc}", file=sys.stderr)
-            return 3
-        except KeyboardInterrupt:
-            print("eqprop: interrupted; the last epoch's checkpoint is kept", file=sys.stderr)
-            return 130
-    return 0
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:  # ConfigError is a ValueError
+        print(f"eqprop: error: {exc}", file=sys.stderr)
+        return 2
+    except DivergenceError as exc:
+        print(f"eqprop: {exc}", file=sys.stderr)
+        return 3
+    except Interrupted as exc:
+        print(f"eqprop: {exc}", file=sys.stderr)
+        return 143 if exc.signame == "SIGTERM" else 130
+    except KeyboardInterrupt:
+        print("eqprop: interrupted; the last checkpoint is kept", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,6 +1,16 @@
-"""Data: scikit-learn's bundled handwritten digits (the offline default) and MNIST from IDX files.
+"""Data: the six data sets of the library, held in memory as raw images, normalised as in Table 4.
 
-Every loader returns ``(train, test)`` ``TensorDataset``s of float images (N, C, H, W) and int64 labels.
+``load_dataset(name, ...)`` returns an :class:`ImageData`: raw train/test images (uint8, or float in [0, 1])
+with labels, the data set's normalisation (Table 4) and its augmentation defaults (appendix D: random
+horizontal flips on Fashion-MNIST, CIFAR-10 and CIFAR-100). Augmentation (flip, random crop) runs on raw
+batches, so padding is black as in torchvision's ``RandomCrop``; normalisation comes last.
+
+- ``digits``: scikit-learn's bundled 8x8 digits (1797 images, no download), seeded stratified split, resized.
+- ``mnist``, ``fashion_mnist``: IDX files (plain or .gz), padded to 32x32 by two pixels per side (appendix D).
+- ``svhn``: ``train_32x32.mat``/``test_32x32.mat``; ``cifar10``/``cifar100``: the python pickle batches.
+  These three are read by torchvision's dataset classes; ``download=True`` fetches files through torchvision.
+
+Register a new data set with :func:`register_dataset`.
 """
 
 from __future__ import annotations
@@ -8,50 +18,112 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.utils.data import TensorDataset
 
-__all__ = ["load_digits", "load_mnist", "read_idx", "DATASETS", "load_dataset"]
-
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-
-
-def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    if images.shape[-1] == size:
-        return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+__all__ = ["ImageData", "DatasetSpec", "DATASETS", "register_dataset", "dataset_spec", "dataset_names",
+           "load_dataset", "load_digits", "load_mnist", "read_idx", "random_flip", "random_crop"]
 
 
-def load_digits(image_size: int = 8, flatten: bool = False, test_fraction: float = 0.2,
-                seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
-    """scikit-learn's 8x8 digits (1797 images, no download), standardised, with a fixed seeded split.
+@dataclass
+class ImageData:
+    """A data set in memory: raw images (N, C, H, W), int64 labels, and the normalisation of Table 4."""
 
-    ``image_size`` > 8 resizes bilinearly (e.g. 16 for a small DCHN); ``flatten`` gives (N, size*size).
+    name: str
+    train_images: Tensor
+    train_labels: Tensor
+    test_images: Tensor
+    test_labels: Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_classes: int
+    flip: bool = False  # the paper's default for training (appendix D)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_images.shape[1:])
+
+    def prepare(self, images: Tensor, *, flip: bool = False, crop_padding: int = 0,
+                generator: torch.Generator | None = None, flatten: bool = False) -> Tensor:
+        """Raw batch -> (augmented) normalised float batch; augmentation draws from ``generator``."""
+        x = images.float()
+        if images.dtype == torch.uint8:
+            x = x / 255.0
+        if flip:
+            x = random_flip(x, generator)
+        if crop_padding > 0:
+            x = random_crop(x, crop_padding, generator)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        x = (x - mean) / std
+        return x.flatten(1) if flatten else x
+
+    def normalized(self, split: str = "train", flatten: bool = False) -> TensorDataset:
+        """The whole split, normalised and not augmented, as a ``TensorDataset``."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        images, labels = (self.train_images, self.train_labels) if split == "train" else (self.test_images,
+                                                                                            self.test_labels)
+        return TensorDataset(self.prepare(images, flatten=flatten), labels)
+
+
+def random_flip(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Flip each image horizontally with probability 1/2."""
+    mask = torch.rand(x.shape[0], generator=generator) < 0.5
+    return torch.where(mask.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def random_crop(x: Tensor, padding: int, generator: torch.Generator | None = None) -> Tensor:
+    """Pad each image by ``padding`` zero (black) pixels per side and crop it back at a random offset."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+    rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+    cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    chans = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+    return padded[batch, chans, rows, cols]
+
+
+# --------------------------------------------------------------------------------------------- loaders
+
+def _limit(images: Tensor, labels: Tensor, limit: int | None) -> tuple[Tensor, Tensor]:
+    return (images, labels) if limit is None else (images[:limit], labels[:limit])
+
+
+def load_digits(image_size: int = 8, test_fraction: float = 0.2, seed: int = 0) -> ImageData:
+    """scikit-learn's 8x8 digits (no download) with a fixed seeded stratified split, resized to ``image_size``.
+
+    Normalised by the train split's pixel mean and std (the images have no published statistics).
     """
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
 
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if image_size < 8:
+        raise ValueError(f"digits images are 8x8; image_size must be >= 8, got {image_size}")
     data = sk_digits()
     x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    if image_size != 8:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False).clamp(0, 1)
     y = torch.tensor(data.target, dtype=torch.int64)
     idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=test_fraction, random_state=seed,
                                            stratify=data.target)
-    x = _resize(x, image_size)
-    mean, std = x[idx_train].mean(), x[idx_train].std()
-    x = (x - mean) / std
-    if flatten:
-        x = x.flatten(1)
-    return (TensorDataset(x[idx_train], y[idx_train]), TensorDataset(x[idx_test], y[idx_test]))
+    mean, std = float(x[idx_train].mean()), float(x[idx_train].std())
+    return ImageData("digits", x[idx_train], y[idx_train], x[idx_test], y[idx_test], (mean,), (std,), 10)
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (optionally gzip-compressed), the on-disk format of MNIST."""
+    """Read an IDX file (optionally gzip-compressed), the on-disk format of MNIST and Fashion-MNIST."""
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rb") as f:
         raw = f.read()
@@ -68,54 +140,209 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return data.reshape(shape)
 
 
-def _find(root: Path, stem: str) -> Path | None:
-    for cand in (root / stem, root / f"{stem}.gz", root / "MNIST" / "raw" / stem, root / "MNIST" / "raw" / f"{stem}.gz"):
-        if cand.exists():
-            return cand
-    return None
+_IDX_STEMS = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
+              "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
 
 
-def load_mnist(data_dir: str | os.PathLike, pad_to_32: bool = True, flatten: bool = False,
-               limit_train: int | None = None, limit_test: int | None = None) -> tuple[TensorDataset, TensorDataset]:
-    """MNIST from the four IDX files in ``data_dir`` (plain or .gz), normalised as in Table 4.
+def _load_idx_set(title: str, folder: str, root: Path, pad_to_32: bool, limit_train: int | None,
+                  limit_test: int | None, download: bool) -> tuple[Tensor, ...]:
+    def find(stem: str) -> Path | None:
+        for base in (root, root / folder / "raw"):
+            for cand in (base / stem, base / f"{stem}.gz"):
+                if cand.exists():
+                    return cand
+        return None
 
-    ``pad_to_32`` adds two pixels on each side (appendix D); ``limit_*`` keep the first N images.
-    """
-    root = Path(data_dir)
-    stems = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
-             "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
-    paths = {k: _find(root, v) for k, v in stems.items()}
-    missing = [stems[k] for k, p in paths.items() if p is None]
+    paths = {k: find(v) for k, v in _IDX_STEMS.items()}
+    if any(p is None for p in paths.values()) and download:
+        import torchvision
+
+        getattr(torchvision.datasets, folder)(str(root), train=True, download=True)
+        getattr(torchvision.datasets, folder)(str(root), train=False, download=True)
+        paths = {k: find(v) for k, v in _IDX_STEMS.items()}
+    missing = [_IDX_STEMS[k] for k, p in paths.items() if p is None]
     if missing:
-        raise FileNotFoundError(f"MNIST: files {missing} not found in {root.resolve()} (looked for plain and .gz "
-                                f"IDX files, also under MNIST/raw/); point data_dir at the folder holding them")
-
-    def images(p: Path, limit: int | None) -> torch.Tensor:
-        arr = read_idx(p)[:limit]
-        x = torch.tensor(arr, dtype=torch.float32).unsqueeze(1) / 255.0
-        x = (x - MNIST_MEAN) / MNIST_STD
+        raise FileNotFoundError(
+            f"{title}: files {missing} not found in {root.resolve()} (looked for plain and .gz IDX files, also "
+            f"under {folder}/raw/); point data_dir at the folder holding them, or add download=true on a "
+            "machine with internet access")
+    out = []
+    for split, limit in (("train", limit_train), ("test", limit_test)):
+        images = torch.from_numpy(read_idx(paths[f"{split}_x"])[:limit].copy()).unsqueeze(1)
         if pad_to_32:
-            x = F.pad(x, (2, 2, 2, 2), value=(0.0 - MNIST_MEAN) / MNIST_STD)
-        return x.flatten(1) if flatten else x
-
-    def labels(p: Path, limit: int | None) -> torch.Tensor:
-        return torch.tensor(read_idx(p)[:limit].astype(np.int64))
-
-    train = TensorDataset(images(paths["train_x"], limit_train), labels(paths["train_y"], limit_train))
-    test = TensorDataset(images(paths["test_x"], limit_test), labels(paths["test_y"], limit_test))
-    return train, test
+            images = F.pad(images, (2, 2, 2, 2))
+        out += [images, torch.from_numpy(read_idx(paths[f"{split}_y"])[:limit].astype(np.int64))]
+    return tuple(out)
 
 
-DATASETS = ("digits", "mnist")
+def load_mnist(data_dir: str | os.PathLike, pad_to_32: bool = True, limit_train: int | None = None,
+               limit_test: int | None = None, download: bool = False) -> ImageData:
+    """MNIST from its four IDX files in ``data_dir`` (or ``data_dir/MNIST/raw``), padded to 32x32 (appendix D)."""
+    tensors = _load_idx_set("MNIST", "MNIST", Path(data_dir), pad_to_32, limit_train, limit_test, download)
+    return ImageData("mnist", *tensors, mean=(0.1307,), std=(0.3081,), num_classes=10)
 
 
-def load_dataset(name: str, data_dir: str | None = None, image_size: int = 16, flatten: bool = False,
-                 seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
-    """Load a data set by name; an unknown name lists the valid ones."""
-    if name == "digits":
-        return load_digits(image_size=image_size, flatten=flatten, seed=seed)
-    if name == "mnist":
-        if data_dir is None:
-            raise ValueError("the mnist data set needs data_dir pointing at its IDX files")
-        return load_mnist(data_dir, pad_to_32=not flatten, flatten=flatten)
-    raise ValueError(f"unknown dataset {name!r}; valid datasets are {list(DATASETS)}")
+def load_fashion_mnist(data_dir: str | os.PathLike, pad_to_32: bool = True, limit_train: int | None = None,
+                       limit_test: int | None = None, download: bool = False) -> ImageData:
+    """Fashion-MNIST (same IDX format as MNIST), padded to 32x32, flipped at random in training (appendix D)."""
+    tensors = _load_idx_set("Fashion-MNIST", "FashionMNIST", Path(data_dir), pad_to_32, limit_train, limit_test,
+                            download)
+    return ImageData("fashion_mnist", *tensors, mean=(0.2860,), std=(0.3530,), num_classes=10, flip=True)
+
+
+def _torchvision_class(name: str, verify_checksums: bool):
+    """torchvision's reader; without checksum verification, a subclass that only checks the files exist."""
+    import torchvision.datasets as tvd
+
+    base = getattr(tvd, name)
+    if verify_checksums:
+        return base
+
+    class Unverified(base):  # type: ignore[misc, valid-type]
+        def _check_integrity(self) -> bool:
+            if hasattr(self, "train_list"):
+                files = [Path(self.root, self.base_folder, f) for f, _ in self.train_list + self.test_list]
+            else:
+                files = [Path(self.root, self.filename)]
+            return all(f.exists() for f in files)
+
+        def _load_meta(self) -> None:
+            import pickle
+
+            with open(Path(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    Unverified.__name__ = name
+    return Unverified
+
+
+def _torchvision_set(title: str, cls_name: str, root: Path, expected: list[str], limit_train: int | None,
+                     limit_test: int | None, download: bool, verify_checksums: bool) -> tuple[Tensor, ...]:
+    missing = [f for f in expected if not (root / f).exists()]
+    if missing and not download:
+        raise FileNotFoundError(
+            f"{title}: files {missing} not found in {root.resolve()}; point data_dir at the folder holding them "
+            f"(the layout torchvision.datasets.{cls_name} uses), or add download=true on a machine with internet "
+            "access")
+    cls = _torchvision_class(cls_name, verify_checksums)
+    out = []
+    for train, limit in ((True, limit_train), (False, limit_test)):
+        try:
+            if cls_name == "SVHN":
+                ds = cls(str(root), split="train" if train else "test", download=download)
+                images, labels = ds.data, ds.labels  # (N, 3, 32, 32) uint8, labels with 10 -> 0
+            else:
+                ds = cls(str(root), train=train, download=download)
+                images, labels = ds.data.transpose(0, 3, 1, 2), ds.targets  # HWC -> CHW
+        except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
+            raise FileNotFoundError(f"{title} in {root.resolve()}: {exc} (files with other contents than the "
+                                    "official release fail the checksum; verify_checksums=false skips it)") from None
+        images = torch.from_numpy(np.ascontiguousarray(images[:limit]))
+        out += [images, torch.as_tensor(np.asarray(labels[:limit]), dtype=torch.int64)]
+    return tuple(out)
+
+
+def load_svhn(data_dir: str | os.PathLike, limit_train: int | None = None, limit_test: int | None = None,
+              download: bool = False, verify_checksums: bool = True) -> ImageData:
+    """SVHN (train and test .mat files, the 'extra' set unused as in appendix D); label 10 means digit 0."""
+    tensors = _torchvision_set("SVHN", "SVHN", Path(data_dir), ["train_32x32.mat", "test_32x32.mat"],
+                               limit_train, limit_test, download, verify_checksums)
+    return ImageData("svhn", *tensors, mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970), num_classes=10)
+
+
+def load_cifar10(data_dir: str | os.PathLike, limit_train: int | None = None, limit_test: int | None = None,
+                 download: bool = False, verify_checksums: bool = True) -> ImageData:
+    """CIFAR-10 (python pickle batches in ``cifar-10-batches-py/``); Table 4's std is 3x the usual one."""
+    files = [f"cifar-10-batches-py/{f}" for f in
+             [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]]
+    tensors = _torchvision_set("CIFAR-10", "CIFAR10", Path(data_dir), files, limit_train, limit_test, download,
+                               verify_checksums)
+    return ImageData("cifar10", *tensors, mean=(0.4914, 0.4822, 0.4465),
+                     std=(3 * 0.2023, 3 * 0.1994, 3 * 0.2010), num_classes=10, flip=True)
+
+
+def load_cifar100(data_dir: str | os.PathLike, limit_train: int | None = None, limit_test: int | None = None,
+                  download: bool = False, verify_checksums: bool = True) -> ImageData:
+    """CIFAR-100 (python pickles ``train``, ``test``, ``meta`` in ``cifar-100-python/``), fine labels."""
+    files = [f"cifar-100-python/{f}" for f in ("train", "test", "meta")]
+    tensors = _torchvision_set("CIFAR-100", "CIFAR100", Path(data_dir), files, limit_train, limit_test, download,
+                               verify_checksums)
+    return ImageData("cifar100", *tensors, mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761),
+                     num_classes=100, flip=True)
+
+
+# -------------------------------------------------------------------------------------------- registry
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the model builder needs before loading: input channels, image size, classes, loader."""
+
+    name: str
+    in_channels: int
+    image_size: int | None  # None: set by the config's image_size (digits)
+    num_classes: int
+    loader: Callable[..., ImageData]
+    needs_files: bool = True
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(spec: DatasetSpec) -> None:
+    """Register a data set; ``spec.loader(data_dir=..., image_size=..., seed=..., limit_train=..., ...)``."""
+    DATASETS[spec.name] = spec
+
+
+def _key(name: str) -> str:
+    return name.replace("-", "").replace("_", "").lower()
+
+
+def dataset_names() -> list[str]:
+    return list(DATASETS)
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The spec of a data set by name ('cifar10', 'CIFAR-10', 'fashion-mnist', ...); unknown names list the valid."""
+    for canonical, spec in DATASETS.items():
+        if _key(canonical) == _key(name):
+            return spec
+    raise ValueError(f"unknown dataset {name!r}; valid datasets are {dataset_names()}")
+
+
+def _files(fn: Callable[..., ImageData], **fixed) -> Callable[..., ImageData]:
+    def load(data_dir: str | None, image_size: int, seed: int, limit_train: int | None, limit_test: int | None,
+             download: bool, verify_checksums: bool) -> ImageData:
+        kwargs = dict(limit_train=limit_train, limit_test=limit_test, download=download, **fixed)
+        if fn in (load_svhn, load_cifar10, load_cifar100):
+            kwargs["verify_checksums"] = verify_checksums
+        return fn(data_dir, **kwargs)
+    return load
+
+
+def _digits(data_dir: str | None, image_size: int, seed: int, limit_train: int | None, limit_test: int | None,
+            download: bool, verify_checksums: bool) -> ImageData:
+    data = load_digits(image_size=image_size, seed=seed)
+    data.train_images, data.train_labels = _limit(data.train_images, data.train_labels, limit_train)
+    data.test_images, data.test_labels = _limit(data.test_images, data.test_labels, limit_test)
+    return data
+
+
+register_dataset(DatasetSpec("digits", 1, None, 10, _digits, needs_files=False))
+register_dataset(DatasetSpec("mnist", 1, 32, 10, _files(load_mnist)))
+register_dataset(DatasetSpec("fashion_mnist", 1, 32, 10, _files(load_fashion_mnist)))
+register_dataset(DatasetSpec("svhn", 3, 32, 10, _files(load_svhn)))
+register_dataset(DatasetSpec("cifar10", 3, 32, 10, _files(load_cifar10)))
+register_dataset(DatasetSpec("cifar100", 3, 32, 100, _files(load_cifar100)))
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, image_size: int = 16, seed: int = 0,
+                 limit_train: int | None = None, limit_test: int | None = None, download: bool = False,
+                 verify_checksums: bool = True) -> ImageData:
+    """Load a registered data set by name; a file-based set without ``data_dir`` is an error that says so."""
+    spec = dataset_spec(name)
+    if spec.needs_files and data_dir is None:
+        raise ValueError(f"the {spec.name} data set is read from files: set data_dir to the folder holding them "
+                         "(add download=true to fetch them where internet is available)")
+    return spec.loader(None if data_dir is None else str(data_dir), image_size, seed, limit_train, limit_test,
+                       download, verify_checksums)

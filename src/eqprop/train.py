@@ -1,187 +1,367 @@
-"""Training: a typed experiment config, the model/algorithm/optimiser it describes, and the epoch loop.
+"""Training: the model, algorithm and optimiser a config describes, and the epoch loop that runs them.
 
-A run prints per-epoch train/test error; with ``out_dir`` it also writes ``config.json``, ``metrics.jsonl``
-and ``checkpoint_last.pt``. A run whose states, loss or weights turn non-finite stops with a clear error
-and keeps its last good checkpoint.
+With ``out_dir`` a run directory holds ``config.json`` (the resolved config), per-epoch metrics
+(``metrics.jsonl`` and ``metrics.csv``: train loss, train/test top-1 and top-5 error, time, iterations),
+TensorBoard logs (``tensorboard/``) and checkpoints (``checkpoint_last.pt``, ``checkpoint_best.pt``).
+A checkpoint carries the optimiser, scheduler and RNG states, so :meth:`Trainer.resume` continues a run
+exactly where it stopped, mid-epoch included. A diverged run (NaN/inf in output, loss or weights) stops
+with :class:`DivergenceError` and keeps its last good checkpoint; SIGINT/SIGTERM stop at the next batch
+boundary with a checkpoint (:class:`Interrupted`).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import csv
 import json
 import math
+import random
+import signal
+import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch import Tensor
 
 from .algorithms import LearningAlgorithm, get_algorithm
-from .data import load_dataset
+from .config import ConfigError, TrainConfig, config_from_dict, parse_overrides
+from .data import ImageData, load_dataset
 from .models import dchn, hopfield_mlp
 from .network import EnergyNetwork
 from .optim import make_optimizer, make_scheduler
 
-__all__ = ["TrainConfig", "Trainer", "build_network", "build_algorithm", "DivergenceError", "evaluate"]
+__all__ = ["TrainConfig", "Trainer", "build_network", "build_algorithm", "load_data", "DivergenceError",
+           "Interrupted", "evaluate", "topk_errors", "resolve_device", "load_run"]
+
+Callback = Callable[["Trainer", int, int], None]
 
 
-@dataclass
-class TrainConfig:
-    """One experiment. The defaults train a small DCHN with C-EP on scikit-learn's digits (16x16)."""
-
-    dataset: str = "digits"
-    data_dir: str | None = None
-    image_size: int = 16
-    model: str = "dchn"
-    channels: list[int] = field(default_factory=lambda: [32, 64, 64])
-    hidden: list[int] = field(default_factory=lambda: [256])
-    gains: list[float] = field(default_factory=lambda: [0.8, 0.8, 0.8, 0.8])
-    activation: str = "hard_sigmoid"
-    algorithm: str = "CEP"
-    beta: float = 0.1
-    cost: str = "squared_error"
-    free_iterations: int = 20
-    nudged_iterations: int = 8
-    schedule: str = "asynchronous"
-    dtype: str = "float32"
-    init: str = "zeros"
-    lrs: list[float] = field(default_factory=lambda: [0.25, 0.15, 0.1, 0.05])
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    epochs: int = 12
-    batch_size: int = 64
-    eta_min: float = 2e-6
-    seed: int = 0
-    device: str = "auto"
-    out_dir: str | None = None
-
-    @classmethod
-    def field_types(cls) -> dict[str, Any]:
-        return {f.name: f.type for f in dataclasses.fields(cls)}
-
-
-def _num_classes(dataset: TensorDataset) -> int:
-    return int(dataset.tensors[1].max()) + 1
+def load_data(cfg: TrainConfig) -> ImageData:
+    """The data set a config names, with its subset limits."""
+    return load_dataset(cfg.dataset, cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed,
+                        limit_train=cfg.limit_train, limit_test=cfg.limit_test, download=cfg.download,
+                        verify_checksums=cfg.verify_checksums)
 
 
 def build_network(cfg: TrainConfig, in_shape: tuple[int, ...], num_classes: int) -> EnergyNetwork:
-    """The network a config describes ("dchn" or "mlp")."""
+    """The network a config describes ("dchn": Table 5's convolutional Hopfield net, or "mlp")."""
     if cfg.model == "dchn":
         if len(in_shape) != 3:
-            raise ValueError(f"model 'dchn' needs image inputs (C, H, W), got shape {in_shape}")
+            raise ConfigError(f"model 'dchn' needs image inputs (C, H, W), got shape {in_shape}")
         return dchn(in_shape[0], num_classes, input_size=in_shape[-1], channels=cfg.channels, gains=cfg.gains,
                     activation=cfg.activation)
-    if cfg.model == "mlp":
-        sizes = [math.prod(in_shape)] + list(cfg.hidden) + [num_classes]
-        return hopfield_mlp(sizes, gains=cfg.gains, activation=cfg.activation)
-    raise ValueError(f"unknown model {cfg.model!r}; valid models are ['dchn', 'mlp']")
+    sizes = [math.prod(in_shape)] + list(cfg.hidden) + [num_classes]
+    return hopfield_mlp(sizes, gains=cfg.gains, activation=cfg.activation)
 
 
 def build_algorithm(cfg: TrainConfig) -> LearningAlgorithm:
     return get_algorithm(cfg.algorithm, beta=cfg.beta, free_iterations=cfg.free_iterations,
                          nudged_iterations=cfg.nudged_iterations, cost=cfg.cost, schedule=cfg.schedule,
-                         dtype=None if cfg.dtype == "float32" else cfg.dtype, init=cfg.init)
+                         dtype=None if cfg.dtype == "float32" else cfg.dtype, init=cfg.init,
+                         cuda_graphs=cfg.cuda_graphs, channels_last=cfg.channels_last)
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for an absent CUDA device is a clear error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available here; use device=cpu or auto")
     return torch.device(name)
 
 
 class DivergenceError(RuntimeError):
-    """Raised when states, loss or weights become NaN/inf; the last good checkpoint is kept."""
+    """Raised when output, loss or weights become NaN/inf; the last good checkpoint is kept."""
+
+
+class Interrupted(RuntimeError):
+    """Raised when SIGINT/SIGTERM stopped a run; ``checkpoint`` (if any) resumes it."""
+
+    def __init__(self, signame: str, checkpoint: Path | None) -> None:
+        self.signame, self.checkpoint = signame, checkpoint
+        where = f"; resume with: eqprop train --resume {checkpoint.parent}" if checkpoint else ""
+        super().__init__(f"interrupted by {signame}{where}")
+
+
+def topk_errors(output: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, int]:
+    """Number of samples whose label is not among the top-k outputs, for each k (k capped at #classes)."""
+    ranked = output.topk(min(max(ks), output.shape[1]), dim=1).indices
+    hits = ranked == labels.view(-1, 1)
+    return {k: int((~hits[:, :k].any(1)).sum()) for k in ks}
 
 
 @torch.no_grad()
-def evaluate(network: EnergyNetwork, algorithm: LearningAlgorithm, loader: DataLoader,
-             device: torch.device) -> dict[str, float]:
-    """Free-phase error rate (top-1) and mean cost over a data set."""
-    wrong, total, loss = 0, 0, 0.0
-    for x, labels in loader:
-        x, labels = x.to(device), labels.to(device)
+def evaluate(network: EnergyNetwork, algorithm: LearningAlgorithm, data: ImageData, device: torch.device,
+             batch_size: int = 512, flatten: bool = False, split: str = "test") -> dict[str, float]:
+    """Free-phase top-1 and top-5 error rates and mean cost over a split (no augmentation)."""
+    images, labels_all = (data.test_images, data.test_labels) if split == "test" else (data.train_images,
+                                                                                       data.train_labels)
+    wrong1 = wrong5 = 0
+    loss = 0.0
+    for start in range(0, len(labels_all), batch_size):
+        x = data.prepare(images[start:start + batch_size].to(device), flatten=flatten)
+        labels = labels_all[start:start + batch_size].to(device)
         out = algorithm.free_phase(network, x).states[-1].float()
-        y = algorithm.targets(network, labels)
-        loss += float(algorithm.cost(out, y).sum())
-        wrong += int((out.argmax(1) != labels).sum())
-        total += len(labels)
-    return {"error": wrong / max(total, 1), "loss": loss / max(total, 1)}
+        loss += float(algorithm.cost(out, algorithm.targets(network, labels)).sum())
+        errs = topk_errors(out, labels)
+        wrong1, wrong5 = wrong1 + errs[1], wrong5 + errs[5]
+    n = max(len(labels_all), 1)
+    return {"error": wrong1 / n, "top5_error": wrong5 / n, "loss": loss / n}
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
 
 
 class Trainer:
-    """Runs the epochs of one experiment."""
+    """Runs the epochs of one experiment; see the module docstring for what a run directory holds."""
 
-    def __init__(self, cfg: TrainConfig, log: Callable[[str], None] = print) -> None:
-        self.cfg, self.log = cfg, log
+    def __init__(self, cfg: TrainConfig, log: Callable[[str], None] | None = None,
+                 callbacks: Sequence[Callback] = ()) -> None:
+        from tqdm.auto import tqdm
+
+        self.cfg, self.callbacks = cfg, list(callbacks)
+        self.log = log or tqdm.write
         torch.manual_seed(cfg.seed)
         self.device = resolve_device(cfg.device)
-        self.train_set, self.test_set = load_dataset(cfg.dataset, cfg.data_dir, image_size=cfg.image_size,
-                                                     flatten=cfg.model == "mlp", seed=cfg.seed)
-        in_shape = tuple(self.train_set.tensors[0].shape[1:])
-        self.network = build_network(cfg, in_shape, _num_classes(self.train_set)).to(self.device)
+        self.data = load_data(cfg)
+        self.flatten = cfg.model == "mlp"
+        self.flip = self.data.flip if cfg.flip is None else cfg.flip
+        in_shape = (math.prod(self.data.image_shape),) if self.flatten else self.data.image_shape
+        self.network = build_network(cfg, in_shape, self.data.num_classes).to(self.device)
         self.algorithm = build_algorithm(cfg)
         self.optimizer = make_optimizer(self.network, cfg.lrs, cfg.momentum, cfg.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, cfg.epochs, cfg.eta_min)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        self.train_loader = DataLoader(self.train_set, batch_size=cfg.batch_size, shuffle=True, generator=gen)
-        self.test_loader = DataLoader(self.test_set, batch_size=512)
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation
+        self.train_images = self.data.train_images.to(self.device)
+        self.train_labels = self.data.train_labels.to(self.device)
         self.out = Path(cfg.out_dir) if cfg.out_dir else None
+        self.history: list[dict[str, float]] = []
+        self.epoch = 0  # completed epochs
+        self.best_error = math.inf
+        self._partial: dict[str, Any] | None = None  # the unfinished epoch of a resumed, interrupted run
+        self._stop: str | None = None
+        self._writer = None
         if self.out:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-        self.history: list[dict[str, float]] = []
+            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
-    def save_checkpoint(self, epoch: int) -> None:
+    # ------------------------------------------------------------------ checkpoints and resume
+    def _rng_state(self) -> dict[str, Any]:
+        return {"torch": torch.get_rng_state(), "generator": self.generator.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "numpy": np.random.get_state(), "python": random.getstate()}
+
+    def _set_rng_state(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        self.generator.set_state(state["generator"])
+        if state.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        np.random.set_state(state["numpy"])
+        random.setstate(state["python"])
+
+    def checkpoint_state(self, partial: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"epoch": self.epoch, "partial": partial, "network": self.network.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "history": self.history, "best_error": self.best_error, "rng": self._rng_state(),
+                "config": self.cfg.to_dict()}
+
+    def save_checkpoint(self, partial: dict[str, Any] | None = None, best: bool = False) -> Path | None:
+        """Write ``checkpoint_last.pt`` atomically (and ``checkpoint_best.pt`` when ``best``)."""
         if not self.out:
-            return
-        state = {"epoch": epoch, "network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "config": dataclasses.asdict(self.cfg)}
-        tmp = self.out / "checkpoint_last.pt.tmp"
-        torch.save(state, tmp)
-        tmp.replace(self.out / "checkpoint_last.pt")
+            return None
+        state = self.checkpoint_state(partial)
+        _atomic_save(state, self.out / "checkpoint_last.pt")
+        if best:
+            _atomic_save(state, self.out / "checkpoint_best.pt")
+        return self.out / "checkpoint_last.pt"
 
-    def _check_finite(self, epoch: int, loss: torch.Tensor) -> None:
-        bad = not bool(torch.isfinite(loss).all())
-        bad = bad or any(not bool(torch.isfinite(p).all()) for p in self.network.parameters())
+    def load_checkpoint(self, path: str | Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history, self.best_error = state["history"], state["best_error"]
+        self.epoch, self._partial = state["epoch"], state["partial"]
+        self._set_rng_state(state["rng"])
+
+    RESUMABLE_OVERRIDES = ("device", "progress", "tensorboard", "data_dir", "download")
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, overrides: Sequence[str] = (), log: Callable[[str], None] | None = None,
+               callbacks: Sequence[Callback] = ()) -> "Trainer":
+        """Continue the run in ``run_dir`` from its last checkpoint with the same optimiser, scheduler and RNG."""
+        run_dir = Path(run_dir)
+        ckpt = run_dir / "checkpoint_last.pt"
+        if not ckpt.exists():
+            raise FileNotFoundError(f"cannot resume: {ckpt} does not exist (is {run_dir} a run directory?)")
+        cfg = config_from_dict(json.loads((run_dir / "config.json").read_text()))
+        changed = parse_overrides(overrides, cfg)
+        bad = [k for k in TrainConfig.keys() if getattr(changed, k) != getattr(cfg, k)
+               and k not in cls.RESUMABLE_OVERRIDES]
         if bad:
-            where = f" (last good checkpoint: {self.out / 'checkpoint_last.pt'})" if self.out else ""
-            raise DivergenceError(f"training diverged in epoch {epoch}: non-finite loss or weights{where}; "
-                                  "try smaller learning rates, a smaller beta or more iterations")
+            raise ConfigError(f"cannot change {bad} when resuming (it would not be the same run); "
+                              f"keys that may change are {list(cls.RESUMABLE_OVERRIDES)}")
+        changed.out_dir = str(run_dir)
+        trainer = cls(changed, log=log, callbacks=callbacks)
+        trainer.load_checkpoint(ckpt)
+        return trainer
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
+    # ------------------------------------------------------------------ the loop
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        if self._stop is not None:  # second signal: stop now
+            raise KeyboardInterrupt
+        self._stop = signal.Signals(signum).name
+
+    def _diverged(self, epoch: int, what: str) -> DivergenceError:
+        where = f" (last good checkpoint: {self.out / 'checkpoint_last.pt'})" if self.out else ""
+        return DivergenceError(f"training diverged in epoch {epoch}: non-finite {what}{where}; "
+                               "try smaller learning rates, a smaller beta or more iterations")
+
+    def _weights_finite(self) -> bool:
+        return bool(torch.stack([torch.isfinite(p).all() for p in self.network.parameters()]).all())
+
+    def train_epoch(self, epoch: int, bar: Any = None) -> dict[str, float]:
+        """One pass over the shuffled training set (continuing a partial epoch after resume)."""
+        cfg, n = self.cfg, len(self.train_labels)
+        partial = self._partial or {"batch": 0, "wrong1": 0, "wrong5": 0, "loss": 0.0, "iters": 0, "time": 0.0,
+                                    "epoch_generator": self.generator.get_state()}
+        self._partial = None
+        self.generator.set_state(partial["epoch_generator"])
+        perm = torch.randperm(n, generator=self.generator).to(self.device)
+        if partial["batch"] > 0:
+            self.generator.set_state(partial["generator"])
+        batches = math.ceil(n / cfg.batch_size)
+        t0 = time.perf_counter() - partial["time"]
         self.network.train()
-        wrong, total, loss_sum, iters = 0, 0, 0.0, 0
-        for x, labels in self.train_loader:
-            x, labels = x.to(self.device), labels.to(self.device)
+        for b in range(partial["batch"], batches):
+            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            x = self.data.prepare(self.train_images[idx], flip=self.flip, crop_padding=cfg.crop_padding,
+                                  generator=self.generator, flatten=self.flatten)
+            labels = self.train_labels[idx]
             result = self.algorithm.step(self.network, x, labels)
-            self._check_finite(epoch, result.loss)
+            loss = float(result.loss.sum())
+            if not math.isfinite(loss) or not bool(torch.isfinite(result.output).all()):
+                raise self._diverged(epoch, "loss or output state")
             self.optimizer.step()
-            wrong += int((result.output.argmax(1) != labels).sum())
-            total += len(labels)
-            loss_sum += float(result.loss.sum())
-            iters += result.free.iterations
+            if not self._weights_finite():
+                raise self._diverged(epoch, "weights")
+            errs = topk_errors(result.output.float(), labels)
+            partial.update(batch=b + 1, wrong1=partial["wrong1"] + errs[1], wrong5=partial["wrong5"] + errs[5],
+                           loss=partial["loss"] + loss, iters=partial["iters"] + result.free.iterations)
+            seen = min((b + 1) * cfg.batch_size, n)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{partial['loss'] / seen:.4f}", err=f"{100 * partial['wrong1'] / seen:.2f}%")
+            if self._writer is not None:
+                self._writer.add_scalar("batch/train_loss", loss / len(labels), (epoch - 1) * batches + b)
+            for callback in self.callbacks:
+                callback(self, epoch, b)
+            if self._stop is not None and b + 1 < batches:
+                partial.update(time=time.perf_counter() - t0, generator=self.generator.get_state())
+                raise Interrupted(self._stop, self.save_checkpoint(partial))
         self.scheduler.step()
-        return {"train_loss": loss_sum / total, "train_error": wrong / total,
-                "free_iterations": iters / max(len(self.train_loader), 1)}
+        return {"train_loss": partial["loss"] / n, "train_error": partial["wrong1"] / n,
+                "train_top5_error": partial["wrong5"] / n, "free_iterations": partial["iters"] / batches,
+                "train_time": time.perf_counter() - t0}
+
+    def _write_metrics(self, row: dict[str, float]) -> None:
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        with open(self.out / "metrics.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(self.history[0]))
+            writer.writeheader()
+            writer.writerows(self.history)
+        if self._writer is not None:
+            for key, value in row.items():
+                if key != "epoch":
+                    self._writer.add_scalar(f"epoch/{key}", value, row["epoch"])
+            self._writer.flush()
+
+    def _open_tensorboard(self) -> None:
+        if not (self.cfg.tensorboard and self.out):
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard not installed: the JSON/CSV metrics still hold everything
+            self.log("eqprop: tensorboard is not installed; skipping TensorBoard logs (pip install tensorboard)")
+            return
+        self._writer = SummaryWriter(str(self.out / "tensorboard"))
 
     def fit(self) -> list[dict[str, float]]:
+        """Train to ``cfg.epochs``; returns the per-epoch metrics (also written to the run directory)."""
+        from tqdm.auto import tqdm
+
         cfg = self.cfg
-        self.log(f"eqprop: {cfg.algorithm} on {cfg.dataset} ({len(self.train_set)} train / {len(self.test_set)} test), "
-                 f"model={cfg.model}, device={self.device}, algorithm={self.algorithm}")
-        self.save_checkpoint(0)
-        for epoch in range(1, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            row = {"epoch": epoch, **self.train_epoch(epoch)}
-            self._check_finite(epoch, torch.tensor(row["train_loss"]))  # never checkpoint non-finite weights
-            test = evaluate(self.network, self.algorithm, self.test_loader, self.device)
-            row.update(test_error=test["error"], test_loss=test["loss"], time=time.perf_counter() - t0)
-            self.history.append(row)
-            self.log(f"epoch {epoch:3d}  train loss {row['train_loss']:.4f}  train error {100 * row['train_error']:6.2f}%  "
-                     f"test error {100 * row['test_error']:6.2f}%  ({row['time']:.1f}s)")
-            if self.out:
-                with open(self.out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
-            self.save_checkpoint(epoch)
+        if self.epoch == 0 and self._partial is None:
+            self.log(f"eqprop: {cfg.algorithm} on {cfg.dataset} ({len(self.train_labels)} train / "
+                     f"{len(self.data.test_labels)} test), model={cfg.model}, device={self.device}, "
+                     f"algorithm={self.algorithm}" + (f", run dir {self.out}" if self.out else ""))
+            self.save_checkpoint()
+        else:
+            self.log(f"eqprop: resuming {self.out} after epoch {self.epoch}"
+                     + (f" (batch {self._partial['batch']} of epoch {self.epoch + 1})" if self._partial else ""))
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handlers[sig] = signal.signal(sig, self._request_stop)
+        self._open_tensorboard()
+        disable = None if cfg.progress else True
+        batches = math.ceil(len(self.train_labels) / cfg.batch_size)
+        try:
+            with tqdm(total=cfg.epochs, initial=self.epoch, desc="epochs", unit="epoch", disable=disable) as ebar:
+                for epoch in range(self.epoch + 1, cfg.epochs + 1):
+                    start = self._partial["batch"] if self._partial else 0
+                    with tqdm(total=batches, initial=start, desc=f"epoch {epoch}", unit="batch", leave=False,
+                              disable=disable) as bbar:
+                        row: dict[str, float] = {"epoch": epoch, **self.train_epoch(epoch, bbar)}
+                    t_eval = time.perf_counter()
+                    test = evaluate(self.network, self.algorithm, self.data, self.device, flatten=self.flatten)
+                    row.update(test_error=test["error"], test_top5_error=test["top5_error"], test_loss=test["loss"],
+                               lr=self.optimizer.param_groups[0]["lr"])
+                    row["time"] = row["train_time"] + time.perf_counter() - t_eval
+                    self.history.append(row)
+                    self.epoch = epoch
+                    best = row["test_error"] < self.best_error
+                    self.best_error = min(self.best_error, row["test_error"])
+                    self.log(f"epoch {epoch:3d}  train loss {row['train_loss']:.4f}  train error "
+                             f"{100 * row['train_error']:6.2f}%  test error {100 * row['test_error']:6.2f}%  "
+                             f"top-5 {100 * row['test_top5_error']:5.2f}%  ({row['time']:.1f}s)")
+                    if self.out:
+                        self._write_metrics(row)
+                        self.save_checkpoint(best=best)
+                    ebar.update(1)
+                    ebar.set_postfix(test_err=f"{100 * row['test_error']:.2f}%")
+                    if self._stop is not None and epoch < cfg.epochs:
+                        raise Interrupted(self._stop, self.out / "checkpoint_last.pt" if self.out else None)
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            if self._writer is not None:
+                self._writer.close()
         return self.history
+
+
+def load_run(run_dir: str | Path, which: str = "best", overrides: Sequence[str] = (),
+             device: str | None = None) -> tuple[Trainer, dict[str, Any]]:
+    """A run's trainer with the weights of ``checkpoint_{which}.pt`` loaded, and that checkpoint."""
+    run_dir = Path(run_dir)
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    path = run_dir / f"checkpoint_{which}.pt"
+    if which == "best" and not path.exists():
+        path = run_dir / "checkpoint_last.pt"
+    if not path.exists() or not (run_dir / "config.json").exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: need config.json and {path.name}")
+    cfg = parse_overrides(overrides, config_from_dict(json.loads((run_dir / "config.json").read_text())))
+    cfg.out_dir, cfg.tensorboard = None, False
+    if device is not None:
+        cfg.device = device
+    trainer = Trainer(cfg, log=lambda s: None)
+    state = torch.load(path, map_location=trainer.device, weights_only=False)
+    trainer.network.load_state_dict(state["network"])
+    return trainer, state

@@ -1,0 +1,237 @@
+"""Experiment configs: one typed, validated ``TrainConfig`` per run, read from YAML and ``key=value`` overrides.
+
+A YAML experiment is a flat mapping of config keys. ``base: other.yaml`` (a path relative to the file) starts
+from another experiment; a ``study:`` block (algorithms, datasets, seeds, jobs) is read by ``eqprop study``
+only. A wrong key, type or choice is a ``ConfigError`` that names it and lists what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+__all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "config_from_dict", "read_yaml",
+           "STUDY_KEYS"]
+
+STUDY_KEYS = ("algorithms", "datasets", "seeds", "jobs")
+
+
+class ConfigError(ValueError):
+    """A config key, type or value that is not valid; the message says what is."""
+
+
+@dataclass
+class TrainConfig:
+    """One experiment. The defaults train a small DCHN with C-EP on scikit-learn's digits (16x16)."""
+
+    # data
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    verify_checksums: bool = True
+    image_size: int = 16  # digits only; the file-based sets have their own size (32x32)
+    flip: bool | None = None  # random horizontal flips in training; None: the paper's choice per data set
+    crop_padding: int = 0  # random crop after padding by this many pixels; 0 = off
+    limit_train: int | None = None  # keep the first N training / test images (quick runs, tests)
+    limit_test: int | None = None
+    # model
+    model: str = "dchn"
+    channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    hidden: list[int] = field(default_factory=lambda: [256])
+    gains: list[float] = field(default_factory=lambda: [0.8, 0.8, 0.8, 0.8])
+    activation: str = "hard_sigmoid"
+    # learning algorithm and relaxation
+    algorithm: str = "CEP"
+    beta: float = 0.1
+    cost: str = "squared_error"
+    free_iterations: int = 20
+    nudged_iterations: int = 8
+    schedule: str = "asynchronous"
+    dtype: str = "float32"
+    init: str = "zeros"
+    cuda_graphs: bool = False
+    channels_last: bool = False
+    # optimiser and scheduler (Table 5)
+    lrs: list[float] = field(default_factory=lambda: [0.1, 0.06, 0.04, 0.02])
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    epochs: int = 20
+    batch_size: int = 64
+    eta_min: float = 2e-6
+    # run
+    seed: int = 0
+    device: str = "auto"
+    out_dir: str | None = None
+    tensorboard: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _choices() -> dict[str, list[str]]:
+    from .algorithms import algorithm_names
+    from .data import dataset_names
+    from .layers import ACTIVATIONS
+    from .nudging import COSTS
+    from .relaxation import DTYPES
+
+    return {"dataset": dataset_names(), "model": ["dchn", "mlp"], "algorithm": algorithm_names(),
+            "cost": sorted(COSTS), "schedule": ["asynchronous", "synchronous"], "dtype": sorted(DTYPES),
+            "init": ["zeros", "uniform"], "activation": sorted(ACTIVATIONS)}
+
+
+def _norm(name: str) -> str:
+    return name.replace("-", "").replace("_", "").lower()
+
+
+_POSITIVE = ("epochs", "batch_size", "free_iterations", "nudged_iterations", "image_size")
+_NON_NEGATIVE = ("crop_padding", "momentum", "weight_decay", "eta_min", "beta")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check every value's type and range, and that names are among the registered choices."""
+    hints = typing.get_type_hints(TrainConfig)
+    for key, typ in hints.items():
+        setattr(cfg, key, _check_type(key, getattr(cfg, key), typ))
+    for key, valid in _choices().items():
+        value = getattr(cfg, key)
+        match = next((v for v in valid if _norm(v) == _norm(value)), None)
+        if match is None:
+            raise ConfigError(f"config key {key!r}: {value!r} is not valid; choose one of {valid}")
+        setattr(cfg, key, match)  # canonical spelling: 'C-EP' -> 'CEP', 'CIFAR-10' -> 'cifar10'
+    for key in _POSITIVE:
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"config key {key!r} must be >= 1, got {getattr(cfg, key)}")
+    for key in _NON_NEGATIVE:
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(cfg, key)}")
+    for key in ("limit_train", "limit_test"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            raise ConfigError(f"config key {key!r} must be None or >= 1, got {getattr(cfg, key)}")
+    if any(lr < 0 for lr in cfg.lrs) or any(g <= 0 for g in cfg.gains) or any(c < 1 for c in cfg.channels):
+        raise ConfigError(f"lrs must be >= 0, gains > 0 and channels >= 1; got lrs={cfg.lrs}, gains={cfg.gains}, "
+                          f"channels={cfg.channels}")
+    dev = cfg.device
+    if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        raise ConfigError(f"config key 'device': {dev!r} is not valid; use auto, cpu, cuda, cuda:N or mps")
+
+
+def _type_name(typ: Any) -> str:
+    return getattr(typ, "__name__", str(typ).replace("typing.", ""))
+
+
+def _check_type(key: str, value: Any, typ: Any) -> Any:
+    """Return ``value`` as ``typ`` (ints widen to floats), or raise a ConfigError naming the key."""
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(key, value, inner[0])
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r}: expected a list of {_type_name(args[0])}, got {value!r}")
+        return [_check_type(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if typ is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if typ is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"config key {key!r}: expected {_type_name(typ)}, got {value!r} ({type(value).__name__})")
+
+
+def _parse_scalar(raw: str) -> Any:
+    """Read a command-line value as YAML (numbers, true/false, null, [lists]); plain words stay strings."""
+    import yaml
+
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def config_from_dict(values: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """A config from a mapping of keys; unknown keys are errors that list the valid ones."""
+    valid = TrainConfig.keys()
+    unknown = [k for k in values if k not in valid]
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]!r}; valid keys are {sorted(valid)}")
+    merged = {**(base or TrainConfig()).to_dict(), **dict(values)}
+    return TrainConfig(**merged)
+
+
+def parse_overrides(items: Sequence[str], base: TrainConfig | None = None) -> TrainConfig:
+    """Apply ``key=value`` overrides (values read as YAML scalars/lists) to a config."""
+    changes: dict[str, Any] = {}
+    hints = typing.get_type_hints(TrainConfig)
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"expected key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        value = None if raw.strip().lower() in ("none", "null", "~") else _parse_scalar(raw.strip())
+        if hints.get(key) in (str, str | None) and value is not None and not isinstance(value, str):
+            value = raw.strip()  # e.g. device=0 or dataset=10 stay strings and fail on their choices
+        if typing.get_origin(hints.get(key)) is list and not isinstance(value, list):
+            value = [value]
+        changes[key] = value
+    return config_from_dict(changes, base)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read an experiment YAML (following ``base:`` links); returns the merged mapping, ``study`` included."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of config keys, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is not None:
+        parent = read_yaml(path.parent / base)
+        study = {**parent.pop("study", {}), **data.pop("study", {})}
+        data = {**parent, **data, **({"study": study} if study else {})}
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """The config of a YAML experiment (or the defaults) with ``key=value`` overrides applied."""
+    base = TrainConfig()
+    if path is not None:
+        data = read_yaml(path)
+        study = data.pop("study", None)
+        if study is not None and (not isinstance(study, dict) or set(study) - set(STUDY_KEYS)):
+            raise ConfigError(f"{path}: the study block takes keys {list(STUDY_KEYS)}, got {study!r}")
+        try:
+            base = config_from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    return parse_overrides(overrides, base)
+
+
+def dump_json(cfg: TrainConfig) -> str:
+    return json.dumps(cfg.to_dict(), indent=2)

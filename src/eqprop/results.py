@@ -1,0 +1,122 @@
+"""Results of finished runs: learning-curve plots and the Table 1 layout (algorithms x data sets, mean ± std)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["Run", "read_run", "plot_runs", "results_table"]
+
+
+@dataclass
+class Run:
+    """A run directory's resolved config and per-epoch metrics."""
+
+    path: Path
+    config: dict[str, Any]
+    metrics: list[dict[str, float]]
+
+    @property
+    def label(self) -> str:
+        c = self.config
+        return f"{c['algorithm']} {c['dataset']} seed {c['seed']}"
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.metrics[-1] if self.metrics else {}
+
+
+def read_run(run_dir: str | Path) -> Run:
+    """Read ``config.json`` and ``metrics.jsonl`` from a run directory."""
+    run_dir = Path(run_dir)
+    cfg_path, metrics_path = run_dir / "config.json", run_dir / "metrics.jsonl"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
+    metrics = []
+    if metrics_path.exists():
+        metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    by_epoch = {int(m["epoch"]): m for m in metrics}  # a resumed run may repeat an epoch; keep the last
+    return Run(run_dir, json.loads(cfg_path.read_text()), [by_epoch[e] for e in sorted(by_epoch)])
+
+
+def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
+    """PNG learning curves: train/test error and train/test loss per epoch, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [read_run(d) for d in run_dirs]
+    if not any(r.metrics for r in runs):
+        raise ValueError(f"no epoch metrics in {[str(r.path) for r in runs]}: nothing to plot")
+    fig, (ax_err, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    for k, run in enumerate(runs):
+        if not run.metrics:
+            continue
+        color = f"C{k % 10}"
+        epochs = [m["epoch"] for m in run.metrics]
+        ax_err.plot(epochs, [100 * m["test_error"] for m in run.metrics], color=color, label=f"{run.label} test")
+        ax_err.plot(epochs, [100 * m["train_error"] for m in run.metrics], color=color, ls="--",
+                    label=f"{run.label} train")
+        ax_loss.plot(epochs, [m["test_loss"] for m in run.metrics], color=color, label=f"{run.label} test")
+        ax_loss.plot(epochs, [m["train_loss"] for m in run.metrics], color=color, ls="--", label=f"{run.label} train")
+    ax_err.set(xlabel="epoch", ylabel="error rate (%)", title="error (solid: test, dashed: train)")
+    ax_loss.set(xlabel="epoch", ylabel="cost", title="loss (solid: test, dashed: train)")
+    for ax in (ax_err, ax_loss):
+        ax.grid(alpha=0.3)
+    ax_err.set_yscale("log")
+    ax_loss.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return ""
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{100 * mean:.2f}"
+    return f"{100 * mean:.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def results_table(run_dirs: Sequence[str | Path], metric: str = "final") -> str:
+    """Markdown table in Table 1's layout: rows = algorithms, columns = (data set: test, train) error in %,
+    mean ± sample std over seeds, from each run's final epoch (``metric='best'``: its lowest test error)."""
+    from .algorithms import algorithm_names
+    from .data import dataset_names
+
+    if metric not in ("final", "best"):
+        raise ValueError(f"metric must be 'final' or 'best', got {metric!r}")
+    cells: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for d in run_dirs:
+        run = read_run(d)
+        if not run.metrics:
+            continue
+        row = min(run.metrics, key=lambda m: m["test_error"]) if metric == "best" else run.final
+        cell = cells.setdefault((run.config["algorithm"], run.config["dataset"]), {"test": [], "train": []})
+        cell["test"].append(row["test_error"])
+        cell["train"].append(row["train_error"])
+    if not cells:
+        raise ValueError("none of the runs has finished an epoch: nothing to tabulate")
+    order_a, order_d = algorithm_names(), dataset_names()
+    algos = sorted({a for a, _ in cells}, key=lambda a: order_a.index(a) if a in order_a else len(order_a))
+    sets = sorted({d for _, d in cells}, key=lambda d: order_d.index(d) if d in order_d else len(order_d))
+    header = "| algorithm | " + " | ".join(f"{d} test | {d} train" for d in sets) + " |"
+    lines = [header, "|" + " --- |" * (1 + 2 * len(sets))]
+    for a in algos:
+        parts = []
+        for d in sets:
+            cell = cells.get((a, d), {"test": [], "train": []})
+            parts += [_cell(cell["test"]), _cell(cell["train"])]
+        lines.append(f"| {a} | " + " | ".join(parts) + " |")
+    seeds = sorted({len(c["test"]) for c in cells.values()})
+    lines.append("")
+    lines.append(f"Error rates in % ({metric} epoch), mean ± sample std over {'/'.join(map(str, seeds))} seed(s).")
+    return "\n".join(lines)

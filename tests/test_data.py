@@ -1,0 +1,165 @@
+"""Loaders on files written in each data set's real on-disk format, plus the shared real MNIST."""
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from eqprop.data import dataset_spec, load_dataset, random_crop, random_flip, read_idx
+
+MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+def _write_idx(path, arr, compress):
+    header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with (gzip.open if compress else open)(path, "wb") as f:
+        f.write(header + arr.tobytes())
+
+
+def _idx_set(root, n=7, compress=False, seed=0):
+    rng = np.random.default_rng(seed)
+    imgs = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    labs = rng.integers(0, 10, size=n, dtype=np.uint8)
+    suffix = ".gz" if compress else ""
+    for split in ("train", "t10k"):
+        _write_idx(root / f"{split}-images-idx3-ubyte{suffix}", imgs, compress)
+        _write_idx(root / f"{split}-labels-idx1-ubyte{suffix}", labs, compress)
+    return imgs, labs
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_mnist_idx_files_are_padded_and_normalised_as_table4(tmp_path, compress):
+    imgs, labs = _idx_set(tmp_path, compress=compress)
+    data = load_dataset("mnist", tmp_path)
+    x, y = data.normalized("train").tensors
+    assert x.shape == (7, 1, 32, 32) and y.tolist() == labs.tolist() and not data.flip
+    expected = (imgs[3, 5, 6] / 255.0 - 0.1307) / 0.3081
+    assert float(x[3, 0, 7, 8]) == pytest.approx(expected, abs=1e-5)  # padded by 2 pixels (appendix D)
+    assert float(x[0, 0, 0, 0]) == pytest.approx(-0.1307 / 0.3081, abs=1e-6)
+
+
+def test_fashion_mnist_in_torchvision_layout_flips_by_default(tmp_path):
+    imgs, labs = _idx_set(tmp_path / "FashionMNIST" / "raw", n=5, seed=1)
+    data = load_dataset("Fashion-MNIST", tmp_path)
+    x = data.normalized("test").tensors[0]
+    assert data.name == "fashion_mnist" and data.flip and data.test_labels.tolist() == labs.tolist()
+    assert float(x[2, 0, 10, 12]) == pytest.approx((imgs[2, 8, 10] / 255.0 - 0.2860) / 0.3530, abs=1e-5)
+
+
+def _cifar_pickles(root, folder, files, n, label_key, meta):
+    rng = np.random.default_rng(0)
+    data = {}
+    for name in files:
+        x = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        y = rng.integers(0, 10, size=n).tolist()
+        data[name] = (x, y)
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        with open(root / folder / name, "wb") as f:
+            pickle.dump({"data": x, label_key: y, "batch_label": name}, f, protocol=2)
+    with open(root / folder / meta[0], "wb") as f:
+        pickle.dump({meta[1]: [f"class{i}" for i in range(10)]}, f, protocol=2)
+    return data
+
+
+def test_cifar10_pickle_batches(tmp_path):
+    batches = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    raw = _cifar_pickles(tmp_path, "cifar-10-batches-py", batches, 4, "labels", ("batches.meta", "label_names"))
+    data = load_dataset("CIFAR-10", tmp_path, verify_checksums=False)
+    assert data.train_images.shape == (20, 3, 32, 32) and data.test_images.shape == (4, 3, 32, 32)
+    assert data.train_labels.tolist() == sum((raw[b][1] for b in batches[:5]), [])
+    row = raw["data_batch_2"][0][1]  # image 5 of the train set; rows hold R, G, B planes of 32x32
+    assert int(data.train_images[5, 1, 3, 7]) == int(row[1024 + 3 * 32 + 7])
+    x = data.normalized("train").tensors[0]
+    assert float(x[5, 1, 3, 7]) == pytest.approx((row[1024 + 3 * 32 + 7] / 255 - 0.4822) / (3 * 0.1994), abs=1e-5)
+    assert data.flip and data.num_classes == 10
+
+
+def test_cifar100_uses_fine_labels(tmp_path):
+    raw = _cifar_pickles(tmp_path, "cifar-100-python", ["train", "test"], 6, "fine_labels", ("meta", "fine_label_names"))
+    data = load_dataset("cifar100", tmp_path, verify_checksums=False, limit_train=4)
+    assert data.train_labels.tolist() == raw["train"][1][:4] and data.num_classes == 100
+    assert dataset_spec("cifar100").num_classes == 100
+
+
+def test_svhn_mat_files_map_label_10_to_0(tmp_path):
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        x = rng.integers(0, 256, size=(32, 32, 3, 6), dtype=np.uint8)
+        y = np.array([[10], [1], [2], [10], [9], [5]], dtype=np.uint8)
+        savemat(tmp_path / f"{split}_32x32.mat", {"X": x, "y": y})
+    data = load_dataset("svhn", tmp_path, verify_checksums=False)
+    assert data.test_labels.tolist() == [0, 1, 2, 0, 9, 5]
+    assert int(data.test_images[4, 2, 5, 9]) == int(x[5, 9, 2, 4])  # (H, W, C, N) -> (N, C, H, W)
+    assert not data.flip
+
+
+def test_checksums_reject_files_that_are_not_the_release(tmp_path):
+    from scipy.io import savemat
+
+    for split in ("train", "test"):
+        savemat(tmp_path / f"{split}_32x32.mat", {"X": np.zeros((32, 32, 3, 1), np.uint8), "y": np.ones((1, 1))})
+    with pytest.raises(FileNotFoundError, match="SVHN.*checksum"):
+        load_dataset("svhn", tmp_path)
+
+
+@pytest.mark.parametrize("name, title, file", [
+    ("mnist", "MNIST", "train-images-idx3-ubyte"), ("fashion_mnist", "Fashion-MNIST", "train-images-idx3-ubyte"),
+    ("svhn", "SVHN", "train_32x32.mat"), ("cifar10", "CIFAR-10", "cifar-10-batches-py/data_batch_1"),
+    ("cifar100", "CIFAR-100", "cifar-100-python/train")])
+def test_missing_files_error_names_set_directory_and_fix(tmp_path, name, title, file):
+    with pytest.raises(FileNotFoundError, match=f"(?s)^{title}: .*{file}.*{tmp_path}.*download=true"):
+        load_dataset(name, tmp_path)
+    with pytest.raises(ValueError, match=f"{name}.*data_dir"):
+        load_dataset(name, None)
+    with pytest.raises(ValueError, match="valid datasets"):
+        load_dataset("imagenet", tmp_path)
+
+
+def test_read_idx_rejects_other_files(tmp_path):
+    bad = tmp_path / "bad.idx"
+    bad.write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(ValueError, match="not an IDX file"):
+        read_idx(bad)
+
+
+@pytest.mark.skipif(not MNIST_DIR.exists(), reason="shared MNIST not available")
+def test_real_mnist_subset():
+    data = load_dataset("mnist", MNIST_DIR, limit_train=500, limit_test=100)
+    assert data.train_images.shape == (500, 1, 32, 32)
+    assert data.train_labels[:5].tolist() == [5, 0, 4, 1, 9] and data.test_labels[:5].tolist() == [7, 2, 1, 0, 4]
+    x = data.normalized("train").tensors[0]
+    assert abs(float(x[:, :, 2:30, 2:30].mean())) < 0.1  # Table 4's statistics fit the real images
+
+
+def test_digits_split_is_fixed_and_seeded():
+    a, b, c = (load_dataset("digits", image_size=16, seed=s) for s in (0, 0, 1))
+    assert torch.equal(a.train_labels, b.train_labels) and not torch.equal(a.train_labels, c.train_labels)
+    assert a.image_shape == (1, 16, 16) and len(a.train_labels) + len(a.test_labels) == 1797
+    x = a.normalized("train").tensors[0]
+    assert abs(float(x.mean())) < 1e-5 and float(x.std()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_random_flip_and_crop_are_per_image_and_seeded():
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(2 * 3, 1, 4, 5).repeat(10, 1, 1, 1)
+    g = torch.Generator().manual_seed(0)
+    flipped = random_flip(x, g)
+    same = [(flipped[i] == x[i]).all().item() for i in range(len(x))]
+    mirrored = [(flipped[i] == x[i].flip(-1)).all().item() for i in range(len(x))]
+    assert all(s or m for s, m in zip(same, mirrored)) and 10 < sum(mirrored) < 50
+    cropped = random_crop(x, 2, torch.Generator().manual_seed(1))
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    offsets = set()
+    for i in range(len(x)):
+        match = [(dy, dx) for dy in range(5) for dx in range(5)
+                 if torch.equal(cropped[i], padded[i, :, dy:dy + 4, dx:dx + 5])]
+        assert match, f"image {i} is not a window of its padded image"
+        offsets.add(match[0])
+    assert len(offsets) > 5
+    assert torch.equal(random_crop(x, 2, torch.Generator().manual_seed(1)), cropped)

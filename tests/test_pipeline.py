@@ -1,0 +1,257 @@
+"""The training pipeline end to end on digits with a tiny budget: configs, runs, resume, eval, plot, table, study."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from eqprop.cli import main
+from eqprop.config import ConfigError, TrainConfig, load_config, parse_overrides
+from eqprop.data import dataset_spec
+from eqprop.results import read_run, results_table
+from eqprop.train import DivergenceError, Interrupted, Trainer, build_network, topk_errors
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["free_iterations=6", "nudged_iterations=3", "channels=[8,16,16]", "limit_train=256", "limit_test=128",
+        "progress=false", "batch_size=64"]
+
+
+def tiny(tmp_path, *extra):
+    return parse_overrides([*TINY, f"out_dir={tmp_path}", *extra])
+
+
+# ----------------------------------------------------------------------------------------------- configs
+
+def test_overrides_are_typed_and_validated():
+    cfg = parse_overrides(["algorithm=N-EP", "epochs=2", "lrs=[0.1,0.2,0.3,0.4]", "out_dir=none", "beta=0.3",
+                           "dataset=CIFAR-10", "flip=true"])
+    assert (cfg.algorithm, cfg.epochs, cfg.lrs, cfg.out_dir, cfg.beta) == ("NEP", 2, [0.1, 0.2, 0.3, 0.4], None, 0.3)
+    assert cfg.dataset == "cifar10" and cfg.flip is True
+    with pytest.raises(ConfigError, match="unknown config key 'epoch'.*valid keys"):
+        parse_overrides(["epoch=2"])
+    with pytest.raises(ConfigError, match="'beta'.*expected float"):
+        parse_overrides(["beta=big"])
+    with pytest.raises(ConfigError, match="'schedule'.*'sideways'.*asynchronous"):
+        parse_overrides(["schedule=sideways"])
+    with pytest.raises(ConfigError, match="'epochs' must be >= 1"):
+        parse_overrides(["epochs=0"])
+    with pytest.raises(ConfigError, match="'lrs\\[1\\]'.*expected float"):
+        parse_overrides(["lrs=[0.1,fast]"])
+    with pytest.raises(ConfigError, match="'device'.*cuda:N"):
+        parse_overrides(["device=gpu0"])
+
+
+def test_yaml_configs_validate_with_base_files(tmp_path):
+    (tmp_path / "base.yaml").write_text("algorithm: NEP\nbeta: 0.2\nstudy:\n  seeds: [0, 1]\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nbeta: 0.3\nepochs: 4\n")
+    cfg = load_config(tmp_path / "child.yaml", ["epochs=5"])
+    assert (cfg.algorithm, cfg.beta, cfg.epochs) == ("NEP", 0.3, 5)
+    (tmp_path / "bad.yaml").write_text("algorithm: NEP\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*unknown config key 'learning_rate'.*valid keys"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "badtype.yaml").write_text("epochs: many\n")
+    with pytest.raises(ConfigError, match="'epochs'.*expected int.*'many'"):
+        load_config(tmp_path / "badtype.yaml")
+    (tmp_path / "badstudy.yaml").write_text("study:\n  seed: [1]\n")
+    with pytest.raises(ConfigError, match="study block takes keys"):
+        load_config(tmp_path / "badstudy.yaml")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+SHIPPED = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(ROOT / "configs")) for p in SHIPPED])
+def test_shipped_configs_validate_and_build_table5_networks(path):
+    cfg = load_config(path)
+    spec = dataset_spec(cfg.dataset)
+    size = spec.image_size or cfg.image_size
+    net = build_network(cfg, (spec.in_channels, size, size), spec.num_classes)
+    if path.name != "default.yaml":  # Table 5: n_in x 32 x 32 -> 128x16x16 -> 256x8x8 -> 512x4x4 -> 512x2x2 -> n_out
+        assert [tuple(layer.shape) for layer in net.layers] == [
+            (spec.in_channels, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 2, 2), (spec.num_classes,)]
+        assert (cfg.momentum, cfg.batch_size, cfg.eta_min, cfg.schedule in ("asynchronous", "synchronous")) == (
+            0.9, 128, 2e-6, True)
+
+
+def test_shipped_configs_carry_table5_values():
+    t1, t6 = load_config(ROOT / "configs/table1.yaml"), load_config(ROOT / "configs/table6_svhn.yaml")
+    assert (t1.beta, t1.free_iterations, t1.nudged_iterations, t1.gains, t1.weight_decay) == (
+        0.25, 60, 15, [0.5] * 5, 3e-4)
+    assert t1.lrs == [0.0625, 0.0375, 0.025, 0.02, 0.0125] and t6.gains == [0.7] * 5 and t6.dataset == "svhn"
+    c10 = load_config(ROOT / "configs/table2/cifar10_300.yaml")
+    assert (c10.beta, c10.nudged_iterations, c10.gains, c10.lrs, c10.weight_decay, c10.epochs) == (
+        0.1, 20, [0.4, 0.7, 0.6, 0.3, 0.4], [0.03] * 5, 2.5e-4, 300)
+    c100 = load_config(ROOT / "configs/table2/cifar100_100.yaml")
+    assert (c100.gains, c100.lrs, c100.weight_decay) == ([0.5, 0.4, 0.5, 0.8, 0.5], [0.03, 0.04, 0.04, 0.04, 0.025],
+                                                         3.5e-4)
+    sync, fast = load_config(ROOT / "configs/table3/sync32_250.yaml"), load_config(ROOT / "configs/table3/async16_60.yaml")
+    assert (sync.schedule, sync.dtype, sync.free_iterations, sync.nudged_iterations) == ("synchronous", "float32", 250, 30)
+    assert (fast.schedule, fast.dtype, fast.free_iterations) == ("asynchronous", "bfloat16", 60)
+
+
+# ----------------------------------------------------------------------------------------------- runs
+
+def test_topk_errors():
+    out = torch.tensor([[0.9, 0.1, 0.0, 0.0, 0.0, 0.0], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]])
+    assert topk_errors(out, torch.tensor([0, 0])) == {1: 1, 5: 1}
+    assert topk_errors(out, torch.tensor([1, 1])) == {1: 2, 5: 0}
+    assert topk_errors(out[:, :3], torch.tensor([2, 0])) == {1: 2, 5: 0}  # k capped at the number of classes
+
+
+def test_cli_train_writes_a_complete_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "epochs=2", f"out_dir={out}"]) == 0
+    printed = capsys.readouterr().out
+    assert "epoch   2" in printed and "test error" in printed and "top-5" in printed
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("train_loss", "train_error", "train_top5_error", "test_error", "test_top5_error", "time",
+                "free_iterations"):
+        assert all(key in r for r in rows)
+    assert all(0 <= r["test_top5_error"] <= r["test_error"] <= 1 and r["free_iterations"] == 6 for r in rows)
+    assert (out / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss")
+    assert len((out / "metrics.csv").read_text().splitlines()) == 3
+    assert json.loads((out / "config.json").read_text())["channels"] == [8, 16, 16]
+    last = torch.load(out / "checkpoint_last.pt", weights_only=False)
+    best = torch.load(out / "checkpoint_best.pt", weights_only=False)
+    assert last["epoch"] == 2 and "interactions.conv1.weight" in last["network"]
+    assert best["best_error"] == min(r["test_error"] for r in rows)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("epoch/test_error")] == [1, 2]
+    assert [e.value for e in events.Scalars("epoch/test_error")] == pytest.approx([r["test_error"] for r in rows])
+
+
+def test_cli_train_with_yaml_config(tmp_path):
+    (tmp_path / "exp.yaml").write_text("algorithm: NEP\nbeta: 0.2\nepochs: 1\n")
+    assert main(["train", str(tmp_path / "exp.yaml"), *TINY, f"out_dir={tmp_path / 'run'}"]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["algorithm"] == "NEP"
+
+
+def test_cli_reports_bad_input(capsys, tmp_path):
+    assert main(["train", "algorithm=XEP", "epochs=1"]) == 2
+    assert "valid" in capsys.readouterr().err
+    assert main(["train", "dataset=cifar10", f"data_dir={tmp_path}", *TINY]) == 2
+    assert "CIFAR-10" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def _final_state(trainer):
+    return {k: v.clone() for k, v in trainer.network.state_dict().items()}
+
+
+def test_interrupted_run_resumes_exactly(tmp_path):
+    """SIGTERM in the middle of epoch 2 leaves a checkpoint; resuming gives the same weights and metrics
+    as the run that was never interrupted (optimiser, scheduler, shuffling and augmentation RNG restored)."""
+    extra = ["epochs=3", "crop_padding=1", "flip=true", "init=uniform"]
+    straight = Trainer(tiny(tmp_path / "a", *extra), log=lambda s: None)
+    straight.fit()
+
+    def sigterm_in_epoch_2(trainer, epoch, batch):
+        if epoch == 2 and batch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped = Trainer(tiny(tmp_path / "b", *extra), log=lambda s: None, callbacks=[sigterm_in_epoch_2])
+    with pytest.raises(Interrupted, match="SIGTERM.*--resume"):
+        stopped.fit()
+    ckpt = torch.load(tmp_path / "b" / "checkpoint_last.pt", weights_only=False)
+    assert ckpt["epoch"] == 1 and ckpt["partial"]["batch"] == 2
+    resumed = Trainer.resume(tmp_path / "b", log=lambda s: None)
+    resumed.fit()
+    for key, value in _final_state(straight).items():
+        assert torch.equal(value, resumed.network.state_dict()[key]), key
+    drop = ("time", "train_time")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in straight.history] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in resumed.history]
+    assert [r["epoch"] for r in read_run(tmp_path / "b").metrics] == [1, 2, 3]
+    with pytest.raises(ConfigError, match="cannot change \\['beta'\\] when resuming"):
+        Trainer.resume(tmp_path / "b", ["beta=0.5"])
+
+
+def test_sigterm_to_a_cli_run_leaves_a_resumable_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "eqprop", "train", *TINY, "limit_train=1024", "epochs=30",
+                             "tensorboard=false", f"out_dir={out}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "interrupted by SIGTERM" in err and f"--resume {out}" in err
+    done = torch.load(out / "checkpoint_last.pt", weights_only=False)
+    assert 1 <= done["epoch"] < 30
+    resumed = Trainer.resume(out, log=lambda s: None)
+    assert resumed.epoch == done["epoch"] and resumed.scheduler.last_epoch == done["epoch"]
+    for key, value in done["network"].items():
+        assert torch.equal(value, resumed.network.state_dict()[key]), key
+
+
+def test_divergence_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, capsys):
+    cfg = TrainConfig(model="mlp", image_size=8, hidden=[16], gains=[0.5, 0.5], lrs=[1e6, 1e6], free_iterations=4,
+                      nudged_iterations=2, epochs=3, out_dir=str(tmp_path), progress=False)
+    with pytest.raises(DivergenceError, match="diverged in epoch 1.*last good checkpoint"):
+        Trainer(cfg, log=lambda s: None).fit()
+    ckpt = torch.load(tmp_path / "checkpoint_last.pt", weights_only=False)
+    assert ckpt["epoch"] == 0 and all(torch.isfinite(v).all() for v in ckpt["network"].values())
+    assert main(["train", "model=mlp", "image_size=8", "hidden=[16]", "gains=[0.5,0.5]", "lrs=[1e6,1e6]",
+                 "free_iterations=4", "nudged_iterations=2", "epochs=2", "progress=false",
+                 f"out_dir={tmp_path / 'cli'}"]) == 3
+    assert "diverged" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------- results
+
+def test_eval_plot_table_and_study(tmp_path, capsys):
+    (tmp_path / "exp.yaml").write_text("epochs: 2\nstudy:\n  seeds: [0, 1]\n")
+    study = tmp_path / "study"
+    assert main(["study", str(tmp_path / "exp.yaml"), *TINY, "tensorboard=false", "--algorithms", "CEP", "NEP",
+                 "--jobs", "2", "--out", str(study)]) == 0
+    runs = sorted(p.parent for p in study.glob("*/config.json"))
+    assert [p.name for p in runs] == ["CEP_digits_seed0", "CEP_digits_seed1", "NEP_digits_seed0", "NEP_digits_seed1"]
+    table = (study / "table.md").read_text()
+    finals = {p.name: read_run(p).final for p in runs}
+    cep = [100 * finals[f"CEP_digits_seed{s}"]["test_error"] for s in (0, 1)]
+    mean, std = sum(cep) / 2, abs(cep[0] - cep[1]) / 2 ** 0.5
+    assert f"| CEP | {mean:.2f} ± {std:.2f} |" in table and "| NEP |" in table and "digits test" in table
+    assert (study / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+
+    # eval re-measures the best checkpoint's test error exactly
+    best = min(read_run(runs[0]).metrics, key=lambda m: m["test_error"])
+    assert main(["eval", str(runs[0])]) == 0
+    assert f"test error {100 * best['test_error']:.2f}%" in capsys.readouterr().out
+
+    png = tmp_path / "curves.png"
+    assert main(["plot", *map(str, runs), "-o", str(png)]) == 0 and png.stat().st_size > 10_000
+    assert main(["table", *map(str, runs), "--metric", "best"]) == 0
+    assert "| NEP |" in capsys.readouterr().out
+    assert results_table(runs).count("\n") == 5  # header, rule, 2 rows, blank, note
+
+    # a second study call resumes the finished runs instead of redoing them
+    before = (runs[0] / "metrics.jsonl").read_text()
+    assert main(["study", str(tmp_path / "exp.yaml"), *TINY, "tensorboard=false", "--algorithms", "CEP",
+                 "--seeds", "0", "--out", str(study)]) == 0
+    assert (runs[0] / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "mnist").exists(), reason="shared MNIST not available")
+def test_real_mnist_run_learns(tmp_path):
+    cfg = parse_overrides(["dataset=mnist", f"data_dir={ROOT.parent / 'shared' / 'data' / 'mnist'}", "limit_train=1024",
+                           "limit_test=512", "channels=[8,16,16]", "gains=[0.8,0.8,0.8,0.8]", "free_iterations=10",
+                           "nudged_iterations=4", "epochs=2", "progress=false", f"out_dir={tmp_path}"])
+    history = Trainer(cfg, log=lambda s: None).fit()
+    assert history[-1]["test_error"] < 0.5  # chance is 0.9
