@@ -37,7 +37,9 @@ def test_each_algorithm_lowers_the_training_loss_on_digits(name, digits):
 
 
 def test_registry_names_and_aliases():
-    assert list(ALGORITHMS) == ALL
+    assert list(ALGORITHMS)[:len(ALL)] == ALL
+    assert list(ALGORITHMS)[len(ALL):] == ["PC-CEP", "PC-PEP", "PC-NEP", "PC-REP", "PC-BP"]
+    assert get_algorithm("pc_cep").name == "PC-CEP"
     assert get_algorithm("C-EP").name == "CEP" and get_algorithm("ncpl").name == "NCpL"
     assert get_algorithm("CEP", beta=0.3).betas == (-0.3, 0.3)
     assert get_algorithm("NEP", beta=0.3).betas == (0.0, -0.3)

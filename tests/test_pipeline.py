@@ -74,7 +74,10 @@ def test_shipped_configs_validate_and_build_table5_networks(path):
     spec = dataset_spec(cfg.dataset)
     size = spec.image_size or cfg.image_size
     net = build_network(cfg, (spec.in_channels, size, size), spec.num_classes)
-    if path.name != "default.yaml":  # Table 5: n_in x 32 x 32 -> 128x16x16 -> 256x8x8 -> 512x4x4 -> 512x2x2 -> n_out
+    if cfg.model == "pcn":
+        out = net.forward_pass(torch.zeros(2, spec.in_channels, size, size))[-1]
+        assert out.shape == (2, spec.num_classes)
+    elif path.name != "default.yaml":  # Table 5: n_in x 32 x 32 -> 128x16x16 -> 256x8x8 -> 512x4x4 -> 512x2x2 -> n_out
         assert [tuple(layer.shape) for layer in net.layers] == [
             (spec.in_channels, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 2, 2), (spec.num_classes,)]
         assert (cfg.momentum, cfg.batch_size, cfg.eta_min, cfg.schedule in ("asynchronous", "synchronous")) == (
@@ -141,7 +144,7 @@ def test_cli_train_with_yaml_config(tmp_path):
 def test_cli_reports_bad_input(capsys, tmp_path):
     assert main(["train", "algorithm=XEP", "epochs=1"]) == 2
     assert "valid" in capsys.readouterr().err
-    assert main(["train", "dataset=cifar10", f"data_dir={tmp_path}", *TINY]) == 2
+    assert main(["train", "dataset=cifar10", *TINY, "--data-dir", str(tmp_path)]) == 2
     assert "CIFAR-10" in capsys.readouterr().err
     assert main(["eval", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err

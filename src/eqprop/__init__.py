@@ -10,12 +10,13 @@ from .models import dchn, hopfield_mlp
 from .network import EnergyNetwork
 from .nudging import ClampNudge, CrossEntropy, EPNudge, SquaredError, get_cost, one_hot
 from .optim import make_optimizer, make_scheduler
+from .predictive_coding import PCBackprop, PCEquilibriumPropagation, PredictiveCodingNetwork, pc_vgg
 from .relaxation import RelaxResult, Trajectory, relax
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ACTIVATIONS", "ALGORITHMS", "ConfigError", "ImageData", "TrainConfig", "load_config", "load_dataset",
+    "ACTIVATIONS", "ALGORITHMS", "PCBackprop", "PCEquilibriumPropagation", "PredictiveCodingNetwork", "pc_vgg", "ConfigError", "ImageData", "TrainConfig", "load_config", "load_dataset",
     "register_dataset", "INTERACTIONS", "BackpropThroughTime", "Bias", "ClampNudge", "Contrastive",
     "ConvPool", "CrossEntropy", "Dense", "EPNudge", "EnergyNetwork", "Interaction", "Layer", "LearningAlgorithm",
     "RecurrentBackprop", "RelaxResult", "SquaredError", "Trajectory", "TruncatedBackprop", "dchn",

@@ -271,6 +271,6 @@ def get_algorithm(name: str, **kwargs) -> LearningAlgorithm:
     """Build an algorithm by name ("CEP", "C-EP", "ncpl", "TBP", ...); an unknown name lists the valid ones."""
     key = name.replace("-", "").replace("_", "").lower()
     for canonical, factory in ALGORITHMS.items():
-        if canonical.lower() == key:
+        if canonical.replace("-", "").replace("_", "").lower() == key:
             return factory(**kwargs)
     raise ValueError(f"unknown algorithm {name!r}; valid algorithms are {algorithm_names()}")

@@ -29,6 +29,10 @@ def _split_config(items: Sequence[str]) -> tuple[str | None, list[str]]:
     return None, items
 
 
+def _data_dir(args: argparse.Namespace) -> list[str]:
+    return [f"data_dir={args.data_dir}"] if getattr(args, "data_dir", None) else []
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .train import Trainer
 
@@ -39,6 +43,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"{f.name:20s} {str(hints[f.name]).replace('typing.', ''):18s} {default!r}")
         return 0
     config, overrides = _split_config(args.items)
+    overrides += _data_dir(args)
     if args.resume:
         if config is not None:
             raise ConfigError("--resume takes the run's own config; give only key=value overrides "
@@ -58,7 +63,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .train import evaluate, load_run
 
-    trainer, state = load_run(args.run_dir, args.checkpoint, args.overrides)
+    trainer, state = load_run(args.run_dir, args.checkpoint, [*args.overrides, *_data_dir(args)])
     res = evaluate(trainer.network, trainer.algorithm, trainer.data, trainer.device, flatten=trainer.flatten)
     print(f"{args.run_dir} ({args.checkpoint} checkpoint, epoch {state['epoch']}): test error "
           f"{100 * res['error']:.2f}%  top-5 {100 * res['top5_error']:.2f}%  test loss {res['loss']:.4f}  "
@@ -86,7 +91,8 @@ def _cmd_table(args: argparse.Namespace) -> int:
 def _cmd_study(args: argparse.Namespace) -> int:
     from .study import run_study
 
-    runs = run_study(args.config, args.out, args.algorithms, args.datasets, args.seeds, args.jobs, args.overrides)
+    runs = run_study(args.config, args.out, args.algorithms, args.datasets, args.seeds, args.jobs,
+                     [*args.overrides, *_data_dir(args)])
     failed = [r for r in runs if r.returncode != 0]
     if failed:
         print(f"eqprop study: {len(failed)} of {len(runs)} runs failed: {[r.out_dir.name for r in failed]} "
@@ -104,12 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an experiment YAML file, then overrides such as algorithm=NEP epochs=3")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--help-config", action="store_true", help="list the config keys, their types and defaults")
+    p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="re-measure a run's test error from a checkpoint")
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. data_dir=... or device=cpu")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("plot", help="PNG learning curves of one or more runs")
@@ -131,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int)
     p.add_argument("--jobs", type=int, help="runs at once, each its own process (default: the config's, or 1)")
     p.add_argument("--out", default="runs/study", help="the study directory (default: runs/study)")
+    p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
     p.set_defaults(func=_cmd_study)
     return parser
 

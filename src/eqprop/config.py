@@ -45,6 +45,7 @@ class TrainConfig:
     hidden: list[int] = field(default_factory=lambda: [256])
     gains: list[float] = field(default_factory=lambda: [0.8, 0.8, 0.8, 0.8])
     activation: str = "hard_sigmoid"
+    pool_every: int = 1  # model=pcn: a 2x2 max-pool after every n-th conv prediction
     # learning algorithm and relaxation
     algorithm: str = "CEP"
     beta: float = 0.1
@@ -59,6 +60,7 @@ class TrainConfig:
     # optimiser and scheduler (Table 5)
     lrs: list[float] = field(default_factory=lambda: [0.1, 0.06, 0.04, 0.02])
     momentum: float = 0.9
+    nesterov: bool = False
     weight_decay: float = 3e-4
     epochs: int = 20
     batch_size: int = 64
@@ -88,7 +90,7 @@ def _choices() -> dict[str, list[str]]:
     from .nudging import COSTS
     from .relaxation import DTYPES
 
-    return {"dataset": dataset_names(), "model": ["dchn", "mlp"], "algorithm": algorithm_names(),
+    return {"dataset": dataset_names(), "model": ["dchn", "mlp", "pcn"], "algorithm": algorithm_names(),
             "cost": sorted(COSTS), "schedule": ["asynchronous", "synchronous"], "dtype": sorted(DTYPES),
             "init": ["zeros", "uniform"], "activation": sorted(ACTIVATIONS)}
 
@@ -97,7 +99,7 @@ def _norm(name: str) -> str:
     return name.replace("-", "").replace("_", "").lower()
 
 
-_POSITIVE = ("epochs", "batch_size", "free_iterations", "nudged_iterations", "image_size")
+_POSITIVE = ("pool_every", "epochs", "batch_size", "free_iterations", "nudged_iterations", "image_size")
 _NON_NEGATIVE = ("crop_padding", "momentum", "weight_decay", "eta_min", "beta")
 
 
@@ -124,6 +126,11 @@ def validate(cfg: TrainConfig) -> None:
     if any(lr < 0 for lr in cfg.lrs) or any(g <= 0 for g in cfg.gains) or any(c < 1 for c in cfg.channels):
         raise ConfigError(f"lrs must be >= 0, gains > 0 and channels >= 1; got lrs={cfg.lrs}, gains={cfg.gains}, "
                           f"channels={cfg.channels}")
+    pc_algorithm = cfg.algorithm.startswith("PC-")
+    if pc_algorithm != (cfg.model == "pcn"):
+        raise ConfigError(f"algorithm {cfg.algorithm!r} does not train model {cfg.model!r}: the PC-* algorithms "
+                          "train predictive-coding networks (model=pcn), the others Hopfield networks "
+                          "(model=dchn or mlp)")
     dev = cfg.device
     if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise ConfigError(f"config key 'device': {dev!r} is not valid; use auto, cpu, cuda, cuda:N or mps")

@@ -30,6 +30,7 @@ from .config import ConfigError, TrainConfig, config_from_dict, parse_overrides
 from .data import ImageData, load_dataset
 from .models import dchn, hopfield_mlp
 from .network import EnergyNetwork
+from .predictive_coding import PredictiveCodingNetwork, pc_vgg
 from .optim import make_optimizer, make_scheduler
 
 __all__ = ["TrainConfig", "Trainer", "build_network", "build_algorithm", "load_data", "DivergenceError",
@@ -45,8 +46,13 @@ def load_data(cfg: TrainConfig) -> ImageData:
                         verify_checksums=cfg.verify_checksums)
 
 
-def build_network(cfg: TrainConfig, in_shape: tuple[int, ...], num_classes: int) -> EnergyNetwork:
-    """The network a config describes ("dchn": Table 5's convolutional Hopfield net, or "mlp")."""
+def build_network(cfg: TrainConfig, in_shape: tuple[int, ...],
+                  num_classes: int) -> EnergyNetwork | PredictiveCodingNetwork:
+    """The network a config describes: "dchn" (Table 5's convolutional Hopfield net), "mlp", or "pcn"."""
+    if cfg.model == "pcn":
+        if len(in_shape) != 3:
+            raise ConfigError(f"model 'pcn' needs image inputs (C, H, W), got shape {in_shape}")
+        return pc_vgg(in_shape[0], num_classes, in_shape[-1], cfg.channels, cfg.hidden, cfg.pool_every, cfg.gains)
     if cfg.model == "dchn":
         if len(in_shape) != 3:
             raise ConfigError(f"model 'dchn' needs image inputs (C, H, W), got shape {in_shape}")
@@ -134,7 +140,7 @@ class Trainer:
         in_shape = (math.prod(self.data.image_shape),) if self.flatten else self.data.image_shape
         self.network = build_network(cfg, in_shape, self.data.num_classes).to(self.device)
         self.algorithm = build_algorithm(cfg)
-        self.optimizer = make_optimizer(self.network, cfg.lrs, cfg.momentum, cfg.weight_decay)
+        self.optimizer = make_optimizer(self.network, cfg.lrs, cfg.momentum, cfg.weight_decay, cfg.nesterov)
         self.scheduler = make_scheduler(self.optimizer, cfg.epochs, cfg.eta_min)
         self.generator = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation
         self.train_images = self.data.train_images.to(self.device)

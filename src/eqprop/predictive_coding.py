@@ -1,0 +1,283 @@
+"""Predictive-coding networks (PCN) trained by equilibrium propagation.
+
+Energy E = 1/2 sum_k ||h_k - f_k(theta_k, h_{k-1})||^2 with h_0 = x, and total energy F = E + beta C(h_L, y).
+Each prediction f_k is one of ``conv_pool_relu`` (ReLU o maxpool o conv3x3), ``conv_relu``, ``linear_relu`` or
+``linear`` (the top layer). At beta = 0 the minimum of F is the forward pass (E = 0 and dF/dtheta = 0 there),
+so only nudged phases are relaxed: asynchronous (even then odd layers) projected updates in pre-activation
+form, h_k <- ReLU(z_k + Delta_k) with z_k the pre-activation of f_k(h_{k-1}) and Delta_k = J_{k+1}^T eps_{k+1}
+the top-down error, and the output h_L <- a_L - beta dC/dh_L (exact for the squared error). Its fixed points
+are stationary points of F on units whose prediction and state are both positive; elsewhere the state is
+projected onto h >= 0 (the plain gradient form diverges on conv nets). To first order in beta the errors
+eps_k follow backprop's recursion either way, so the EP estimates below converge to the gradient. The update is
+local: dF/dtheta_k = -(eps_k * f_k') h_{k-1}^T with eps_k = h_k - f_k(h_{k-1}).
+
+Learning rules (``PC-PEP`` forward +beta, ``PC-NEP`` backward -beta, ``PC-REP`` random sign, ``PC-CEP``
+centered +-beta with O(beta^2) bias) and the backprop baseline ``PC-BP`` are registered as algorithms.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .algorithms import StepResult, register_algorithm
+from .nudging import Cost, get_cost, one_hot
+from .layers import get_activation
+from .relaxation import RelaxResult
+
+__all__ = ["PCLayer", "PC_LAYERS", "register_pc_layer", "PredictiveCodingNetwork", "pc_vgg",
+           "PCEquilibriumPropagation", "PCBackprop"]
+
+
+class PCLayer(nn.Module):
+    """One prediction f_k(h_{k-1}) = act(pre(h_{k-1})); ``pre`` gives the pre-activation z_k."""
+
+    relu: bool = True
+
+    def pre(self, h: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, h: Tensor) -> Tensor:
+        z = self.pre(h)
+        return F.relu(z) if self.relu else z
+
+    def reset_parameters(self, gain: float) -> None:
+        """Uniform(-c, c) with c = gain / sqrt(fan_in), the scheme of eq. (102); biases zero."""
+        w = self.weight
+        fan_in = w[0].numel()
+        with torch.no_grad():
+            w.uniform_(-gain / math.sqrt(fan_in), gain / math.sqrt(fan_in))
+            self.bias.zero_()
+
+
+class _Conv(PCLayer):
+    def __init__(self, c_in: int, c_out: int, pool: bool, relu: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(c_out, c_in, 3, 3))
+        self.bias = nn.Parameter(torch.zeros(c_out))
+        self.pool, self.relu = pool, relu
+
+    def pre(self, h: Tensor) -> Tensor:
+        z = F.conv2d(h, self.weight, self.bias, padding=1)
+        return F.max_pool2d(z, 2) if self.pool else z
+
+
+class _Linear(PCLayer):
+    def __init__(self, n_in: int, n_out: int, relu: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_out, n_in))
+        self.bias = nn.Parameter(torch.zeros(n_out))
+        self.relu = relu
+
+    def pre(self, h: Tensor) -> Tensor:
+        return F.linear(h.flatten(1), self.weight, self.bias)
+
+
+PC_LAYERS: dict[str, Callable[..., PCLayer]] = {}
+
+
+def register_pc_layer(name: str, factory: Callable[..., PCLayer]) -> None:
+    """Register a prediction type: ``factory(n_in, n_out)`` returns a :class:`PCLayer`."""
+    PC_LAYERS[name] = factory
+
+
+register_pc_layer("conv_pool_relu", lambda c_in, c_out: _Conv(c_in, c_out, pool=True))
+register_pc_layer("conv_relu", lambda c_in, c_out: _Conv(c_in, c_out, pool=False))
+register_pc_layer("linear_relu", lambda n_in, n_out: _Linear(n_in, n_out, relu=True))
+register_pc_layer("linear", lambda n_in, n_out: _Linear(n_in, n_out, relu=False))
+
+
+class PredictiveCodingNetwork(nn.Module):
+    """A stack of predictions f_1..f_L; states are lists [h_0 = x, h_1, ..., h_L]."""
+
+    def __init__(self, predictions: Sequence[PCLayer], num_classes: int) -> None:
+        super().__init__()
+        self.predictions = nn.ModuleList(predictions)
+        self.num_classes = num_classes
+
+    @property
+    def depth(self) -> int:
+        return len(self.predictions)
+
+    def layer_parameters(self) -> list[list[nn.Parameter]]:
+        """One parameter group per layer k = 1..L (for per-layer learning rates)."""
+        return [list(f.parameters()) for f in self.predictions]
+
+    def forward_pass(self, x: Tensor) -> list[Tensor]:
+        """The free equilibrium: h_k = f_k(h_{k-1}), where E = 0."""
+        states = [x]
+        for f in self.predictions:
+            states.append(f(states[-1]))
+        return states
+
+    def errors(self, states: Sequence[Tensor]) -> list[Tensor]:
+        """Prediction errors eps_k = h_k - f_k(h_{k-1}), k = 1..L."""
+        return [states[k] - f(states[k - 1]) for k, f in enumerate(self.predictions, start=1)]
+
+    def energy(self, states: Sequence[Tensor]) -> Tensor:
+        """E per sample (eq. of the PCN energy): 1/2 sum_k ||eps_k||^2."""
+        return sum(0.5 * e.flatten(1).pow(2).sum(1) for e in self.errors(states))
+
+    def energy_param_grads(self, states: Sequence[Tensor]) -> list[Tensor]:
+        """dE/dtheta (batch mean) at fixed states; local: each term of E involves one layer's theta."""
+        states = [s.detach() for s in states]
+        with torch.enable_grad():
+            return list(torch.autograd.grad(self.energy(states).mean(), list(self.parameters())))
+
+    def _top_down(self, k: int, states: Sequence[Tensor]) -> Tensor:
+        """Delta_k = J_{k+1}^T eps_{k+1} = -dE_{k+1}/dh_k (a vector-Jacobian product through f_{k+1})."""
+        with torch.enable_grad():
+            h = states[k].detach().requires_grad_(True)
+            a = self.predictions[k](h)
+            (delta,) = torch.autograd.grad(a, h, grad_outputs=(states[k + 1] - a).detach())
+        return delta
+
+    def relax_nudged(self, states: Sequence[Tensor], cost: Cost, y: Tensor, beta: float, iterations: int,
+                     first: str = "even") -> list[Tensor]:
+        """K asynchronous iterations of the projected pre-activation updates from ``states``, nudged by beta."""
+        states = [s.detach().clone() for s in states]
+        L = self.depth
+        order = [range(2, L + 1, 2), range(1, L + 1, 2)]
+        if first == "odd":
+            order.reverse()
+        identity = get_activation("identity")
+        with torch.no_grad():
+            for _ in range(iterations):
+                for group in order:
+                    new = {}
+                    for k in group:
+                        f = self.predictions[k - 1]
+                        if k == L:
+                            a = f(states[k - 1])
+                            new[k] = cost.nudged_output(a, states[k], y, beta, identity)
+                        else:
+                            z = f.pre(states[k - 1]) + self._top_down(k, states)
+                            new[k] = F.relu(z) if f.relu else z
+                    for k, v in new.items():
+                        states[k] = v
+        return states
+
+
+def pc_vgg(in_channels: int, num_classes: int, input_size: int, channels: Sequence[int], hidden: Sequence[int] = (),
+           pool_every: int = 1, gains: float | Sequence[float] = 0.5) -> PredictiveCodingNetwork:
+    """VGG-style PCN: conv3x3 predictions (max-pool after every ``pool_every``-th), ``linear_relu`` for each
+    width in ``hidden``, then a ``linear`` top layer. channels=(128, 256, 512, 512) is "VGG5"."""
+    pools = sum(1 for i in range(len(channels)) if (i + 1) % pool_every == 0)
+    if input_size % (2 ** pools):
+        raise ValueError(f"input_size={input_size} must be divisible by 2**{pools} (one 2x2 pooling per "
+                         f"{pool_every} conv layer(s))")
+    n = len(channels) + len(hidden) + 1
+    alphas = [float(gains)] * n if isinstance(gains, (int, float)) else [float(g) for g in gains]
+    if len(alphas) != n:
+        raise ValueError(f"pc_vgg: expected {n} gains (one per prediction), got {len(alphas)}")
+    layers: list[PCLayer] = []
+    c, size = in_channels, input_size
+    for i, width in enumerate(channels):
+        pool = (i + 1) % pool_every == 0
+        layers.append(PC_LAYERS["conv_pool_relu" if pool else "conv_relu"](c, width))
+        c, size = width, size // 2 if pool else size
+    n_in = c * size * size
+    for width in hidden:
+        layers.append(PC_LAYERS["linear_relu"](n_in, width))
+        n_in = width
+    layers.append(PC_LAYERS["linear"](n_in, num_classes))
+    for layer, gain in zip(layers, alphas):
+        layer.reset_parameters(gain)
+    return PredictiveCodingNetwork(layers, num_classes)
+
+
+class _PCAlgorithm:
+    """Shared interface with :class:`~eqprop.algorithms.LearningAlgorithm`, so the Trainer runs PCNs too."""
+
+    name = "pc"
+
+    def __init__(self, *, beta: float = 0.05, nudged_iterations: int = 10, cost: str | Cost = "squared_error",
+                 first: str = "even", **_ignored) -> None:
+        if nudged_iterations < 1:
+            raise ValueError(f"nudged_iterations must be >= 1, got {nudged_iterations}")
+        self.beta, self.nudged_iterations, self.first = float(beta), int(nudged_iterations), first
+        self.cost = get_cost(cost) if isinstance(cost, str) else cost
+
+    def _check(self, network) -> None:
+        if not isinstance(network, PredictiveCodingNetwork):
+            raise TypeError(f"{self.name} trains predictive-coding networks (model=pcn), got {type(network).__name__}")
+
+    def targets(self, network: PredictiveCodingNetwork, labels: Tensor) -> Tensor:
+        return one_hot(labels, network.num_classes).to(labels.device)
+
+    def free_phase(self, network: PredictiveCodingNetwork, x: Tensor) -> RelaxResult:
+        """The free equilibrium is the forward pass (no iterations)."""
+        self._check(network)
+        with torch.no_grad():
+            return RelaxResult(network.forward_pass(x), 0, None)
+
+    def gradients(self, network, x, y, free) -> list[Tensor]:
+        raise NotImplementedError
+
+    def step(self, network: PredictiveCodingNetwork, x: Tensor, labels: Tensor) -> StepResult:
+        y = self.targets(network, labels)
+        free = self.free_phase(network, x)
+        grads = self.gradients(network, x, y, free)
+        for p, g in zip(network.parameters(), grads):
+            p.grad = g.detach().to(p.dtype)
+        o = free.states[-1].float()
+        return StepResult(self.cost(o, y).detach(), o.detach(), free, grads)
+
+    def __repr__(self) -> str:
+        return f"{self.name}(beta={self.beta}, K={self.nudged_iterations}, cost={self.cost.name})"
+
+
+class PCEquilibriumPropagation(_PCAlgorithm):
+    """EP on a PCN: g = (dF/dtheta(beta_2) - dF/dtheta(beta_1)) / (beta_2 - beta_1), with beta_1 = 0 at the
+    forward pass for the one-sided schemes (dF/dtheta = 0 there, so only one phase is relaxed)."""
+
+    SCHEMES = ("forward", "backward", "random", "centered")
+
+    def __init__(self, scheme: str = "centered", seed: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if scheme not in self.SCHEMES:
+            raise ValueError(f"unknown scheme {scheme!r}; valid schemes are {list(self.SCHEMES)}")
+        self.scheme, self.name = scheme, {"forward": "PC-PEP", "backward": "PC-NEP", "random": "PC-REP",
+                                          "centered": "PC-CEP"}[scheme]
+        self._rng = random.Random(seed)
+
+    def betas(self) -> tuple[float, float]:
+        if self.scheme == "centered":
+            return -self.beta, self.beta
+        sign = {"forward": 1.0, "backward": -1.0}.get(self.scheme) or self._rng.choice((1.0, -1.0))
+        return 0.0, sign * self.beta
+
+    def gradients(self, network, x, y, free):
+        b1, b2 = self.betas()
+
+        def dF(beta: float) -> list[Tensor]:
+            if beta == 0.0:
+                return network.energy_param_grads(free.states)  # zero at the forward pass
+            s = network.relax_nudged(free.states, self.cost, y, beta, self.nudged_iterations, self.first)
+            return network.energy_param_grads(s)
+
+        g1, g2 = dF(b1), dF(b2)
+        return [(a - b) / (b2 - b1) for a, b in zip(g2, g1)]
+
+
+class PCBackprop(_PCAlgorithm):
+    """The baseline: backpropagation of C(f_L(...f_1(x)), y) through the forward pass."""
+
+    name = "PC-BP"
+
+    def gradients(self, network, x, y, free):
+        with torch.enable_grad():
+            out = network.forward_pass(x)[-1]
+            return list(torch.autograd.grad(self.cost(out, y).mean(), list(network.parameters())))
+
+
+register_algorithm("PC-CEP", lambda **kw: PCEquilibriumPropagation("centered", **kw))
+register_algorithm("PC-PEP", lambda **kw: PCEquilibriumPropagation("forward", **kw))
+register_algorithm("PC-NEP", lambda **kw: PCEquilibriumPropagation("backward", **kw))
+register_algorithm("PC-REP", lambda **kw: PCEquilibriumPropagation("random", **kw))
+register_algorithm("PC-BP", PCBackprop)

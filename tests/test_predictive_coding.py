@@ -1,0 +1,100 @@
+"""Predictive-coding networks trained by EP: the free state is the forward pass, nudged states are fixed points
+of the projected updates, and the EP updates approach backprop at the predicted orders in beta."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from eqprop import get_algorithm, pc_vgg
+from eqprop.nudging import get_cost, one_hot
+from helpers import rel_error
+
+
+def small_pcn(seed=0):
+    torch.manual_seed(seed)
+    net = pc_vgg(1, 10, 8, [4, 6], hidden=[12], gains=0.8).double()
+    x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    return net, x, torch.randint(0, 10, (5,))
+
+
+def test_free_state_is_the_forward_pass_with_zero_energy_and_zero_parameter_gradient():
+    net, x, labels = small_pcn()
+    states = get_algorithm("PC-CEP").free_phase(net, x).states
+    assert float(net.energy(states).detach().abs().max()) == 0.0
+    assert max(float(g.abs().max()) for g in net.energy_param_grads(states)) == 0.0
+    still = net.relax_nudged(states, get_cost("squared_error"), one_hot(labels, 10).double(), 0.0, 20)
+    assert all(torch.equal(a, b) for a, b in zip(states, still))
+
+
+@pytest.mark.parametrize("cost", ["squared_error", "cross_entropy"])
+def test_nudged_state_is_a_fixed_point_and_stationary_on_active_units(cost):
+    net, x, labels = small_pcn(1)
+    y = one_hot(labels, 10).double()
+    free = net.forward_pass(x)
+    s = net.relax_nudged(free, get_cost(cost), y, 0.05, 60)
+    h = [t.clone().requires_grad_(True) for t in s[1:]]
+    full = [s[0]] + h
+    total = net.energy(full).sum() + 0.05 * get_cost(cost)(full[-1], y).sum()
+    grads = torch.autograd.grad(total, h)
+    for k, (hk, g) in enumerate(zip(h[:-1], grads[:-1]), start=1):
+        f = net.predictions[k - 1]
+        # where the prediction and the state are both on the ReLU's linear piece, the projected update is exact
+        active = (hk.detach() > 0) & (f.pre(s[k - 1]) > 0)
+        assert float(g[active].abs().max()) < 1e-10, f"dF/dh_{k} on active units"
+        assert int(active.sum()) > 0.2 * hk.numel()
+        z = f.pre(s[k - 1]) + net._top_down(k, s)
+        assert float((hk.detach() - F.relu(z)).abs().max()) < 1e-10, f"h_{k} is not a fixed point"
+    assert float(grads[-1].abs().max()) < 1e-10  # the output is unconstrained: dF/dh_L = 0
+    assert float(net.energy(s).min()) > 0  # the nudge moved the state off the forward pass
+
+
+@pytest.mark.parametrize("cost, tol", [("squared_error", 1e-5), ("cross_entropy", 1e-6)])
+def test_centered_ep_matches_backprop_at_second_order(cost, tol):
+    net, x, labels = small_pcn()
+    bp = get_algorithm("PC-BP", cost=cost).step(net, x, labels).grads
+    errs = {}
+    for beta in (1e-3, 1e-4):
+        g = get_algorithm("PC-CEP", beta=beta, nudged_iterations=40, cost=cost).step(net, x, labels).grads
+        errs[beta] = rel_error(g, bp)
+    assert errs[1e-3] < tol
+    assert 1.85 < math.log10(errs[1e-3] / errs[1e-4]) < 2.15  # slope 2: O(beta^2)
+
+
+@pytest.mark.parametrize("name", ["PC-PEP", "PC-NEP"])
+def test_one_sided_ep_is_first_order(name):
+    net, x, labels = small_pcn(2)
+    bp = get_algorithm("PC-BP").step(net, x, labels).grads
+    errs = [rel_error(get_algorithm(name, beta=b, nudged_iterations=40).step(net, x, labels).grads, bp)
+            for b in (1e-3, 1e-4)]
+    assert errs[0] < 1e-2 and 0.9 < math.log10(errs[0] / errs[1]) < 1.1  # slope 1: O(beta)
+
+
+def test_update_is_local_prediction_error_times_input():
+    net, x, labels = small_pcn(3)
+    y = one_hot(labels, 10).double()
+    s = net.relax_nudged(net.forward_pass(x), get_cost("squared_error"), y, 0.1, 40)
+    grads = net.energy_param_grads(s)
+    eps_top = s[-1] - net.predictions[-1](s[-2])  # top layer is linear: f' = 1
+    expected = -(eps_top.T @ s[-2].flatten(1)) / len(x)
+    assert torch.allclose(grads[-2], expected, atol=1e-12) and torch.allclose(grads[-1], -eps_top.mean(0), atol=1e-12)
+
+
+def test_random_scheme_draws_both_signs():
+    alg = get_algorithm("PC-REP", beta=0.1, seed=0)
+    signs = {alg.betas()[1] > 0 for _ in range(20)}
+    assert signs == {True, False}
+
+
+def test_pcn_trains_through_the_pipeline(tmp_path):
+    from eqprop.config import ConfigError, parse_overrides
+    from eqprop.train import Trainer
+
+    with pytest.raises(ConfigError, match="PC-\\* algorithms train predictive-coding networks"):
+        parse_overrides(["algorithm=PC-CEP"])
+    cfg = parse_overrides(["model=pcn", "algorithm=PC-CEP", "channels=[8,16]", "hidden=[]", "gains=[0.8,0.8,0.8]",
+                           "lrs=[0.05,0.05,0.05]", "beta=0.05", "nudged_iterations=5", "epochs=3", "limit_train=512",
+                           "progress=false", "tensorboard=false", f"out_dir={tmp_path}"])
+    history = Trainer(cfg, log=lambda s: None).fit()
+    assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"] and history[-1]["test_error"] < 0.3
