@@ -8,7 +8,6 @@ only. A wrong key, type or choice is a ``ConfigError`` that names it and lists w
 from __future__ import annotations
 
 import dataclasses
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -239,6 +238,3 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             raise ConfigError(f"{path}: {exc}") from None
     return parse_overrides(overrides, base)
 
-
-def dump_json(cfg: TrainConfig) -> str:
-    return json.dumps(cfg.to_dict(), indent=2)

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .algorithms import StepResult, register_algorithm
-from .nudging import Cost, get_cost, one_hot
+from .algorithms import LearningAlgorithm, register_algorithm
+from .nudging import Cost, one_hot
 from .layers import get_activation
 from .relaxation import RelaxResult
 
@@ -191,17 +191,15 @@ def pc_vgg(in_channels: int, num_classes: int, input_size: int, channels: Sequen
     return PredictiveCodingNetwork(layers, num_classes)
 
 
-class _PCAlgorithm:
-    """Shared interface with :class:`~eqprop.algorithms.LearningAlgorithm`, so the Trainer runs PCNs too."""
+class _PCAlgorithm(LearningAlgorithm):
+    """A :class:`~eqprop.algorithms.LearningAlgorithm` whose free phase is the PCN's forward pass, so the
+    inherited ``step`` and the Trainer run PCNs too; the Hopfield-only settings (T, schedule, dtype) are unused."""
 
     name = "pc"
 
     def __init__(self, *, beta: float = 0.05, nudged_iterations: int = 10, cost: str | Cost = "squared_error",
                  first: str = "even", **_ignored) -> None:
-        if nudged_iterations < 1:
-            raise ValueError(f"nudged_iterations must be >= 1, got {nudged_iterations}")
-        self.beta, self.nudged_iterations, self.first = float(beta), int(nudged_iterations), first
-        self.cost = get_cost(cost) if isinstance(cost, str) else cost
+        super().__init__(beta=beta, nudged_iterations=nudged_iterations, cost=cost, first=first)
 
     def _check(self, network) -> None:
         if not isinstance(network, PredictiveCodingNetwork):
@@ -215,18 +213,6 @@ class _PCAlgorithm:
         self._check(network)
         with torch.no_grad():
             return RelaxResult(network.forward_pass(x), 0, None)
-
-    def gradients(self, network, x, y, free) -> list[Tensor]:
-        raise NotImplementedError
-
-    def step(self, network: PredictiveCodingNetwork, x: Tensor, labels: Tensor) -> StepResult:
-        y = self.targets(network, labels)
-        free = self.free_phase(network, x)
-        grads = self.gradients(network, x, y, free)
-        for p, g in zip(network.parameters(), grads):
-            p.grad = g.detach().to(p.dtype)
-        o = free.states[-1].float()
-        return StepResult(self.cost(o, y).detach(), o.detach(), free, grads)
 
     def __repr__(self) -> str:
         return f"{self.name}(beta={self.beta}, K={self.nudged_iterations}, cost={self.cost.name})"

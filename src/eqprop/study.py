@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import ConfigError, load_config, read_yaml
+from .config import ConfigError, load_config, parse_overrides, read_yaml
 from .results import plot_runs, results_table
 
 __all__ = ["StudyRun", "plan_study", "run_study"]
@@ -45,7 +45,7 @@ def plan_study(config: str | Path, out_dir: str | Path, algorithms: Sequence[str
     runs = []
     for algorithm, dataset, seed in itertools.product(algorithms, datasets, seeds):
         run = StudyRun(algorithm, dataset, seed, Path(out_dir) / f"{algorithm}_{dataset}_seed{seed}")
-        cfg = load_config(config, [*overrides, *run.overrides])  # raises ConfigError naming a bad value
+        cfg = parse_overrides(run.overrides, base)  # raises ConfigError naming a bad value
         run.algorithm, run.dataset = cfg.algorithm, cfg.dataset
         runs.append(run)
     return runs

@@ -205,7 +205,7 @@ class Trainer:
         ckpt = run_dir / "checkpoint_last.pt"
         if not ckpt.exists():
             raise FileNotFoundError(f"cannot resume: {ckpt} does not exist (is {run_dir} a run directory?)")
-        cfg = config_from_dict(json.loads((run_dir / "config.json").read_text()))
+        cfg = read_run_config(run_dir)
         changed = parse_overrides(overrides, cfg)
         bad = [k for k in TrainConfig.keys() if getattr(changed, k) != getattr(cfg, k)
                and k not in cls.RESUMABLE_OVERRIDES]
@@ -352,6 +352,11 @@ class Trainer:
         return self.history
 
 
+def read_run_config(run_dir: str | Path) -> TrainConfig:
+    """The resolved config a run directory was started with (``config.json``), validated."""
+    return config_from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
+
+
 def load_run(run_dir: str | Path, which: str = "best", overrides: Sequence[str] = (),
              device: str | None = None) -> tuple[Trainer, dict[str, Any]]:
     """A run's trainer with the weights of ``checkpoint_{which}.pt`` loaded, and that checkpoint."""
@@ -363,7 +368,7 @@ def load_run(run_dir: str | Path, which: str = "best", overrides: Sequence[str] 
         path = run_dir / "checkpoint_last.pt"
     if not path.exists() or not (run_dir / "config.json").exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory: need config.json and {path.name}")
-    cfg = parse_overrides(overrides, config_from_dict(json.loads((run_dir / "config.json").read_text())))
+    cfg = parse_overrides(overrides, read_run_config(run_dir))
     cfg.out_dir, cfg.tensorboard = None, False
     if device is not None:
         cfg.device = device
