@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from eqprop import get_algorithm, hopfield_mlp, make_optimizer, make_scheduler
-from eqprop.algorithms import ALGORITHMS, conjugate_gradient
+from eqprop.algorithms import ALGORITHMS, algorithm_models, conjugate_gradient
 from eqprop.data import load_digits
 
 ALL = ["CL", "PEP", "NEP", "CEP", "PCpL", "NCpL", "CCpL", "TBP", "RBP", "BPTT"]
@@ -38,8 +38,10 @@ def test_each_algorithm_lowers_the_training_loss_on_digits(name, digits):
 
 def test_registry_names_and_aliases():
     assert list(ALGORITHMS)[:len(ALL)] == ALL
-    assert list(ALGORITHMS)[len(ALL):] == ["PC-CEP", "PC-PEP", "PC-NEP", "PC-REP", "PC-BP"]
-    assert get_algorithm("pc_cep").name == "PC-CEP"
+    assert sorted(list(ALGORITHMS)[len(ALL):]) == sorted(["PC-CEP", "PC-PEP", "PC-NEP", "PC-REP", "PC-BP", "RHEL",
+                                                          "HSSM-BPTT"])
+    assert get_algorithm("pc_cep").name == "PC-CEP" and get_algorithm("hssm_bptt").name == "HSSM-BPTT"
+    assert algorithm_models("C-EP") == ("dchn", "mlp") and algorithm_models("rhel") == ("hssm",)
     assert get_algorithm("C-EP").name == "CEP" and get_algorithm("ncpl").name == "NCpL"
     assert get_algorithm("CEP", beta=0.3).betas == (-0.3, 0.3)
     assert get_algorithm("NEP", beta=0.3).betas == (0.0, -0.3)

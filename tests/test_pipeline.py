@@ -14,6 +14,7 @@ import torch
 from eqprop.cli import main
 from eqprop.config import ConfigError, TrainConfig, load_config, parse_overrides
 from eqprop.data import dataset_spec
+from eqprop.optim import make_optimizer
 from eqprop.results import read_run, results_table
 from eqprop.train import DivergenceError, Interrupted, Trainer, build_network, topk_errors
 
@@ -74,7 +75,11 @@ def test_shipped_configs_validate_and_build_table5_networks(path):
     spec = dataset_spec(cfg.dataset)
     size = spec.image_size or cfg.image_size
     net = build_network(cfg, (spec.in_channels, size, size), spec.num_classes)
-    if cfg.model == "pcn":
+    make_optimizer(net, cfg.lrs, cfg.momentum, cfg.weight_decay, cfg.nesterov)  # one learning rate per layer
+    if cfg.model == "hssm":  # images read row by row: one readout per row
+        out = net(torch.zeros(2, spec.in_channels, size, size))
+        assert out.shape == (size, 2, spec.num_classes)
+    elif cfg.model == "pcn":
         out = net.forward_pass(torch.zeros(2, spec.in_channels, size, size))[-1]
         assert out.shape == (2, spec.num_classes)
     elif path.name != "default.yaml":  # Table 5: n_in x 32 x 32 -> 128x16x16 -> 256x8x8 -> 512x4x4 -> 512x2x2 -> n_out

@@ -91,7 +91,7 @@ def test_pcn_trains_through_the_pipeline(tmp_path):
     from eqprop.config import ConfigError, parse_overrides
     from eqprop.train import Trainer
 
-    with pytest.raises(ConfigError, match="PC-\\* algorithms train predictive-coding networks"):
+    with pytest.raises(ConfigError, match="does not train model .dchn.*algorithms for model .dchn."):
         parse_overrides(["algorithm=PC-CEP"])
     cfg = parse_overrides(["model=pcn", "algorithm=PC-CEP", "channels=[8,16]", "hidden=[]", "gains=[0.8,0.8,0.8]",
                            "lrs=[0.05,0.05,0.05]", "beta=0.05", "nudged_iterations=5", "epochs=3", "limit_train=512",

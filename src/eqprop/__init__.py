@@ -4,6 +4,8 @@ from .algorithms import (ALGORITHMS, BackpropThroughTime, Contrastive, LearningA
                          TruncatedBackprop, get_algorithm, register_algorithm)
 from .config import ConfigError, TrainConfig, load_config
 from .data import ImageData, load_dataset, register_dataset
+from .echo_learning import EchoLearning, SequenceBPTT, bptt_gradients, echo, rhel_gradients
+from .hamiltonian import HamiltonianSSM, HamiltonianUnit, LinearHRU, NonlinearHRU, leapfrog_step, register_hru
 from .interactions import INTERACTIONS, Bias, ConvPool, Dense, Interaction, register_interaction
 from .layers import ACTIVATIONS, Layer, register_activation
 from .models import dchn, hopfield_mlp
@@ -16,6 +18,8 @@ from .relaxation import RelaxResult, Trajectory, relax
 __version__ = "0.1.0"
 
 __all__ = [
+    "EchoLearning", "SequenceBPTT", "bptt_gradients", "echo", "rhel_gradients", "HamiltonianSSM",
+    "HamiltonianUnit", "LinearHRU", "NonlinearHRU", "leapfrog_step", "register_hru",
     "ACTIVATIONS", "ALGORITHMS", "PCBackprop", "PCEquilibriumPropagation", "PredictiveCodingNetwork", "pc_vgg", "ConfigError", "ImageData", "TrainConfig", "load_config", "load_dataset",
     "register_dataset", "INTERACTIONS", "BackpropThroughTime", "Bias", "ClampNudge", "Contrastive",
     "ConvPool", "CrossEntropy", "Dense", "EPNudge", "EnergyNetwork", "Interaction", "Layer", "LearningAlgorithm",

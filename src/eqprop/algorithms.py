@@ -20,10 +20,12 @@ from torch import Tensor
 
 from .network import EnergyNetwork, State
 from .nudging import ClampNudge, Cost, EPNudge, Nudge, get_cost, one_hot
+from .registry import canonical_name
 from .relaxation import RelaxResult, relax, relax_graphed
 
 __all__ = ["LearningAlgorithm", "Contrastive", "TruncatedBackprop", "RecurrentBackprop", "BackpropThroughTime",
-           "StepResult", "ALGORITHMS", "register_algorithm", "get_algorithm", "algorithm_names",
+           "StepResult", "ALGORITHMS", "ALGORITHM_MODELS", "register_algorithm", "get_algorithm", "algorithm_names",
+           "algorithm_models",
            "conjugate_gradient"]
 
 
@@ -240,11 +242,15 @@ class RecurrentBackprop(LearningAlgorithm):
 
 # ---- registry ----------------------------------------------------------------------------------------------
 ALGORITHMS: dict[str, Callable[..., LearningAlgorithm]] = {}
+ALGORITHM_MODELS: dict[str, tuple[str, ...]] = {}  # the model families (config ``model``) each rule trains
 
 
-def register_algorithm(name: str, factory: Callable[..., LearningAlgorithm]) -> None:
-    """Register a learning algorithm factory under ``name`` (looked up case-insensitively, '-' ignored)."""
+def register_algorithm(name: str, factory: Callable[..., LearningAlgorithm],
+                       models: tuple[str, ...] = ("dchn", "mlp")) -> None:
+    """Register a learning algorithm factory under ``name`` (looked up case-insensitively, '-' ignored),
+    with the config ``model`` values it can train."""
     ALGORITHMS[name] = factory
+    ALGORITHM_MODELS[name] = tuple(models)
 
 
 def _contrastive(name: str, mode: str, signs=None, fixed=None) -> Callable[..., LearningAlgorithm]:
@@ -269,8 +275,12 @@ def algorithm_names() -> list[str]:
 
 def get_algorithm(name: str, **kwargs) -> LearningAlgorithm:
     """Build an algorithm by name ("CEP", "C-EP", "ncpl", "TBP", ...); an unknown name lists the valid ones."""
-    key = name.replace("-", "").replace("_", "").lower()
-    for canonical, factory in ALGORITHMS.items():
-        if canonical.replace("-", "").replace("_", "").lower() == key:
-            return factory(**kwargs)
-    raise ValueError(f"unknown algorithm {name!r}; valid algorithms are {algorithm_names()}")
+    canonical = canonical_name(name, ALGORITHMS)
+    if canonical is None:
+        raise ValueError(f"unknown algorithm {name!r}; valid algorithms are {algorithm_names()}")
+    return ALGORITHMS[canonical](**kwargs)
+
+
+def algorithm_models(name: str) -> tuple[str, ...]:
+    """The config ``model`` values an algorithm trains."""
+    return ALGORITHM_MODELS[canonical_name(name, ALGORITHMS) or name]

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .registry import canonical_name
+
 __all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "config_from_dict", "read_yaml",
            "STUDY_KEYS"]
 
@@ -45,6 +47,8 @@ class TrainConfig:
     gains: list[float] = field(default_factory=lambda: [0.8, 0.8, 0.8, 0.8])
     activation: str = "hard_sigmoid"
     pool_every: int = 1  # model=pcn: a 2x2 max-pool after every n-th conv prediction
+    hru: str = "nonlinear"  # model=hssm: the Hamiltonian recurrent unit type; `hidden` lists the unit sizes
+    dt: float = 0.1  # model=hssm: leapfrog time step
     # learning algorithm and relaxation
     algorithm: str = "CEP"
     beta: float = 0.1
@@ -56,6 +60,8 @@ class TrainConfig:
     init: str = "zeros"
     cuda_graphs: bool = False
     channels_last: bool = False
+    epsilon: float = 0.01  # RHEL: echo nudging strength, relative to the largest incoming loss gradient
+    loss_at: str = "last"  # model=hssm: the loss reads the last step's readout, or the mean over every step
     # optimiser and scheduler (Table 5)
     lrs: list[float] = field(default_factory=lambda: [0.1, 0.06, 0.04, 0.02])
     momentum: float = 0.9
@@ -85,17 +91,16 @@ class TrainConfig:
 def _choices() -> dict[str, list[str]]:
     from .algorithms import algorithm_names
     from .data import dataset_names
+    from .echo_learning import LOSS_AT
+    from .hamiltonian import HRU_TYPES
     from .layers import ACTIVATIONS
     from .nudging import COSTS
     from .relaxation import DTYPES
 
-    return {"dataset": dataset_names(), "model": ["dchn", "mlp", "pcn"], "algorithm": algorithm_names(),
+    return {"dataset": dataset_names(), "model": ["dchn", "mlp", "pcn", "hssm"], "algorithm": algorithm_names(),
             "cost": sorted(COSTS), "schedule": ["asynchronous", "synchronous"], "dtype": sorted(DTYPES),
-            "init": ["zeros", "uniform"], "activation": sorted(ACTIVATIONS)}
-
-
-def _norm(name: str) -> str:
-    return name.replace("-", "").replace("_", "").lower()
+            "init": ["zeros", "uniform"], "activation": sorted(ACTIVATIONS), "hru": sorted(HRU_TYPES),
+            "loss_at": list(LOSS_AT)}
 
 
 _POSITIVE = ("pool_every", "epochs", "batch_size", "free_iterations", "nudged_iterations", "image_size")
@@ -109,7 +114,7 @@ def validate(cfg: TrainConfig) -> None:
         setattr(cfg, key, _check_type(key, getattr(cfg, key), typ))
     for key, valid in _choices().items():
         value = getattr(cfg, key)
-        match = next((v for v in valid if _norm(v) == _norm(value)), None)
+        match = canonical_name(value, valid)
         if match is None:
             raise ConfigError(f"config key {key!r}: {value!r} is not valid; choose one of {valid}")
         setattr(cfg, key, match)  # canonical spelling: 'C-EP' -> 'CEP', 'CIFAR-10' -> 'cifar10'
@@ -125,11 +130,15 @@ def validate(cfg: TrainConfig) -> None:
     if any(lr < 0 for lr in cfg.lrs) or any(g <= 0 for g in cfg.gains) or any(c < 1 for c in cfg.channels):
         raise ConfigError(f"lrs must be >= 0, gains > 0 and channels >= 1; got lrs={cfg.lrs}, gains={cfg.gains}, "
                           f"channels={cfg.channels}")
-    pc_algorithm = cfg.algorithm.startswith("PC-")
-    if pc_algorithm != (cfg.model == "pcn"):
-        raise ConfigError(f"algorithm {cfg.algorithm!r} does not train model {cfg.model!r}: the PC-* algorithms "
-                          "train predictive-coding networks (model=pcn), the others Hopfield networks "
-                          "(model=dchn or mlp)")
+    from .algorithms import ALGORITHM_MODELS, algorithm_models
+
+    if cfg.model not in algorithm_models(cfg.algorithm):
+        fits = [a for a, models in ALGORITHM_MODELS.items() if cfg.model in models]
+        raise ConfigError(f"algorithm {cfg.algorithm!r} does not train model {cfg.model!r} (it trains "
+                          f"{list(algorithm_models(cfg.algorithm))}); algorithms for model {cfg.model!r}: {fits}")
+    for key in ("dt", "epsilon"):
+        if not getattr(cfg, key) > 0:
+            raise ConfigError(f"config key {key!r} must be > 0, got {getattr(cfg, key)}")
     dev = cfg.device
     if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise ConfigError(f"config key 'device': {dev!r} is not valid; use auto, cpu, cuda, cuda:N or mps")

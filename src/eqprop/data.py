@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
+from .registry import canonical_name
+
 __all__ = ["ImageData", "DatasetSpec", "DATASETS", "register_dataset", "dataset_spec", "dataset_names",
            "load_dataset", "load_digits", "load_mnist", "read_idx", "random_flip", "random_crop"]
 
@@ -294,19 +296,15 @@ def register_dataset(spec: DatasetSpec) -> None:
     DATASETS[spec.name] = spec
 
 
-def _key(name: str) -> str:
-    return name.replace("-", "").replace("_", "").lower()
-
-
 def dataset_names() -> list[str]:
     return list(DATASETS)
 
 
 def dataset_spec(name: str) -> DatasetSpec:
     """The spec of a data set by name ('cifar10', 'CIFAR-10', 'fashion-mnist', ...); unknown names list the valid."""
-    for canonical, spec in DATASETS.items():
-        if _key(canonical) == _key(name):
-            return spec
+    canonical = canonical_name(name, DATASETS)
+    if canonical is not None:
+        return DATASETS[canonical]
     raise ValueError(f"unknown dataset {name!r}; valid datasets are {dataset_names()}")
 
 

@@ -7,20 +7,20 @@ from typing import Sequence
 
 import torch
 
-from .network import EnergyNetwork
-
 __all__ = ["make_optimizer", "make_scheduler"]
 
 
-def make_optimizer(network: EnergyNetwork, lrs: float | Sequence[float], momentum: float = 0.9,
+def make_optimizer(network: torch.nn.Module, lrs: float | Sequence[float], momentum: float = 0.9,
                    weight_decay: float = 0.0, nesterov: bool = False) -> torch.optim.SGD:
-    """SGD with one parameter group per layer k = 1..L (weights into layer k and bias of layer k)."""
+    """SGD with one parameter group per entry of ``network.layer_parameters()`` (for an energy network:
+    layer k = 1..L, the weights into layer k and its bias)."""
     groups = network.layer_parameters()
     if isinstance(lrs, (int, float)):
         lrs = [float(lrs)] * len(groups)
     lrs = list(lrs)
     if len(lrs) != len(groups):
-        raise ValueError(f"expected {len(groups)} learning rates (one per non-input layer), got {len(lrs)}")
+        raise ValueError(f"expected {len(groups)} learning rates (lrs), one per layer group of this network (a "
+                         f"Hopfield net: each non-input layer; an HSSM: each unit, then the readout), got {len(lrs)}")
     if any(lr < 0 for lr in lrs):
         raise ValueError(f"learning rates must be >= 0, got {lrs}")
     param_groups = [{"params": g, "lr": lr} for g, lr in zip(groups, lrs) if g]

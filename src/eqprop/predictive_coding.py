@@ -262,8 +262,8 @@ class PCBackprop(_PCAlgorithm):
             return list(torch.autograd.grad(self.cost(out, y).mean(), list(network.parameters())))
 
 
-register_algorithm("PC-CEP", lambda **kw: PCEquilibriumPropagation("centered", **kw))
-register_algorithm("PC-PEP", lambda **kw: PCEquilibriumPropagation("forward", **kw))
-register_algorithm("PC-NEP", lambda **kw: PCEquilibriumPropagation("backward", **kw))
-register_algorithm("PC-REP", lambda **kw: PCEquilibriumPropagation("random", **kw))
-register_algorithm("PC-BP", PCBackprop)
+register_algorithm("PC-CEP", lambda **kw: PCEquilibriumPropagation("centered", **kw), models=("pcn",))
+register_algorithm("PC-PEP", lambda **kw: PCEquilibriumPropagation("forward", **kw), models=("pcn",))
+register_algorithm("PC-NEP", lambda **kw: PCEquilibriumPropagation("backward", **kw), models=("pcn",))
+register_algorithm("PC-REP", lambda **kw: PCEquilibriumPropagation("random", **kw), models=("pcn",))
+register_algorithm("PC-BP", PCBackprop, models=("pcn",))

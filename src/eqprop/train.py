@@ -30,6 +30,7 @@ from .config import ConfigError, TrainConfig, config_from_dict, parse_overrides
 from .data import ImageData, load_dataset
 from .models import dchn, hopfield_mlp
 from .network import EnergyNetwork
+from .hamiltonian import HamiltonianSSM
 from .predictive_coding import PredictiveCodingNetwork, pc_vgg
 from .optim import make_optimizer, make_scheduler
 
@@ -48,7 +49,12 @@ def load_data(cfg: TrainConfig) -> ImageData:
 
 def build_network(cfg: TrainConfig, in_shape: tuple[int, ...],
                   num_classes: int) -> EnergyNetwork | PredictiveCodingNetwork:
-    """The network a config describes: "dchn" (Table 5's convolutional Hopfield net), "mlp", or "pcn"."""
+    """The network a config describes: "dchn" (Table 5's convolutional Hopfield net), "mlp", "pcn", or
+    "hssm" (Hamiltonian SSM reading images row by row, one HRU of each size in ``hidden``)."""
+    if cfg.model == "hssm":
+        if len(in_shape) != 3:
+            raise ConfigError(f"model 'hssm' reads images (C, H, W) row by row, got shape {in_shape}")
+        return HamiltonianSSM(in_shape[0] * in_shape[2], cfg.hidden, num_classes, hru=cfg.hru, dt=cfg.dt)
     if cfg.model == "pcn":
         if len(in_shape) != 3:
             raise ConfigError(f"model 'pcn' needs image inputs (C, H, W), got shape {in_shape}")
@@ -63,6 +69,8 @@ def build_network(cfg: TrainConfig, in_shape: tuple[int, ...],
 
 
 def build_algorithm(cfg: TrainConfig) -> LearningAlgorithm:
+    if cfg.model == "hssm":
+        return get_algorithm(cfg.algorithm, epsilon=cfg.epsilon, loss_at=cfg.loss_at, cost=cfg.cost)
     return get_algorithm(cfg.algorithm, beta=cfg.beta, free_iterations=cfg.free_iterations,
                          nudged_iterations=cfg.nudged_iterations, cost=cfg.cost, schedule=cfg.schedule,
                          dtype=None if cfg.dtype == "float32" else cfg.dtype, init=cfg.init,

@@ -1,0 +1,91 @@
+"""Peak memory of one RHEL gradient vs BPTT through the same Hamiltonian SSM, as the sequence grows.
+
+RHEL runs the forward pass and two echo passes and keeps only the current state of each HRU, so for one HRU
+(loss on the last step) its memory does not grow with the sequence length T; BPTT stores every step's
+intermediate values. For stacks, RHEL also keeps the sequences passed between units (one (T, B, n) tensor
+per unit boundary, the same size as an input sequence), so it grows with T, but far more slowly than BPTT.
+
+CPU: each measurement runs in a fresh process and reads the peak resident set (VmHWM, reset through
+/proc/self/clear_refs just before the step) minus the resident set before it. CUDA: max_memory_allocated.
+Usage: python benchmarks/rhel_memory.py [--lengths 100,200,400,800,1600] [--sizes 256] [--batch 128]
+       [--device cpu|cuda] [--out benchmarks/results/rhel_memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from report import write_report
+
+from eqprop.echo_learning import bptt_gradients, rhel_gradients
+from eqprop.hamiltonian import HamiltonianSSM
+from eqprop.nudging import get_cost
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status (this measurement needs Linux)")
+
+
+def measure(algorithm: str, length: int, sizes: list[int], batch: int, features: int, device: str) -> float:
+    """Peak extra memory (MiB) of one gradient computation."""
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = HamiltonianSSM(features, sizes, 10, dt=0.1).to(device)
+    x = torch.randn(length, batch, features, device=device)
+    y = torch.nn.functional.one_hot(torch.randint(0, 10, (batch,)), 10).float().to(device)
+    cost = get_cost("cross_entropy")
+    fn = rhel_gradients if algorithm == "RHEL" else bptt_gradients
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn(model, x, y, cost, "last")
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set (VmHWM) to the current one
+    base = _status_kib("VmRSS")
+    fn(model, x, y, cost, "last")
+    return (_status_kib("VmHWM") - base) / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lengths", default="100,200,400,800,1600")
+    ap.add_argument("--sizes", default="256", help="HRU sizes, comma-separated (one unit each)")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--features", type=int, default=32)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--out", default="benchmarks/results/rhel_memory")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if args.child:  # one measurement in this fresh process
+        algorithm, length = args.child.split(":")
+        print(measure(algorithm, int(length), sizes, args.batch, args.features, args.device))
+        return
+    rows = []
+    for length in [int(v) for v in args.lengths.split(",")]:
+        row = {"T": length}
+        for algorithm in ("RHEL", "BPTT"):
+            cmd = [sys.executable, __file__, "--child", f"{algorithm}:{length}", "--sizes", args.sizes, "--batch",
+                   str(args.batch), "--features", str(args.features), "--device", args.device]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()[-1]
+            row[f"{algorithm}_MiB"] = float(out)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    table = [f"HSSM sizes {sizes}, batch {args.batch}, {args.features} input features, loss on the last step.", "",
+             "| T (sequence length) | RHEL peak (MiB) | BPTT peak (MiB) |", "|---|---|---|"]
+    table += [f"| {r['T']} | {r['RHEL_MiB']:.1f} | {r['BPTT_MiB']:.1f} |" for r in rows]
+    write_report(args.out, args.device, {"sizes": sizes, "batch": args.batch, "rows": rows}, table)
+
+
+if __name__ == "__main__":
+    main()
