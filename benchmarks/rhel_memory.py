@@ -17,21 +17,14 @@ import argparse
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
+from peak_memory import peak_mib
 from report import write_report
 
 from eqprop.echo_learning import bptt_gradients, rhel_gradients
 from eqprop.hamiltonian import HamiltonianSSM
 from eqprop.nudging import get_cost
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status (this measurement needs Linux)")
 
 
 def measure(algorithm: str, length: int, sizes: list[int], batch: int, features: int, device: str) -> float:
@@ -43,17 +36,7 @@ def measure(algorithm: str, length: int, sizes: list[int], batch: int, features:
     y = torch.nn.functional.one_hot(torch.randint(0, 10, (batch,)), 10).float().to(device)
     cost = get_cost("cross_entropy")
     fn = rhel_gradients if algorithm == "RHEL" else bptt_gradients
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn(model, x, y, cost, "last")
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set (VmHWM) to the current one
-    base = _status_kib("VmRSS")
-    fn(model, x, y, cost, "last")
-    return (_status_kib("VmHWM") - base) / 1024
+    return peak_mib(lambda: fn(model, x, y, cost, "last"), device)
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ def test_registry_names_and_aliases():
     assert sorted(list(ALGORITHMS)[len(ALL):]) == sorted(["PC-CEP", "PC-PEP", "PC-NEP", "PC-REP", "PC-BP", "RHEL",
                                                           "HSSM-BPTT"])
     assert get_algorithm("pc_cep").name == "PC-CEP" and get_algorithm("hssm_bptt").name == "HSSM-BPTT"
-    assert algorithm_models("C-EP") == ("dchn", "mlp") and algorithm_models("rhel") == ("hssm",)
+    assert algorithm_models("C-EP") == ("dchn", "mlp", "vgg") and algorithm_models("rhel") == ("hssm",)
     assert get_algorithm("C-EP").name == "CEP" and get_algorithm("ncpl").name == "NCpL"
     assert get_algorithm("CEP", beta=0.3).betas == (-0.3, 0.3)
     assert get_algorithm("NEP", beta=0.3).betas == (0.0, -0.3)

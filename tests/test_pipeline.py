@@ -79,6 +79,11 @@ def test_shipped_configs_validate_and_build_table5_networks(path):
     if cfg.model == "hssm":  # images read row by row: one readout per row
         out = net(torch.zeros(2, spec.in_channels, size, size))
         assert out.shape == (size, 2, spec.num_classes)
+    elif cfg.model == "vgg":  # scalable-EP paper, Table 4: the name counts the weight layers
+        name = path.stem.split("_")[0]
+        if name.startswith("vgg"):
+            assert net.num_layers - 1 == int(name[3:])
+        assert net.layers[-1].shape == (spec.num_classes,)
     elif cfg.model == "pcn":
         out = net.forward_pass(torch.zeros(2, spec.in_channels, size, size))[-1]
         assert out.shape == (2, spec.num_classes)
@@ -87,6 +92,26 @@ def test_shipped_configs_validate_and_build_table5_networks(path):
             (spec.in_channels, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 2, 2), (spec.num_classes,)]
         assert (cfg.momentum, cfg.batch_size, cfg.eta_min, cfg.schedule in ("asynchronous", "synchronous")) == (
             0.9, 128, 2e-6, True)
+
+
+def test_scalable_ep_configs_carry_tables_5_and_6():
+    from eqprop.train import default_signal_layers
+
+    rows = {"vgg7_le": (0.25, 250, 50, 0.65, 128, "le"), "vgg7_kd": (0.15, 250, 60, 0.65, 64, "kd"),
+            "vgg7_kdw": (0.5, 100, 50, 0.15, 128, "kdw"), "vgg11_le": (1.0, 400, 40, 0.85, 128, "le"),
+            "vgg13_le": (1.0, 140, 50, 0.85, 128, "le"), "vgg10_kd": (0.5, 130, 50, 0.85, 128, "kd"),
+            "vgg12_kd": (1.0, 100, 15, 0.65, 256, "kd")}
+    for name, want in rows.items():
+        cfg = load_config(ROOT / f"configs/scalable_ep/{name}.yaml")
+        assert (cfg.beta, cfg.free_iterations, cfg.nudged_iterations, cfg.kappa, cfg.batch_size, cfg.signals) == want
+        assert (cfg.tau, cfg.momentum, cfg.weight_decay, cfg.epochs, cfg.algorithm) == (4.0, 0.9, 3e-4, 250, "CEP")
+    vgg13 = load_config(ROOT / "configs/scalable_ep/vgg13_le.yaml")
+    assert vgg13.lrs == [0.03] * 2 + [0.05] * 8 + [0.025] * 3
+    net = build_network(vgg13, (3, 32, 32), 100)
+    assert default_signal_layers(vgg13, net) == [4, 6, 8, 10]  # last layer of blocks 2..5 (LE)
+    vgg12 = load_config(ROOT / "configs/scalable_ep/vgg12_kd.yaml")
+    assert default_signal_layers(vgg12, build_network(vgg12, (3, 32, 32), 100)) == [2, 4, 6, 8, 10]  # every block
+    assert (vgg12.activation, vgg12.kappa_schedule, vgg12.gains) == ("relu", "linear", [0.5])
 
 
 def test_shipped_configs_carry_table5_values():

@@ -8,7 +8,9 @@ from .echo_learning import EchoLearning, SequenceBPTT, bptt_gradients, echo, rhe
 from .hamiltonian import HamiltonianSSM, HamiltonianUnit, LinearHRU, NonlinearHRU, leapfrog_step, register_hru
 from .interactions import INTERACTIONS, Bias, ConvPool, Dense, Interaction, register_interaction
 from .layers import ACTIVATIONS, Layer, register_activation
-from .models import dchn, hopfield_mlp
+from .intermediate_signals import (KnowledgeDistillation, LocalError, WeightedKnowledgeDistillation,
+                                   kappa_schedule)
+from .models import VGG_ARCHS, dchn, hopfield_mlp, vgg_crnn
 from .network import EnergyNetwork
 from .nudging import ClampNudge, CrossEntropy, EPNudge, SquaredError, get_cost, one_hot
 from .optim import make_optimizer, make_scheduler
@@ -18,6 +20,8 @@ from .relaxation import RelaxResult, Trajectory, relax
 __version__ = "0.1.0"
 
 __all__ = [
+    "KnowledgeDistillation", "LocalError", "WeightedKnowledgeDistillation", "kappa_schedule", "VGG_ARCHS",
+    "vgg_crnn",
     "EchoLearning", "SequenceBPTT", "bptt_gradients", "echo", "rhel_gradients", "HamiltonianSSM",
     "HamiltonianUnit", "LinearHRU", "NonlinearHRU", "leapfrog_step", "register_hru",
     "ACTIVATIONS", "ALGORITHMS", "PCBackprop", "PCEquilibriumPropagation", "PredictiveCodingNetwork", "pc_vgg", "ConfigError", "ImageData", "TrainConfig", "load_config", "load_dataset",

@@ -13,11 +13,12 @@ which is eq. (3) for CL (beta = 0, 1 with clamping), eq. (5) for P-/N-EP (0, +-b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from .intermediate_signals import AugmentedNudge, IntermediateSignal
 from .network import EnergyNetwork, State
 from .nudging import ClampNudge, Cost, EPNudge, Nudge, get_cost, one_hot
 from .registry import canonical_name
@@ -25,7 +26,7 @@ from .relaxation import RelaxResult, relax, relax_graphed
 
 __all__ = ["LearningAlgorithm", "Contrastive", "TruncatedBackprop", "RecurrentBackprop", "BackpropThroughTime",
            "StepResult", "ALGORITHMS", "ALGORITHM_MODELS", "register_algorithm", "get_algorithm", "algorithm_names",
-           "algorithm_models",
+           "algorithm_models", "implicit_gradient",
            "conjugate_gradient"]
 
 
@@ -66,7 +67,7 @@ class LearningAlgorithm:
     def relax(self, network: EnergyNetwork, states: State, iterations: int, nudge: Nudge | None = None) -> RelaxResult:
         """One phase; replayed as a CUDA graph when ``cuda_graphs`` is set and the phase allows it."""
         if (self.cuda_graphs and states[0].is_cuda and self.tol is None and self.engine == "messages"
-                and not torch.is_grad_enabled()):
+                and not torch.is_grad_enabled() and not (nudge is not None and nudge.hidden_layers)):
             return relax_graphed(network, states, iterations, nudge=nudge, schedule=self.schedule, first=self.first,
                                  dtype=self.dtype, channels_last=self.channels_last)
         return relax(network, states, iterations, nudge=nudge, schedule=self.schedule, first=self.first,
@@ -107,11 +108,15 @@ class Contrastive(LearningAlgorithm):
     """
 
     def __init__(self, name: str, mode: str, signs: tuple[float, float] | None = None,
-                 fixed_betas: tuple[float, float] | None = None, **kwargs) -> None:
+                 fixed_betas: tuple[float, float] | None = None, signals: Sequence[IntermediateSignal] = (),
+                 kappa: float = 1.0, **kwargs) -> None:
         super().__init__(**kwargs)
         if mode not in ("ep", "clamp"):
             raise ValueError(f"mode must be 'ep' or 'clamp', got {mode!r}")
+        if signals and mode != "ep":
+            raise ValueError(f"{name}: intermediate learning signals need EP nudging (P-/N-/C-EP), not clamping")
         self.name, self.mode, self.signs, self.fixed_betas = name, mode, signs, fixed_betas
+        self.signals, self.kappa = list(signals), float(kappa)  # kappa: set per epoch by a kappa schedule
         b1, b2 = self.betas
         if b1 == b2:
             raise ValueError(f"{name}: the two nudging values must differ, got beta_1 = beta_2 = {b1}")
@@ -123,23 +128,48 @@ class Contrastive(LearningAlgorithm):
         assert self.signs is not None
         return self.signs[0] * self.beta, self.signs[1] * self.beta
 
-    def nudge(self, beta: float, y: Tensor, free: RelaxResult) -> Nudge:
-        if self.mode == "ep":
-            return EPNudge(self.cost, y, beta)
-        return ClampNudge.coupled(free.states[-1], y, beta)
+    def nudge(self, beta: float, y: Tensor, free: RelaxResult, signal_targets: Sequence[Tensor] = ()) -> Nudge:
+        if self.mode == "clamp":
+            return ClampNudge.coupled(free.states[-1], y, beta)
+        if self.signals and self.kappa != 0.0:  # eq. 10: beta (L_EP + kappa sum_i L_Aug,i)
+            return AugmentedNudge(EPNudge(self.cost, y, beta), self.signals, signal_targets, self.kappa)
+        return EPNudge(self.cost, y, beta)
 
-    def nudged_phase(self, network: EnergyNetwork, y: Tensor, free: RelaxResult, beta: float) -> RelaxResult:
+    def nudged_phase(self, network: EnergyNetwork, y: Tensor, free: RelaxResult, beta: float,
+                     signal_targets: Sequence[Tensor] = ()) -> RelaxResult:
         """K iterations from the free state with nudging value ``beta`` (eq. 4 or eq. 7)."""
         with torch.no_grad():
-            return self.relax(network, list(free.states), self.nudged_iterations, self.nudge(beta, y, free))
+            return self.relax(network, list(free.states), self.nudged_iterations,
+                              self.nudge(beta, y, free, signal_targets))
 
     def gradients(self, network, x, y, free):
         b1, b2 = self.betas
-        s1 = self.nudged_phase(network, y, free, b1).states
-        s2 = self.nudged_phase(network, y, free, b2).states
+        targets = [sig.target(x, y) for sig in self.signals]
+        s1 = self.nudged_phase(network, y, free, b1, targets).states
+        s2 = self.nudged_phase(network, y, free, b2, targets).states
         g1 = network.energy_param_grads(s1)
         g2 = network.energy_param_grads(s2)
+        self._signal_grads(y, free, targets, (b1, s1), (b2, s2))
         return [None if a is None else (a - b) / (b2 - b1) for a, b in zip(g2, g1)]
+
+    def _signal_grads(self, y: Tensor, free: RelaxResult, targets: Sequence[Tensor], *phases) -> None:
+        """The same contrast for the signals' own parameters (KDW's map, appendix G): the nudged energy's
+        term beta kappa L_Aug is differentiated at each nudged state; written into their ``.grad``."""
+        params = [p for sig in self.signals for p in sig.parameters()]
+        if not params:
+            return
+        if self.kappa == 0.0:  # the signals are off: no term, no gradient
+            for p in params:
+                p.grad = torch.zeros_like(p)
+            return
+        (b1, s1), (b2, s2) = phases
+        with torch.enable_grad():
+            e1, e2 = (self.nudge(b, y, free, targets).hidden_energy([t.detach() for t in s]).mean()
+                      for b, s in ((b1, s1), (b2, s2)))
+            g1 = torch.autograd.grad(e1, params, allow_unused=True)
+            g2 = torch.autograd.grad(e2, params, allow_unused=True)
+        for p, a, b in zip(params, g2, g1):
+            p.grad = None if a is None or b is None else ((a - b) / (b2 - b1)).detach()
 
 
 class TruncatedBackprop(LearningAlgorithm):
@@ -220,24 +250,33 @@ class RecurrentBackprop(LearningAlgorithm):
         self.last_cg_iterations = 0
 
     def gradients(self, network, x, y, free):
-        params = list(network.parameters())
-        dtype = params[0].dtype
-        with torch.enable_grad():
-            s = [t.detach().to(dtype) for t in free.states]
-            vars_ = [t.clone().requires_grad_(True) for t in s[1:]]
-            m = torch.autograd.grad(network.phi([s[0]] + vars_).sum(), vars_, create_graph=True)
-            masks = [network.layers[k].sigma.active(m[k - 1].detach()).to(dtype) for k in range(1, len(s))]
-            o = vars_[-1]
-            dc = torch.autograd.grad(self.cost(o, y.to(dtype)).mean(), o)[0]
-            rhs = [torch.zeros_like(v) for v in vars_[:-1]] + [dc * masks[-1]]
+        grads, self.last_cg_iterations = implicit_gradient(
+            network, free.states, lambda s: self.cost(s[-1], y.to(s[-1].dtype)).mean(), self.cg_iterations,
+            self.cg_tol)
+        return grads
 
-            def apply_a(v: list[Tensor]) -> list[Tensor]:
-                dv = [vi * di for vi, di in zip(v, masks)]
-                hv = torch.autograd.grad(m, vars_, grad_outputs=dv, retain_graph=True, allow_unused=True)
-                return [vi - di * (torch.zeros_like(vi) if h is None else h) for vi, di, h in zip(v, masks, hv)]
 
-            mu, self.last_cg_iterations = conjugate_gradient(apply_a, rhs, self.cg_iterations, self.cg_tol)
-            return list(torch.autograd.grad(m, params, grad_outputs=mu, allow_unused=True))
+def implicit_gradient(network: EnergyNetwork, states: State, loss: Callable[[State], Tensor],
+                      cg_iterations: int = 200, cg_tol: float = 1e-8) -> tuple[list[Tensor | None], int]:
+    """dL/dtheta of a loss L(s_*) (a scalar; any layers) through the fixed point s_* = sigma(dPhi/ds(s_*)) by
+    implicit differentiation (RBP's adjoint solve, see :class:`RecurrentBackprop`); returns (grads, CG steps)."""
+    params = list(network.parameters())
+    dtype = params[0].dtype
+    with torch.enable_grad():
+        s = [t.detach().to(dtype) for t in states]
+        vars_ = [t.clone().requires_grad_(True) for t in s[1:]]
+        m = torch.autograd.grad(network.phi([s[0]] + vars_).sum(), vars_, create_graph=True)
+        masks = [network.layers[k].sigma.active(m[k - 1].detach()).to(dtype) for k in range(1, len(s))]
+        dl = torch.autograd.grad(loss([s[0]] + vars_), vars_, allow_unused=True)
+        rhs = [torch.zeros_like(v) if g is None else g * d for v, g, d in zip(vars_, dl, masks)]
+
+        def apply_a(v: list[Tensor]) -> list[Tensor]:
+            dv = [vi * di for vi, di in zip(v, masks)]
+            hv = torch.autograd.grad(m, vars_, grad_outputs=dv, retain_graph=True, allow_unused=True)
+            return [vi - di * (torch.zeros_like(vi) if h is None else h) for vi, di, h in zip(v, masks, hv)]
+
+        mu, used = conjugate_gradient(apply_a, rhs, cg_iterations, cg_tol)
+        return list(torch.autograd.grad(m, params, grad_outputs=mu, allow_unused=True)), used
 
 
 # ---- registry ----------------------------------------------------------------------------------------------
@@ -246,7 +285,7 @@ ALGORITHM_MODELS: dict[str, tuple[str, ...]] = {}  # the model families (config 
 
 
 def register_algorithm(name: str, factory: Callable[..., LearningAlgorithm],
-                       models: tuple[str, ...] = ("dchn", "mlp")) -> None:
+                       models: tuple[str, ...] = ("dchn", "mlp", "vgg")) -> None:
     """Register a learning algorithm factory under ``name`` (looked up case-insensitively, '-' ignored),
     with the config ``model`` values it can train."""
     ALGORITHMS[name] = factory

@@ -47,6 +47,7 @@ class TrainConfig:
     gains: list[float] = field(default_factory=lambda: [0.8, 0.8, 0.8, 0.8])
     activation: str = "hard_sigmoid"
     pool_every: int = 1  # model=pcn: a 2x2 max-pool after every n-th conv prediction
+    blocks: list[list[int]] = field(default_factory=lambda: [[64], [128], [256], [512], [512]])  # model=vgg (VGG-7)
     hru: str = "nonlinear"  # model=hssm: the Hamiltonian recurrent unit type; `hidden` lists the unit sizes
     dt: float = 0.1  # model=hssm: leapfrog time step
     # learning algorithm and relaxation
@@ -60,6 +61,17 @@ class TrainConfig:
     init: str = "zeros"
     cuda_graphs: bool = False
     channels_last: bool = False
+    # intermediate learning signals (scalable-EP paper; model=vgg/dchn/mlp with PEP/NEP/CEP)
+    signals: str = "none"  # none | le (local error) | kd (knowledge distillation) | kdw (KD with learned maps)
+    signal_layers: list[int] | None = None  # None: LE on the block ends of blocks 2.., KD on every block end
+    kappa: float = 0.5  # signal strength kappa_init (eq. 9)
+    kappa_min: float = 0.0
+    kappa_schedule: str = "cosine"  # constant | linear | exponential | cosine (eq. 14)
+    kappa_gamma: float = 0.02  # exponential schedule's decay
+    tau: float = 4.0  # soft-target temperature
+    teacher: str | None = None  # KD teacher weights (teacher.pt of an earlier run); None: train one first
+    teacher_epochs: int = 10
+    diagnostics: bool = False  # per-epoch mean activation and gradient norm per layer (Figure 5)
     epsilon: float = 0.01  # RHEL: echo nudging strength, relative to the largest incoming loss gradient
     loss_at: str = "last"  # model=hssm: the loss reads the last step's readout, or the mean over every step
     # optimiser and scheduler (Table 5)
@@ -93,18 +105,20 @@ def _choices() -> dict[str, list[str]]:
     from .data import dataset_names
     from .echo_learning import LOSS_AT
     from .hamiltonian import HRU_TYPES
+    from .intermediate_signals import KAPPA_SCHEDULES
     from .layers import ACTIVATIONS
     from .nudging import COSTS
     from .relaxation import DTYPES
 
-    return {"dataset": dataset_names(), "model": ["dchn", "mlp", "pcn", "hssm"], "algorithm": algorithm_names(),
+    return {"dataset": dataset_names(), "model": ["dchn", "mlp", "pcn", "hssm", "vgg"], "algorithm": algorithm_names(),
             "cost": sorted(COSTS), "schedule": ["asynchronous", "synchronous"], "dtype": sorted(DTYPES),
             "init": ["zeros", "uniform"], "activation": sorted(ACTIVATIONS), "hru": sorted(HRU_TYPES),
-            "loss_at": list(LOSS_AT)}
+            "loss_at": list(LOSS_AT), "signals": ["none", "le", "kd", "kdw"], "kappa_schedule": list(KAPPA_SCHEDULES)}
 
 
-_POSITIVE = ("pool_every", "epochs", "batch_size", "free_iterations", "nudged_iterations", "image_size")
-_NON_NEGATIVE = ("crop_padding", "momentum", "weight_decay", "eta_min", "beta")
+_POSITIVE = ("pool_every", "epochs", "batch_size", "free_iterations", "nudged_iterations", "image_size",
+             "teacher_epochs")
+_NON_NEGATIVE = ("crop_padding", "momentum", "weight_decay", "eta_min", "beta", "kappa", "kappa_min", "kappa_gamma")
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -136,7 +150,15 @@ def validate(cfg: TrainConfig) -> None:
         fits = [a for a, models in ALGORITHM_MODELS.items() if cfg.model in models]
         raise ConfigError(f"algorithm {cfg.algorithm!r} does not train model {cfg.model!r} (it trains "
                           f"{list(algorithm_models(cfg.algorithm))}); algorithms for model {cfg.model!r}: {fits}")
-    for key in ("dt", "epsilon"):
+    if cfg.signals != "none":
+        if cfg.algorithm not in ("PEP", "NEP", "CEP"):
+            raise ConfigError(f"signals={cfg.signals!r} need EP nudging: use algorithm PEP, NEP or CEP, not "
+                              f"{cfg.algorithm!r}")
+        if cfg.signals in ("kd", "kdw") and cfg.model != "vgg":
+            raise ConfigError(f"signals={cfg.signals!r} distil a conv teacher's block logits: use model=vgg")
+    if cfg.model == "vgg" and (not cfg.blocks or any(not b or min(b) < 1 for b in cfg.blocks)):
+        raise ConfigError(f"config key 'blocks' must list non-empty lists of conv widths >= 1, got {cfg.blocks}")
+    for key in ("dt", "epsilon", "tau"):
         if not getattr(cfg, key) > 0:
             raise ConfigError(f"config key {key!r} must be > 0, got {getattr(cfg, key)}")
     dev = cfg.device
@@ -203,7 +225,11 @@ def parse_overrides(items: Sequence[str], base: TrainConfig | None = None) -> Tr
             raise ConfigError(f"expected key=value, got {item!r}")
         key, raw = item.split("=", 1)
         key = key.strip().replace("-", "_")
-        value = None if raw.strip().lower() in ("none", "null", "~") else _parse_scalar(raw.strip())
+        optional = type(None) in typing.get_args(hints.get(key))
+        if raw.strip().lower() in ("none", "null", "~"):
+            value = None if optional or hints.get(key) is not str else raw.strip()  # e.g. signals=none is a choice
+        else:
+            value = _parse_scalar(raw.strip())
         if hints.get(key) in (str, str | None) and value is not None and not isinstance(value, str):
             value = raw.strip()  # e.g. device=0 or dataset=10 stay strings and fail on their choices
         if typing.get_origin(hints.get(key)) is list and not isinstance(value, list):

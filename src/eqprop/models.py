@@ -8,7 +8,7 @@ from .interactions import Bias, ConvPool, Dense, Interaction
 from .layers import Layer
 from .network import EnergyNetwork
 
-__all__ = ["dchn", "hopfield_mlp", "DCHN_CHANNELS"]
+__all__ = ["dchn", "hopfield_mlp", "DCHN_CHANNELS", "vgg_crnn", "VGG_ARCHS"]
 
 DCHN_CHANNELS = (128, 256, 512, 512)
 
@@ -17,6 +17,8 @@ def _gains(gains: float | Sequence[float], n: int, what: str) -> list[float]:
     if isinstance(gains, (int, float)):
         return [float(gains)] * n
     gains = [float(g) for g in gains]
+    if len(gains) == 1:  # one value for every weight layer
+        return gains * n
     if len(gains) != n:
         raise ValueError(f"{what}: expected {n} gains (one per weight layer), got {len(gains)}")
     return gains
@@ -67,3 +69,59 @@ def hopfield_mlp(sizes: Sequence[int] = (784, 500, 10), gains: float | Sequence[
         inters[f"dense{k}"] = Dense(k - 1, k, layers[k - 1].shape, layers[k].shape, gain=alphas[k - 1])
         inters[f"bias{k}"] = Bias(k, layers[k].shape)
     return EnergyNetwork(layers, inters)
+
+
+# Appendix C / Table 4 of the scalable-EP paper: conv3 widths per block (each block ends in a 2x2 max-pool)
+# and the FC-512 layers before the output. VGG-11 / VGG-13 are VGG-10 / VGG-12 with a second FC-512.
+VGG_ARCHS: dict[str, tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]] = {
+    "vgg7": (((64,), (128,), (256,), (512,), (512,)), (512,)),
+    "vgg10": (((64,), (128,), (256, 256), (512, 512), (512, 512)), (512,)),
+    "vgg11": (((64,), (128,), (256, 256), (512, 512), (512, 512)), (512, 512)),
+    "vgg12": (((64, 64), (128, 128), (256, 256), (512, 512), (512, 512)), (512,)),
+    "vgg13": (((64, 64), (128, 128), (256, 256), (512, 512), (512, 512)), (512, 512)),
+}
+
+
+def vgg_crnn(in_channels: int = 3, num_classes: int = 10, input_size: int = 32,
+             blocks: Sequence[Sequence[int]] = VGG_ARCHS["vgg7"][0], fc: Sequence[int] = (512,),
+             gains: float | Sequence[float] = 1.0, activation: str = "hard_sigmoid",
+             fc_activation: str = "hard_sigmoid", output_activation: str = "identity",
+             channel_multiplier: float = 1.0) -> EnergyNetwork:
+    """A VGG-style convergent RNN (scalable-EP paper, eq. 1 and Table 4): conv3x3/pad 1 layers grouped in blocks,
+    the last conv of each block followed by a 2x2 max-pool inside the energy, then dense layers and the output.
+
+    ``gains`` scale the Kaiming-uniform bound 1/sqrt(fan_in) per weight layer (the paper's "scaled by 0.5" is
+    0.5). ``activation`` is the conv layers' state space (hard sigmoid, or ReLU for VGG-12-KD). The network's
+    ``block_ends`` lists the layer index of the last conv layer of each block (where KD/LE signals attach).
+    """
+    if not blocks or any(not b for b in blocks):
+        raise ValueError(f"blocks must be a non-empty list of non-empty lists of conv widths, got {blocks}")
+    if input_size % (2 ** len(blocks)) != 0:
+        raise ValueError(f"input_size={input_size} must be divisible by 2**{len(blocks)} (one 2x2 pooling per block)")
+    widths = [[max(1, int(round(c * channel_multiplier))) for c in b] for b in blocks]
+    fc = [max(1, int(round(n * channel_multiplier))) for n in fc]
+    n_weights = sum(len(b) for b in widths) + len(fc) + 1
+    alphas = _gains(gains, n_weights, "vgg_crnn")
+    layers = [Layer("s0", (in_channels, input_size, input_size), None)]
+    inters: dict[str, Interaction] = {}
+    block_ends: list[int] = []
+    size, c_in, k = input_size, in_channels, 0
+    for block in widths:
+        for j, c in enumerate(block):
+            k += 1
+            last = j == len(block) - 1
+            size = size // 2 if last else size
+            layers.append(Layer(f"s{k}", (c, size, size), activation))
+            inters[f"conv{k}"] = ConvPool(k - 1, k, c_in, c, pool=2 if last else 1, gain=alphas[k - 1])
+            inters[f"bias{k}"] = Bias(k, (c, size, size))
+            c_in = c
+        block_ends.append(k)
+    for n in list(fc) + [num_classes]:
+        k += 1
+        act = output_activation if k == n_weights else fc_activation
+        layers.append(Layer(f"s{k}", (n,), act))
+        inters[f"dense{k}"] = Dense(k - 1, k, layers[k - 1].shape, (n,), gain=alphas[k - 1])
+        inters[f"bias{k}"] = Bias(k, (n,))
+    net = EnergyNetwork(layers, inters)
+    net.block_ends = block_ends
+    return net

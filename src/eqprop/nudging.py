@@ -90,9 +90,19 @@ def get_cost(name: str) -> Cost:
 
 
 class Nudge:
-    """What a nudged phase changes: the output update and the extra energy term."""
+    """What a nudged phase changes: the output update and the extra energy term; a nudge may also push
+    hidden layers (``hidden_layers``, ``layer_force``), as intermediate learning signals do."""
 
     clamps_output = False
+    hidden_layers: frozenset = frozenset()
+
+    def layer_force(self, k: int, s: Tensor) -> Tensor:
+        """d(extra energy)/ds_k for a hidden layer k in ``hidden_layers``; subtracted from dPhi/ds_k."""
+        raise NotImplementedError(f"{type(self).__name__} does not act on hidden layers")
+
+    def hidden_energy(self, states: list[Tensor]) -> Tensor:
+        """Per-sample extra energy from the hidden layers (0 unless ``hidden_layers``)."""
+        return torch.zeros(states[-1].shape[0], dtype=states[-1].dtype, device=states[-1].device)
 
     def output_update(self, m: Tensor, o: Tensor, sigma: Activation) -> Tensor:
         raise NotImplementedError

@@ -18,6 +18,8 @@ def make_optimizer(network: torch.nn.Module, lrs: float | Sequence[float], momen
     if isinstance(lrs, (int, float)):
         lrs = [float(lrs)] * len(groups)
     lrs = list(lrs)
+    if len(lrs) == 1:  # one rate for every group
+        lrs = lrs * len(groups)
     if len(lrs) != len(groups):
         raise ValueError(f"expected {len(groups)} learning rates (lrs), one per layer group of this network (a "
                          f"Hopfield net: each non-input layer; an HSSM: each unit, then the readout), got {len(lrs)}")

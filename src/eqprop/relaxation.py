@@ -85,12 +85,14 @@ def _diagnostics(network: EnergyNetwork, states: State, nudge: Nudge | None) -> 
         s32 = [s.to(dtype) for s in states]
         e = network.energy(s32)
         if nudge is not None:
-            e = e + nudge.extra_energy(s32[-1])
+            e = e + nudge.extra_energy(s32[-1]) + nudge.hidden_energy(s32)
         msgs = network.messages(s32)
         sq = 0.0
         for k in range(1, network.num_layers):
             if k == network.output_index and nudge is not None:
                 target = nudge.output_update(msgs[k], s32[k], network.layers[k].sigma)
+            elif nudge is not None and k in nudge.hidden_layers:
+                target = network.layers[k].sigma.project(msgs[k] - nudge.layer_force(k, s32[k]))
             else:
                 target = network.layers[k].sigma.project(msgs[k])
             sq = sq + (s32[k] - target).flatten(1).pow(2).sum(1)
@@ -158,8 +160,11 @@ def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudg
                 m = b if m is None else m + b
             m = m.expand_as(states[k])  # type: ignore[union-attr]
         sigma = network.layers[k].sigma
-        if k == out and nudge is not None:
-            return nudge.output_update(m, states[k], sigma)
+        if nudge is not None:
+            if k == out:
+                return nudge.output_update(m, states[k], sigma)
+            if k in nudge.hidden_layers:  # an intermediate learning signal: sigma(dPhi/ds - d(beta L)/ds)
+                return sigma.project(m - nudge.layer_force(k, states[k]))
         return sigma.project(m)
 
     used = 0

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["Run", "read_run", "plot_runs", "results_table"]
+__all__ = ["Run", "read_run", "plot_runs", "results_table", "read_diagnostics", "plot_diagnostics"]
 
 
 @dataclass
@@ -42,6 +42,53 @@ def read_run(run_dir: str | Path) -> Run:
     return Run(run_dir, json.loads(cfg_path.read_text()), [by_epoch[e] for e in sorted(by_epoch)])
 
 
+def _save(fig: Any, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def read_diagnostics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch layer diagnostics (``diagnostics.jsonl``, written when ``diagnostics=true``)."""
+    path = Path(run_dir) / "diagnostics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: train with diagnostics=true to record layer diagnostics")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_diagnostics(run_dirs: str | Path | Sequence[str | Path], path: str | Path) -> Path:
+    """Figure 5's view: per layer, the mean activation and the update norm at chosen epochs, one panel row
+    per run, so signals that vanish with depth show as curves that fall to zero across layers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
+    fig, axes = plt.subplots(len(dirs), 2, figsize=(11, 3.6 * len(dirs)), squeeze=False)
+    for row, d in enumerate(dirs):
+        diags = read_diagnostics(d)
+        picks = sorted({0, len(diags) // 2, len(diags) - 1})
+        for j in picks:
+            rec = diags[j]
+            layers = range(1, len(rec["mean_activation"]) + 1)
+            axes[row, 0].plot(layers, rec["mean_activation"], marker="o", label=f"epoch {rec['epoch']}")
+            axes[row, 1].plot(layers, rec["grad_norm"], marker="o", label=f"epoch {rec['epoch']}")
+        name = read_run(d).config
+        title = f"{name['algorithm']} signals={name.get('signals', 'none')} ({Path(d).name})"
+        axes[row, 0].set(xlabel="layer", ylabel="mean activation", title=title)
+        axes[row, 1].set(xlabel="layer", ylabel="||update estimate||", yscale="log", title=title)
+        for ax in axes[row]:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
     """PNG learning curves: train/test error and train/test loss per epoch, one line per run."""
     import matplotlib
@@ -69,12 +116,7 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     ax_err.set_yscale("log")
     ax_loss.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _cell(values: list[float]) -> str:

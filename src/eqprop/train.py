@@ -28,11 +28,13 @@ from torch import Tensor
 from .algorithms import LearningAlgorithm, get_algorithm
 from .config import ConfigError, TrainConfig, config_from_dict, parse_overrides
 from .data import ImageData, load_dataset
-from .models import dchn, hopfield_mlp
+from .intermediate_signals import KnowledgeDistillation, LocalError, WeightedKnowledgeDistillation, kappa_schedule
+from .models import dchn, hopfield_mlp, vgg_crnn
 from .network import EnergyNetwork
 from .hamiltonian import HamiltonianSSM
 from .predictive_coding import PredictiveCodingNetwork, pc_vgg
 from .optim import make_optimizer, make_scheduler
+from .teacher import ConvTeacher, TeacherFeatures, load_or_train_teacher
 
 __all__ = ["TrainConfig", "Trainer", "build_network", "build_algorithm", "load_data", "DivergenceError",
            "Interrupted", "evaluate", "topk_errors", "resolve_device", "load_run"]
@@ -59,6 +61,13 @@ def build_network(cfg: TrainConfig, in_shape: tuple[int, ...],
         if len(in_shape) != 3:
             raise ConfigError(f"model 'pcn' needs image inputs (C, H, W), got shape {in_shape}")
         return pc_vgg(in_shape[0], num_classes, in_shape[-1], cfg.channels, cfg.hidden, cfg.pool_every, cfg.gains)
+    if cfg.model == "vgg":
+        if len(in_shape) != 3:
+            raise ConfigError(f"model 'vgg' needs image inputs (C, H, W), got shape {in_shape}")
+        if in_shape[-1] % 2 ** len(cfg.blocks):
+            raise ConfigError(f"model 'vgg': {len(cfg.blocks)} blocks pool the {in_shape[-1]}x{in_shape[-1]} input "
+                              f"{len(cfg.blocks)} times; the size must be divisible by {2 ** len(cfg.blocks)}")
+        return vgg_crnn(in_shape[0], num_classes, in_shape[-1], cfg.blocks, cfg.hidden, cfg.gains, cfg.activation)
     if cfg.model == "dchn":
         if len(in_shape) != 3:
             raise ConfigError(f"model 'dchn' needs image inputs (C, H, W), got shape {in_shape}")
@@ -66,6 +75,41 @@ def build_network(cfg: TrainConfig, in_shape: tuple[int, ...],
                     activation=cfg.activation)
     sizes = [math.prod(in_shape)] + list(cfg.hidden) + [num_classes]
     return hopfield_mlp(sizes, gains=cfg.gains, activation=cfg.activation)
+
+
+def default_signal_layers(cfg: TrainConfig, network: EnergyNetwork) -> list[int]:
+    """The paper's choice: LE on the last layer of blocks 2.. (section 4.2), KD on every block end; for networks
+    without blocks (dchn, mlp), every hidden layer."""
+    ends = list(getattr(network, "block_ends", range(1, network.output_index)))
+    return ends[1:] if cfg.signals == "le" and len(ends) > 1 else ends
+
+
+def build_signals(cfg: TrainConfig, network: EnergyNetwork, data: ImageData, device: torch.device,
+                  out: Path | None, log: Callable[[str], None]) -> torch.nn.ModuleList:
+    """The intermediate learning signals a config asks for (trains or loads the KD teacher)."""
+    if cfg.signals == "none":
+        return torch.nn.ModuleList()
+    layers = cfg.signal_layers if cfg.signal_layers is not None else default_signal_layers(cfg, network)
+    bad = [k for k in layers if not 1 <= k < network.output_index]
+    if bad or not layers:
+        raise ConfigError(f"signal_layers {layers}: each must be a hidden layer index in 1..{network.output_index - 1}")
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    if cfg.signals == "le":
+        return torch.nn.ModuleList(LocalError(k, network.layers[k].shape, data.num_classes, cfg.tau, gen)
+                                   for k in layers).to(device)
+    ends = list(network.block_ends)
+    not_ends = [k for k in layers if k not in ends]
+    if not_ends:
+        raise ConfigError(f"KD signals attach to block ends {ends} (the teacher's block logits); got {not_ends}")
+    teacher = load_or_train_teacher(
+        cfg.teacher, out / "teacher.pt" if out else None,
+        lambda: ConvTeacher(data.image_shape[0], data.num_classes, data.image_shape[-1], cfg.blocks, cfg.hidden),
+        data, cfg.teacher_epochs, device, cfg.seed, data.flip if cfg.flip is None else cfg.flip, cfg.crop_padding, log)
+    features = TeacherFeatures(teacher)
+    if cfg.signals == "kd":
+        return torch.nn.ModuleList(KnowledgeDistillation(k, features.block(ends.index(k)), cfg.tau) for k in layers)
+    return torch.nn.ModuleList(WeightedKnowledgeDistillation(k, network.layers[k].shape, features.block(ends.index(k)),
+                                                             cfg.tau) for k in layers).to(device)
 
 
 def build_algorithm(cfg: TrainConfig) -> LearningAlgorithm:
@@ -148,20 +192,29 @@ class Trainer:
         in_shape = (math.prod(self.data.image_shape),) if self.flatten else self.data.image_shape
         self.network = build_network(cfg, in_shape, self.data.num_classes).to(self.device)
         self.algorithm = build_algorithm(cfg)
+        self.out = Path(cfg.out_dir) if cfg.out_dir else None
+        if self.out:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.signals = build_signals(cfg, self.network, self.data, self.device, self.out, self.log)
+        if len(self.signals):
+            self.algorithm.signals = list(self.signals)  # type: ignore[attr-defined]
         self.optimizer = make_optimizer(self.network, cfg.lrs, cfg.momentum, cfg.weight_decay, cfg.nesterov)
+        rates = cfg.lrs if len(cfg.lrs) > 1 else cfg.lrs * len(self.network.layer_parameters())
+        for sig in self.signals:  # KDW maps learn at the rate of the layer they read
+            if list(sig.parameters()):
+                self.optimizer.add_param_group({"params": list(sig.parameters()), "lr": rates[sig.layer - 1]})
         self.scheduler = make_scheduler(self.optimizer, cfg.epochs, cfg.eta_min)
         self.generator = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation
         self.train_images = self.data.train_images.to(self.device)
         self.train_labels = self.data.train_labels.to(self.device)
-        self.out = Path(cfg.out_dir) if cfg.out_dir else None
         self.history: list[dict[str, float]] = []
         self.epoch = 0  # completed epochs
         self.best_error = math.inf
         self._partial: dict[str, Any] | None = None  # the unfinished epoch of a resumed, interrupted run
         self._stop: str | None = None
         self._writer = None
+        self._diagnostics: dict[str, Any] | None = None
         if self.out:
-            self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
     # ------------------------------------------------------------------ checkpoints and resume
@@ -180,6 +233,7 @@ class Trainer:
 
     def checkpoint_state(self, partial: dict[str, Any] | None = None) -> dict[str, Any]:
         return {"epoch": self.epoch, "partial": partial, "network": self.network.state_dict(),
+                "signals": self.signals.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "history": self.history, "best_error": self.best_error, "rng": self._rng_state(),
                 "config": self.cfg.to_dict()}
@@ -197,6 +251,7 @@ class Trainer:
     def load_checkpoint(self, path: str | Path) -> None:
         state = torch.load(path, map_location=self.device, weights_only=False)
         self.network.load_state_dict(state["network"])
+        self.signals.load_state_dict(state.get("signals", {}))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.history, self.best_error = state["history"], state["best_error"]
@@ -243,7 +298,11 @@ class Trainer:
         """One pass over the shuffled training set (continuing a partial epoch after resume)."""
         cfg, n = self.cfg, len(self.train_labels)
         partial = self._partial or {"batch": 0, "wrong1": 0, "wrong5": 0, "loss": 0.0, "iters": 0, "time": 0.0,
-                                    "epoch_generator": self.generator.get_state()}
+                                    "epoch_generator": self.generator.get_state(), "activation": None,
+                                    "grad_norm": None}
+        if len(self.signals):  # eq. 14: kappa for this epoch
+            self.algorithm.kappa = kappa_schedule(cfg.kappa_schedule, epoch - 1, cfg.epochs, cfg.kappa,  # type: ignore
+                                                  cfg.kappa_min, cfg.kappa_gamma)
         self._partial = None
         self.generator.set_state(partial["epoch_generator"])
         perm = torch.randperm(n, generator=self.generator).to(self.device)
@@ -264,6 +323,8 @@ class Trainer:
             self.optimizer.step()
             if not self._weights_finite():
                 raise self._diverged(epoch, "weights")
+            if cfg.diagnostics:
+                self._accumulate_diagnostics(partial, result)
             errs = topk_errors(result.output.float(), labels)
             partial.update(batch=b + 1, wrong1=partial["wrong1"] + errs[1], wrong5=partial["wrong5"] + errs[5],
                            loss=partial["loss"] + loss, iters=partial["iters"] + result.free.iterations)
@@ -279,9 +340,35 @@ class Trainer:
                 partial.update(time=time.perf_counter() - t0, generator=self.generator.get_state())
                 raise Interrupted(self._stop, self.save_checkpoint(partial))
         self.scheduler.step()
-        return {"train_loss": partial["loss"] / n, "train_error": partial["wrong1"] / n,
-                "train_top5_error": partial["wrong5"] / n, "free_iterations": partial["iters"] / batches,
-                "train_time": time.perf_counter() - t0}
+        row = {"train_loss": partial["loss"] / n, "train_error": partial["wrong1"] / n,
+               "train_top5_error": partial["wrong5"] / n, "free_iterations": partial["iters"] / batches,
+               "train_time": time.perf_counter() - t0}
+        if len(self.signals):
+            row["kappa"] = self.algorithm.kappa  # type: ignore[attr-defined]
+        if cfg.diagnostics and partial["activation"] is not None:
+            self._diagnostics = {"epoch": epoch, "mean_activation": [a / batches for a in partial["activation"]],
+                                 "grad_norm": [g / batches for g in partial["grad_norm"]]}
+        return row
+
+    def _accumulate_diagnostics(self, partial: dict[str, Any], result: Any) -> None:
+        """Figure 5's quantities: per layer, the mean free-state activation and the norm of the update estimate."""
+        states = result.free.states[1:]
+        grads = {id(p): g for p, g in zip(self.network.parameters(), result.grads)}
+        groups = self.network.layer_parameters()
+        act = [float(s.float().mean()) for s in states]
+        norms = [math.sqrt(sum(float(grads[id(p)].float().pow(2).sum()) for p in g if grads.get(id(p)) is not None))
+                 for g in groups]
+        if partial["activation"] is None:
+            partial["activation"], partial["grad_norm"] = [0.0] * len(act), [0.0] * len(norms)
+        partial["activation"] = [a + b for a, b in zip(partial["activation"], act)]
+        partial["grad_norm"] = [a + b for a, b in zip(partial["grad_norm"], norms)]
+
+    def _write_diagnostics(self) -> None:
+        from .results import plot_diagnostics
+
+        with open(self.out / "diagnostics.jsonl", "a") as f:
+            f.write(json.dumps(self._diagnostics) + "\n")
+        plot_diagnostics(self.out, self.out / "diagnostics.png")
 
     def _write_metrics(self, row: dict[str, float]) -> None:
         with open(self.out / "metrics.jsonl", "a") as f:
@@ -347,6 +434,8 @@ class Trainer:
                              f"top-5 {100 * row['test_top5_error']:5.2f}%  ({row['time']:.1f}s)")
                     if self.out:
                         self._write_metrics(row)
+                        if cfg.diagnostics and self._diagnostics is not None:
+                            self._write_diagnostics()
                         self.save_checkpoint(best=best)
                     ebar.update(1)
                     ebar.set_postfix(test_err=f"{100 * row['test_error']:.2f}%")

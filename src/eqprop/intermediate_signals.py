@@ -1,0 +1,197 @@
+"""Intermediate learning signals for deep CRNNs (scalable-EP paper, section 3.2, eqs. 7-10 and 14).
+
+In the nudged phases the primitive function becomes Phi_Aug = Phi - beta (L_EP + kappa sum_i L_Aug,i) (eq. 10),
+so a signalled layer i relaxes by s_i <- sigma(dPhi/ds_i - beta kappa dL_Aug,i/ds_i). With centered EP the
+estimate then approaches d(L_EP + kappa sum_i L_Aug,i)/dtheta at the free state (Theorem 3.2, eq. 12).
+
+- :class:`LocalError` (LE, eq. 7): a fixed random readout B_i s_i compared with the label at temperature tau.
+- :class:`KnowledgeDistillation` (KD, eq. 8): the layer's state compared with a teacher's features at tau.
+- :class:`WeightedKnowledgeDistillation` (KDW, eq. 13): KD through a learned linear map (appendix G).
+- :class:`AugmentedNudge`: EP nudging at the output plus the signals' forces on their layers.
+- :func:`kappa_schedule`: constant, linear, exponential and cosine schedules of kappa (eq. 14).
+
+A new signal is an :class:`IntermediateSignal` subclass with ``loss`` (and, for speed, ``grad``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .layers import Activation
+from .nudging import EPNudge, Nudge
+
+__all__ = ["soft_target_loss", "IntermediateSignal", "LocalError", "KnowledgeDistillation",
+           "WeightedKnowledgeDistillation", "AugmentedNudge",
+           "kappa_schedule", "KAPPA_SCHEDULES"]
+
+
+def soft_target_loss(logits: Tensor, target_logits: Tensor, tau: float) -> Tensor:
+    """Per-sample soft-target loss tau^2 * CE(softmax(t/tau), softmax(z/tau)) over flattened features
+    (Hinton et al.'s distillation loss; the tau^2 keeps gradient magnitudes comparable across tau)."""
+    z, t = logits.flatten(1), target_logits.flatten(1).to(logits.dtype)
+    return -(tau ** 2) * (torch.softmax(t / tau, dim=1) * torch.log_softmax(z / tau, dim=1)).sum(1)
+
+
+def _soft_target_grad(logits: Tensor, target_logits: Tensor, tau: float) -> Tensor:
+    """d soft_target_loss / d logits = tau (softmax(z/tau) - softmax(t/tau))."""
+    z, t = logits.flatten(1), target_logits.flatten(1).to(logits.dtype)
+    return (tau * (torch.softmax(z / tau, dim=1) - torch.softmax(t / tau, dim=1))).view_as(logits)
+
+
+class IntermediateSignal(nn.Module):
+    """L_Aug at one layer: ``loss(s, target)`` per sample, ``grad`` its derivative in s (autograd default).
+    A signal's own parameters (KDW's map) are learned by the same EP contrast as the network's."""
+
+    def __init__(self, layer: int, tau: float = 4.0) -> None:
+        super().__init__()
+        if layer < 1:
+            raise ValueError(f"a signal needs a free layer index >= 1, got {layer}")
+        if not tau > 0:
+            raise ValueError(f"the temperature tau must be > 0, got {tau}")
+        self.layer, self.tau = int(layer), float(tau)
+
+    def target(self, x: Tensor, y: Tensor) -> Tensor:
+        """The pseudo-target of this batch (input x, one-hot labels y)."""
+        raise NotImplementedError
+
+    def loss(self, s: Tensor, target: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def grad(self, s: Tensor, target: Tensor) -> Tensor:
+        with torch.enable_grad():
+            v = s.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.loss(v, target).sum(), v)
+        return g
+
+
+class LocalError(IntermediateSignal):
+    """LE (eq. 7): L = soft_target(B s / tau, y / tau) with a fixed random readout B (classes x layer size);
+    the target is the one-hot label (the pseudo-target of the paper's experiments)."""
+
+    def __init__(self, layer: int, layer_shape: Sequence[int], num_classes: int, tau: float = 4.0,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(layer, tau)
+        fan_in = math.prod(layer_shape)
+        bound = 1.0 / math.sqrt(fan_in)  # Kaiming-uniform-like scale for a fixed readout
+        self.register_buffer("readout", (torch.rand(num_classes, fan_in, generator=generator) * 2 - 1) * bound)
+
+    def target(self, x, y):
+        return y
+
+    def logits(self, s: Tensor) -> Tensor:
+        return s.flatten(1) @ self.readout.to(s.dtype).t()
+
+    def loss(self, s, target):
+        return soft_target_loss(self.logits(s), target, self.tau)
+
+    def grad(self, s, target):
+        g = _soft_target_grad(self.logits(s), target, self.tau)
+        return (g @ self.readout.to(s.dtype)).view_as(s)
+
+
+class KnowledgeDistillation(IntermediateSignal):
+    """KD (eq. 8): L = soft_target(s / tau, t / tau) between the layer's state and a teacher's features of the
+    same shape (the teacher's output at the end of the matching conv block). ``teacher(x)`` returns those
+    features for a batch (e.g. a forward hook on a backprop-trained network)."""
+
+    def __init__(self, layer: int, teacher: Callable[[Tensor], Tensor], tau: float = 4.0) -> None:
+        super().__init__(layer, tau)
+        self._teacher = (teacher,)  # a tuple: a teacher nn.Module is not a submodule (its weights stay its own)
+
+    def target(self, x, y):
+        with torch.no_grad():
+            return self._teacher[0](x)
+
+    def loss(self, s, target):
+        if target.shape != s.shape:
+            raise ValueError(f"KD at layer {self.layer}: teacher features {tuple(target.shape)} do not match the "
+                             f"layer's state {tuple(s.shape)}")
+        return soft_target_loss(s, target, self.tau)
+
+    def grad(self, s, target):
+        return _soft_target_grad(s, target, self.tau)
+
+
+class WeightedKnowledgeDistillation(KnowledgeDistillation):
+    """KDW (eq. 13): L = soft_target(w_map s / tau, t / tau) with a learned linear map w_map, initialised to the
+    identity. On image-shaped layers w_map mixes channels at each position (a 1x1 convolution, C x C weights);
+    on vector layers it is a dense n x n matrix. Its update is the EP contrast of appendix G (eq. 20)."""
+
+    def __init__(self, layer: int, layer_shape: Sequence[int], teacher: Callable[[Tensor], Tensor],
+                 tau: float = 4.0) -> None:
+        super().__init__(layer, teacher, tau)
+        self.w_map = nn.Parameter(torch.eye(layer_shape[0]))
+        self.spatial = len(layer_shape) == 3
+
+    def mapped(self, s: Tensor) -> Tensor:
+        w = self.w_map.to(s.dtype)
+        return torch.einsum("oc,bchw->bohw", w, s) if self.spatial else s @ w.t()
+
+    def loss(self, s, target):
+        return super().loss(self.mapped(s), target)
+
+    def grad(self, s, target):
+        g = _soft_target_grad(self.mapped(s), target, self.tau)
+        w = self.w_map.to(s.dtype)
+        return torch.einsum("oc,bohw->bchw", w, g) if self.spatial else g @ w
+
+
+@dataclass
+class AugmentedNudge(Nudge):
+    """EP nudging of the output plus, on each signalled layer, the force beta * kappa * dL_Aug/ds (eq. 10)."""
+
+    base: EPNudge
+    signals: Sequence[IntermediateSignal]
+    targets: Sequence[Tensor]  # one per signal: labels (LE) or teacher features (KD)
+    kappa: float
+    hidden_layers: frozenset = field(init=False)
+
+    def __post_init__(self) -> None:
+        if len(self.signals) != len(self.targets):
+            raise ValueError(f"one target per signal: {len(self.signals)} signals, {len(self.targets)} targets")
+        self.hidden_layers = frozenset(s.layer for s in self.signals)
+
+    def output_update(self, m: Tensor, o: Tensor, sigma: Activation) -> Tensor:
+        return self.base.output_update(m, o, sigma)
+
+    def extra_energy(self, o: Tensor) -> Tensor:
+        return self.base.extra_energy(o)
+
+    def layer_force(self, k: int, s: Tensor) -> Tensor:
+        force = torch.zeros_like(s)
+        for sig, target in zip(self.signals, self.targets):
+            if sig.layer == k:
+                force = force + sig.grad(s, target)
+        return (self.base.beta * self.kappa) * force
+
+    def hidden_energy(self, states: Sequence[Tensor]) -> Tensor:
+        e = torch.zeros(states[0].shape[0], dtype=states[-1].dtype, device=states[-1].device)
+        for sig, target in zip(self.signals, self.targets):
+            e = e + sig.loss(states[sig.layer], target)
+        return (self.base.beta * self.kappa) * e
+
+
+# ---- kappa schedules (eq. 14) --------------------------------------------------------------------------------
+KAPPA_SCHEDULES = ("constant", "linear", "exponential", "cosine")
+
+
+def kappa_schedule(kind: str, epoch: int, total: int, kappa_init: float, kappa_min: float = 0.0,
+                   gamma: float = 0.1) -> float:
+    """kappa at ``epoch`` (0-based) of ``total`` (eq. 14): constant; linear kappa_init (1 - E/E_total);
+    exponential kappa_init exp(-gamma E); cosine kappa_min + (kappa_init - kappa_min)(1 + cos(pi E/E_total))/2."""
+    if kind not in KAPPA_SCHEDULES:
+        raise ValueError(f"unknown kappa schedule {kind!r}; valid ones are {list(KAPPA_SCHEDULES)}")
+    if total < 1 or epoch < 0:
+        raise ValueError(f"need total >= 1 and epoch >= 0, got epoch={epoch}, total={total}")
+    if kind == "constant":
+        return kappa_init
+    if kind == "linear":
+        return kappa_init - kappa_init * epoch / total
+    if kind == "exponential":
+        return kappa_init * math.exp(-gamma * epoch)
+    return kappa_min + 0.5 * (kappa_init - kappa_min) * (1.0 + math.cos(math.pi * epoch / total))
