@@ -30,8 +30,8 @@ class StandInTeacher:
 
 def signals_for(net, kind):
     shapes = {k: net.layers[k].shape for k in (1, 2)}
-    if kind == "LE":
-        return [LocalError(k, shapes[k], 5, tau=4.0).double() for k in (1, 2)]
+    if kind in ("LE", "LE-hard"):
+        return [LocalError(k, shapes[k], 5, tau=4.0, soft_labels=kind == "LE").double() for k in (1, 2)]
     if kind == "KD":
         return [KnowledgeDistillation(k, StandInTeacher(shapes[k]), tau=2.0) for k in (1, 2)]
     sigs = [WeightedKnowledgeDistillation(k, shapes[k], StandInTeacher(shapes[k]), tau=2.0).double() for k in (1, 2)]
@@ -41,7 +41,7 @@ def signals_for(net, kind):
     return sigs
 
 
-@pytest.mark.parametrize("kind", ["LE", "KD", "KDW"])
+@pytest.mark.parametrize("kind", ["LE", "LE-hard", "KD", "KDW"])
 def test_closed_form_forces_match_autograd(kind):
     net, x, labels = small_conv()
     y = one_hot(labels, 5, torch.float64)
@@ -61,7 +61,7 @@ def test_soft_target_loss_is_minimal_at_the_target_distribution():
 
 
 @pytest.mark.parametrize("make", [small_mlp, small_conv], ids=["dense", "conv"])
-@pytest.mark.parametrize("kind", ["LE", "KD", "KDW"])
+@pytest.mark.parametrize("kind", ["LE", "LE-hard", "KD", "KDW"])
 def test_augmented_centered_ep_matches_implicit_differentiation(make, kind):
     """Theorem 3.2: with signals at layers 1 and 2, C-EP -> d(L_EP + kappa sum L_Aug)/dtheta at O(beta^2);
     for KDW the maps' EP update (appendix G) -> kappa dL_Aug/dw_map at the free state, too."""
@@ -139,8 +139,10 @@ def test_vgg_crnn_has_the_table_4_layer_counts():
     for name, (blocks, fc) in VGG_ARCHS.items():
         net = vgg_crnn(3, 100, 32, blocks, fc)
         assert net.num_layers - 1 == int(name[3:])
-        assert [net.layers[k].shape for k in net.block_ends] == [(64, 16, 16), (128, 8, 8), (256, 4, 4), (512, 2, 2),
-                                                                  (512, 1, 1)]
+        widths = [(64, 16, 16), (128, 8, 8), (256, 4, 4), (512, 2, 2), (512, 1, 1)]
+        if name == "vgg5":  # 128-256-512-512, each conv pooled
+            widths = [(128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 2, 2)]
+        assert [net.layers[k].shape for k in net.block_ends] == widths
     with pytest.raises(ValueError, match=r"divisible by 2\*\*5"):
         vgg_crnn(1, 10, 16, VGG_ARCHS["vgg7"][0])
 

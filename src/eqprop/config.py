@@ -69,6 +69,7 @@ class TrainConfig:
     kappa_schedule: str = "cosine"  # constant | linear | exponential | cosine (eq. 14)
     kappa_gamma: float = 0.02  # exponential schedule's decay
     tau: float = 4.0  # soft-target temperature
+    le_soft_labels: bool = True  # LE target softmax(y/tau) as in eq. 7; false: the one-hot label itself
     teacher: str | None = None  # KD teacher weights (teacher.pt of an earlier run); None: train one first
     teacher_epochs: int = 10
     diagnostics: bool = False  # per-epoch mean activation and gradient norm per layer (Figure 5)

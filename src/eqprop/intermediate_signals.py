@@ -30,17 +30,20 @@ __all__ = ["soft_target_loss", "IntermediateSignal", "LocalError", "KnowledgeDis
            "kappa_schedule", "KAPPA_SCHEDULES"]
 
 
-def soft_target_loss(logits: Tensor, target_logits: Tensor, tau: float) -> Tensor:
-    """Per-sample soft-target loss tau^2 * CE(softmax(t/tau), softmax(z/tau)) over flattened features
-    (Hinton et al.'s distillation loss; the tau^2 keeps gradient magnitudes comparable across tau)."""
+def soft_target_loss(logits: Tensor, target_logits: Tensor, tau: float, target_is_distribution: bool = False) -> Tensor:
+    """Per-sample soft-target loss tau^2 * CE(p, softmax(z/tau)) over flattened features with p = softmax(t/tau)
+    (Hinton et al.'s distillation loss; the tau^2 keeps gradient magnitudes comparable across tau), or p = t
+    itself when ``target_is_distribution`` (e.g. one-hot labels)."""
     z, t = logits.flatten(1), target_logits.flatten(1).to(logits.dtype)
-    return -(tau ** 2) * (torch.softmax(t / tau, dim=1) * torch.log_softmax(z / tau, dim=1)).sum(1)
+    p = t if target_is_distribution else torch.softmax(t / tau, dim=1)
+    return -(tau ** 2) * (p * torch.log_softmax(z / tau, dim=1)).sum(1)
 
 
-def _soft_target_grad(logits: Tensor, target_logits: Tensor, tau: float) -> Tensor:
-    """d soft_target_loss / d logits = tau (softmax(z/tau) - softmax(t/tau))."""
+def _soft_target_grad(logits: Tensor, target_logits: Tensor, tau: float, target_is_distribution: bool = False) -> Tensor:
+    """d soft_target_loss / d logits = tau (softmax(z/tau) - p)."""
     z, t = logits.flatten(1), target_logits.flatten(1).to(logits.dtype)
-    return (tau * (torch.softmax(z / tau, dim=1) - torch.softmax(t / tau, dim=1))).view_as(logits)
+    p = t if target_is_distribution else torch.softmax(t / tau, dim=1)
+    return (tau * (torch.softmax(z / tau, dim=1) - p)).view_as(logits)
 
 
 class IntermediateSignal(nn.Module):
@@ -70,12 +73,15 @@ class IntermediateSignal(nn.Module):
 
 
 class LocalError(IntermediateSignal):
-    """LE (eq. 7): L = soft_target(B s / tau, y / tau) with a fixed random readout B (classes x layer size);
-    the target is the one-hot label (the pseudo-target of the paper's experiments)."""
+    """LE (eq. 7): L = soft_target(B s / tau, y / tau) with a fixed random readout B (classes x layer size)
+    and the one-hot label y as pseudo-target. With ``soft_labels=False`` the target distribution is y itself
+    instead of softmax(y / tau): at tau = 4, softmax(y / tau) is nearly uniform (0.13 vs 0.10 for 10 classes),
+    so the paper's form mostly pulls the readout towards zero."""
 
     def __init__(self, layer: int, layer_shape: Sequence[int], num_classes: int, tau: float = 4.0,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, soft_labels: bool = True) -> None:
         super().__init__(layer, tau)
+        self.soft_labels = bool(soft_labels)
         fan_in = math.prod(layer_shape)
         bound = 1.0 / math.sqrt(fan_in)  # Kaiming-uniform-like scale for a fixed readout
         self.register_buffer("readout", (torch.rand(num_classes, fan_in, generator=generator) * 2 - 1) * bound)
@@ -87,10 +93,10 @@ class LocalError(IntermediateSignal):
         return s.flatten(1) @ self.readout.to(s.dtype).t()
 
     def loss(self, s, target):
-        return soft_target_loss(self.logits(s), target, self.tau)
+        return soft_target_loss(self.logits(s), target, self.tau, not self.soft_labels)
 
     def grad(self, s, target):
-        g = _soft_target_grad(self.logits(s), target, self.tau)
+        g = _soft_target_grad(self.logits(s), target, self.tau, not self.soft_labels)
         return (g @ self.readout.to(s.dtype)).view_as(s)
 
 

@@ -72,8 +72,9 @@ def hopfield_mlp(sizes: Sequence[int] = (784, 500, 10), gains: float | Sequence[
 
 
 # Appendix C / Table 4 of the scalable-EP paper: conv3 widths per block (each block ends in a 2x2 max-pool)
-# and the FC-512 layers before the output. VGG-11 / VGG-13 are VGG-10 / VGG-12 with a second FC-512.
+# and the FC-512 layers before the output; VGG-5 is the four-conv baseline of Table 1. VGG-11 / VGG-13 are VGG-10 / VGG-12 with a second FC-512.
 VGG_ARCHS: dict[str, tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]] = {
+    "vgg5": (((128,), (256,), (512,), (512,)), ()),  # the prior works' VGG-5 of Table 1 (= Table 5's DCHN)
     "vgg7": (((64,), (128,), (256,), (512,), (512,)), (512,)),
     "vgg10": (((64,), (128,), (256, 256), (512, 512), (512, 512)), (512,)),
     "vgg11": (((64,), (128,), (256, 256), (512, 512), (512, 512)), (512, 512)),

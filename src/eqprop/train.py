@@ -95,8 +95,8 @@ def build_signals(cfg: TrainConfig, network: EnergyNetwork, data: ImageData, dev
         raise ConfigError(f"signal_layers {layers}: each must be a hidden layer index in 1..{network.output_index - 1}")
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     if cfg.signals == "le":
-        return torch.nn.ModuleList(LocalError(k, network.layers[k].shape, data.num_classes, cfg.tau, gen)
-                                   for k in layers).to(device)
+        return torch.nn.ModuleList(LocalError(k, network.layers[k].shape, data.num_classes, cfg.tau, gen,
+                                              cfg.le_soft_labels) for k in layers).to(device)
     ends = list(network.block_ends)
     not_ends = [k for k in layers if k not in ends]
     if not_ends:
