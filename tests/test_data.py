@@ -119,7 +119,7 @@ def test_missing_files_error_names_set_directory_and_fix(tmp_path, name, title, 
     with pytest.raises(ValueError, match=f"{name}.*data_dir"):
         load_dataset(name, None)
     with pytest.raises(ValueError, match="valid datasets"):
-        load_dataset("imagenet", tmp_path)
+        load_dataset("tiny_imagenet", tmp_path)
 
 
 def test_read_idx_rejects_other_files(tmp_path):
@@ -163,3 +163,48 @@ def test_random_flip_and_crop_are_per_image_and_seeded():
         offsets.add(match[0])
     assert len(offsets) > 5
     assert torch.equal(random_crop(x, 2, torch.Generator().manual_seed(1)), cropped)
+
+
+def write_image_folder(root, classes=("n01", "n02", "n03"), per_class=(6, 3), seed=0):
+    """An ImageNet-layout tree of real JPEG/PNG files of varied sizes: train/<class>/*, val/<class>/*."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in zip(("train", "val"), per_class):
+        for c, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                h, w = int(rng.integers(20, 40)), int(rng.integers(20, 40))
+                pixels = np.full((h, w, 3), 40 * (c + 1), dtype=np.uint8) + rng.integers(0, 30, (h, w, 3), dtype=np.uint8)
+                ext = "JPEG" if i % 2 else "png"
+                Image.fromarray(pixels).save(root / split / name / f"img{i}.{ext}")
+
+
+def test_image_folder_is_decoded_lazily_at_the_requested_size(tmp_path):
+    write_image_folder(tmp_path)
+    data = load_dataset("ImageNet", tmp_path, image_size=16)
+    assert (len(data.train_labels), len(data.test_labels), data.num_classes, data.flip) == (18, 9, 3, True)
+    assert data.image_shape == (3, 16, 16) and data.train_labels.tolist() == [0] * 6 + [1] * 6 + [2] * 6
+    batch = data.train_images[torch.tensor([0, 7, 17])]
+    assert batch.shape == (3, 3, 16, 16) and batch.dtype == torch.uint8
+    # the classes were written with increasing brightness: the decode keeps them apart
+    assert float(batch[0].float().mean()) < float(batch[1].float().mean()) < float(batch[2].float().mean())
+    x = data.prepare(data.test_images[0:4])
+    assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32
+    sub = load_dataset("imagenet", tmp_path, image_size=16, limit_train=5, seed=3)
+    assert len(sub.train_labels) == 5 and len(set(sub.train_labels.tolist())) > 1  # a random subset, not class 0
+    with pytest.raises(FileNotFoundError, match="train/ and val/ with one sub-folder per class"):
+        load_dataset("imagenet", tmp_path / "nowhere", image_size=16)
+
+
+def test_pcn_trains_on_an_image_folder_through_the_pipeline(tmp_path):
+    from eqprop.config import load_config
+    from eqprop.train import Trainer
+
+    write_image_folder(tmp_path / "data", per_class=(12, 4))
+    cfg = load_config("configs/pcn/imagenet_vgg10_cep.yaml",
+                      [f"data_dir={tmp_path / 'data'}", "image_size=16", "channels=[4,4,8,8]", "hidden=[8]",
+                       "batch_size=8", "epochs=2", "progress=false", "tensorboard=false", f"out_dir={tmp_path / 'run'}"])
+    history = Trainer(cfg, log=lambda s: None).fit()
+    assert len(history) == 2 and all(np.isfinite(row["train_loss"]) for row in history)
+    assert (tmp_path / "run" / "checkpoint_last.pt").exists()

@@ -31,7 +31,8 @@ from torch.utils.data import TensorDataset
 from .registry import canonical_name
 
 __all__ = ["ImageData", "DatasetSpec", "DATASETS", "register_dataset", "dataset_spec", "dataset_names",
-           "load_dataset", "load_digits", "load_mnist", "read_idx", "random_flip", "random_crop"]
+           "load_dataset", "load_digits", "load_mnist", "read_idx", "random_flip", "random_crop", "FolderImages",
+           "load_image_folder", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 
 @dataclass
@@ -328,6 +329,95 @@ def _digits(data_dir: str | None, image_size: int, seed: int, limit_train: int |
 
 
 register_dataset(DatasetSpec("digits", 1, None, 10, _digits, needs_files=False))
+
+
+# ------------------------------------------------------------------------------ image folders (ImageNet)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class FolderImages:
+    """Images of an image-folder tree, decoded when indexed: ``images[idx]`` is a uint8 batch (B, 3, S, S)
+    on ``device`` (shorter side resized to S, centre crop). Stands in for the in-memory image tensor of
+    :class:`ImageData`, so the training loop, resume and evaluation are the same for data sets that do not fit
+    in memory; decoding runs on a thread pool."""
+
+    def __init__(self, paths: list[str], size: int, device: torch.device | str = "cpu", workers: int = 8) -> None:
+        self.paths, self.size, self.device, self.workers = list(paths), int(size), torch.device(device), workers
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.paths), 3, self.size, self.size)
+
+    def to(self, device: torch.device | str) -> "FolderImages":
+        return FolderImages(self.paths, self.size, device, self.workers)
+
+    def _decode(self, path: str) -> Tensor:
+        from PIL import Image
+        from torchvision.transforms import functional as TF
+
+        with Image.open(path) as img:
+            img = TF.center_crop(TF.resize(img.convert("RGB"), self.size), [self.size, self.size])
+            return TF.pil_to_tensor(img)
+
+    def __getitem__(self, idx: int | slice | Tensor) -> Tensor:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if isinstance(idx, slice):
+            chosen = self.paths[idx]
+        else:
+            ids = torch.as_tensor(idx).reshape(-1).tolist()
+            chosen = [self.paths[i] for i in ids]
+        with ThreadPoolExecutor(max(1, min(self.workers, len(chosen)))) as pool:
+            batch = list(pool.map(self._decode, chosen))
+        if not batch:
+            return torch.empty(0, 3, self.size, self.size, dtype=torch.uint8, device=self.device)
+        return torch.stack(batch).to(self.device)
+
+
+def load_image_folder(data_dir: str | os.PathLike, image_size: int = 64, limit_train: int | None = None,
+                      limit_test: int | None = None, seed: int = 0, name: str = "imagenet") -> ImageData:
+    """An ImageFolder tree ``data_dir/train/<class>/*`` and ``data_dir/val/<class>/*`` (ImageNet's layout after
+    the usual val re-sort), read lazily through :class:`FolderImages` at ``image_size`` with ImageNet's mean
+    and std. ``limit_*`` keep a seeded random subset (the folders are sorted by class)."""
+    from torchvision.datasets import ImageFolder
+
+    root = Path(data_dir)
+    splits = {}
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise FileNotFoundError(f"{name}: expected image folders {root / split}/<class>/<image> (ImageNet "
+                                    f"layout: train/ and val/ with one sub-folder per class); not found")
+        splits[split] = ImageFolder(str(root / split))
+    train, val = splits["train"], splits["val"]
+    if train.classes != val.classes:
+        raise ValueError(f"{name}: train/ and val/ have different class folders ({len(train.classes)} vs "
+                         f"{len(val.classes)})")
+
+    def subset(samples: list[tuple[str, int]], limit: int | None, offset: int) -> tuple[list[str], Tensor]:
+        if limit is not None and limit < len(samples):
+            keep = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed + offset))[:limit]
+            samples = [samples[i] for i in sorted(keep.tolist())]
+        return [p for p, _ in samples], torch.tensor([c for _, c in samples], dtype=torch.int64)
+
+    train_paths, train_labels = subset(train.samples, limit_train, 0)
+    test_paths, test_labels = subset(val.samples, limit_test, 1)
+    return ImageData(name, FolderImages(train_paths, image_size), train_labels,  # type: ignore[arg-type]
+                     FolderImages(test_paths, image_size), test_labels, IMAGENET_MEAN, IMAGENET_STD,
+                     len(train.classes), flip=True)
+
+
+def _image_folder(data_dir: str | None, image_size: int, seed: int, limit_train: int | None, limit_test: int | None,
+                  download: bool, verify_checksums: bool) -> ImageData:
+    if download:
+        raise ValueError("imagenet cannot be downloaded automatically; place the train/ and val/ folders in "
+                         "data_dir (download=false)")
+    return load_image_folder(data_dir, image_size, limit_train, limit_test, seed)  # type: ignore[arg-type]
+
+
+register_dataset(DatasetSpec("imagenet", 3, None, 1000, _image_folder))
 register_dataset(DatasetSpec("mnist", 1, 32, 10, _files(load_mnist, checksums=False)))
 register_dataset(DatasetSpec("fashion_mnist", 1, 32, 10, _files(load_fashion_mnist, checksums=False)))
 register_dataset(DatasetSpec("svhn", 3, 32, 10, _files(load_svhn, checksums=True)))

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .algorithms import LearningAlgorithm, register_algorithm
+from .models import _gains
 from .nudging import Cost, one_hot
 from .layers import get_activation
 from .relaxation import RelaxResult
@@ -171,10 +172,7 @@ def pc_vgg(in_channels: int, num_classes: int, input_size: int, channels: Sequen
     if input_size % (2 ** pools):
         raise ValueError(f"input_size={input_size} must be divisible by 2**{pools} (one 2x2 pooling per "
                          f"{pool_every} conv layer(s))")
-    n = len(channels) + len(hidden) + 1
-    alphas = [float(gains)] * n if isinstance(gains, (int, float)) else [float(g) for g in gains]
-    if len(alphas) != n:
-        raise ValueError(f"pc_vgg: expected {n} gains (one per prediction), got {len(alphas)}")
+    alphas = _gains(gains, len(channels) + len(hidden) + 1, "pc_vgg")
     layers: list[PCLayer] = []
     c, size = in_channels, input_size
     for i, width in enumerate(channels):
