@@ -185,3 +185,14 @@ def test_rhel_and_bptt_train_through_the_pipeline(tmp_path):
         assert history[-1]["train_loss"] < 0.6 * history[0]["train_loss"], name
         final[name] = history[-1]["test_error"]
     assert max(final.values()) < 0.35, final  # chance is 0.9
+
+
+@pytest.mark.parametrize("kind", sorted(HRU_TYPES))
+def test_closed_form_contrast_gradients_match_autograd(kind):
+    unit = unit_of(kind)
+    phi, u, w = torch.randn(6, 5, dtype=F64), torch.randn(6, 3, dtype=F64), torch.randn(6, dtype=F64)
+    got, got_u = unit.weighted_grads(phi, u, w)
+    ref, ref_u = HamiltonianUnit.weighted_grads(unit, phi, u, w)
+    assert [tuple(g.shape) for g in got] == [tuple(p.shape) for p in unit.parameters()]
+    for g, r in zip(got + [got_u], ref + [ref_u]):
+        assert torch.allclose(g, r, atol=1e-12)

@@ -88,16 +88,12 @@ def echo(unit: HamiltonianUnit, phi_T: Tensor, pi_T: Tensor, inputs: Tensor, out
         u = torch.cat([inputs[k], inputs[k]])
         new_phi, new_pi, half = step(unit, phi, pi, u, dt)
         point = half if at == "half" else phi
-        with torch.enable_grad():
-            u_var = u.detach().requires_grad_(want_input_grads)
-            contrast = (weight * unit.potential(point.detach(), u_var)).sum()
-            wrt = params + [u_var] if want_input_grads else params
-            dtheta = torch.autograd.grad(contrast, wrt, allow_unused=True)
+        dtheta, du = unit.weighted_grads(point, u, weight, want_input_grads)
         for acc, d in zip(grads, dtheta):
             if d is not None:
                 acc += d
         if input_grads is not None:
-            input_grads[k] = dtheta[-1][:batch] + dtheta[-1][batch:]
+            input_grads[k] = du[:batch] + du[batch:]
         phi, pi = new_phi, new_pi
     two_eps = 2.0 * eps.unsqueeze(1)
     initial = (-(pi[:batch] - pi[batch:]) / two_eps, -(phi[:batch] - phi[batch:]) / two_eps)
@@ -147,7 +143,8 @@ def rhel_gradients(model: HamiltonianSSM, x: Tensor, y: Tensor, cost: Cost, loss
                    epsilon: float = 1e-3, relative: bool = True, at: str = "half") -> tuple[list[Tensor], Tensor, Tensor]:
     """dL/dtheta of the batch-mean sequence loss by RHEL; returns (grads in model.parameters() order, last
     readout (B, C), per-sample loss (B,)). Only the forward pass and the echoes run; nothing is backpropagated
-    through time (autograd is used within one step, for dV/dtheta, and for the feedforward maps)."""
+    through time (dV/dtheta is in closed form for the built-in units, autograd within one step otherwise;
+    the feedforward maps and the readout use autograd)."""
     seq = model.as_sequence(x)
     steps, batch = seq.shape[:2]
     ks = set(loss_steps(steps, loss_at))

@@ -44,6 +44,17 @@ class HamiltonianUnit(nn.Module):
             (f,) = torch.autograd.grad(self.potential(p, u).sum(), p, create_graph=create)
         return f
 
+    def weighted_grads(self, phi: Tensor, u: Tensor, weight: Tensor,
+                       want_u: bool = True) -> tuple[list[Tensor | None], Tensor | None]:
+        """d/dtheta and d/du (per sample) of sum_b weight_b V(phi_b, u_b): RHEL's contrast in one call
+        (autograd by default; built-in units give it in closed form). Gradients in ``parameters()`` order."""
+        params = list(self.parameters())
+        with torch.enable_grad():
+            u_var = u.detach().requires_grad_(want_u)
+            total = (weight * self.potential(phi.detach(), u_var)).sum()
+            grads = torch.autograd.grad(total, params + ([u_var] if want_u else []), allow_unused=True)
+        return list(grads[:len(params)]), (grads[-1] if want_u else None)
+
     def hamiltonian(self, phi: Tensor, pi: Tensor, u: Tensor) -> Tensor:
         """H(phi, pi, u) per sample."""
         return 0.5 * pi.pow(2).sum(1) + self.potential(phi, u)
@@ -100,6 +111,12 @@ class LinearHRU(HamiltonianUnit):
     def force(self, phi, u):
         return self.a * phi - F.linear(u, self.B)
 
+    def weighted_grads(self, phi, u, weight, want_u=True):
+        w = weight.unsqueeze(1)
+        d_log_a = 0.5 * self.a * (w * phi.pow(2)).sum(0)  # dV/dlog_a = a phi^2 / 2
+        d_B = -(w * phi).t() @ u  # dV/dB = -phi u^T
+        return [d_log_a, d_B], (-(w * phi) @ self.B if want_u else None)
+
 
 def _log_cosh(z: Tensor) -> Tensor:
     """log cosh z without overflow: |z| + log(1 + exp(-2|z|)) - log 2."""
@@ -128,6 +145,14 @@ class NonlinearHRU(HamiltonianUnit):
 
     def force(self, phi, u):
         return self.alpha * phi + torch.tanh(self.a * phi + F.linear(u, self.B, self.b))
+
+    def weighted_grads(self, phi, u, weight, want_u=True):
+        z = self.a * phi + F.linear(u, self.B, self.b)
+        t = torch.tanh(z) / self.a  # dV/dz_i = tanh(z_i) / a_i
+        w = weight.unsqueeze(1)
+        wt = w * t
+        d_a = (w * (torch.tanh(z) * phi / self.a - _log_cosh(z) / self.a.pow(2))).sum(0)
+        return [d_a, wt.t() @ u, wt.sum(0)], (wt @ self.B if want_u else None)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", alpha={self.alpha}"
