@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["make_optimizer", "make_scheduler"]
+__all__ = ["make_optimizer", "make_scheduler", "layer_rates"]
 
 
 def make_optimizer(network: torch.nn.Module, lrs: float | Sequence[float], momentum: float = 0.9,
@@ -15,19 +15,23 @@ def make_optimizer(network: torch.nn.Module, lrs: float | Sequence[float], momen
     """SGD with one parameter group per entry of ``network.layer_parameters()`` (for an energy network:
     layer k = 1..L, the weights into layer k and its bias)."""
     groups = network.layer_parameters()
-    if isinstance(lrs, (int, float)):
-        lrs = [float(lrs)] * len(groups)
-    lrs = list(lrs)
-    if len(lrs) == 1:  # one rate for every group
-        lrs = lrs * len(groups)
-    if len(lrs) != len(groups):
-        raise ValueError(f"expected {len(groups)} learning rates (lrs), one per layer group of this network (a "
-                         f"Hopfield net: each non-input layer; an HSSM: each unit, then the readout), got {len(lrs)}")
-    if any(lr < 0 for lr in lrs):
-        raise ValueError(f"learning rates must be >= 0, got {lrs}")
+    lrs = layer_rates(lrs, len(groups))
     param_groups = [{"params": g, "lr": lr} for g, lr in zip(groups, lrs) if g]
     return torch.optim.SGD(param_groups, lr=lrs[0], momentum=momentum, weight_decay=weight_decay,
                            nesterov=nesterov)
+
+
+def layer_rates(lrs: float | Sequence[float], groups: int) -> list[float]:
+    """One learning rate per layer group: a single value (or one-element list) applies to every group."""
+    rates = [float(lrs)] if isinstance(lrs, (int, float)) else [float(lr) for lr in lrs]
+    if len(rates) == 1:
+        rates = rates * groups
+    if len(rates) != groups:
+        raise ValueError(f"expected {groups} learning rates (lrs), one per layer group of this network (a "
+                         f"Hopfield net: each non-input layer; an HSSM: each unit, then the readout), got {len(rates)}")
+    if any(lr < 0 for lr in rates):
+        raise ValueError(f"learning rates must be >= 0, got {rates}")
+    return rates
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, t_max: int, eta_min: float = 2e-6):

@@ -33,7 +33,7 @@ from .models import dchn, hopfield_mlp, vgg_crnn
 from .network import EnergyNetwork
 from .hamiltonian import HamiltonianSSM
 from .predictive_coding import PredictiveCodingNetwork, pc_vgg
-from .optim import make_optimizer, make_scheduler
+from .optim import layer_rates, make_optimizer, make_scheduler
 from .teacher import ConvTeacher, TeacherFeatures, load_or_train_teacher
 
 __all__ = ["TrainConfig", "Trainer", "build_network", "build_algorithm", "load_data", "DivergenceError",
@@ -199,7 +199,7 @@ class Trainer:
         if len(self.signals):
             self.algorithm.signals = list(self.signals)  # type: ignore[attr-defined]
         self.optimizer = make_optimizer(self.network, cfg.lrs, cfg.momentum, cfg.weight_decay, cfg.nesterov)
-        rates = cfg.lrs if len(cfg.lrs) > 1 else cfg.lrs * len(self.network.layer_parameters())
+        rates = layer_rates(cfg.lrs, len(self.network.layer_parameters()))
         for sig in self.signals:  # KDW maps learn at the rate of the layer they read
             if list(sig.parameters()):
                 self.optimizer.add_param_group({"params": list(sig.parameters()), "lr": rates[sig.layer - 1]})
