@@ -144,7 +144,7 @@ class Contrastive(LearningAlgorithm):
 
     def gradients(self, network, x, y, free):
         b1, b2 = self.betas
-        targets = [sig.target(x, y) for sig in self.signals]
+        targets = [sig.target(x, y) for sig in self.signals] if self.kappa != 0.0 else []  # no teacher pass when off
         s1 = self.nudged_phase(network, y, free, b1, targets).states
         s2 = self.nudged_phase(network, y, free, b2, targets).states
         g1 = network.energy_param_grads(s1)

@@ -226,9 +226,8 @@ def parse_overrides(items: Sequence[str], base: TrainConfig | None = None) -> Tr
             raise ConfigError(f"expected key=value, got {item!r}")
         key, raw = item.split("=", 1)
         key = key.strip().replace("-", "_")
-        optional = type(None) in typing.get_args(hints.get(key))
-        if raw.strip().lower() in ("none", "null", "~"):
-            value = None if optional or hints.get(key) is not str else raw.strip()  # e.g. signals=none is a choice
+        if raw.strip().lower() in ("none", "null", "~"):  # null, except for a plain str key (signals=none)
+            value = raw.strip() if hints.get(key) is str else None
         else:
             value = _parse_scalar(raw.strip())
         if hints.get(key) in (str, str | None) and value is not None and not isinstance(value, str):

@@ -41,7 +41,11 @@ class ConvTeacher(nn.Module):
         self.fc = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
 
     def block_logits(self, x: Tensor) -> list[Tensor]:
-        """Per block, the pre-activation output of its last (pooled) conv layer; also runs the whole net."""
+        """Per block, the pre-activation output of its last (pooled) conv layer."""
+        return self._conv(x)[0]
+
+    def _conv(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """(block logits, output of the conv part)."""
         logits, h = [], x
         for block in self.blocks:
             for j, layer in enumerate(block):
@@ -51,12 +55,10 @@ class ConvTeacher(nn.Module):
                 z = layer["bn"](z)
                 h = F.relu(z)
             logits.append(z)
-        self._h = h
-        return logits
+        return logits, h
 
     def forward(self, x: Tensor) -> Tensor:
-        self.block_logits(x)
-        h = self._h.flatten(1)
+        h = self._conv(x)[1].flatten(1)
         for i, lin in enumerate(self.fc):
             h = lin(h)
             if i < len(self.fc) - 1:
