@@ -3,6 +3,8 @@
 Settings compared (issue: speed engine):
   sync32  - synchronous, fp32, 250 + 30 + 30 iterations (Laborieux et al. 2021 setting)
   async16 - asynchronous, bf16, 60 + 15 + 15 iterations (the comparative study's setting)
+  and variants: *_fast (CUDA graphs + channels-last), *_exact (TF32 off), async16_full/_dev (nudged phases in
+  fp32 / in deviation mode)
 Engines: ``messages`` (explicit messages, one conv + one transposed conv per interaction per iteration)
 and ``autograd`` (the straightforward baseline: recomputes Phi and its gradient by autograd every
 half-iteration, i.e. recomputes each convolution for its pooling indices).
@@ -36,11 +38,24 @@ SETTINGS = {
                        channels_last=True),
     "async16_graphs": dict(schedule="asynchronous", dtype="bfloat16", free_iterations=60, nudged_iterations=15,
                            cuda_graphs=True),
+    # nudged phases in fp32, or in deviation mode (fp32 states, bf16 convolutions of s - s_free)
+    "async16_full_fast": dict(schedule="asynchronous", dtype="bfloat16", free_iterations=60, nudged_iterations=15,
+                              cuda_graphs=True, channels_last=True, nudged_precision="full"),
+    "async16_devref_fast": dict(schedule="asynchronous", dtype="bfloat16", free_iterations=60, nudged_iterations=15,
+                                cuda_graphs=True, channels_last=True, nudged_precision="deviation", refine_iterations=10),
+    "async16_dev_fast": dict(schedule="asynchronous", dtype="bfloat16", free_iterations=60, nudged_iterations=15,
+                             cuda_graphs=True, channels_last=True, nudged_precision="deviation"),
+    # exact fp32 (TF32 off: PyTorch's cuDNN default turns TF32 on for "fp32" convolutions)
+    "sync32_exact": dict(schedule="synchronous", dtype=None, free_iterations=250, nudged_iterations=30, tf32=False),
+    "sync32_exact_fast": dict(schedule="synchronous", dtype=None, free_iterations=250, nudged_iterations=30,
+                              cuda_graphs=True, channels_last=True, tf32=False),
 }
 # dense tensor-core peaks in FLOP/s (vendor figures, no sparsity). "float32" convolutions run as TF32 under
 # PyTorch's default (torch.backends.cudnn.allow_tf32 = True), so their peak is the TF32 one.
-PEAKS = {"H100": {"bfloat16": 989e12, "float32": 494.7e12}, "H200": {"bfloat16": 989e12, "float32": 494.7e12},
-         "A100": {"bfloat16": 312e12, "float32": 156e12}}
+# "float32_exact" (TF32 off) runs on the CUDA cores: 67 TFLOP/s (H100/H200 SXM), 19.5 (A100).
+PEAKS = {"H100": {"bfloat16": 989e12, "float32": 494.7e12, "float32_exact": 67e12},
+         "H200": {"bfloat16": 989e12, "float32": 494.7e12, "float32_exact": 67e12},
+         "A100": {"bfloat16": 312e12, "float32": 156e12, "float32_exact": 19.5e12}}
 
 
 def flops_per_iteration(net, batch: int) -> float:
@@ -64,9 +79,20 @@ def flops_per_iteration(net, batch: int) -> float:
 
 
 def time_step(setting: str, engine: str, device: torch.device, batch: int, steps: int, warmup: int) -> dict:
+    kw = dict(SETTINGS[setting])
+    tf32 = kw.pop("tf32", True)
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        return _time_step(setting, kw, engine, device, batch, steps, warmup)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _time_step(setting: str, kw: dict, engine: str, device: torch.device, batch: int, steps: int,
+               warmup: int) -> dict:
     torch.manual_seed(0)
     net = dchn(3, 10).to(device)
-    kw = SETTINGS[setting]
     alg = get_algorithm("CEP", beta=0.25, engine=engine, **kw)
     opt = make_optimizer(net, [0.0625, 0.0375, 0.025, 0.02, 0.0125], momentum=0.9, weight_decay=3e-4)
     x = torch.randn(batch, 3, 32, 32, device=device)
@@ -84,7 +110,7 @@ def time_step(setting: str, engine: str, device: torch.device, batch: int, steps
         opt.step()
     sync()
     dt = (time.perf_counter() - t0) / steps
-    iters = kw["free_iterations"] + 2 * kw["nudged_iterations"]
+    iters = kw["free_iterations"] + kw.get("refine_iterations", 0) + 2 * kw["nudged_iterations"]
     flops = iters * flops_per_iteration(net, batch)
     # inference-only free phase (test pass), measured too
     t1 = time.perf_counter()
@@ -95,6 +121,8 @@ def time_step(setting: str, engine: str, device: torch.device, batch: int, steps
     train_steps, test_steps = -(-50000 // batch), -(-10000 // batch)
     projected = 100 * (train_steps * dt + test_steps * dt_free)
     dtype = kw["dtype"] or "float32"
+    if dtype == "float32" and not torch.backends.cudnn.allow_tf32:
+        dtype = "float32_exact"
     row = {"setting": setting, "engine": engine, "batch": batch, "iterations": iters, "step_s": dt,
            "free_phase_s": dt_free, "images_per_s": batch / dt, "relaxation_flops_per_step": flops,
            "achieved_tflops": flops / dt / 1e12, "projected_100_epoch_cifar10_h": projected / 3600, "dtype": dtype}
@@ -126,7 +154,7 @@ def main() -> None:
             rows.append(row)
     by = {(r["setting"], r["engine"]): r for r in rows}
     ratios = {}
-    for slow, fast in (("sync32", "async16"), ("sync32", "async16_fast"), ("sync32_fast", "async16_fast")):
+    for slow, fast in ((a, b) for a in SETTINGS for b in SETTINGS if a.startswith("sync") and b.startswith("async16")):
         if (slow, "messages") in by and (fast, "messages") in by:
             ratios[f"{fast}_vs_{slow}_speedup"] = by[(slow, "messages")]["step_s"] / by[(fast, "messages")]["step_s"]
     for s in SETTINGS:

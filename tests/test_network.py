@@ -17,6 +17,24 @@ def test_messages_equal_autograd_dphi_ds(make):
     assert max_diff(msgs[1:], grads) < 1e-12
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv_pool_transposed_message_unpools_at_the_argmax(channels_last):
+    # the transposed message uses max-pool's backward kernel (channels-last capable) as the unpooling
+    inter = ConvPool(0, 1, 3, 4)
+    pre = torch.randn(2, 3, 8, 8)
+    if channels_last:
+        pre = pre.contiguous(memory_format=torch.channels_last)
+    params = inter.relaxation_params()
+    msg, (idx, z) = inter(pre, params)
+    post = torch.randn_like(msg)
+    unpooled = torch.nn.functional.max_unpool2d(post, idx, 2, output_size=z.shape[-2:])
+    assert torch.equal(inter.unpool(post, (idx, z)), unpooled)
+    assert max_diff([inter.backward(post, (idx, z), params)],
+                    [torch.nn.functional.conv_transpose2d(unpooled, inter.weight, padding=1)]) < 1e-5
+    if channels_last:
+        assert inter.unpool(post, (idx, z)).is_contiguous(memory_format=torch.channels_last)
+
+
 def test_energy_is_half_norm_minus_phi():
     net, x, _ = small_conv()
     s = net.init_state(x, "uniform")

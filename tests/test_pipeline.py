@@ -16,7 +16,7 @@ from eqprop.config import ConfigError, TrainConfig, load_config, parse_overrides
 from eqprop.data import dataset_spec
 from eqprop.optim import make_optimizer
 from eqprop.results import read_run, results_table
-from eqprop.train import DivergenceError, Interrupted, Trainer, build_network, topk_errors
+from eqprop.train import DivergenceError, Interrupted, Trainer, build_algorithm, build_network, topk_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["free_iterations=6", "nudged_iterations=3", "channels=[8,16,16]", "limit_train=256", "limit_test=128",
@@ -46,6 +46,13 @@ def test_overrides_are_typed_and_validated():
         parse_overrides(["lrs=[0.1,fast]"])
     with pytest.raises(ConfigError, match="'device'.*cuda:N"):
         parse_overrides(["device=gpu0"])
+    with pytest.raises(ConfigError, match="'nudged_precision'.*'half'.*deviation"):
+        parse_overrides(["nudged_precision=half"])
+    with pytest.raises(ConfigError, match="'tol' must be None or > 0"):
+        parse_overrides(["tol=0"])
+    alg = build_algorithm(parse_overrides(["dtype=bfloat16", "nudged_precision=deviation", "tol=1e-4",
+                                           "refine_iterations=5"]))
+    assert (alg.dtype, alg.nudged_precision, alg.tol, alg.refine_iterations) == ("bfloat16", "deviation", 1e-4, 5)
 
 
 def test_yaml_configs_validate_with_base_files(tmp_path):

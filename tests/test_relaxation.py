@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from eqprop import ClampNudge, EPNudge, SquaredError, dchn, one_hot, relax
-from helpers import max_diff, small_conv, small_mlp
+from helpers import cosine, max_diff, small_conv, small_mlp
 
 
 @pytest.mark.parametrize("make", [small_mlp, small_conv])
@@ -102,3 +102,47 @@ def test_nudges_describe_what_a_captured_phase_bakes_in():
     assert ep.with_tensor(buf).tensor is buf and ep.with_tensor(buf).beta == 0.25
     clamp = ClampNudge(y)
     assert clamp.with_tensor(buf).tensor is buf and clamp.capture_key() != ep.capture_key()
+
+
+@pytest.mark.parametrize("make", [small_mlp, small_conv])
+@pytest.mark.parametrize("nudge_kind", ["ep", "clamp"])
+@pytest.mark.parametrize("schedule", ["synchronous", "asynchronous"])
+def test_deviation_mode_in_full_precision_is_the_same_relaxation(make, nudge_kind, schedule):
+    # s = s0 + d with P(A s0 + A d) and A^T(P^T s - P^T s0) + A^T P^T s0 is an exact rewriting of the messages
+    net, x, labels = make()
+    y = one_hot(labels, 5, torch.float64)
+    free = relax(net, net.init_state(x), 40, schedule=schedule).states
+    nudge = EPNudge(SquaredError(), y, 0.3) if nudge_kind == "ep" else ClampNudge(y)
+    plain = relax(net, free, 12, nudge=nudge, schedule=schedule).states
+    dev = relax(net, free, 12, nudge=nudge, schedule=schedule, deviation=True).states
+    assert max_diff(plain, dev) < 1e-12
+    assert max_diff(plain, free) > 1e-3  # the nudged phase did move
+
+
+def test_deviation_mode_keeps_the_contrast_that_16bit_states_lose():
+    # From the same bf16 free state, nudged phases in deviation mode (fp32 states, bf16 convolutions of s - s0)
+    # give the C-EP update of fp32 nudged phases; bf16 nudged phases lose the first layers' contrast.
+    torch.manual_seed(0)
+    net = dchn(3, 10, channel_multiplier=0.125)
+    x, labels = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    y = one_hot(labels, 10)
+    free = relax(net, net.init_state(x), 60, dtype="bfloat16").states
+
+    def update(**kw):
+        s = [relax(net, free, 15, nudge=EPNudge(SquaredError(), y, b), **kw).states for b in (-0.25, 0.25)]
+        assert all(t.dtype == (torch.bfloat16 if kw.get("dtype") == "bfloat16" and not kw.get("deviation")
+                               else torch.float32) for t in s[0])
+        g = [net.energy_param_grads(t) for t in s]
+        return [(a - b) / 0.5 for a, b in zip(g[1], g[0])]
+
+    full = update(dtype="float32")
+    dev = update(dtype="bfloat16", deviation=True)
+    same = update(dtype="bfloat16")
+    assert min(cosine(a, b) for a, b in zip(dev, full)) > 0.999
+    assert min(cosine(a, b) for a, b in zip(same, full)) < 0.9  # the test can tell the two apart
+
+
+def test_deviation_mode_needs_the_message_engine():
+    net, x, _ = small_mlp()
+    with pytest.raises(ValueError, match="deviation mode needs engine='messages'"):
+        relax(net, net.init_state(x), 3, engine="autograd", deviation=True)

@@ -58,6 +58,9 @@ class TrainConfig:
     nudged_iterations: int = 8
     schedule: str = "asynchronous"
     dtype: str = "float32"
+    nudged_precision: str = "same"  # nudged phases: same (as dtype) | full (float32) | deviation (16-bit on s - s_free)
+    refine_iterations: int = 0  # deviation-mode iterations refining a 16-bit free state before the nudged phases
+    tol: float | None = None  # stop a phase early once no state unit moves more than this in an iteration
     init: str = "zeros"
     cuda_graphs: bool = False
     channels_last: bool = False
@@ -102,7 +105,7 @@ class TrainConfig:
 
 
 def _choices() -> dict[str, list[str]]:
-    from .algorithms import algorithm_names
+    from .algorithms import NUDGED_PRECISIONS, algorithm_names
     from .data import dataset_names
     from .echo_learning import LOSS_AT
     from .hamiltonian import HRU_TYPES
@@ -114,12 +117,13 @@ def _choices() -> dict[str, list[str]]:
     return {"dataset": dataset_names(), "model": ["dchn", "mlp", "pcn", "hssm", "vgg"], "algorithm": algorithm_names(),
             "cost": sorted(COSTS), "schedule": ["asynchronous", "synchronous"], "dtype": sorted(DTYPES),
             "init": ["zeros", "uniform"], "activation": sorted(ACTIVATIONS), "hru": sorted(HRU_TYPES),
-            "loss_at": list(LOSS_AT), "signals": ["none", "le", "kd", "kdw"], "kappa_schedule": list(KAPPA_SCHEDULES)}
+            "loss_at": list(LOSS_AT), "signals": ["none", "le", "kd", "kdw"], "kappa_schedule": list(KAPPA_SCHEDULES),
+            "nudged_precision": list(NUDGED_PRECISIONS)}
 
 
 _POSITIVE = ("pool_every", "epochs", "batch_size", "free_iterations", "nudged_iterations", "image_size",
              "teacher_epochs")
-_NON_NEGATIVE = ("crop_padding", "momentum", "weight_decay", "eta_min", "beta", "kappa", "kappa_min", "kappa_gamma")
+_NON_NEGATIVE = ("refine_iterations", "crop_padding", "momentum", "weight_decay", "eta_min", "beta", "kappa", "kappa_min", "kappa_gamma")
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -139,6 +143,8 @@ def validate(cfg: TrainConfig) -> None:
     for key in _NON_NEGATIVE:
         if getattr(cfg, key) < 0:
             raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(cfg, key)}")
+    if cfg.tol is not None and not cfg.tol > 0:
+        raise ConfigError(f"config key 'tol' must be None or > 0, got {cfg.tol}")
     for key in ("limit_train", "limit_test"):
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             raise ConfigError(f"config key {key!r} must be None or >= 1, got {getattr(cfg, key)}")

@@ -1,15 +1,18 @@
 """Interactions: the energy terms of the primitive function Phi (paper eqs. 19, 97).
 
 Each interaction couples a ``pre`` layer to a ``post`` layer (or, for a bias, touches ``post`` only) and
-contributes a term phi(pre, post) to Phi. For the relaxation it provides explicit *messages*:
+contributes a term phi(pre, post) = post . P(A pre) to Phi, where A is linear (a convolution, a matrix) and
+P an optional pooling. For the relaxation it provides explicit *messages*:
 
-- ``forward(pre)`` returns dphi/dpost plus a context that stays valid while ``pre`` is unchanged
+- ``forward(pre)`` returns dphi/dpost = P(A pre) plus a context that stays valid while ``pre`` is unchanged
   (for convolution + max-pooling: the pooling indices of ``w * pre``);
-- ``backward(post, ctx)`` returns dphi/dpre using that context, so each interaction costs one
+- ``backward(post, ctx)`` returns dphi/dpre = A^T P^T(post) using that context, so each interaction costs one
   convolution and one transposed convolution per (half-)iteration, never a second convolution.
 
-``phi`` itself is written with ordinary differentiable ops and is the autograd reference used in tests.
-Register a new energy term with :func:`register_interaction`.
+Both are compositions of four parts, ``linear`` (A), ``linear_t`` (A^T), ``pool`` (P, with its context) and
+``unpool`` (P^T), which the deviation mode of the relaxation uses separately. ``phi`` itself is written with
+ordinary differentiable ops and is the autograd reference used in tests. Register a new energy term with
+:func:`register_interaction`; overriding ``forward``/``backward`` alone is enough for the default relaxation.
 """
 
 from __future__ import annotations
@@ -59,13 +62,29 @@ class Interaction(nn.Module):
         """Per-sample value of this term of Phi (shape: batch)."""
         raise NotImplementedError
 
+    def linear(self, pre: Tensor | None, params: tuple[Tensor, ...]) -> Tensor:
+        """The linear part A pre (before pooling)."""
+        raise NotImplementedError(f"{type(self).__name__} does not split its messages into linear and pooling parts")
+
+    def linear_t(self, u: Tensor, params: tuple[Tensor, ...]) -> Tensor:
+        """The transposed linear part A^T u."""
+        raise NotImplementedError(f"{type(self).__name__} does not split its messages into linear and pooling parts")
+
+    def pool(self, z: Tensor) -> tuple[Tensor, Any]:
+        """The pooling P(z) and the context :meth:`unpool` needs (identity by default)."""
+        return z, None
+
+    def unpool(self, post: Tensor, ctx: Any) -> Tensor:
+        """The transposed pooling P^T post at the pooling context ``ctx`` (identity by default)."""
+        return post
+
     def forward(self, pre: Tensor | None, params: tuple[Tensor, ...]) -> tuple[Tensor, Any]:  # type: ignore[override]
         """dphi/dpost and a context reused by :meth:`backward` while ``pre`` is unchanged."""
-        raise NotImplementedError
+        return self.pool(self.linear(pre, params))
 
     def backward(self, post: Tensor, ctx: Any, params: tuple[Tensor, ...]) -> Tensor:
         """dphi/dpre given ``post`` and the context of the last :meth:`forward`."""
-        raise NotImplementedError
+        return self.linear_t(self.unpool(post, ctx), params)
 
     def reset_parameters(self, gain: float) -> None:
         """Kaiming-uniform init rescaled by ``gain``: U(-c, c), c = gain * sqrt(1 / fan_in) (eq. 102)."""
@@ -91,13 +110,13 @@ class Dense(Interaction):
         assert pre is not None
         return _per_sample_dot(post.flatten(1) @ self.weight, pre.flatten(1))
 
-    def forward(self, pre, params):  # type: ignore[override]
+    def linear(self, pre, params):
         (w,) = params
-        return (pre.flatten(1) @ w.t()).view(pre.shape[0], *self.post_shape), None
+        return (pre.flatten(1) @ w.t()).view(pre.shape[0], *self.post_shape)
 
-    def backward(self, post, ctx, params):
+    def linear_t(self, u, params):
         (w,) = params
-        return (post.flatten(1) @ w).view(post.shape[0], *self.pre_shape)
+        return (u.flatten(1) @ w).view(u.shape[0], *self.pre_shape)
 
 
 @register_interaction("conv_pool")
@@ -107,7 +126,7 @@ class ConvPool(Interaction):
     def __init__(self, pre: int, post: int, in_channels: int, out_channels: int, kernel_size: int = 3,
                  padding: int = 1, pool: int = 2, gain: float = 0.5):
         super().__init__(pre, post)
-        self.padding, self.pool = padding, pool
+        self.padding, self.pool_size = padding, pool
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.reset_parameters(gain)
 
@@ -119,26 +138,35 @@ class ConvPool(Interaction):
 
     def _pooled(self, pre: Tensor, w: Tensor) -> Tensor:
         z = F.conv2d(pre, w, padding=self.padding)
-        return F.max_pool2d(z, self.pool) if self.pool > 1 else z
+        return F.max_pool2d(z, self.pool_size) if self.pool_size > 1 else z
 
     def phi(self, pre: Tensor | None, post: Tensor) -> Tensor:
         assert pre is not None
         return _per_sample_dot(post, self._pooled(pre, self.weight))
 
-    def forward(self, pre, params):  # type: ignore[override]
+    def linear(self, pre, params):
         (w,) = params
-        z = F.conv2d(pre, w, padding=self.padding)
-        if self.pool == 1:
-            return z, None
-        pooled, idx = F.max_pool2d(z, self.pool, return_indices=True)
-        return pooled, (idx, z.shape[-2:])
+        return F.conv2d(pre, w, padding=self.padding)
 
-    def backward(self, post, ctx, params):
+    def linear_t(self, u, params):
         (w,) = params
-        if self.pool > 1:
-            idx, size = ctx
-            post = F.max_unpool2d(post, idx, self.pool, output_size=size)
-        return F.conv_transpose2d(post, w, padding=self.padding)
+        return F.conv_transpose2d(u, w, padding=self.padding)
+
+    def pool(self, z):
+        if self.pool_size == 1:
+            return z, None
+        pooled, idx = F.max_pool2d(z, self.pool_size, return_indices=True)
+        return pooled, (idx, z)
+
+    def unpool(self, post, ctx):
+        if self.pool_size == 1:
+            return post
+        # post goes to the argmax of each window, zeros elsewhere. Max-pool's own backward kernel does exactly
+        # that for non-overlapping windows and, unlike max_unpool2d, has channels-last CUDA kernels, so a
+        # channels-last relaxation never converts layouts here.
+        idx, z = ctx
+        k = [self.pool_size, self.pool_size]
+        return torch.ops.aten.max_pool2d_with_indices_backward(post, z, k, k, [0, 0], [1, 1], False, idx)
 
 
 @register_interaction("bias")
@@ -160,9 +188,9 @@ class Bias(Interaction):
     def phi(self, pre: Tensor | None, post: Tensor) -> Tensor:
         return _per_sample_dot(post, self._broadcast(self.bias).expand_as(post))
 
-    def forward(self, pre, params):  # type: ignore[override]
+    def linear(self, pre, params):
         (b,) = params
-        return self._broadcast(b), None
+        return self._broadcast(b)
 
-    def backward(self, post, ctx, params):
+    def linear_t(self, u, params):
         raise RuntimeError("a bias has no pre layer")

@@ -15,6 +15,13 @@ Schedules (appendix C):
 Engines: ``"messages"`` (default) uses the interactions' explicit messages and computes each interaction's
 convolution once per (half-)iteration, reusing its pooling indices for the transposed message;
 ``"autograd"`` recomputes dPhi/ds by autograd every half-iteration and is the reference used in tests.
+
+Deviation mode (``deviation=True``, for nudged phases): states are kept in the parameters' precision and
+written s = s0 + d around the phase's initial (free) state s0. Each message P(A s) is computed as
+P(A s0 + A d), with A s0 and the transposed messages at s0 computed once per phase in full precision and only
+A d (and A^T of the change of the unpooled message) computed per iteration in ``dtype``. A 16-bit convolution
+then keeps the deviation's own relative precision, so the small difference between two nudged states that the
+C-EP contrast divides by 2 beta survives, at the cost of 16-bit convolutions.
 """
 
 from __future__ import annotations
@@ -102,13 +109,14 @@ def _diagnostics(network: EnergyNetwork, states: State, nudge: Nudge | None) -> 
 def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudge | None = None,
           schedule: str = "asynchronous", first: str = "even", tol: float | None = None,
           dtype: torch.dtype | str | None = None, record: bool = False, engine: str = "messages",
-          channels_last: bool = False) -> RelaxResult:
+          channels_last: bool = False, deviation: bool = False) -> RelaxResult:
     """Run up to ``iterations`` fixed-point iterations from ``states`` (not modified in place).
 
     ``tol`` stops early once the largest absolute change of any state unit in an iteration is below it;
     ``channels_last`` stores image-shaped states and conv weights channels-last (faster cuDNN on GPUs);
-    ``dtype`` runs the relaxation in that precision (states and casts of the weights) while parameters stay
-    as they are; ``record`` fills a :class:`Trajectory`. Autograd tracks the iterations if grad is enabled
+    ``dtype`` runs the relaxation in that precision (states and casts of the weights; None: the parameters'
+    dtype) while parameters stay as they are; ``deviation`` keeps states in the parameters' precision and runs only the convolutions of
+    the deviation from the initial states in ``dtype`` (module docstring); ``record`` fills a :class:`Trajectory`. Autograd tracks the iterations if grad is enabled
     (used by truncated backprop and BPTT).
     """
     if iterations < 0:
@@ -116,10 +124,14 @@ def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudg
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; valid engines are {list(ENGINES)}")
     dtype = resolve_dtype(dtype)
-    if engine == "autograd" and dtype is not None and dtype != next(network.parameters()).dtype:
+    pdtype = next(network.parameters()).dtype
+    if engine == "autograd" and dtype is not None and dtype != pdtype:
         raise ValueError("the autograd reference engine runs in the parameters' dtype; use engine='messages' "
                          f"for dtype={dtype}")
-    states = [s if dtype is None else s.to(dtype) for s in states]
+    if deviation and engine != "messages":
+        raise ValueError("deviation mode needs engine='messages' (it splits the explicit messages)")
+    state_dtype = pdtype if deviation or dtype is None else dtype
+    states = [s if state_dtype is None else s.to(state_dtype) for s in states]
     if channels_last:
         states = [s.contiguous(memory_format=torch.channels_last) if s.dim() == 4 else s for s in states]
     clamp = nudge is not None and nudge.clamps_output
@@ -131,15 +143,20 @@ def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudg
     traj = Trajectory() if record else None
 
     inters = network.interactions
-    params = {name: inter.relaxation_params(dtype) for name, inter in inters.items()}
+    params = {name: inter.relaxation_params(None if deviation else dtype) for name, inter in inters.items()}
     if channels_last:
         params = {name: tuple(p.contiguous(memory_format=torch.channels_last) if p.dim() == 4 else p for p in ps)
                   for name, ps in params.items()}
     fwd: dict[str, Tensor] = {}
     ctx: dict[str, Any] = {}
+    if deviation:
+        base = _DeviationBase(network, states, params, dtype, channels_last)
 
     def refresh(name: str) -> None:
         inter = inters[name]
+        if deviation:
+            fwd[name], ctx[name] = base.forward(name, states)
+            return
         pre = None if inter.pre is None else states[inter.pre]
         fwd[name], ctx[name] = inter(pre, params[name])
 
@@ -156,7 +173,10 @@ def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudg
             for n in network.into[k]:
                 m = fwd[n] if m is None else m + fwd[n]
             for n in network.out_of[k]:
-                b = inters[n].backward(states[inters[n].post], ctx[n], params[n])
+                if deviation:
+                    b = base.backward(n, states, ctx[n])
+                else:
+                    b = inters[n].backward(states[inters[n].post], ctx[n], params[n])
                 m = b if m is None else m + b
             m = m.expand_as(states[k])  # type: ignore[union-attr]
         sigma = network.layers[k].sigma
@@ -193,12 +213,51 @@ def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudg
     return RelaxResult(states, used, traj)
 
 
+class _DeviationBase:
+    """The full-precision messages at the initial states s0 and the low-precision messages of d = s - s0."""
+
+    def __init__(self, network: EnergyNetwork, states: State, params: dict, dtype: torch.dtype | None,
+                 channels_last: bool) -> None:
+        self.inters, self.params, self.dtype = network.interactions, params, dtype
+        self.low = params if dtype is None else {name: inter.relaxation_params(dtype) for name, inter in self.inters.items()}
+        if channels_last:
+            self.low = {name: tuple(p.contiguous(memory_format=torch.channels_last) if p.dim() == 4 else p for p in ps)
+                        for name, ps in self.low.items()}
+        self.s0 = [s.clone() for s in states]
+        self.z0: dict[str, Tensor] = {}  # A s0 (pre-pooling)
+        self.u0: dict[str, Tensor] = {}  # P^T(post0) at the pooling of A s0
+        self.b0: dict[str, Tensor] = {}  # A^T P^T(post0)
+        for name, inter in self.inters.items():
+            pre = None if inter.pre is None else self.s0[inter.pre]
+            self.z0[name] = inter.linear(pre, params[name])
+            if inter.pre is not None and inter.pre > 0:
+                _, ctx0 = inter.pool(self.z0[name])
+                self.u0[name] = inter.unpool(self.s0[inter.post], ctx0)
+                self.b0[name] = inter.linear_t(self.u0[name], params[name])
+
+    def _low(self, t: Tensor) -> Tensor:
+        return t if self.dtype is None else t.to(self.dtype)
+
+    def forward(self, name: str, states: State) -> tuple[Tensor, Any]:
+        inter = self.inters[name]
+        z = self.z0[name]
+        if inter.pre is not None and inter.pre > 0:  # the input and biases never deviate
+            d = self._low(states[inter.pre] - self.s0[inter.pre])
+            z = z + inter.linear(d, self.low[name]).to(z.dtype)
+        return inter.pool(z)
+
+    def backward(self, name: str, states: State, ctx: Any) -> Tensor:
+        inter = self.inters[name]
+        du = self._low(inter.unpool(states[inter.post], ctx) - self.u0[name])
+        return self.b0[name] + inter.linear_t(du, self.low[name]).to(self.b0[name].dtype)
+
+
 _GRAPHS: "weakref.WeakKeyDictionary[EnergyNetwork, dict]" = weakref.WeakKeyDictionary()
 
 
 def relax_graphed(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudge | None = None,
                   schedule: str = "asynchronous", first: str = "even", dtype: torch.dtype | str | None = None,
-                  channels_last: bool = False) -> RelaxResult:
+                  channels_last: bool = False, deviation: bool = False) -> RelaxResult:
     """:func:`relax` with a fixed iteration count, captured once per (shapes, settings) as a CUDA graph and
     replayed: removes the per-kernel launch overhead of the relaxation loop on GPUs.
 
@@ -209,9 +268,9 @@ def relax_graphed(network: EnergyNetwork, states: State, iterations: int, *, nud
         raise ValueError("relax_graphed needs CUDA tensors; use relax() on the CPU")
     dtype = resolve_dtype(dtype)
     key = (tuple((tuple(s.shape), s.dtype) for s in states), iterations, schedule, first, dtype, channels_last,
-           ("free",) if nudge is None else nudge.capture_key())
+           deviation, ("free",) if nudge is None else nudge.capture_key())
     cache = _GRAPHS.setdefault(network, {})
-    kwargs = dict(schedule=schedule, first=first, dtype=dtype, channels_last=channels_last)
+    kwargs = dict(schedule=schedule, first=first, dtype=dtype, channels_last=channels_last, deviation=deviation)
     with torch.no_grad():
         if key not in cache:
             static_in = [s.clone() for s in states]

@@ -117,8 +117,9 @@ def build_algorithm(cfg: TrainConfig) -> LearningAlgorithm:
         return get_algorithm(cfg.algorithm, epsilon=cfg.epsilon, loss_at=cfg.loss_at, cost=cfg.cost)
     return get_algorithm(cfg.algorithm, beta=cfg.beta, free_iterations=cfg.free_iterations,
                          nudged_iterations=cfg.nudged_iterations, cost=cfg.cost, schedule=cfg.schedule,
-                         dtype=None if cfg.dtype == "float32" else cfg.dtype, init=cfg.init,
-                         cuda_graphs=cfg.cuda_graphs, channels_last=cfg.channels_last)
+                         dtype=None if cfg.dtype == "float32" else cfg.dtype, nudged_precision=cfg.nudged_precision,
+                         refine_iterations=cfg.refine_iterations,
+                         tol=cfg.tol, init=cfg.init, cuda_graphs=cfg.cuda_graphs, channels_last=cfg.channels_last)
 
 
 def resolve_device(name: str) -> torch.device:
