@@ -3,8 +3,8 @@
 Settings compared (issue: speed engine):
   sync32  - synchronous, fp32, 250 + 30 + 30 iterations (Laborieux et al. 2021 setting)
   async16 - asynchronous, bf16, 60 + 15 + 15 iterations (the comparative study's setting)
-  and variants: *_fast (CUDA graphs + channels-last), *_exact (TF32 off), async16_full/_dev (nudged phases in
-  fp32 / in deviation mode)
+  and variants: *_fast (CUDA graphs + channels-last), *_fused (the same + torch.compile'd pooling kernels),
+  *_exact (TF32 off), async16_full/_dev/_devref (nudged phases in fp32 / in deviation mode / + refinement)
 Engines: ``messages`` (explicit messages, one conv + one transposed conv per interaction per iteration)
 and ``autograd`` (the straightforward baseline: recomputes Phi and its gradient by autograd every
 half-iteration, i.e. recomputes each convolution for its pooling indices).
@@ -23,7 +23,7 @@ import time
 import torch
 from report import write_report
 
-from eqprop import dchn, get_algorithm, make_optimizer
+from eqprop import dchn, get_algorithm, make_optimizer, set_fused_kernels
 
 SETTINGS = {
     "sync32": dict(schedule="synchronous", dtype=None, free_iterations=250, nudged_iterations=30),
@@ -43,6 +43,14 @@ SETTINGS = {
                               cuda_graphs=True, channels_last=True, nudged_precision="full"),
     "async16_devref_fast": dict(schedule="asynchronous", dtype="bfloat16", free_iterations=60, nudged_iterations=15,
                                 cuda_graphs=True, channels_last=True, nudged_precision="deviation", refine_iterations=10),
+    # the same with torch.compile'd 2x2 pooling kernels (int8 pooling codes)
+    "async16_fused": dict(schedule="asynchronous", dtype="bfloat16", free_iterations=60, nudged_iterations=15,
+                          cuda_graphs=True, channels_last=True, fused=True),
+    "async16_devref_fused": dict(schedule="asynchronous", dtype="bfloat16", free_iterations=60, nudged_iterations=15,
+                                 cuda_graphs=True, channels_last=True, nudged_precision="deviation",
+                                 refine_iterations=10, fused=True),
+    "sync32_fused": dict(schedule="synchronous", dtype=None, free_iterations=250, nudged_iterations=30,
+                         cuda_graphs=True, channels_last=True, fused=True),
     "async16_dev_fast": dict(schedule="asynchronous", dtype="bfloat16", free_iterations=60, nudged_iterations=15,
                              cuda_graphs=True, channels_last=True, nudged_precision="deviation"),
     # exact fp32 (TF32 off: PyTorch's cuDNN default turns TF32 on for "fp32" convolutions)
@@ -81,18 +89,20 @@ def flops_per_iteration(net, batch: int) -> float:
 def time_step(setting: str, engine: str, device: torch.device, batch: int, steps: int, warmup: int) -> dict:
     kw = dict(SETTINGS[setting])
     tf32 = kw.pop("tf32", True)
+    fused = kw.pop("fused", False)
     old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
-        return _time_step(setting, kw, engine, device, batch, steps, warmup)
+        return _time_step(setting, kw, engine, device, batch, steps, warmup, fused)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def _time_step(setting: str, kw: dict, engine: str, device: torch.device, batch: int, steps: int,
-               warmup: int) -> dict:
+               warmup: int, fused: bool) -> dict:
     torch.manual_seed(0)
     net = dchn(3, 10).to(device)
+    set_fused_kernels(net, fused)
     alg = get_algorithm("CEP", beta=0.25, engine=engine, **kw)
     opt = make_optimizer(net, [0.0625, 0.0375, 0.025, 0.02, 0.0125], momentum=0.9, weight_decay=3e-4)
     x = torch.randn(batch, 3, 32, 32, device=device)
@@ -143,8 +153,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--settings", default="sync32,async16")
     ap.add_argument("--engines", default="messages")
+    ap.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms per shape")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     device = torch.device(args.device)
     rows = []
     for setting in args.settings.split(","):
@@ -168,7 +180,7 @@ def main() -> None:
                      f"{r['images_per_s']:.1f} | {r['achieved_tflops']:.2f} | {frac} | {r['projected_100_epoch_cifar10_h']:.2f} |")
     table += [""] + [f"- {k}: {v:.2f}x" for k, v in ratios.items()]
     write_report(args.out or f"benchmarks/results/step_time_{device.type}", device,
-                 {"rows": rows, "ratios": ratios}, table)
+                 {"rows": rows, "ratios": ratios, "cudnn_benchmark": args.cudnn_benchmark}, table)
 
 
 if __name__ == "__main__":

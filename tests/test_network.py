@@ -35,6 +35,27 @@ def test_conv_pool_transposed_message_unpools_at_the_argmax(channels_last):
         assert inter.unpool(post, (idx, z)).is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_int8_coded_pooling_equals_max_pool_and_its_backward(dtype, channels_last):
+    # the plain-torch form of the fused kernels; ties (first position wins) as in max_pool2d
+    from eqprop.kernels import max_pool2x2_code, max_unpool2x2_code
+
+    z = torch.randn(3, 4, 8, 6).to(dtype)
+    z[0, 0, :2, :2] = 0.5  # a four-way tie
+    z[1, 2, 2:4, 2:4] = torch.tensor([[0.1, 0.7], [0.7, 0.2]], dtype=dtype)  # a two-way tie
+    if channels_last:
+        z = z.contiguous(memory_format=torch.channels_last)
+    pooled, idx = torch.nn.functional.max_pool2d(z, 2, return_indices=True)
+    m, code = max_pool2x2_code(z)
+    assert code.dtype == torch.int8 and torch.equal(m, pooled)
+    post = torch.randn_like(pooled)
+    ref = torch.ops.aten.max_pool2d_with_indices_backward(post, z, [2, 2], [2, 2], [0, 0], [1, 1], False, idx)
+    out = max_unpool2x2_code(post, code)
+    assert torch.equal(out, ref)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
 def test_energy_is_half_norm_minus_phi():
     net, x, _ = small_conv()
     s = net.init_state(x, "uniform")

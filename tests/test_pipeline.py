@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from eqprop import ConvPool
 from eqprop.cli import main
 from eqprop.config import ConfigError, TrainConfig, load_config, parse_overrides
 from eqprop.data import dataset_spec
@@ -53,6 +54,8 @@ def test_overrides_are_typed_and_validated():
     alg = build_algorithm(parse_overrides(["dtype=bfloat16", "nudged_precision=deviation", "tol=1e-4",
                                            "refine_iterations=5"]))
     assert (alg.dtype, alg.nudged_precision, alg.tol, alg.refine_iterations) == ("bfloat16", "deviation", 1e-4, 5)
+    net = build_network(parse_overrides(["fused_kernels=true", "channels=[4,8]", "gains=[0.5]"]), (1, 8, 8), 10)
+    assert all(m.fused for m in net.modules() if isinstance(m, ConvPool))
 
 
 def test_yaml_configs_validate_with_base_files(tmp_path):

@@ -7,6 +7,7 @@ from .data import ImageData, load_dataset, register_dataset
 from .echo_learning import EchoLearning, SequenceBPTT, bptt_gradients, echo, rhel_gradients
 from .hamiltonian import HamiltonianSSM, HamiltonianUnit, LinearHRU, NonlinearHRU, leapfrog_step, register_hru
 from .interactions import INTERACTIONS, Bias, ConvPool, Dense, Interaction, register_interaction
+from .kernels import set_fused_kernels
 from .layers import ACTIVATIONS, Layer, register_activation
 from .intermediate_signals import (KnowledgeDistillation, LocalError, WeightedKnowledgeDistillation,
                                    kappa_schedule)
@@ -29,5 +30,5 @@ __all__ = [
     "ConvPool", "CrossEntropy", "Dense", "EPNudge", "EnergyNetwork", "Interaction", "Layer", "LearningAlgorithm",
     "RecurrentBackprop", "RelaxResult", "SquaredError", "Trajectory", "TruncatedBackprop", "dchn",
     "get_algorithm", "get_cost", "hopfield_mlp", "make_optimizer", "make_scheduler", "one_hot", "register_activation",
-    "register_algorithm", "register_interaction", "relax",
+    "register_algorithm", "register_interaction", "relax", "set_fused_kernels",
 ]

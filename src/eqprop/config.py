@@ -64,6 +64,8 @@ class TrainConfig:
     init: str = "zeros"
     cuda_graphs: bool = False
     channels_last: bool = False
+    fused_kernels: bool = False  # torch.compile'd pooling and layer-update kernels on CUDA (set_fused_kernels)
+    cudnn_benchmark: bool = True  # on CUDA: cuDNN times its convolution algorithms per shape
     # intermediate learning signals (scalable-EP paper; model=vgg/dchn/mlp with PEP/NEP/CEP)
     signals: str = "none"  # none | le (local error) | kd (knowledge distillation) | kdw (KD with learned maps)
     signal_layers: list[int] | None = None  # None: LE on the block ends of blocks 2.., KD on every block end

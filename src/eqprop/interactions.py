@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .kernels import compiled
+
 __all__ = ["Interaction", "Dense", "ConvPool", "Bias", "INTERACTIONS", "register_interaction"]
 
 INTERACTIONS: dict[str, type["Interaction"]] = {}
@@ -127,6 +129,7 @@ class ConvPool(Interaction):
                  padding: int = 1, pool: int = 2, gain: float = 0.5):
         super().__init__(pre, post)
         self.padding, self.pool_size = padding, pool
+        self.fused = False  # set_fused_kernels
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.reset_parameters(gain)
 
@@ -155,12 +158,17 @@ class ConvPool(Interaction):
     def pool(self, z):
         if self.pool_size == 1:
             return z, None
+        if self.fused and z.is_cuda and self.pool_size == 2 and z.shape[-1] % 2 == 0 and z.shape[-2] % 2 == 0:
+            pooled, code = compiled("pool")(z)
+            return pooled, (code,)
         pooled, idx = F.max_pool2d(z, self.pool_size, return_indices=True)
         return pooled, (idx, z)
 
     def unpool(self, post, ctx):
         if self.pool_size == 1:
             return post
+        if len(ctx) == 1:  # the fused kernels' int8 code
+            return compiled("unpool")(post, ctx[0])
         # post goes to the argmax of each window, zeros elsewhere. Max-pool's own backward kernel does exactly
         # that for non-overlapping windows and, unlike max_unpool2d, has channels-last CUDA kernels, so a
         # channels-last relaxation never converts layouts here.

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .kernels import compiled
 from .network import EnergyNetwork, State
 from .nudging import Nudge
 
@@ -165,21 +166,25 @@ def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudg
         for name in inters:
             refresh(name)
 
+    fused = engine == "messages" and getattr(network, "fused_kernels", False) and states[-1].is_cuda
+
     def update(k: int, grads: list[Tensor] | None) -> Tensor:
+        sigma = network.layers[k].sigma
         if grads is not None:
             m = grads[k - 1]
         else:
-            m = None
-            for n in network.into[k]:
-                m = fwd[n] if m is None else m + fwd[n]
+            terms = [fwd[n] for n in network.into[k]]
             for n in network.out_of[k]:
                 if deviation:
-                    b = base.backward(n, states, ctx[n])
+                    terms.append(base.backward(n, states, ctx[n]))
                 else:
-                    b = inters[n].backward(states[inters[n].post], ctx[n], params[n])
-                m = b if m is None else m + b
-            m = m.expand_as(states[k])  # type: ignore[union-attr]
-        sigma = network.layers[k].sigma
+                    terms.append(inters[n].backward(states[inters[n].post], ctx[n], params[n]))
+            if fused and (nudge is None or (k != out and k not in nudge.hidden_layers)):
+                return compiled("update", sigma)(*terms).expand_as(states[k])  # one kernel (kernels.py)
+            m = terms[0]
+            for t in terms[1:]:
+                m = m + t
+            m = m.expand_as(states[k])
         if nudge is not None:
             if k == out:
                 return nudge.output_update(m, states[k], sigma)

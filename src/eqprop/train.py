@@ -30,6 +30,7 @@ from .config import ConfigError, TrainConfig, config_from_dict, parse_overrides
 from .data import ImageData, load_dataset
 from .intermediate_signals import KnowledgeDistillation, LocalError, WeightedKnowledgeDistillation, kappa_schedule
 from .models import dchn, hopfield_mlp, vgg_crnn
+from .kernels import set_fused_kernels
 from .network import EnergyNetwork
 from .hamiltonian import HamiltonianSSM
 from .predictive_coding import PredictiveCodingNetwork, pc_vgg
@@ -67,12 +68,16 @@ def build_network(cfg: TrainConfig, in_shape: tuple[int, ...],
         if in_shape[-1] % 2 ** len(cfg.blocks):
             raise ConfigError(f"model 'vgg': {len(cfg.blocks)} blocks pool the {in_shape[-1]}x{in_shape[-1]} input "
                               f"{len(cfg.blocks)} times; the size must be divisible by {2 ** len(cfg.blocks)}")
-        return vgg_crnn(in_shape[0], num_classes, in_shape[-1], cfg.blocks, cfg.hidden, cfg.gains, cfg.activation)
+        net = vgg_crnn(in_shape[0], num_classes, in_shape[-1], cfg.blocks, cfg.hidden, cfg.gains, cfg.activation)
+        set_fused_kernels(net, cfg.fused_kernels)
+        return net
     if cfg.model == "dchn":
         if len(in_shape) != 3:
             raise ConfigError(f"model 'dchn' needs image inputs (C, H, W), got shape {in_shape}")
-        return dchn(in_shape[0], num_classes, input_size=in_shape[-1], channels=cfg.channels, gains=cfg.gains,
-                    activation=cfg.activation)
+        net = dchn(in_shape[0], num_classes, input_size=in_shape[-1], channels=cfg.channels, gains=cfg.gains,
+                   activation=cfg.activation)
+        set_fused_kernels(net, cfg.fused_kernels)
+        return net
     sizes = [math.prod(in_shape)] + list(cfg.hidden) + [num_classes]
     return hopfield_mlp(sizes, gains=cfg.gains, activation=cfg.activation)
 
@@ -187,6 +192,8 @@ class Trainer:
         self.log = log or tqdm.write
         torch.manual_seed(cfg.seed)
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda":  # fixed shapes all run long: let cuDNN time its algorithms once
+            torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
         self.data = load_data(cfg)
         self.flatten = cfg.model == "mlp"
         self.flip = self.data.flip if cfg.flip is None else cfg.flip
