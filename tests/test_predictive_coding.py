@@ -98,3 +98,21 @@ def test_pcn_trains_through_the_pipeline(tmp_path):
                            "progress=false", "tensorboard=false", f"out_dir={tmp_path}"])
     history = Trainer(cfg, log=lambda s: None).fit()
     assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"] and history[-1]["test_error"] < 0.3
+
+
+@pytest.mark.parametrize("first", ["even", "odd"])
+@pytest.mark.parametrize("pool_every", [1, 2])
+def test_explicit_messages_equal_the_autograd_relaxation(first, pool_every):
+    # one convolution and one transposed convolution per layer and iteration, reusing z_k and the pooling
+    # indices, give the same nudged states as recomputing the top-down errors by autograd
+    torch.manual_seed(2)
+    net = pc_vgg(1, 10, 8, [4, 6, 6], hidden=[12], pool_every=pool_every, gains=0.8).double()
+    x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    y = one_hot(torch.randint(0, 10, (5,)), 10).double()
+    free = net.forward_pass(x)
+    a = net.relax_nudged(free, get_cost("cross_entropy"), y, 0.3, 7, first, engine="messages")
+    b = net.relax_nudged(free, get_cost("cross_entropy"), y, 0.3, 7, first, engine="autograd")
+    assert max(float((u - v).abs().max()) for u, v in zip(a, b)) < 1e-12
+    assert max(float((u - v).abs().max()) for u, v in zip(a, free)) > 1e-3  # the phase moved the states
+    with pytest.raises(ValueError, match="valid engines"):
+        net.relax_nudged(free, get_cost("cross_entropy"), y, 0.3, 1, engine="jax")

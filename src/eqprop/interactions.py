@@ -158,7 +158,8 @@ class ConvPool(Interaction):
     def pool(self, z):
         if self.pool_size == 1:
             return z, None
-        if self.fused and z.is_cuda and self.pool_size == 2 and z.shape[-1] % 2 == 0 and z.shape[-2] % 2 == 0:
+        if (self.fused and z.is_cuda and not torch.is_grad_enabled() and self.pool_size == 2
+                and z.shape[-1] % 2 == 0 and z.shape[-2] % 2 == 0):
             pooled, code = compiled("pool")(z)
             return pooled, (code,)
         pooled, idx = F.max_pool2d(z, self.pool_size, return_indices=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,16 +36,36 @@ __all__ = ["PCLayer", "PC_LAYERS", "register_pc_layer", "PredictiveCodingNetwork
 
 
 class PCLayer(nn.Module):
-    """One prediction f_k(h_{k-1}) = act(pre(h_{k-1})); ``pre`` gives the pre-activation z_k."""
+    """One prediction f_k(h_{k-1}) = act(pre(h_{k-1})); ``pre`` gives the pre-activation z_k.
+
+    For the relaxation's explicit messages, ``pre_ctx`` also returns what ``vjp`` needs (pooling indices) and
+    ``vjp`` gives the top-down message J^T g; their defaults use ``pre`` and autograd, so a new prediction type
+    only has to define ``pre``."""
 
     relu: bool = True
 
     def pre(self, h: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, h: Tensor) -> Tensor:
-        z = self.pre(h)
+    def act(self, z: Tensor) -> Tensor:
         return F.relu(z) if self.relu else z
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.act(self.pre(h))
+
+    def pre_ctx(self, h: Tensor) -> tuple[Tensor, Any]:
+        """z = pre(h) and the context :meth:`vjp` reuses while h is unchanged."""
+        return self.pre(h), None
+
+    def vjp(self, h: Tensor, z: Tensor, ctx: Any, g: Tensor) -> Tensor:
+        """J^T g with J = d f(h) / dh (``z`` = pre(h)): the top-down message of a prediction error g."""
+        with torch.enable_grad():
+            hh = h.detach().requires_grad_(True)
+            (out,) = torch.autograd.grad(self(hh), hh, grad_outputs=g)
+        return out
+
+    def _masked(self, z: Tensor, g: Tensor) -> Tensor:
+        return g * (z > 0) if self.relu else g  # ReLU'(z), 0 at z = 0 as in autograd
 
     def reset_parameters(self, gain: float) -> None:
         """Uniform(-c, c) with c = gain / sqrt(fan_in), the scheme of eq. (102); biases zero."""
@@ -67,6 +87,20 @@ class _Conv(PCLayer):
         z = F.conv2d(h, self.weight, self.bias, padding=1)
         return F.max_pool2d(z, 2) if self.pool else z
 
+    def pre_ctx(self, h: Tensor) -> tuple[Tensor, Any]:
+        z = F.conv2d(h, self.weight, self.bias, padding=1)
+        if not self.pool:
+            return z, None
+        pooled, idx = F.max_pool2d(z, 2, return_indices=True)
+        return pooled, (idx, z)
+
+    def vjp(self, h: Tensor, z: Tensor, ctx: Any, g: Tensor) -> Tensor:
+        g = self._masked(z, g)
+        if self.pool:  # unpool to the argmax of each window (max-pool's backward kernel)
+            idx, conv = ctx
+            g = torch.ops.aten.max_pool2d_with_indices_backward(g, conv, [2, 2], [2, 2], [0, 0], [1, 1], False, idx)
+        return F.conv_transpose2d(g, self.weight, padding=1)
+
 
 class _Linear(PCLayer):
     def __init__(self, n_in: int, n_out: int, relu: bool) -> None:
@@ -77,6 +111,9 @@ class _Linear(PCLayer):
 
     def pre(self, h: Tensor) -> Tensor:
         return F.linear(h.flatten(1), self.weight, self.bias)
+
+    def vjp(self, h: Tensor, z: Tensor, ctx: Any, g: Tensor) -> Tensor:
+        return (self._masked(z, g) @ self.weight).view_as(h)
 
 
 PC_LAYERS: dict[str, Callable[..., PCLayer]] = {}
@@ -139,28 +176,54 @@ class PredictiveCodingNetwork(nn.Module):
         return delta
 
     def relax_nudged(self, states: Sequence[Tensor], cost: Cost, y: Tensor, beta: float, iterations: int,
-                     first: str = "even") -> list[Tensor]:
-        """K asynchronous iterations of the projected pre-activation updates from ``states``, nudged by beta."""
+                     first: str = "even", engine: str = "messages") -> list[Tensor]:
+        """K asynchronous iterations of the projected pre-activation updates from ``states``, nudged by beta.
+
+        ``engine="messages"`` keeps each layer's pre-activation z_k = pre_k(h_{k-1}) (and its pooling indices)
+        until h_{k-1} changes and sends the top-down message through ``vjp``: one convolution and one transposed
+        convolution per layer and iteration. ``"autograd"`` recomputes both by autograd (the reference)."""
+        if engine not in ("messages", "autograd"):
+            raise ValueError(f"unknown engine {engine!r}; valid engines are ['messages', 'autograd']")
         states = [s.detach().clone() for s in states]
         L = self.depth
         order = [range(2, L + 1, 2), range(1, L + 1, 2)]
         if first == "odd":
             order.reverse()
         identity = get_activation("identity")
+        preds = self.predictions
+        z: list[Any] = [None] * (L + 1)
+        ctx: list[Any] = [None] * (L + 1)
+
+        def refresh(k: int) -> None:  # f_k's pre-activation at the current h_{k-1}
+            z[k], ctx[k] = preds[k - 1].pre_ctx(states[k - 1])
+
         with torch.no_grad():
+            if engine == "messages":
+                for k in range(1, L + 1):
+                    refresh(k)
             for _ in range(iterations):
                 for group in order:
                     new = {}
                     for k in group:
-                        f = self.predictions[k - 1]
-                        if k == L:
-                            a = f(states[k - 1])
-                            new[k] = cost.nudged_output(a, states[k], y, beta, identity)
+                        f = preds[k - 1]
+                        if engine == "autograd":
+                            zk = f.pre(states[k - 1])
+                            delta = self._top_down(k, states) if k < L else None
                         else:
-                            z = f.pre(states[k - 1]) + self._top_down(k, states)
-                            new[k] = F.relu(z) if f.relu else z
+                            zk = z[k]
+                            if k < L:
+                                g = preds[k]
+                                delta = g.vjp(states[k], z[k + 1], ctx[k + 1], states[k + 1] - g.act(z[k + 1]))
+                        if k == L:
+                            new[k] = cost.nudged_output(f.act(zk), states[k], y, beta, identity)
+                        else:
+                            new[k] = f.act(zk + delta)
                     for k, v in new.items():
                         states[k] = v
+                    if engine == "messages":
+                        for k in group:
+                            if k < L:
+                                refresh(k + 1)
         return states
 
 

@@ -117,8 +117,10 @@ def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudg
     ``channels_last`` stores image-shaped states and conv weights channels-last (faster cuDNN on GPUs);
     ``dtype`` runs the relaxation in that precision (states and casts of the weights; None: the parameters'
     dtype) while parameters stay as they are; ``deviation`` keeps states in the parameters' precision and runs only the convolutions of
-    the deviation from the initial states in ``dtype`` (module docstring); ``record`` fills a :class:`Trajectory`. Autograd tracks the iterations if grad is enabled
-    (used by truncated backprop and BPTT).
+    the deviation from the initial states in ``dtype`` (module docstring); ``record`` fills a
+    :class:`Trajectory`. Autograd tracks the iterations if grad is enabled (used by truncated backprop and
+    BPTT). A network switched to fused kernels (:func:`~eqprop.kernels.set_fused_kernels`) uses them on CUDA
+    when grad is disabled.
     """
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
@@ -166,7 +168,8 @@ def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudg
         for name in inters:
             refresh(name)
 
-    fused = engine == "messages" and getattr(network, "fused_kernels", False) and states[-1].is_cuda
+    fused = (engine == "messages" and getattr(network, "fused_kernels", False) and states[-1].is_cuda
+             and not torch.is_grad_enabled())
 
     def update(k: int, grads: list[Tensor] | None) -> Tensor:
         sigma = network.layers[k].sigma
