@@ -97,6 +97,10 @@ def test_shipped_configs_validate_and_build_table5_networks(path):
     elif cfg.model == "pcn":
         out = net.forward_pass(torch.zeros(2, spec.in_channels, size, size))[-1]
         assert out.shape == (2, spec.num_classes)
+        name = path.stem.split("_")[1]
+        if name.startswith("vgg"):  # VGG5 / VGG10: the name counts the predictions
+            assert net.depth == int(name[3:])
+        assert any(hasattr(f, "shortcut") for f in net.predictions) == ("skip" in path.stem)
     elif path.name != "default.yaml":  # Table 5: n_in x 32 x 32 -> 128x16x16 -> 256x8x8 -> 512x4x4 -> 512x2x2 -> n_out
         assert [tuple(layer.shape) for layer in net.layers] == [
             (spec.in_channels, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 2, 2), (spec.num_classes,)]

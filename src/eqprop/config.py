@@ -47,6 +47,7 @@ class TrainConfig:
     gains: list[float] = field(default_factory=lambda: [0.8, 0.8, 0.8, 0.8])
     activation: str = "hard_sigmoid"
     pool_every: int = 1  # model=pcn: a 2x2 max-pool after every n-th conv prediction
+    skip: bool = False  # model=pcn: conv predictions with a residual path (the skip variant)
     blocks: list[list[int]] = field(default_factory=lambda: [[64], [128], [256], [512], [512]])  # model=vgg (VGG-7)
     hru: str = "nonlinear"  # model=hssm: the Hamiltonian recurrent unit type; `hidden` lists the unit sizes
     dt: float = 0.1  # model=hssm: leapfrog time step

@@ -2,7 +2,8 @@
 
 Energy E = 1/2 sum_k ||h_k - f_k(theta_k, h_{k-1})||^2 with h_0 = x, and total energy F = E + beta C(h_L, y).
 Each prediction f_k is one of ``conv_pool_relu`` (ReLU o maxpool o conv3x3), ``conv_relu``, ``linear_relu`` or
-``linear`` (the top layer). At beta = 0 the minimum of F is the forward pass (E = 0 and dF/dtheta = 0 there),
+``linear`` (the top layer), or a skip variant of the conv ones with a residual path (``conv_pool_skip_relu``,
+``conv_skip_relu``). At beta = 0 the minimum of F is the forward pass (E = 0 and dF/dtheta = 0 there),
 so only nudged phases are relaxed: asynchronous (even then odd layers) projected updates in pre-activation
 form, h_k <- ReLU(z_k + Delta_k) with z_k the pre-activation of f_k(h_{k-1}) and Delta_k = J_{k+1}^T eps_{k+1}
 the top-down error, and the output h_L <- a_L - beta dC/dh_L (exact for the squared error). Its fixed points
@@ -95,11 +96,51 @@ class _Conv(PCLayer):
         return pooled, (idx, z)
 
     def vjp(self, h: Tensor, z: Tensor, ctx: Any, g: Tensor) -> Tensor:
-        g = self._masked(z, g)
+        return self._conv_vjp(self._masked(z, g), ctx)
+
+    def _conv_vjp(self, g: Tensor, ctx: Any) -> Tensor:
         if self.pool:  # unpool to the argmax of each window (max-pool's backward kernel)
             idx, conv = ctx
             g = torch.ops.aten.max_pool2d_with_indices_backward(g, conv, [2, 2], [2, 2], [0, 0], [1, 1], False, idx)
         return F.conv_transpose2d(g, self.weight, padding=1)
+
+
+class _ConvSkip(_Conv):
+    """The skip variant: f(h) = ReLU(P(conv3x3(h)) + A(S h)), a residual path around the convolution.
+
+    P is the 2x2 max-pool when the layer pools, A the 2x2 average pool then (identity otherwise), and S the
+    identity when the channel counts match, else a learned 1x1 convolution (no bias). The path is linear, so
+    the top-down message and the local update keep their form: eps_k and h_{k-1} still give dF/dtheta_k."""
+
+    def __init__(self, c_in: int, c_out: int, pool: bool) -> None:
+        super().__init__(c_in, c_out, pool)
+        self.shortcut = nn.Parameter(torch.empty(c_out, c_in, 1, 1)) if c_in != c_out else None
+
+    def _skip(self, h: Tensor) -> Tensor:
+        s = h if self.shortcut is None else F.conv2d(h, self.shortcut)
+        return F.avg_pool2d(s, 2) if self.pool else s
+
+    def pre(self, h: Tensor) -> Tensor:
+        return super().pre(h) + self._skip(h)
+
+    def pre_ctx(self, h: Tensor) -> tuple[Tensor, Any]:
+        z, ctx = super().pre_ctx(h)
+        return z + self._skip(h), ctx
+
+    def vjp(self, h: Tensor, z: Tensor, ctx: Any, g: Tensor) -> Tensor:
+        g = self._masked(z, g)
+        s = g.repeat_interleave(2, -2).repeat_interleave(2, -1) / 4 if self.pool else g  # average pool's transpose
+        if self.shortcut is not None:
+            s = F.conv_transpose2d(s, self.shortcut)
+        return self._conv_vjp(g, ctx) + s
+
+    def reset_parameters(self, gain: float) -> None:
+        """The convolution as in :meth:`PCLayer.reset_parameters`; the 1x1 shortcut Uniform(+-gain/sqrt(c_in))."""
+        super().reset_parameters(gain)
+        if self.shortcut is not None:
+            c = gain / math.sqrt(self.shortcut.shape[1])
+            with torch.no_grad():
+                self.shortcut.uniform_(-c, c)
 
 
 class _Linear(PCLayer):
@@ -126,6 +167,8 @@ def register_pc_layer(name: str, factory: Callable[..., PCLayer]) -> None:
 
 register_pc_layer("conv_pool_relu", lambda c_in, c_out: _Conv(c_in, c_out, pool=True))
 register_pc_layer("conv_relu", lambda c_in, c_out: _Conv(c_in, c_out, pool=False))
+register_pc_layer("conv_pool_skip_relu", lambda c_in, c_out: _ConvSkip(c_in, c_out, pool=True))
+register_pc_layer("conv_skip_relu", lambda c_in, c_out: _ConvSkip(c_in, c_out, pool=False))
 register_pc_layer("linear_relu", lambda n_in, n_out: _Linear(n_in, n_out, relu=True))
 register_pc_layer("linear", lambda n_in, n_out: _Linear(n_in, n_out, relu=False))
 
@@ -228,9 +271,10 @@ class PredictiveCodingNetwork(nn.Module):
 
 
 def pc_vgg(in_channels: int, num_classes: int, input_size: int, channels: Sequence[int], hidden: Sequence[int] = (),
-           pool_every: int = 1, gains: float | Sequence[float] = 0.5) -> PredictiveCodingNetwork:
+           pool_every: int = 1, gains: float | Sequence[float] = 0.5, skip: bool = False) -> PredictiveCodingNetwork:
     """VGG-style PCN: conv3x3 predictions (max-pool after every ``pool_every``-th), ``linear_relu`` for each
-    width in ``hidden``, then a ``linear`` top layer. channels=(128, 256, 512, 512) is "VGG5"."""
+    width in ``hidden``, then a ``linear`` top layer. channels=(128, 256, 512, 512) is "VGG5". ``skip`` gives
+    every conv prediction a residual path (``conv_skip_relu`` / ``conv_pool_skip_relu``)."""
     pools = sum(1 for i in range(len(channels)) if (i + 1) % pool_every == 0)
     if input_size % (2 ** pools):
         raise ValueError(f"input_size={input_size} must be divisible by 2**{pools} (one 2x2 pooling per "
@@ -240,7 +284,7 @@ def pc_vgg(in_channels: int, num_classes: int, input_size: int, channels: Sequen
     c, size = in_channels, input_size
     for i, width in enumerate(channels):
         pool = (i + 1) % pool_every == 0
-        layers.append(PC_LAYERS["conv_pool_relu" if pool else "conv_relu"](c, width))
+        layers.append(PC_LAYERS[("conv_pool" if pool else "conv") + ("_skip_relu" if skip else "_relu")](c, width))
         c, size = width, size // 2 if pool else size
     n_in = c * size * size
     for width in hidden:

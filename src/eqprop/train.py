@@ -61,7 +61,8 @@ def build_network(cfg: TrainConfig, in_shape: tuple[int, ...],
     if cfg.model == "pcn":
         if len(in_shape) != 3:
             raise ConfigError(f"model 'pcn' needs image inputs (C, H, W), got shape {in_shape}")
-        return pc_vgg(in_shape[0], num_classes, in_shape[-1], cfg.channels, cfg.hidden, cfg.pool_every, cfg.gains)
+        return pc_vgg(in_shape[0], num_classes, in_shape[-1], cfg.channels, cfg.hidden, cfg.pool_every, cfg.gains,
+                      skip=cfg.skip)
     if cfg.model == "vgg":
         if len(in_shape) != 3:
             raise ConfigError(f"model 'vgg' needs image inputs (C, H, W), got shape {in_shape}")
