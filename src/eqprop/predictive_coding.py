@@ -211,12 +211,9 @@ class PredictiveCodingNetwork(nn.Module):
             return list(torch.autograd.grad(self.energy(states).mean(), list(self.parameters())))
 
     def _top_down(self, k: int, states: Sequence[Tensor]) -> Tensor:
-        """Delta_k = J_{k+1}^T eps_{k+1} = -dE_{k+1}/dh_k (a vector-Jacobian product through f_{k+1})."""
-        with torch.enable_grad():
-            h = states[k].detach().requires_grad_(True)
-            a = self.predictions[k](h)
-            (delta,) = torch.autograd.grad(a, h, grad_outputs=(states[k + 1] - a).detach())
-        return delta
+        """Delta_k = J_{k+1}^T eps_{k+1} = -dE_{k+1}/dh_k, by autograd (the reference for the explicit messages)."""
+        f = self.predictions[k]
+        return PCLayer.vjp(f, states[k], None, None, (states[k + 1] - f(states[k])).detach())
 
     def relax_nudged(self, states: Sequence[Tensor], cost: Cost, y: Tensor, beta: float, iterations: int,
                      first: str = "even", engine: str = "messages") -> list[Tensor]:
