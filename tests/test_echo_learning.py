@@ -1,6 +1,8 @@
 """RHEL (Hamiltonian echo learning) against the math: reversibility, agreement with BPTT at O(eps^2),
 input and initial-state gradients, stacks (Theorem 3.3), negative controls, and the training pipeline."""
 
+import math
+
 import pytest
 import torch
 
@@ -92,14 +94,16 @@ def test_input_and_initial_state_gradients_match_autograd():
 @pytest.mark.parametrize("hru", sorted(HRU_TYPES))
 @pytest.mark.parametrize("sizes", [(6, 5), (6, 5, 4)])
 @pytest.mark.parametrize("loss_at", ["last", "every"])
-def test_stacks_match_bptt_parameter_by_parameter(hru, sizes, loss_at):
-    """Top unit echoed first, its dL/du pulled back through the feedforward map as the nudge of the unit below."""
+@pytest.mark.parametrize("stack", ["lockstep", "sequential"])
+def test_stacks_match_bptt_parameter_by_parameter(hru, sizes, loss_at, stack):
+    """Top unit echoed first, its dL/du pulled back through the feedforward map as the nudge of the unit below
+    (whole sequences one unit after the other, or all units together one step at a time)."""
     model = HamiltonianSSM(3, list(sizes), 4, hru=hru, dt=0.1).double()
     x = torch.randn(40, 3, 3, dtype=F64)
     y = torch.nn.functional.one_hot(torch.randint(0, 4, (3,)), 4).to(F64)
     cost = get_cost("cross_entropy")
     ref, ref_out, _ = bptt_gradients(model, x, y, cost, loss_at)
-    grads, out, _ = rhel_gradients(model, x, y, cost, loss_at, epsilon=1e-3)
+    grads, out, _ = rhel_gradients(model, x, y, cost, loss_at, epsilon=1e-3, stack=stack)
     assert torch.allclose(out, ref_out, atol=1e-12)
     for (name, _), g, r in zip(model.named_parameters(), grads, ref):
         assert r.norm() > 0, name
@@ -176,6 +180,10 @@ def test_rhel_and_bptt_train_through_the_pipeline(tmp_path):
         load_config("configs/rhel/digits_rhel.yaml", ["hru=cubic"])
     with pytest.raises(ConfigError, match="'epsilon' must be > 0"):
         load_config("configs/rhel/digits_rhel.yaml", ["epsilon=0"])
+    with pytest.raises(ConfigError, match="'echo_stack': 'parallel' is not valid; choose one of"):
+        load_config("configs/rhel/digits_rhel.yaml", ["echo_stack=parallel"])
+    from eqprop.train import build_algorithm
+    assert build_algorithm(load_config("configs/rhel/digits_rhel.yaml", ["echo_stack=sequential"])).stack == "sequential"
     final = {}
     for name in ("rhel", "bptt"):
         cfg = load_config(f"configs/rhel/digits_{name}.yaml",
@@ -196,3 +204,20 @@ def test_closed_form_contrast_gradients_match_autograd(kind):
     assert [tuple(g.shape) for g in got] == [tuple(p.shape) for p in unit.parameters()]
     for g, r in zip(got + [got_u], ref + [ref_u]):
         assert torch.allclose(g, r, atol=1e-12)
+
+
+def test_lockstep_stack_echo_is_second_order_and_equals_sequential_for_one_unit():
+    torch.manual_seed(3)
+    x = torch.randn(40, 3, 3, dtype=F64)
+    y = torch.nn.functional.one_hot(torch.randint(0, 4, (3,)), 4).to(F64)
+    cost = get_cost("cross_entropy")
+    one = HamiltonianSSM(3, [6], 4, dt=0.1).double()
+    a = rhel_gradients(one, x, y, cost, "every", epsilon=1e-3, stack="lockstep")[0]
+    b = rhel_gradients(one, x, y, cost, "every", epsilon=1e-3, stack="sequential")[0]
+    assert max(float((u - v).abs().max()) for u, v in zip(a, b)) < 1e-12  # one unit: the same computation
+    model = HamiltonianSSM(3, [6, 5, 4], 4, dt=0.1).double()
+    ref = bptt_gradients(model, x, y, cost, "every")[0]
+    errs = [rel_error(rhel_gradients(model, x, y, cost, "every", epsilon=e)[0], ref) for e in (1e-2, 1e-3)]
+    assert errs[1] < 1e-5 and 1.8 < math.log10(errs[0] / errs[1]) < 2.2  # O(eps^2), like the sequential echo
+    with pytest.raises(ValueError, match="valid ones are"):
+        rhel_gradients(model, x, y, cost, "every", stack="parallel")

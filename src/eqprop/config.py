@@ -81,6 +81,7 @@ class TrainConfig:
     diagnostics: bool = False  # per-epoch mean activation and gradient norm per layer (Figure 5)
     epsilon: float = 0.01  # RHEL: echo nudging strength, relative to the largest incoming loss gradient
     loss_at: str = "last"  # model=hssm: the loss reads the last step's readout, or the mean over every step
+    echo_stack: str = "lockstep"  # RHEL on stacks: all units echo together (memory flat in T) or one after another
     # optimiser and scheduler (Table 5)
     lrs: list[float] = field(default_factory=lambda: [0.1, 0.06, 0.04, 0.02])
     momentum: float = 0.9
@@ -110,7 +111,7 @@ class TrainConfig:
 def _choices() -> dict[str, list[str]]:
     from .algorithms import NUDGED_PRECISIONS, algorithm_names
     from .data import dataset_names
-    from .echo_learning import LOSS_AT
+    from .echo_learning import LOSS_AT, STACK_ECHOES
     from .hamiltonian import HRU_TYPES
     from .intermediate_signals import KAPPA_SCHEDULES
     from .layers import ACTIVATIONS
@@ -120,8 +121,8 @@ def _choices() -> dict[str, list[str]]:
     return {"dataset": dataset_names(), "model": ["dchn", "mlp", "pcn", "hssm", "vgg"], "algorithm": algorithm_names(),
             "cost": sorted(COSTS), "schedule": ["asynchronous", "synchronous"], "dtype": sorted(DTYPES),
             "init": ["zeros", "uniform"], "activation": sorted(ACTIVATIONS), "hru": sorted(HRU_TYPES),
-            "loss_at": list(LOSS_AT), "signals": ["none", "le", "kd", "kdw"], "kappa_schedule": list(KAPPA_SCHEDULES),
-            "nudged_precision": list(NUDGED_PRECISIONS)}
+            "loss_at": list(LOSS_AT), "echo_stack": list(STACK_ECHOES), "signals": ["none", "le", "kd", "kdw"],
+            "kappa_schedule": list(KAPPA_SCHEDULES), "nudged_precision": list(NUDGED_PRECISIONS)}
 
 
 _POSITIVE = ("pool_every", "epochs", "batch_size", "free_iterations", "nudged_iterations", "image_size",

@@ -29,7 +29,7 @@ from .hamiltonian import HamiltonianSSM, HamiltonianUnit, Step, leapfrog_step
 from .nudging import Cost, one_hot
 from .relaxation import RelaxResult
 
-__all__ = ["EchoResult", "echo", "rhel_gradients", "bptt_gradients", "sequence_loss", "loss_steps",
+__all__ = ["EchoResult", "echo", "rhel_gradients", "STACK_ECHOES", "bptt_gradients", "sequence_loss", "loss_steps",
            "EchoLearning", "SequenceBPTT", "LOSS_AT"]
 
 LOSS_AT = ("last", "every")
@@ -52,6 +52,23 @@ def _nudge_scale(out_grads: Sequence[Tensor | None], batch: int, like: Tensor) -
         if g is not None:
             scale = torch.maximum(scale, g.detach().abs().flatten(1).amax(1))
     return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def _echo_step(unit: HamiltonianUnit, phi: Tensor, pi: Tensor, g: Tensor | None, u: Tensor, signed: Tensor,
+               weight: Tensor, dt: float, step: Step, at: str, grads: list[Tensor],
+               want_input_grads: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One reversed step of both echoes (batched +eps | -eps): nudge the momentum by -/+eps g (g = dL/dphi of
+    the state reached, or None), leapfrog on input u, add the weighted dV/dtheta to ``grads``; returns the new
+    (phi, pi) and the step's input-gradient estimate dL/du (B, d) or None."""
+    if g is not None:
+        pi = pi - signed * torch.cat([g, g])
+    u2 = torch.cat([u, u])
+    new_phi, new_pi, half = step(unit, phi, pi, u2, dt)
+    dtheta, du = unit.weighted_grads(half if at == "half" else phi, u2, weight, want_input_grads)
+    for acc, d in zip(grads, dtheta):
+        if d is not None:
+            acc += d
+    return new_phi, new_pi, (du[:len(u)] + du[len(u):]) if want_input_grads else None
 
 
 @torch.no_grad()
@@ -78,23 +95,13 @@ def echo(unit: HamiltonianUnit, phi_T: Tensor, pi_T: Tensor, inputs: Tensor, out
     signed = torch.cat([eps, -eps]).unsqueeze(1)  # (2B, 1): the +eps echo, then the -eps echo
     weight = dt / (2.0 * torch.cat([eps, -eps]))  # contrast weights of dV/dtheta per echo sample
     phi, pi = torch.cat([phi_T, phi_T]), -torch.cat([pi_T, pi_T])
-    params = [p for p in unit.parameters()]
-    grads = [torch.zeros_like(p) for p in params]
+    grads = [torch.zeros_like(p) for p in unit.parameters()]
     input_grads = inputs.new_zeros(inputs.shape) if want_input_grads else None
     for k in reversed(range(steps)):
-        g = out_grads[k]
-        if g is not None:
-            pi = pi - signed * torch.cat([g, g])
-        u = torch.cat([inputs[k], inputs[k]])
-        new_phi, new_pi, half = step(unit, phi, pi, u, dt)
-        point = half if at == "half" else phi
-        dtheta, du = unit.weighted_grads(point, u, weight, want_input_grads)
-        for acc, d in zip(grads, dtheta):
-            if d is not None:
-                acc += d
+        phi, pi, du = _echo_step(unit, phi, pi, out_grads[k], inputs[k], signed, weight, dt, step, at, grads,
+                                 want_input_grads)
         if input_grads is not None:
-            input_grads[k] = du[:batch] + du[batch:]
-        phi, pi = new_phi, new_pi
+            input_grads[k] = du
     two_eps = 2.0 * eps.unsqueeze(1)
     initial = (-(pi[:batch] - pi[batch:]) / two_eps, -(phi[:batch] - phi[batch:]) / two_eps)
     return EchoResult(grads, input_grads, initial, eps)
@@ -139,15 +146,46 @@ def _pull_back(model: HamiltonianSSM, i: int, positions: Tensor, input_grads: Te
     return list(out.unbind(0))
 
 
+STACK_ECHOES = ("lockstep", "sequential")
+
+
+def _readout_nudge(model: HamiltonianSSM, phi: Tensor, y: Tensor, k: int, cost: Cost, w: float,
+                   found: dict[int, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """dL/dphi_{k+1} of the top unit from the readout's loss at step k (weight w), adding the readout's
+    parameter gradients to ``found``; returns (dL/dphi, per-sample loss, readout)."""
+    params = list(model.readout.parameters())
+    with torch.enable_grad():
+        p = phi.detach().requires_grad_(True)
+        o = model.readout(p)
+        lk = cost(o, _target(y, k))
+        gp, *gr = torch.autograd.grad(lk.sum() * w, [p] + params)
+    for param, g in zip(params, gr):
+        found[id(param)] = found.get(id(param), 0) + g
+    return gp, lk.detach(), o.detach()
+
+
 def rhel_gradients(model: HamiltonianSSM, x: Tensor, y: Tensor, cost: Cost, loss_at: str = "last",
-                   epsilon: float = 1e-3, relative: bool = True, at: str = "half") -> tuple[list[Tensor], Tensor, Tensor]:
+                   epsilon: float = 1e-3, relative: bool = True, at: str = "half",
+                   stack: str = "lockstep") -> tuple[list[Tensor], Tensor, Tensor]:
     """dL/dtheta of the batch-mean sequence loss by RHEL; returns (grads in model.parameters() order, last
     readout (B, C), per-sample loss (B,)). Only the forward pass and the echoes run; nothing is backpropagated
     through time (dV/dtheta is in closed form for the built-in units, autograd within one step otherwise;
-    the feedforward maps and the readout use autograd)."""
+    the feedforward maps and the readout use autograd).
+
+    For stacks, ``stack="lockstep"`` echoes all units together, one reversed step at a time, top unit first
+    within the step; memory does not grow with T. ``"sequential"`` echoes the top unit over the whole sequence,
+    then the unit below, and so on; it stores the sequences passed between units, (T, B, n) each."""
+    if stack not in STACK_ECHOES:
+        raise ValueError(f"unknown stack echo {stack!r}; valid ones are {list(STACK_ECHOES)}")
     seq = model.as_sequence(x)
+    ks = set(loss_steps(seq.shape[0], loss_at))
+    run = _lockstep if stack == "lockstep" else _sequential
+    return run(model, seq, y, cost, ks, epsilon, relative, at)
+
+
+def _sequential(model: HamiltonianSSM, seq: Tensor, y: Tensor, cost: Cost, ks: set[int], epsilon: float,
+                relative: bool, at: str) -> tuple[list[Tensor], Tensor, Tensor]:
     steps, batch = seq.shape[:2]
-    ks = set(loss_steps(steps, loss_at))
     w = 1.0 / (len(ks) * batch)
     found: dict[int, Tensor] = {}
     inputs, finals, lower_positions = [seq], [], []
@@ -155,7 +193,6 @@ def rhel_gradients(model: HamiltonianSSM, x: Tensor, y: Tensor, cost: Cost, loss
     loss = seq.new_zeros(batch)
     last = seq.new_zeros(batch, model.num_classes)
     top = len(model.units) - 1
-    readout_params = list(model.readout.parameters())
     with torch.no_grad():
         for i, unit in enumerate(model.units):
             phi, pi = unit.init_state(batch, seq)
@@ -165,16 +202,8 @@ def rhel_gradients(model: HamiltonianSSM, x: Tensor, y: Tensor, cost: Cost, loss
                 if i < top:
                     positions.append(phi)
                 elif k in ks:
-                    with torch.enable_grad():
-                        p = phi.detach().requires_grad_(True)
-                        o = model.readout(p)
-                        lk = cost(o, _target(y, k))
-                        gp, *gr = torch.autograd.grad(lk.sum() * w, [p] + readout_params)
-                    out_grads[k] = gp
-                    for param, g in zip(readout_params, gr):
-                        found[id(param)] = found.get(id(param), 0) + g
-                    loss += lk.detach() / len(ks)
-                    last = o.detach()
+                    out_grads[k], lk, last = _readout_nudge(model, phi, y, k, cost, w, found)
+                    loss += lk / len(ks)
             finals.append((phi, pi))
             if i < top:
                 lower_positions.append(torch.stack(positions))
@@ -190,6 +219,60 @@ def rhel_gradients(model: HamiltonianSSM, x: Tensor, y: Tensor, cost: Cost, loss
                    want_input_grads=i > 0)
         found.update({id(param): g for param, g in zip(unit.parameters(), res.param_grads)})
         input_grads = res.input_grads
+    return _param_order(model, found), last, loss
+
+
+@torch.no_grad()
+def _lockstep(model: HamiltonianSSM, seq: Tensor, y: Tensor, cost: Cost, ks: set[int], epsilon: float,
+              relative: bool, at: str) -> tuple[list[Tensor], Tensor, Tensor]:
+    """All units echo together. At reversed step k the positions phi^i_{k+1} of the lower units, which the
+    feedforward maps read, are the mean of their +eps and -eps echoes (equal to the forward pass up to
+    O(eps^2)); the top unit steps first and its dL/du, pulled back through the map, nudges the unit below in
+    the same step. Every unit uses the nudging strength set by the readout's gradients."""
+    steps, batch = seq.shape[:2]
+    w = 1.0 / (len(ks) * batch)
+    units, top, dt, step = model.units, len(model.units) - 1, model.dt, model.step_fn
+    found: dict[int, Tensor] = {}
+    out_grads: list[Tensor | None] = [None] * steps
+    loss = seq.new_zeros(batch)
+    last = seq.new_zeros(batch, model.num_classes)
+    states = [unit.init_state(batch, seq) for unit in units]
+    for k in range(steps):  # the forward pass, all units per step; only the current states are kept
+        u = seq[k]
+        for i, unit in enumerate(units):
+            phi, pi, _ = step(unit, *states[i], u, dt)
+            states[i] = (phi, pi)
+            if i < top:
+                u = model.feedforward(i, phi)
+        if k in ks:
+            out_grads[k], lk, last = _readout_nudge(model, states[top][0], y, k, cost, w, found)
+            loss += lk / len(ks)
+    eps = (epsilon / _nudge_scale(out_grads, batch, seq)) if relative else seq.new_full((batch,), epsilon)
+    signed = torch.cat([eps, -eps]).unsqueeze(1)
+    weight = dt / (2.0 * torch.cat([eps, -eps]))
+    echoes = [(torch.cat([phi, phi]), -torch.cat([pi, pi])) for phi, pi in states]
+    unit_grads = [[torch.zeros_like(p) for p in unit.parameters()] for unit in units]
+    ff_params = [list(ff.parameters()) for ff in model.ff]
+    ff_grads = [[torch.zeros_like(p) for p in params] for params in ff_params]
+    for k in reversed(range(steps)):
+        inputs, maps = [seq[k]], []
+        with torch.enable_grad():  # u^{i+1}_k = ff_i(phi^i_{k+1}), kept as a graph for the pull-back below
+            for i in range(top):
+                p = (0.5 * (echoes[i][0][:batch] + echoes[i][0][batch:])).requires_grad_(True)
+                maps.append((p, model.feedforward(i, p)))
+                inputs.append(maps[-1][1].detach())
+        g = out_grads[k]
+        for i in range(top, -1, -1):
+            phi, pi, du = _echo_step(units[i], *echoes[i], g, inputs[i], signed, weight, dt, step, at,
+                                     unit_grads[i], want_input_grads=i > 0)
+            echoes[i] = (phi, pi)
+            if i > 0:  # dL/dphi^{i-1}_{k+1} = J^T dL/du^i_k: the nudge of the unit below (Theorem 3.3)
+                p, out = maps[i - 1]
+                g, *gf = torch.autograd.grad(out, [p] + ff_params[i - 1], grad_outputs=du)
+                for acc, d in zip(ff_grads[i - 1], gf):
+                    acc += d
+    for params, grads in zip([list(u.parameters()) for u in units] + ff_params, unit_grads + ff_grads):
+        found.update({id(param): g for param, g in zip(params, grads)})
     return _param_order(model, found), last, loss
 
 
@@ -246,12 +329,18 @@ class _SequenceAlgorithm(LearningAlgorithm):
 
 
 class EchoLearning(_SequenceAlgorithm):
-    """RHEL: forward pass, then two echo passes per unit (top unit first), nudged by +-epsilon."""
+    """RHEL: forward pass, then two echo passes nudged by +-epsilon (``stack``: how a stack's units echo)."""
 
     name = "RHEL"
 
+    def __init__(self, *, stack: str = "lockstep", **kwargs) -> None:
+        super().__init__(**kwargs)
+        if stack not in STACK_ECHOES:
+            raise ValueError(f"unknown stack echo {stack!r}; valid ones are {list(STACK_ECHOES)}")
+        self.stack = stack
+
     def compute(self, network, x, y):
-        return rhel_gradients(network, x, y, self.cost, self.loss_at, self.epsilon)
+        return rhel_gradients(network, x, y, self.cost, self.loss_at, self.epsilon, stack=self.stack)
 
 
 class SequenceBPTT(_SequenceAlgorithm):

@@ -120,7 +120,8 @@ def build_signals(cfg: TrainConfig, network: EnergyNetwork, data: ImageData, dev
 
 def build_algorithm(cfg: TrainConfig) -> LearningAlgorithm:
     if cfg.model == "hssm":
-        return get_algorithm(cfg.algorithm, epsilon=cfg.epsilon, loss_at=cfg.loss_at, cost=cfg.cost)
+        return get_algorithm(cfg.algorithm, epsilon=cfg.epsilon, loss_at=cfg.loss_at, cost=cfg.cost,
+                             stack=cfg.echo_stack)
     return get_algorithm(cfg.algorithm, beta=cfg.beta, free_iterations=cfg.free_iterations,
                          nudged_iterations=cfg.nudged_iterations, cost=cfg.cost, schedule=cfg.schedule,
                          dtype=None if cfg.dtype == "float32" else cfg.dtype, nudged_precision=cfg.nudged_precision,
