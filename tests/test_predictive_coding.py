@@ -116,6 +116,12 @@ def test_explicit_messages_equal_the_autograd_relaxation(first, pool_every):
     assert max(float((u - v).abs().max()) for u, v in zip(a, free)) > 1e-3  # the phase moved the states
     with pytest.raises(ValueError, match="valid engines"):
         net.relax_nudged(free, get_cost("cross_entropy"), y, 0.3, 1, engine="jax")
+    with pytest.raises(ValueError, match="valid engines"):
+        get_algorithm("PC-CEP", engine="jax")
+    labels = y.argmax(1)
+    ga = get_algorithm("PC-CEP", beta=0.3, nudged_iterations=7, engine="messages").step(net, x, labels).grads
+    gb = get_algorithm("PC-CEP", beta=0.3, nudged_iterations=7, engine="autograd").step(net, x, labels).grads
+    assert rel_error(ga, gb) < 1e-12  # the same updates
 
 
 def skip_pcn(seed=0):

@@ -300,8 +300,10 @@ class _PCAlgorithm(LearningAlgorithm):
     name = "pc"
 
     def __init__(self, *, beta: float = 0.05, nudged_iterations: int = 10, cost: str | Cost = "squared_error",
-                 first: str = "even", **_ignored) -> None:
-        super().__init__(beta=beta, nudged_iterations=nudged_iterations, cost=cost, first=first)
+                 first: str = "even", engine: str = "messages", **_ignored) -> None:
+        if engine not in ("messages", "autograd"):
+            raise ValueError(f"unknown engine {engine!r}; valid engines are ['messages', 'autograd']")
+        super().__init__(beta=beta, nudged_iterations=nudged_iterations, cost=cost, first=first, engine=engine)
 
     def _check(self, network) -> None:
         if not isinstance(network, PredictiveCodingNetwork):
@@ -346,7 +348,7 @@ class PCEquilibriumPropagation(_PCAlgorithm):
         def dF(beta: float) -> list[Tensor]:
             if beta == 0.0:
                 return network.energy_param_grads(free.states)  # zero at the forward pass
-            s = network.relax_nudged(free.states, self.cost, y, beta, self.nudged_iterations, self.first)
+            s = network.relax_nudged(free.states, self.cost, y, beta, self.nudged_iterations, self.first, self.engine)
             return network.energy_param_grads(s)
 
         g1, g2 = dF(b1), dF(b2)
