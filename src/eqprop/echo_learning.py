@@ -13,7 +13,8 @@ order in eps, and the contrast of the two echoes gives, with O(eps^2) error,
 where phi^e_{k+1/2} is the echo's half-step position, the point where the forward step evaluated the force
 (the parameter update is minus the first line). Stacks (Theorem 3.3 of Pourcel & Ernoult): the top unit is
 echoed first; its input gradients dL/du are pulled back through the feedforward map by autograd and nudge the
-unit below. The derivation is in docs/rhel.md.
+unit below, either one step at a time with all units echoing together (lock step, memory flat in T) or one
+whole sequence after another. The derivation is in docs/rhel.md.
 """
 
 from __future__ import annotations
@@ -149,6 +150,11 @@ def _pull_back(model: HamiltonianSSM, i: int, positions: Tensor, input_grads: Te
 STACK_ECHOES = ("lockstep", "sequential")
 
 
+def _check_stack(stack: str) -> None:
+    if stack not in STACK_ECHOES:
+        raise ValueError(f"unknown stack echo {stack!r}; valid ones are {list(STACK_ECHOES)}")
+
+
 def _readout_nudge(model: HamiltonianSSM, phi: Tensor, y: Tensor, k: int, cost: Cost, w: float,
                    found: dict[int, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """dL/dphi_{k+1} of the top unit from the readout's loss at step k (weight w), adding the readout's
@@ -175,8 +181,7 @@ def rhel_gradients(model: HamiltonianSSM, x: Tensor, y: Tensor, cost: Cost, loss
     For stacks, ``stack="lockstep"`` echoes all units together, one reversed step at a time, top unit first
     within the step; memory does not grow with T. ``"sequential"`` echoes the top unit over the whole sequence,
     then the unit below, and so on; it stores the sequences passed between units, (T, B, n) each."""
-    if stack not in STACK_ECHOES:
-        raise ValueError(f"unknown stack echo {stack!r}; valid ones are {list(STACK_ECHOES)}")
+    _check_stack(stack)
     seq = model.as_sequence(x)
     ks = set(loss_steps(seq.shape[0], loss_at))
     run = _lockstep if stack == "lockstep" else _sequential
@@ -335,8 +340,7 @@ class EchoLearning(_SequenceAlgorithm):
 
     def __init__(self, *, stack: str = "lockstep", **kwargs) -> None:
         super().__init__(**kwargs)
-        if stack not in STACK_ECHOES:
-            raise ValueError(f"unknown stack echo {stack!r}; valid ones are {list(STACK_ECHOES)}")
+        _check_stack(stack)
         self.stack = stack
 
     def compute(self, network, x, y):
