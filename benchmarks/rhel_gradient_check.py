@@ -23,7 +23,8 @@ EPSILONS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
 
 
 def rel_error(gs: list[torch.Tensor], refs: list[torch.Tensor]) -> float:
-    num = sum(float((a - b).pow(2).sum()) for a, b in zip(gs, refs))
+    """||g - g_ref|| / ||g_ref|| over all tensors (g cast to float64)."""
+    num = sum(float((a.double() - b).pow(2).sum()) for a, b in zip(gs, refs))
     return math.sqrt(num / sum(float(b.pow(2).sum()) for b in refs))
 
 

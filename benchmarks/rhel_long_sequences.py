@@ -15,15 +15,11 @@ import math
 
 import torch
 from report import write_report
+from rhel_gradient_check import rel_error
 
 from eqprop.echo_learning import STACK_ECHOES, bptt_gradients, rhel_gradients
 from eqprop.hamiltonian import HamiltonianSSM
 from eqprop.nudging import get_cost
-
-
-def rel_error(gs: list[torch.Tensor], refs: list[torch.Tensor]) -> float:
-    num = sum(float((a.double() - b).pow(2).sum()) for a, b in zip(gs, refs))
-    return math.sqrt(num / sum(float(b.pow(2).sum()) for b in refs))
 
 
 def main() -> None:

@@ -10,14 +10,14 @@ The plain functions are the reference (tested against max_pool2d and its backwar
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .layers import Activation
 
-__all__ = ["max_pool2x2_code", "max_unpool2x2_code", "layer_update", "compiled", "set_fused_kernels"]
+__all__ = ["max_pool2x2_code", "max_unpool2x2_code", "sum_messages", "layer_update", "compiled", "set_fused_kernels"]
 
 
 def max_pool2x2_code(z: Tensor) -> tuple[Tensor, Tensor]:
@@ -54,12 +54,17 @@ def max_unpool2x2_code(post: Tensor, code: Tensor) -> Tensor:
     return out.permute(0, 3, 1, 2) if cl else out
 
 
-def layer_update(project: Callable[[Tensor], Tensor], *terms: Tensor) -> Tensor:
-    """sigma(sum of the messages): a layer's fixed-point update (eq. 98) as one expression to fuse."""
+def sum_messages(terms: Sequence[Tensor]) -> Tensor:
+    """The sum of a layer's incoming messages (dPhi/ds_k), in order."""
     m = terms[0]
     for t in terms[1:]:
         m = m + t
-    return project(m)
+    return m
+
+
+def layer_update(project: Callable[[Tensor], Tensor], *terms: Tensor) -> Tensor:
+    """sigma(sum of the messages): a layer's fixed-point update (eq. 98) as one expression to fuse."""
+    return project(sum_messages(terms))
 
 
 _COMPILED: dict[object, Callable] = {}

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .kernels import compiled
+from .kernels import compiled, sum_messages
 from .network import EnergyNetwork, State
 from .nudging import Nudge
 
@@ -116,9 +116,9 @@ def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudg
     ``tol`` stops early once the largest absolute change of any state unit in an iteration is below it;
     ``channels_last`` stores image-shaped states and conv weights channels-last (faster cuDNN on GPUs);
     ``dtype`` runs the relaxation in that precision (states and casts of the weights; None: the parameters'
-    dtype) while parameters stay as they are; ``deviation`` keeps states in the parameters' precision and runs only the convolutions of
-    the deviation from the initial states in ``dtype`` (module docstring); ``record`` fills a
-    :class:`Trajectory`. Autograd tracks the iterations if grad is enabled (used by truncated backprop and
+    dtype) while parameters stay as they are; ``deviation`` keeps states in the parameters' precision and runs
+    only the convolutions of the deviation from the initial states in ``dtype`` (module docstring); ``record``
+    fills a :class:`Trajectory`. Autograd tracks the iterations if grad is enabled (used by truncated backprop and
     BPTT). A network switched to fused kernels (:func:`~eqprop.kernels.set_fused_kernels`) uses them on CUDA
     when grad is disabled.
     """
@@ -146,10 +146,7 @@ def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudg
     traj = Trajectory() if record else None
 
     inters = network.interactions
-    params = {name: inter.relaxation_params(None if deviation else dtype) for name, inter in inters.items()}
-    if channels_last:
-        params = {name: tuple(p.contiguous(memory_format=torch.channels_last) if p.dim() == 4 else p for p in ps)
-                  for name, ps in params.items()}
+    params = _relaxation_params(network, None if deviation else dtype, channels_last)
     fwd: dict[str, Tensor] = {}
     ctx: dict[str, Any] = {}
     if deviation:
@@ -184,10 +181,7 @@ def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudg
                     terms.append(inters[n].backward(states[inters[n].post], ctx[n], params[n]))
             if fused and (nudge is None or (k != out and k not in nudge.hidden_layers)):
                 return compiled("update", sigma)(*terms).expand_as(states[k])  # one kernel (kernels.py)
-            m = terms[0]
-            for t in terms[1:]:
-                m = m + t
-            m = m.expand_as(states[k])
+            m = sum_messages(terms).expand_as(states[k])
         if nudge is not None:
             if k == out:
                 return nudge.output_update(m, states[k], sigma)
@@ -221,16 +215,22 @@ def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudg
     return RelaxResult(states, used, traj)
 
 
+def _relaxation_params(network: EnergyNetwork, dtype: torch.dtype | None, channels_last: bool) -> dict:
+    """Each interaction's parameters cast to ``dtype`` (None: as they are), 4-d ones channels-last if asked."""
+    params = {name: inter.relaxation_params(dtype) for name, inter in network.interactions.items()}
+    if channels_last:
+        params = {name: tuple(p.contiguous(memory_format=torch.channels_last) if p.dim() == 4 else p for p in ps)
+                  for name, ps in params.items()}
+    return params
+
+
 class _DeviationBase:
     """The full-precision messages at the initial states s0 and the low-precision messages of d = s - s0."""
 
     def __init__(self, network: EnergyNetwork, states: State, params: dict, dtype: torch.dtype | None,
                  channels_last: bool) -> None:
         self.inters, self.params, self.dtype = network.interactions, params, dtype
-        self.low = params if dtype is None else {name: inter.relaxation_params(dtype) for name, inter in self.inters.items()}
-        if channels_last:
-            self.low = {name: tuple(p.contiguous(memory_format=torch.channels_last) if p.dim() == 4 else p for p in ps)
-                        for name, ps in self.low.items()}
+        self.low = params if dtype is None else _relaxation_params(network, dtype, channels_last)
         self.s0 = [s.clone() for s in states]
         self.z0: dict[str, Tensor] = {}  # A s0 (pre-pooling)
         self.u0: dict[str, Tensor] = {}  # P^T(post0) at the pooling of A s0
