@@ -30,7 +30,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     if args.checkpoint:
-        from eqprop.data import load_mnist
+        from eqprop.training.data import load_mnist
 
         ckpt = torch.load(args.checkpoint, map_location=args.device)
         net = dchn(1, 10, channel_multiplier=ckpt["width"], gains=ckpt["gains"]).to(args.device)

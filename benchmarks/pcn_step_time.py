@@ -20,8 +20,8 @@ import torch
 from report import write_report
 
 from eqprop import get_algorithm, load_config
-from eqprop.data import dataset_spec
-from eqprop.train import build_network
+from eqprop.training.data import dataset_spec
+from eqprop.training.trainer import build_network
 
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "svhn": 73_257, "mnist": 60_000, "fashion_mnist": 60_000,
                 "imagenet": 1_281_167, "digits": 1_437}

@@ -33,7 +33,7 @@ import torch
 from report import write_report
 
 from eqprop import dchn, get_algorithm, make_optimizer, relax
-from eqprop.data import load_mnist
+from eqprop.training.data import load_mnist
 
 T, K, BETA = 60, 15, 0.25
 LRS = [0.0625, 0.0375, 0.025, 0.02, 0.0125]  # Table 5, MNIST

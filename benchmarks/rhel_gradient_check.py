@@ -15,9 +15,9 @@ import math
 import torch
 from report import write_report
 
-from eqprop.echo_learning import bptt_gradients, rhel_gradients
-from eqprop.hamiltonian import HamiltonianSSM
-from eqprop.nudging import get_cost
+from eqprop.rules.echo_learning import bptt_gradients, rhel_gradients
+from eqprop.models.hamiltonian import HamiltonianSSM
+from eqprop.core.nudging import get_cost
 
 EPSILONS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
 

@@ -17,9 +17,9 @@ import torch
 from report import write_report
 from rhel_gradient_check import rel_error
 
-from eqprop.echo_learning import STACK_ECHOES, bptt_gradients, rhel_gradients
-from eqprop.hamiltonian import HamiltonianSSM
-from eqprop.nudging import get_cost
+from eqprop.rules.echo_learning import STACK_ECHOES, bptt_gradients, rhel_gradients
+from eqprop.models.hamiltonian import HamiltonianSSM
+from eqprop.core.nudging import get_cost
 
 
 def main() -> None:

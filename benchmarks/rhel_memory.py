@@ -23,9 +23,9 @@ import torch
 from peak_memory import peak_mib
 from report import write_report
 
-from eqprop.echo_learning import bptt_gradients, rhel_gradients
-from eqprop.hamiltonian import HamiltonianSSM
-from eqprop.nudging import get_cost
+from eqprop.rules.echo_learning import bptt_gradients, rhel_gradients
+from eqprop.models.hamiltonian import HamiltonianSSM
+from eqprop.core.nudging import get_cost
 
 
 def measure(algorithm: str, length: int, sizes: list[int], batch: int, features: int, device: str) -> float:

@@ -3,7 +3,7 @@ C-EP with local-error (LE) or knowledge-distillation (KD) signals, and BPTT thro
 
 The paper: batch 128, T_free = 140 for BPTT, VGG-7 on CIFAR-10 and VGG-10/11, VGG-12/13 on CIFAR-100, on a
 24 GB GPU. Each measurement runs in a fresh process (CPU: peak resident set; CUDA: max_memory_allocated);
-the KD teacher is an untrained :class:`eqprop.teacher.ConvTeacher` (its weights do not change the memory).
+the KD teacher is an untrained :class:`eqprop.training.teacher.ConvTeacher` (its weights do not change the memory).
 Usage: python benchmarks/signals_memory.py [--arch vgg7] [--classes 10] [--batch 128] [--free 140]
        [--nudged 50] [--device cpu|cuda] [--out benchmarks/results/signals_memory_vgg7]
 """
@@ -20,9 +20,9 @@ from peak_memory import peak_mib
 from report import write_report
 
 from eqprop import get_algorithm
-from eqprop.intermediate_signals import KnowledgeDistillation, LocalError
+from eqprop.rules.signals import KnowledgeDistillation, LocalError
 from eqprop.models import VGG_ARCHS, vgg_crnn
-from eqprop.teacher import ConvTeacher, TeacherFeatures
+from eqprop.training.teacher import ConvTeacher, TeacherFeatures
 
 VARIANTS = ("STD", "LE", "KD", "BPTT")
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from eqprop import EnergyNetwork, Interaction, Layer, get_algorithm
-from eqprop.relaxation import RelaxResult
+from eqprop.core.relaxation import RelaxResult
 
 A = torch.tensor([[1.0, -1.0], [-1.0, 2.0]], dtype=torch.float64)
 

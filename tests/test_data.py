@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from eqprop.data import dataset_spec, load_dataset, random_crop, random_flip, read_idx
+from eqprop.training.data import dataset_spec, load_dataset, random_crop, random_flip, read_idx
 
 MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
@@ -198,8 +198,8 @@ def test_image_folder_is_decoded_lazily_at_the_requested_size(tmp_path):
 
 
 def test_pcn_trains_on_an_image_folder_through_the_pipeline(tmp_path):
-    from eqprop.config import load_config
-    from eqprop.train import Trainer
+    from eqprop.training.config import load_config
+    from eqprop.training.trainer import Trainer
 
     write_image_folder(tmp_path / "data", per_class=(12, 4))
     cfg = load_config("configs/pcn/imagenet_vgg10_cep.yaml",

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from eqprop.echo_learning import bptt_gradients, echo, rhel_gradients
-from eqprop.hamiltonian import HRU_TYPES, HamiltonianSSM, HamiltonianUnit, leapfrog_step
-from eqprop.nudging import get_cost
+from eqprop.rules.echo_learning import bptt_gradients, echo, rhel_gradients
+from eqprop.models.hamiltonian import HRU_TYPES, HamiltonianSSM, HamiltonianUnit, leapfrog_step
+from eqprop.core.nudging import get_cost
 from helpers import cosine, rel_error
 
 F64 = torch.float64
@@ -171,8 +171,8 @@ def test_bad_inputs_are_clear_errors():
 
 
 def test_rhel_and_bptt_train_through_the_pipeline(tmp_path):
-    from eqprop.config import ConfigError, load_config
-    from eqprop.train import Trainer
+    from eqprop.training.config import ConfigError, load_config
+    from eqprop.training.trainer import Trainer
 
     with pytest.raises(ConfigError, match="algorithm 'RHEL' does not train model 'dchn'"):
         load_config(None, ["algorithm=RHEL"])
@@ -182,7 +182,7 @@ def test_rhel_and_bptt_train_through_the_pipeline(tmp_path):
         load_config("configs/rhel/digits_rhel.yaml", ["epsilon=0"])
     with pytest.raises(ConfigError, match="'echo_stack': 'parallel' is not valid; choose one of"):
         load_config("configs/rhel/digits_rhel.yaml", ["echo_stack=parallel"])
-    from eqprop.train import build_algorithm
+    from eqprop.training.trainer import build_algorithm
     assert build_algorithm(load_config("configs/rhel/digits_rhel.yaml", ["echo_stack=sequential"])).stack == "sequential"
     final = {}
     for name in ("rhel", "bptt"):

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from eqprop import get_algorithm
-from eqprop.algorithms import implicit_gradient
-from eqprop.intermediate_signals import (IntermediateSignal, KnowledgeDistillation, LocalError,
+from eqprop.rules.backprop import implicit_gradient
+from eqprop.rules.signals import (IntermediateSignal, KnowledgeDistillation, LocalError,
                                         WeightedKnowledgeDistillation,
                                         kappa_schedule, soft_target_loss)
-from eqprop.nudging import one_hot
-from eqprop.relaxation import relax
+from eqprop.core.nudging import one_hot
+from eqprop.core.relaxation import relax
 from helpers import cosine, rel_error, small_conv, small_mlp
 
 
@@ -149,9 +149,9 @@ def test_vgg_crnn_has_the_table_4_layer_counts():
 
 @pytest.mark.parametrize("signals", ["le", "kd", "kdw"])
 def test_signals_run_end_to_end_with_kappa_schedule_and_diagnostics(tmp_path, signals):
-    from eqprop.config import load_config
-    from eqprop.results import read_diagnostics
-    from eqprop.train import Trainer
+    from eqprop.training.config import load_config
+    from eqprop.training.results import read_diagnostics
+    from eqprop.training.trainer import Trainer
 
     cfg = load_config(None, TINY + [f"signals={signals}", "kappa=0.8", "kappa_schedule=linear", "diagnostics=true",
                                     f"out_dir={tmp_path}"])
@@ -173,8 +173,8 @@ def test_signals_run_end_to_end_with_kappa_schedule_and_diagnostics(tmp_path, si
 
 
 def test_signal_configs_reject_what_cannot_work():
-    from eqprop.config import ConfigError, load_config
-    from eqprop.train import Trainer
+    from eqprop.training.config import ConfigError, load_config
+    from eqprop.training.trainer import Trainer
 
     with pytest.raises(ConfigError, match="need EP nudging"):
         load_config(None, TINY + ["signals=le", "algorithm=CCpL"])

@@ -39,7 +39,7 @@ def test_conv_pool_transposed_message_unpools_at_the_argmax(channels_last):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_int8_coded_pooling_equals_max_pool_and_its_backward(dtype, channels_last):
     # the plain-torch form of the fused kernels; ties (first position wins) as in max_pool2d
-    from eqprop.kernels import max_pool2x2_code, max_unpool2x2_code
+    from eqprop.core.kernels import max_pool2x2_code, max_unpool2x2_code
 
     z = torch.randn(3, 4, 8, 6).to(dtype)
     z[0, 0, :2, :2] = 0.5  # a four-way tie

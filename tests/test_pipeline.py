@@ -13,11 +13,11 @@ import torch
 
 from eqprop import ConvPool
 from eqprop.cli import main
-from eqprop.config import ConfigError, TrainConfig, load_config, parse_overrides
-from eqprop.data import dataset_spec
-from eqprop.optim import make_optimizer
-from eqprop.results import read_run, results_table
-from eqprop.train import DivergenceError, Interrupted, Trainer, build_algorithm, build_network, topk_errors
+from eqprop.training.config import ConfigError, TrainConfig, load_config, parse_overrides
+from eqprop.training.data import dataset_spec
+from eqprop.training.optim import make_optimizer
+from eqprop.training.results import read_run, results_table
+from eqprop.training.trainer import DivergenceError, Interrupted, Trainer, build_algorithm, build_network, topk_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["free_iterations=6", "nudged_iterations=3", "channels=[8,16,16]", "limit_train=256", "limit_test=128",
@@ -53,7 +53,9 @@ def test_overrides_are_typed_and_validated():
         parse_overrides(["tol=0"])
     alg = build_algorithm(parse_overrides(["dtype=bfloat16", "nudged_precision=deviation", "tol=1e-4",
                                            "refine_iterations=5"]))
-    assert (alg.dtype, alg.nudged_precision, alg.tol, alg.refine_iterations) == ("bfloat16", "deviation", 1e-4, 5)
+    ph = alg.phases
+    assert (ph.settings.dtype, ph.nudged_precision, ph.settings.tol, ph.refine_iterations) == (
+        torch.bfloat16, "deviation", 1e-4, 5)
     net = build_network(parse_overrides(["fused_kernels=true", "channels=[4,8]", "gains=[0.5]"]), (1, 8, 8), 10)
     assert all(m.fused for m in net.modules() if isinstance(m, ConvPool))
 
@@ -109,7 +111,7 @@ def test_shipped_configs_validate_and_build_table5_networks(path):
 
 
 def test_scalable_ep_configs_carry_tables_5_and_6():
-    from eqprop.train import default_signal_layers
+    from eqprop.training.trainer import default_signal_layers
 
     rows = {"vgg7_le": (0.25, 250, 50, 0.65, 128, "le"), "vgg7_kd": (0.15, 250, 60, 0.65, 64, "kd"),
             "vgg7_kdw": (0.5, 100, 50, 0.15, 128, "kdw"), "vgg11_le": (1.0, 400, 40, 0.85, 128, "le"),

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from eqprop import get_algorithm, pc_vgg
-from eqprop.nudging import get_cost, one_hot
+from eqprop.core.nudging import get_cost, one_hot
 from helpers import rel_error
 
 
@@ -83,13 +83,13 @@ def test_update_is_local_prediction_error_times_input():
 
 def test_random_scheme_draws_both_signs():
     alg = get_algorithm("PC-REP", beta=0.1, seed=0)
-    signs = {alg.betas()[1] > 0 for _ in range(20)}
+    signs = {alg.next_betas()[1] > 0 for _ in range(20)}
     assert signs == {True, False}
 
 
 def test_pcn_trains_through_the_pipeline(tmp_path):
-    from eqprop.config import ConfigError, parse_overrides
-    from eqprop.train import Trainer
+    from eqprop.training.config import ConfigError, parse_overrides
+    from eqprop.training.trainer import Trainer
 
     with pytest.raises(ConfigError, match="does not train model .dchn.*algorithms for model .dchn."):
         parse_overrides(["algorithm=PC-CEP"])

@@ -16,7 +16,7 @@ import typing
 from pathlib import Path
 from typing import Sequence
 
-from .config import ConfigError, TrainConfig, load_config
+from .training.config import ConfigError, TrainConfig, load_config
 
 __all__ = ["main"]
 
@@ -34,7 +34,7 @@ def _data_dir(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import Trainer
+    from .training.trainer import Trainer
 
     if args.help_config:
         hints = typing.get_type_hints(TrainConfig)
@@ -61,7 +61,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .train import evaluate, load_run
+    from .training.trainer import evaluate, load_run
 
     trainer, state = load_run(args.run_dir, args.checkpoint, [*args.overrides, *_data_dir(args)])
     res = evaluate(trainer.network, trainer.algorithm, trainer.data, trainer.device, flatten=trainer.flatten)
@@ -72,14 +72,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from .results import plot_runs
+    from .training.results import plot_runs
 
     print(f"eqprop: wrote {plot_runs(args.run_dirs, args.output)}")
     return 0
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
-    from .results import results_table
+    from .training.results import results_table
 
     table = results_table(args.run_dirs, metric=args.metric)
     if args.output:
@@ -89,7 +89,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from .study import run_study
+    from .training.study import run_study
 
     runs = run_study(args.config, args.out, args.algorithms, args.datasets, args.seeds, args.jobs,
                      [*args.overrides, *_data_dir(args)])
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .train import DivergenceError, Interrupted
+    from .training.trainer import DivergenceError, Interrupted
 
     args = build_parser().parse_args(argv)
     try:

@@ -12,28 +12,27 @@ projected onto h >= 0 (the plain gradient form diverges on conv nets). To first 
 eps_k follow backprop's recursion either way, so the EP estimates below converge to the gradient. The update is
 local: dF/dtheta_k = -(eps_k * f_k') h_{k-1}^T with eps_k = h_k - f_k(h_{k-1}).
 
-Learning rules (``PC-PEP`` forward +beta, ``PC-NEP`` backward -beta, ``PC-REP`` random sign, ``PC-CEP``
-centered +-beta with O(beta^2) bias) and the backprop baseline ``PC-BP`` are registered as algorithms.
+The nudged relaxation is the ``mod-pgd`` solver (:class:`ModPGDSolver`); the learning rules are in
+:mod:`eqprop.rules.predictive_coding`.
 """
 
 from __future__ import annotations
 
 import math
-import random
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .algorithms import LearningAlgorithm, register_algorithm
-from .models import _gains
-from .nudging import Cost, one_hot
-from .layers import get_activation
-from .relaxation import RelaxResult
+from ..core.layers import get_activation
+from ..core.nudging import Cost, EPNudge
+from ..core.relaxation import RelaxResult, Solver, SolverSettings, even_odd_groups, get_solver, register_solver
+from .base import image_input, register_model
+from .hopfield import _gains
 
-__all__ = ["PCLayer", "PC_LAYERS", "register_pc_layer", "PredictiveCodingNetwork", "pc_vgg",
-           "PCEquilibriumPropagation", "PCBackprop"]
+__all__ = ["PCLayer", "PC_LAYERS", "register_pc_layer", "PredictiveCodingNetwork", "pc_vgg", "ModPGDSolver",
+           "ModPGDAutogradSolver"]
 
 
 class PCLayer(nn.Module):
@@ -176,10 +175,19 @@ register_pc_layer("linear", lambda n_in, n_out: _Linear(n_in, n_out, relu=False)
 class PredictiveCodingNetwork(nn.Module):
     """A stack of predictions f_1..f_L; states are lists [h_0 = x, h_1, ..., h_L]."""
 
-    def __init__(self, predictions: Sequence[PCLayer], num_classes: int) -> None:
+    exact_free_phase = True  # the forward pass is the free equilibrium (a beta = 0 phase stays there)
+
+    def __init__(self, predictions: Sequence[PCLayer], num_classes: int,
+                 input_shape: tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.predictions = nn.ModuleList(predictions)
         self.num_classes = num_classes
+        self._input_shape = input_shape
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """Per-sample input shape (None where the network was built without one)."""
+        return self._input_shape
 
     @property
     def depth(self) -> int:
@@ -215,30 +223,55 @@ class PredictiveCodingNetwork(nn.Module):
         f = self.predictions[k]
         return PCLayer.vjp(f, states[k], None, None, (states[k + 1] - f(states[k])).detach())
 
+    def free_phase(self, x: Tensor, solver: Any = None, iterations: int = 0, init: str = "zeros") -> RelaxResult:
+        """The free equilibrium is the forward pass (E = 0): no iterations, whatever the solver."""
+        with torch.no_grad():
+            return RelaxResult(self.forward_pass(x), 0)
+
     def relax_nudged(self, states: Sequence[Tensor], cost: Cost, y: Tensor, beta: float, iterations: int,
                      first: str = "even", engine: str = "messages") -> list[Tensor]:
-        """K asynchronous iterations of the projected pre-activation updates from ``states``, nudged by beta.
-
-        ``engine="messages"`` keeps each layer's pre-activation z_k = pre_k(h_{k-1}) (and its pooling indices)
-        until h_{k-1} changes and sends the top-down message through ``vjp``: one convolution and one transposed
-        convolution per layer and iteration. ``"autograd"`` recomputes both by autograd (the reference)."""
+        """K asynchronous iterations of the ``mod-pgd`` solver from ``states``, nudged by beta (the functional
+        form of :class:`ModPGDSolver`; ``engine="autograd"`` is its autograd reference)."""
         if engine not in ("messages", "autograd"):
-            raise ValueError(f"unknown engine {engine!r}; valid engines are ['messages', 'autograd']")
-        states = [s.detach().clone() for s in states]
-        L = self.depth
-        order = [range(2, L + 1, 2), range(1, L + 1, 2)]
-        if first == "odd":
-            order.reverse()
+            raise ValueError(f"unknown engine {engine!r}; valid engines are ['autograd', 'messages']")
+        solver = get_solver("mod-pgd" if engine == "messages" else "mod-pgd-autograd", SolverSettings(first=first))
+        return solver(self, list(states), iterations, EPNudge(cost, y, beta)).states
+
+
+@register_solver("mod-pgd", reference="mod-pgd-autograd")
+class ModPGDSolver(Solver):
+    """The PCN's nudged relaxation: projected updates in pre-activation form, h_k <- ReLU(z_k + Delta_k) with
+    Delta_k = J_{k+1}^T eps_{k+1}, and the output h_L <- a_L - beta dC/dh_L; even then odd layers (or the
+    reverse, ``first``; all at once for the synchronous schedule), step size 1.
+
+    The explicit-message form keeps each layer's pre-activation z_k = pre_k(h_{k-1}) (and its pooling indices)
+    until h_{k-1} changes and sends the top-down message through ``vjp``: one convolution and one transposed
+    convolution per layer and iteration."""
+
+    engine = "messages"
+
+    def __call__(self, network, states, iterations, nudge=None, record=False):
+        s = self.settings
+        if s.tol is not None or s.dtype is not None or s.channels_last or record:
+            raise ValueError(f"the {self.name} solver runs a fixed number of iterations in the parameters' dtype: "
+                             "tol, dtype, channels_last and record are not supported")
+        if not isinstance(nudge, EPNudge):
+            raise ValueError(f"the {self.name} solver relaxes EP-nudged phases (an EPNudge), got {nudge!r}")
+        cost, y, beta = nudge.cost, nudge.y, nudge.beta
+        states = [t.detach().clone() for t in states]
+        L = network.depth
+        order = even_odd_groups(range(1, L + 1), s.schedule, s.first)
         identity = get_activation("identity")
-        preds = self.predictions
+        preds = network.predictions
         z: list[Any] = [None] * (L + 1)
         ctx: list[Any] = [None] * (L + 1)
+        explicit = self.engine == "messages"
 
         def refresh(k: int) -> None:  # f_k's pre-activation at the current h_{k-1}
             z[k], ctx[k] = preds[k - 1].pre_ctx(states[k - 1])
 
         with torch.no_grad():
-            if engine == "messages":
+            if explicit:
                 for k in range(1, L + 1):
                     refresh(k)
             for _ in range(iterations):
@@ -246,9 +279,9 @@ class PredictiveCodingNetwork(nn.Module):
                     new = {}
                     for k in group:
                         f = preds[k - 1]
-                        if engine == "autograd":
+                        if not explicit:
                             zk = f.pre(states[k - 1])
-                            delta = self._top_down(k, states) if k < L else None
+                            delta = network._top_down(k, states) if k < L else None
                         else:
                             zk = z[k]
                             if k < L:
@@ -260,11 +293,18 @@ class PredictiveCodingNetwork(nn.Module):
                             new[k] = f.act(zk + delta)
                     for k, v in new.items():
                         states[k] = v
-                    if engine == "messages":
+                    if explicit:
                         for k in group:
                             if k < L:
                                 refresh(k + 1)
-        return states
+        return RelaxResult(states, iterations)
+
+
+@register_solver("mod-pgd-autograd")
+class ModPGDAutogradSolver(ModPGDSolver):
+    """:class:`ModPGDSolver` with the pre-activations and top-down errors recomputed by autograd (reference)."""
+
+    engine = "autograd"
 
 
 def pc_vgg(in_channels: int, num_classes: int, input_size: int, channels: Sequence[int], hidden: Sequence[int] = (),
@@ -290,84 +330,13 @@ def pc_vgg(in_channels: int, num_classes: int, input_size: int, channels: Sequen
     layers.append(PC_LAYERS["linear"](n_in, num_classes))
     for layer, gain in zip(layers, alphas):
         layer.reset_parameters(gain)
-    return PredictiveCodingNetwork(layers, num_classes)
+    return PredictiveCodingNetwork(layers, num_classes, (in_channels, input_size, input_size))
 
 
-class _PCAlgorithm(LearningAlgorithm):
-    """A :class:`~eqprop.algorithms.LearningAlgorithm` whose free phase is the PCN's forward pass, so the
-    inherited ``step`` and the Trainer run PCNs too; the Hopfield-only settings (T, schedule, dtype) are unused."""
-
-    name = "pc"
-
-    def __init__(self, *, beta: float = 0.05, nudged_iterations: int = 10, cost: str | Cost = "squared_error",
-                 first: str = "even", engine: str = "messages", **_ignored) -> None:
-        if engine not in ("messages", "autograd"):
-            raise ValueError(f"unknown engine {engine!r}; valid engines are ['messages', 'autograd']")
-        super().__init__(beta=beta, nudged_iterations=nudged_iterations, cost=cost, first=first, engine=engine)
-
-    def _check(self, network) -> None:
-        if not isinstance(network, PredictiveCodingNetwork):
-            raise TypeError(f"{self.name} trains predictive-coding networks (model=pcn), got {type(network).__name__}")
-
-    def targets(self, network: PredictiveCodingNetwork, labels: Tensor) -> Tensor:
-        return one_hot(labels, network.num_classes).to(labels.device)
-
-    def free_phase(self, network: PredictiveCodingNetwork, x: Tensor) -> RelaxResult:
-        """The free equilibrium is the forward pass (no iterations)."""
-        self._check(network)
-        with torch.no_grad():
-            return RelaxResult(network.forward_pass(x), 0, None)
-
-    def __repr__(self) -> str:
-        return f"{self.name}(beta={self.beta}, K={self.nudged_iterations}, cost={self.cost.name})"
+def _build_pcn(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> PredictiveCodingNetwork:
+    c, _, size = image_input("pcn", input_shape)
+    return pc_vgg(c, num_classes, size, cfg.channels, cfg.hidden, cfg.pool_every, cfg.gains, skip=cfg.skip)
 
 
-class PCEquilibriumPropagation(_PCAlgorithm):
-    """EP on a PCN: g = (dF/dtheta(beta_2) - dF/dtheta(beta_1)) / (beta_2 - beta_1), with beta_1 = 0 at the
-    forward pass for the one-sided schemes (dF/dtheta = 0 there, so only one phase is relaxed)."""
-
-    SCHEMES = ("forward", "backward", "random", "centered")
-
-    def __init__(self, scheme: str = "centered", seed: int | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        if scheme not in self.SCHEMES:
-            raise ValueError(f"unknown scheme {scheme!r}; valid schemes are {list(self.SCHEMES)}")
-        self.scheme, self.name = scheme, {"forward": "PC-PEP", "backward": "PC-NEP", "random": "PC-REP",
-                                          "centered": "PC-CEP"}[scheme]
-        self._rng = random.Random(seed)
-
-    def betas(self) -> tuple[float, float]:
-        if self.scheme == "centered":
-            return -self.beta, self.beta
-        sign = {"forward": 1.0, "backward": -1.0}.get(self.scheme) or self._rng.choice((1.0, -1.0))
-        return 0.0, sign * self.beta
-
-    def gradients(self, network, x, y, free):
-        b1, b2 = self.betas()
-
-        def dF(beta: float) -> list[Tensor]:
-            if beta == 0.0:
-                return network.energy_param_grads(free.states)  # zero at the forward pass
-            s = network.relax_nudged(free.states, self.cost, y, beta, self.nudged_iterations, self.first, self.engine)
-            return network.energy_param_grads(s)
-
-        g1, g2 = dF(b1), dF(b2)
-        return [(a - b) / (b2 - b1) for a, b in zip(g2, g1)]
-
-
-class PCBackprop(_PCAlgorithm):
-    """The baseline: backpropagation of C(f_L(...f_1(x)), y) through the forward pass."""
-
-    name = "PC-BP"
-
-    def gradients(self, network, x, y, free):
-        with torch.enable_grad():
-            out = network.forward_pass(x)[-1]
-            return list(torch.autograd.grad(self.cost(out, y).mean(), list(network.parameters())))
-
-
-register_algorithm("PC-CEP", lambda **kw: PCEquilibriumPropagation("centered", **kw), models=("pcn",))
-register_algorithm("PC-PEP", lambda **kw: PCEquilibriumPropagation("forward", **kw), models=("pcn",))
-register_algorithm("PC-NEP", lambda **kw: PCEquilibriumPropagation("backward", **kw), models=("pcn",))
-register_algorithm("PC-REP", lambda **kw: PCEquilibriumPropagation("random", **kw), models=("pcn",))
-register_algorithm("PC-BP", PCBackprop, models=("pcn",))
+register_model("pcn", _build_pcn, "pcn", solver="mod-pgd",
+               description="VGG-style predictive-coding net (channels, hidden, pool_every, skip, gains)")

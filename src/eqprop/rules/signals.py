@@ -7,7 +7,7 @@ estimate then approaches d(L_EP + kappa sum_i L_Aug,i)/dtheta at the free state 
 - :class:`LocalError` (LE, eq. 7): a fixed random readout B_i s_i compared with the label at temperature tau.
 - :class:`KnowledgeDistillation` (KD, eq. 8): the layer's state compared with a teacher's features at tau.
 - :class:`WeightedKnowledgeDistillation` (KDW, eq. 13): KD through a learned linear map (appendix G).
-- :class:`AugmentedNudge`: EP nudging at the output plus the signals' forces on their layers.
+- :class:`~eqprop.core.nudging.AugmentedNudge` (core): EP nudging at the output plus the signals' forces.
 - :func:`kappa_schedule`: constant, linear, exponential and cosine schedules of kappa (eq. 14).
 
 A new signal is an :class:`IntermediateSignal` subclass with ``loss`` (and, for speed, ``grad``).
@@ -16,14 +16,12 @@ A new signal is an :class:`IntermediateSignal` subclass with ``loss`` (and, for 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .layers import Activation
-from .nudging import EPNudge, Nudge
+from ..core.nudging import AugmentedNudge
 
 __all__ = ["soft_target_loss", "IntermediateSignal", "LocalError", "KnowledgeDistillation",
            "WeightedKnowledgeDistillation", "AugmentedNudge",
@@ -145,41 +143,6 @@ class WeightedKnowledgeDistillation(KnowledgeDistillation):
         g = _soft_target_grad(self.mapped(s), target, self.tau)
         w = self.w_map.to(s.dtype)
         return torch.einsum("oc,bohw->bchw", w, g) if self.spatial else g @ w
-
-
-@dataclass
-class AugmentedNudge(Nudge):
-    """EP nudging of the output plus, on each signalled layer, the force beta * kappa * dL_Aug/ds (eq. 10)."""
-
-    base: EPNudge
-    signals: Sequence[IntermediateSignal]
-    targets: Sequence[Tensor]  # one per signal: labels (LE) or teacher features (KD)
-    kappa: float
-    hidden_layers: frozenset = field(init=False)
-
-    def __post_init__(self) -> None:
-        if len(self.signals) != len(self.targets):
-            raise ValueError(f"one target per signal: {len(self.signals)} signals, {len(self.targets)} targets")
-        self.hidden_layers = frozenset(s.layer for s in self.signals)
-
-    def output_update(self, m: Tensor, o: Tensor, sigma: Activation) -> Tensor:
-        return self.base.output_update(m, o, sigma)
-
-    def extra_energy(self, o: Tensor) -> Tensor:
-        return self.base.extra_energy(o)
-
-    def layer_force(self, k: int, s: Tensor) -> Tensor:
-        force = torch.zeros_like(s)
-        for sig, target in zip(self.signals, self.targets):
-            if sig.layer == k:
-                force = force + sig.grad(s, target)
-        return (self.base.beta * self.kappa) * force
-
-    def hidden_energy(self, states: Sequence[Tensor]) -> Tensor:
-        e = torch.zeros(states[0].shape[0], dtype=states[-1].dtype, device=states[-1].device)
-        for sig, target in zip(self.signals, self.targets):
-            e = e + sig.loss(states[sig.layer], target)
-        return (self.base.beta * self.kappa) * e
 
 
 # ---- kappa schedules (eq. 14) --------------------------------------------------------------------------------

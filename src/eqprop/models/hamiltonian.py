@@ -13,11 +13,13 @@ registered with ``@register_hru("name")``.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .base import image_input, register_model
 
 __all__ = ["HamiltonianUnit", "LinearHRU", "NonlinearHRU", "HRU_TYPES", "register_hru", "get_hru",
            "leapfrog_step", "euler_step", "INTEGRATORS", "HamiltonianSSM", "sequence_from_images", "FF_ACTIVATIONS"]
@@ -266,3 +268,12 @@ class HamiltonianSSM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dt={self.dt}, integrator={self.integrator}, ff_activation={self.ff_activation}"
+
+
+def _build_hssm(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> HamiltonianSSM:
+    c, _, width = image_input("hssm", input_shape)  # read row by row
+    return HamiltonianSSM(c * width, cfg.hidden, num_classes, hru=cfg.hru, dt=cfg.dt)
+
+
+register_model("hssm", _build_hssm, "hssm", solver=None,
+               description="Hamiltonian SSM reading images row by row (hidden: unit sizes, hru, dt)")

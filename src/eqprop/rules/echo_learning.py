@@ -25,10 +25,10 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .algorithms import LearningAlgorithm, StepResult, register_algorithm, write_grads
-from .hamiltonian import HamiltonianSSM, HamiltonianUnit, Step, leapfrog_step
-from .nudging import Cost, one_hot
-from .relaxation import RelaxResult
+from .base import LearningAlgorithm, StepResult, register_algorithm, write_grads
+from ..models.hamiltonian import HamiltonianSSM, HamiltonianUnit, Step, leapfrog_step
+from ..core.nudging import Cost, one_hot
+from ..core.relaxation import RelaxResult
 
 __all__ = ["EchoResult", "echo", "rhel_gradients", "STACK_ECHOES", "bptt_gradients", "sequence_loss", "loss_steps",
            "EchoLearning", "SequenceBPTT", "LOSS_AT"]
@@ -296,9 +296,8 @@ def bptt_gradients(model: HamiltonianSSM, x: Tensor, y: Tensor, cost: Cost,
 class _SequenceAlgorithm(LearningAlgorithm):
     """Adapts a sequence-gradient function to the Trainer: the "free phase" is the forward pass."""
 
-    def __init__(self, *, epsilon: float = 1e-2, loss_at: str = "last", cost: str | Cost = "cross_entropy",
-                 **_ignored) -> None:
-        super().__init__(cost=cost)
+    def __init__(self, *, epsilon: float = 1e-2, loss_at: str = "last", cost: str | Cost = "cross_entropy") -> None:
+        super().__init__(cost)
         loss_steps(1, loss_at)  # validates loss_at
         if not epsilon > 0:
             raise ValueError(f"epsilon must be > 0, got {epsilon}")
@@ -316,7 +315,7 @@ class _SequenceAlgorithm(LearningAlgorithm):
         self._check(network)
         with torch.no_grad():
             readouts = network(x)
-        return RelaxResult([readouts[-1]], readouts.shape[0], None)
+        return RelaxResult([readouts[-1]], 0)  # no relaxation: the output is read after the sequence
 
     def compute(self, network: HamiltonianSSM, x: Tensor, y: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
         raise NotImplementedError
@@ -326,8 +325,7 @@ class _SequenceAlgorithm(LearningAlgorithm):
         y = self.targets(network, labels).to(x.dtype)
         grads, out, loss = self.compute(network, x, y)
         write_grads(network, grads)
-        steps = network.as_sequence(x).shape[0]
-        return StepResult(loss, out.float(), RelaxResult([out], steps, None), grads)
+        return StepResult(loss, out.float(), RelaxResult([out], 0), grads)
 
     def __repr__(self) -> str:
         return f"{self.name}(epsilon={self.epsilon}, loss_at={self.loss_at}, cost={self.cost.name})"
@@ -356,5 +354,5 @@ class SequenceBPTT(_SequenceAlgorithm):
         return bptt_gradients(network, x, y, self.cost, self.loss_at)
 
 
-register_algorithm("RHEL", EchoLearning, models=("hssm",))
-register_algorithm("HSSM-BPTT", SequenceBPTT, models=("hssm",))
+register_algorithm("RHEL", EchoLearning, families=("hssm",), options=("cost", "epsilon", "loss_at", "stack"))
+register_algorithm("HSSM-BPTT", SequenceBPTT, families=("hssm",), options=("cost", "epsilon", "loss_at"))

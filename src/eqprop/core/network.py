@@ -7,7 +7,7 @@ list index = layer index of the paper; the last layer is the output o.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -55,6 +55,16 @@ class EnergyNetwork(nn.Module):
     @property
     def output_index(self) -> int:
         return len(self.layers) - 1
+
+    @property
+    def num_classes(self) -> int:
+        """Units of the output layer."""
+        return self.layers[-1].size
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Per-sample shape of the input layer."""
+        return self.layers[0].shape
 
     def _check_shapes(self) -> None:
         with torch.no_grad():
@@ -105,6 +115,11 @@ class EnergyNetwork(nn.Module):
             else:
                 raise ValueError(f"unknown initial state mode {mode!r}; valid modes are ['uniform', 'zeros']")
         return states
+
+    def free_phase(self, x: Tensor, solver: Any, iterations: int, init: str = "zeros") -> Any:
+        """The free phase: ``iterations`` of ``solver`` (a :class:`~eqprop.core.relaxation.Solver`) from the
+        initial state ``init`` without nudging; returns its :class:`~eqprop.core.relaxation.RelaxResult`."""
+        return solver(self, self.init_state(x, init), iterations)
 
     # ---- energy ----------------------------------------------------------------------------------------
     def phi(self, states: State) -> Tensor:

@@ -7,8 +7,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,7 @@ from torch import Tensor
 from .layers import Activation
 
 __all__ = ["Cost", "SquaredError", "CrossEntropy", "COSTS", "get_cost", "Nudge", "EPNudge", "ClampNudge",
-           "one_hot"]
+           "one_hot", "AugmentedNudge"]
 
 
 def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -176,3 +176,40 @@ class ClampNudge(Nudge):
     def coupled(o_free: Tensor, y: Tensor, beta: float) -> "ClampNudge":
         """CpL target (1 - beta) o_* + beta y; beta = 1 gives contrastive learning's clamp to y."""
         return ClampNudge((1.0 - beta) * o_free + beta * y.to(o_free.dtype))
+
+
+@dataclass
+class AugmentedNudge(Nudge):
+    """EP nudging of the output plus, on each signalled layer, the force beta * kappa * dL_Aug/ds (eq. 10 of the
+    scalable-EP paper); the signals are :class:`~eqprop.rules.signals.IntermediateSignal` objects or any with the
+    same ``layer``, ``loss`` and ``grad``."""
+
+    base: EPNudge
+    signals: Sequence[Any]  # objects with .layer, .loss(s, t), .grad(s, t)
+    targets: Sequence[Tensor]  # one per signal: labels (LE) or teacher features (KD)
+    kappa: float
+    hidden_layers: frozenset = field(init=False)
+
+    def __post_init__(self) -> None:
+        if len(self.signals) != len(self.targets):
+            raise ValueError(f"one target per signal: {len(self.signals)} signals, {len(self.targets)} targets")
+        self.hidden_layers = frozenset(s.layer for s in self.signals)
+
+    def output_update(self, m: Tensor, o: Tensor, sigma: Activation) -> Tensor:
+        return self.base.output_update(m, o, sigma)
+
+    def extra_energy(self, o: Tensor) -> Tensor:
+        return self.base.extra_energy(o)
+
+    def layer_force(self, k: int, s: Tensor) -> Tensor:
+        force = torch.zeros_like(s)
+        for sig, target in zip(self.signals, self.targets):
+            if sig.layer == k:
+                force = force + sig.grad(s, target)
+        return (self.base.beta * self.kappa) * force
+
+    def hidden_energy(self, states: Sequence[Tensor]) -> Tensor:
+        e = torch.zeros(states[0].shape[0], dtype=states[-1].dtype, device=states[-1].device)
+        for sig, target in zip(self.signals, self.targets):
+            e = e + sig.loss(states[sig.layer], target)
+        return (self.base.beta * self.kappa) * e

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .registry import canonical_name
+from ..errors import ConfigError
+from ..registry import canonical_name
 
 __all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "config_from_dict", "read_yaml",
            "STUDY_KEYS"]
@@ -22,8 +23,6 @@ __all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "conf
 STUDY_KEYS = ("algorithms", "datasets", "seeds", "jobs")
 
 
-class ConfigError(ValueError):
-    """A config key, type or value that is not valid; the message says what is."""
 
 
 @dataclass
@@ -58,7 +57,9 @@ class TrainConfig:
     free_iterations: int = 20
     nudged_iterations: int = 8
     schedule: str = "asynchronous"
+    first: str = "even"  # asynchronous schedule: which parity of layers is updated first (the paper: even)
     dtype: str = "float32"
+    solver: str | None = None  # the relaxation solver; None: the model's default (messages; mod-pgd for pcn)
     nudged_precision: str = "same"  # nudged phases: same (as dtype) | full (float32) | deviation (16-bit on s - s_free)
     refine_iterations: int = 0  # deviation-mode iterations refining a 16-bit free state before the nudged phases
     tol: float | None = None  # stop a phase early once no state unit moves more than this in an iteration
@@ -109,20 +110,24 @@ class TrainConfig:
 
 
 def _choices() -> dict[str, list[str]]:
-    from .algorithms import NUDGED_PRECISIONS, algorithm_names
+    """Valid values of the name keys, read from the registries (models, rules, solvers, data sets, ...)."""
+    from ..core.layers import ACTIVATIONS
+    from ..core.nudging import COSTS
+    from ..core.relaxation import DTYPES, SCHEDULES, SOLVERS
+    from ..models.base import model_names
+    from ..models.hamiltonian import HRU_TYPES
+    from ..rules.base import algorithm_names
+    from ..rules.echo_learning import LOSS_AT, STACK_ECHOES
+    from ..rules.phases import INITS, NUDGED_PRECISIONS
+    from ..rules.signals import KAPPA_SCHEDULES
     from .data import dataset_names
-    from .echo_learning import LOSS_AT, STACK_ECHOES
-    from .hamiltonian import HRU_TYPES
-    from .intermediate_signals import KAPPA_SCHEDULES
-    from .layers import ACTIVATIONS
-    from .nudging import COSTS
-    from .relaxation import DTYPES
 
-    return {"dataset": dataset_names(), "model": ["dchn", "mlp", "pcn", "hssm", "vgg"], "algorithm": algorithm_names(),
-            "cost": sorted(COSTS), "schedule": ["asynchronous", "synchronous"], "dtype": sorted(DTYPES),
-            "init": ["zeros", "uniform"], "activation": sorted(ACTIVATIONS), "hru": sorted(HRU_TYPES),
-            "loss_at": list(LOSS_AT), "echo_stack": list(STACK_ECHOES), "signals": ["none", "le", "kd", "kdw"],
-            "kappa_schedule": list(KAPPA_SCHEDULES), "nudged_precision": list(NUDGED_PRECISIONS)}
+    return {"dataset": dataset_names(), "model": model_names(), "algorithm": algorithm_names(),
+            "cost": sorted(COSTS), "schedule": list(SCHEDULES), "first": ["even", "odd"], "dtype": sorted(DTYPES), "init": list(INITS),
+            "activation": sorted(ACTIVATIONS), "hru": sorted(HRU_TYPES), "loss_at": list(LOSS_AT),
+            "echo_stack": list(STACK_ECHOES), "signals": ["none", "le", "kd", "kdw"],
+            "kappa_schedule": list(KAPPA_SCHEDULES), "nudged_precision": list(NUDGED_PRECISIONS),
+            "solver": sorted(SOLVERS)}
 
 
 _POSITIVE = ("pool_every", "epochs", "batch_size", "free_iterations", "nudged_iterations", "image_size",
@@ -137,6 +142,8 @@ def validate(cfg: TrainConfig) -> None:
         setattr(cfg, key, _check_type(key, getattr(cfg, key), typ))
     for key, valid in _choices().items():
         value = getattr(cfg, key)
+        if value is None:  # an optional name key (solver): the default applies
+            continue
         match = canonical_name(value, valid)
         if match is None:
             raise ConfigError(f"config key {key!r}: {value!r} is not valid; choose one of {valid}")
@@ -155,19 +162,23 @@ def validate(cfg: TrainConfig) -> None:
     if any(lr < 0 for lr in cfg.lrs) or any(g <= 0 for g in cfg.gains) or any(c < 1 for c in cfg.channels):
         raise ConfigError(f"lrs must be >= 0, gains > 0 and channels >= 1; got lrs={cfg.lrs}, gains={cfg.gains}, "
                           f"channels={cfg.channels}")
-    from .algorithms import ALGORITHM_MODELS, algorithm_models
+    from ..models.base import MODELS, model_spec
+    from ..rules.base import ALGORITHMS, algorithm_families, algorithm_models
 
-    if cfg.model not in algorithm_models(cfg.algorithm):
-        fits = [a for a, models in ALGORITHM_MODELS.items() if cfg.model in models]
+    spec = model_spec(cfg.model)
+    if spec.family not in algorithm_families(cfg.algorithm):
+        fits = [a for a in ALGORITHMS if spec.family in algorithm_families(a)]
         raise ConfigError(f"algorithm {cfg.algorithm!r} does not train model {cfg.model!r} (it trains "
                           f"{list(algorithm_models(cfg.algorithm))}); algorithms for model {cfg.model!r}: {fits}")
     if cfg.signals != "none":
         if cfg.algorithm not in ("PEP", "NEP", "CEP"):
             raise ConfigError(f"signals={cfg.signals!r} need EP nudging: use algorithm PEP, NEP or CEP, not "
                               f"{cfg.algorithm!r}")
-        if cfg.signals in ("kd", "kdw") and cfg.model != "vgg":
-            raise ConfigError(f"signals={cfg.signals!r} distil a conv teacher's block logits: use model=vgg")
-    if cfg.model == "vgg" and (not cfg.blocks or any(not b or min(b) < 1 for b in cfg.blocks)):
+        if cfg.signals in ("kd", "kdw") and not spec.blocks:
+            blocky = [m for m, sp in MODELS.items() if sp.blocks]
+            raise ConfigError(f"signals={cfg.signals!r} distil a conv teacher's block logits: use model={blocky[0]}"
+                              if len(blocky) == 1 else f"signals={cfg.signals!r} need a model with blocks: {blocky}")
+    if spec.blocks and (not cfg.blocks or any(not b or min(b) < 1 for b in cfg.blocks)):
         raise ConfigError(f"config key 'blocks' must list non-empty lists of conv widths >= 1, got {cfg.blocks}")
     for key in ("dt", "epsilon", "tau"):
         if not getattr(cfg, key) > 0:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Any, Sequence
 
-from .interactions import Bias, ConvPool, Dense, Interaction
-from .layers import Layer
-from .network import EnergyNetwork
+from ..core.interactions import Bias, ConvPool, Dense, Interaction
+from ..core.kernels import set_fused_kernels
+from ..core.layers import Layer
+from ..core.network import EnergyNetwork
+from ..errors import ConfigError
+from .base import image_input, register_model
 
 __all__ = ["dchn", "hopfield_mlp", "DCHN_CHANNELS", "vgg_crnn", "VGG_ARCHS"]
 
@@ -126,3 +130,31 @@ def vgg_crnn(in_channels: int = 3, num_classes: int = 10, input_size: int = 32,
     net = EnergyNetwork(layers, inters)
     net.block_ends = block_ends
     return net
+
+
+# ---- registrations (config ``model=...``) ---------------------------------------------------------------------
+def _build_dchn(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> EnergyNetwork:
+    c, _, size = image_input("dchn", input_shape)
+    net = dchn(c, num_classes, input_size=size, channels=cfg.channels, gains=cfg.gains, activation=cfg.activation)
+    set_fused_kernels(net, cfg.fused_kernels)
+    return net
+
+
+def _build_mlp(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> EnergyNetwork:
+    sizes = [math.prod(input_shape)] + list(cfg.hidden) + [num_classes]
+    return hopfield_mlp(sizes, gains=cfg.gains, activation=cfg.activation)
+
+
+def _build_vgg(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> EnergyNetwork:
+    c, _, size = image_input("vgg", input_shape)
+    if size % 2 ** len(cfg.blocks):
+        raise ConfigError(f"model 'vgg': {len(cfg.blocks)} blocks pool the {size}x{size} input "
+                          f"{len(cfg.blocks)} times; the size must be divisible by {2 ** len(cfg.blocks)}")
+    net = vgg_crnn(c, num_classes, size, cfg.blocks, cfg.hidden, cfg.gains, cfg.activation)
+    set_fused_kernels(net, cfg.fused_kernels)
+    return net
+
+
+register_model("dchn", _build_dchn, "hopfield", description="Table 5's convolutional Hopfield net (channels, gains)")
+register_model("mlp", _build_mlp, "hopfield", flat_input=True, description="a dense Hopfield net (hidden, gains)")
+register_model("vgg", _build_vgg, "hopfield", blocks=True, description="VGG CRNN of the scalable-EP paper (blocks, hidden)")

@@ -25,19 +25,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .algorithms import LearningAlgorithm, get_algorithm
+from ..core.network import EnergyNetwork
+from ..core.relaxation import SolverSettings
+from ..models.base import build_model, model_spec
+from ..rules.base import LearningAlgorithm, algorithm_options, get_algorithm
+from ..rules.phases import Phases
+from ..rules.signals import KnowledgeDistillation, LocalError, WeightedKnowledgeDistillation, kappa_schedule
 from .config import ConfigError, TrainConfig, config_from_dict, parse_overrides
 from .data import ImageData, load_dataset
-from .intermediate_signals import KnowledgeDistillation, LocalError, WeightedKnowledgeDistillation, kappa_schedule
-from .models import dchn, hopfield_mlp, vgg_crnn
-from .kernels import set_fused_kernels
-from .network import EnergyNetwork
-from .hamiltonian import HamiltonianSSM
-from .predictive_coding import PredictiveCodingNetwork, pc_vgg
 from .optim import layer_rates, make_optimizer, make_scheduler
 from .teacher import ConvTeacher, TeacherFeatures, load_or_train_teacher
 
-__all__ = ["TrainConfig", "Trainer", "build_network", "build_algorithm", "load_data", "DivergenceError",
+__all__ = ["TrainConfig", "Trainer", "build_network", "build_algorithm", "build_phases", "load_data", "DivergenceError",
            "Interrupted", "evaluate", "topk_errors", "resolve_device", "load_run"]
 
 Callback = Callable[["Trainer", int, int], None]
@@ -50,37 +49,9 @@ def load_data(cfg: TrainConfig) -> ImageData:
                         verify_checksums=cfg.verify_checksums)
 
 
-def build_network(cfg: TrainConfig, in_shape: tuple[int, ...],
-                  num_classes: int) -> EnergyNetwork | PredictiveCodingNetwork:
-    """The network a config describes: "dchn" (Table 5's convolutional Hopfield net), "mlp", "pcn", or
-    "hssm" (Hamiltonian SSM reading images row by row, one HRU of each size in ``hidden``)."""
-    if cfg.model == "hssm":
-        if len(in_shape) != 3:
-            raise ConfigError(f"model 'hssm' reads images (C, H, W) row by row, got shape {in_shape}")
-        return HamiltonianSSM(in_shape[0] * in_shape[2], cfg.hidden, num_classes, hru=cfg.hru, dt=cfg.dt)
-    if cfg.model == "pcn":
-        if len(in_shape) != 3:
-            raise ConfigError(f"model 'pcn' needs image inputs (C, H, W), got shape {in_shape}")
-        return pc_vgg(in_shape[0], num_classes, in_shape[-1], cfg.channels, cfg.hidden, cfg.pool_every, cfg.gains,
-                      skip=cfg.skip)
-    if cfg.model == "vgg":
-        if len(in_shape) != 3:
-            raise ConfigError(f"model 'vgg' needs image inputs (C, H, W), got shape {in_shape}")
-        if in_shape[-1] % 2 ** len(cfg.blocks):
-            raise ConfigError(f"model 'vgg': {len(cfg.blocks)} blocks pool the {in_shape[-1]}x{in_shape[-1]} input "
-                              f"{len(cfg.blocks)} times; the size must be divisible by {2 ** len(cfg.blocks)}")
-        net = vgg_crnn(in_shape[0], num_classes, in_shape[-1], cfg.blocks, cfg.hidden, cfg.gains, cfg.activation)
-        set_fused_kernels(net, cfg.fused_kernels)
-        return net
-    if cfg.model == "dchn":
-        if len(in_shape) != 3:
-            raise ConfigError(f"model 'dchn' needs image inputs (C, H, W), got shape {in_shape}")
-        net = dchn(in_shape[0], num_classes, input_size=in_shape[-1], channels=cfg.channels, gains=cfg.gains,
-                   activation=cfg.activation)
-        set_fused_kernels(net, cfg.fused_kernels)
-        return net
-    sizes = [math.prod(in_shape)] + list(cfg.hidden) + [num_classes]
-    return hopfield_mlp(sizes, gains=cfg.gains, activation=cfg.activation)
+def build_network(cfg: TrainConfig, in_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
+    """The model a config describes (the model registry's builder for ``cfg.model``)."""
+    return build_model(cfg, in_shape, num_classes)
 
 
 def default_signal_layers(cfg: TrainConfig, network: EnergyNetwork) -> list[int]:
@@ -118,15 +89,28 @@ def build_signals(cfg: TrainConfig, network: EnergyNetwork, data: ImageData, dev
                                                              cfg.tau) for k in layers).to(device)
 
 
+def build_phases(cfg: TrainConfig) -> Phases | None:
+    """The relaxation phases a config describes (None for models that do not relax)."""
+    default = model_spec(cfg.model).solver
+    if default is None:
+        return None
+    settings = SolverSettings(cfg.schedule, cfg.first, cfg.tol, None if cfg.dtype == "float32" else cfg.dtype,
+                              cfg.channels_last)
+    return Phases(cfg.free_iterations, cfg.nudged_iterations, cfg.solver or default, settings, cfg.init,
+                  cfg.nudged_precision, cfg.refine_iterations, cfg.cuda_graphs)
+
+
 def build_algorithm(cfg: TrainConfig) -> LearningAlgorithm:
-    if cfg.model == "hssm":
-        return get_algorithm(cfg.algorithm, epsilon=cfg.epsilon, loss_at=cfg.loss_at, cost=cfg.cost,
-                             stack=cfg.echo_stack)
-    return get_algorithm(cfg.algorithm, beta=cfg.beta, free_iterations=cfg.free_iterations,
-                         nudged_iterations=cfg.nudged_iterations, cost=cfg.cost, schedule=cfg.schedule,
-                         dtype=None if cfg.dtype == "float32" else cfg.dtype, nudged_precision=cfg.nudged_precision,
-                         refine_iterations=cfg.refine_iterations,
-                         tol=cfg.tol, init=cfg.init, cuda_graphs=cfg.cuda_graphs, channels_last=cfg.channels_last)
+    """The learning rule a config describes, given the keywords its registration asks for."""
+    values = {"cost": cfg.cost, "beta": cfg.beta, "seed": cfg.seed, "epsilon": cfg.epsilon, "loss_at": cfg.loss_at,
+              "stack": cfg.echo_stack}
+    options = algorithm_options(cfg.algorithm)
+    if "phases" in options:
+        values["phases"] = build_phases(cfg)
+    try:
+        return get_algorithm(cfg.algorithm, **{k: values[k] for k in options})
+    except ValueError as exc:  # an invalid combination of settings is the config's fault
+        raise ConfigError(f"algorithm {cfg.algorithm}: {exc}") from None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -197,7 +181,7 @@ class Trainer:
         if self.device.type == "cuda":  # fixed shapes all run long: let cuDNN time its algorithms once
             torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
         self.data = load_data(cfg)
-        self.flatten = cfg.model == "mlp"
+        self.flatten = model_spec(cfg.model).flat_input
         self.flip = self.data.flip if cfg.flip is None else cfg.flip
         in_shape = (math.prod(self.data.image_shape),) if self.flatten else self.data.image_shape
         self.network = build_network(cfg, in_shape, self.data.num_classes).to(self.device)

@@ -9,12 +9,16 @@ the other layers fixed. With max-pooling, Phi is piecewise bilinear and the same
 Schedules (appendix C):
 - ``synchronous``: every free layer is updated from the previous iterate (eq. 99);
 - ``asynchronous``: even layers first, then odd layers using the fresh even layers (eqs. 100-101).
-  ``first="even"`` is the paper's order and the default; ``first="odd"`` reverses it. Both orders have the
-  same fixed points but differ after a few iterations.
+  ``first="even"`` is the paper's order and the default; ``first="odd"`` reverses it (the order of the
+  comparative study's public code). The two orders can settle in different fixed points.
 
-Engines: ``"messages"`` (default) uses the interactions' explicit messages and computes each interaction's
+Solvers (one signature, ``solver(network, states, iterations, nudge=None, record=False) -> RelaxResult``,
+settings in a frozen :class:`SolverSettings`, looked up by name in :data:`SOLVERS`):
+``"messages"`` (default) uses the interactions' explicit messages and computes each interaction's
 convolution once per (half-)iteration, reusing its pooling indices for the transposed message;
-``"autograd"`` recomputes dPhi/ds by autograd every half-iteration and is the reference used in tests.
+``"autograd"`` recomputes dPhi/ds by autograd every half-iteration and is the reference used in tests;
+``"deviation"`` is the messages solver in deviation mode (below); ``"graphed"`` replays a captured CUDA graph
+of the messages solver. Register another with :func:`register_solver`; :func:`relax` is the functional form.
 
 Deviation mode (``deviation=True``, for nudged phases): states are kept in the parameters' precision and
 written s = s0 + d around the phase's initial (free) state s0. Each message P(A s) is computed as
@@ -27,8 +31,8 @@ C-EP contrast divides by 2 beta survives, at the cost of 16-bit convolutions.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -37,10 +41,12 @@ from .kernels import compiled, sum_messages
 from .network import EnergyNetwork, State
 from .nudging import Nudge
 
-__all__ = ["relax", "relax_graphed", "RelaxResult", "Trajectory", "SCHEDULES", "ENGINES", "layer_groups"]
+__all__ = ["relax", "relax_graphed", "RelaxResult", "Trajectory", "SolverStats", "SolverSettings", "Solver",
+           "MessagesSolver", "AutogradSolver", "DeviationSolver", "GraphedSolver", "SOLVERS", "register_solver",
+           "get_solver", "SOLVER_REFERENCES", "SCHEDULES", "DTYPES", "even_odd_groups", "layer_groups", "resolve_dtype"]
 
 SCHEDULES = ("asynchronous", "synchronous")
-ENGINES = ("messages", "autograd")
+FIRST = ("even", "odd")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
 
@@ -55,15 +61,27 @@ class Trajectory:
 
 
 @dataclass
+class SolverStats:
+    """Per-sample statistics of a phase: the iterations each sample needed to move less than ``tol`` (all of
+    them where it never did, or without ``tol``) and its largest unit change in the last iteration."""
+
+    iterations: Tensor  # (B,) int64
+    change: Tensor  # (B,) float32
+
+
+@dataclass
 class RelaxResult:
-    """Relaxed states, the number of iterations actually run and, if recorded, the trajectory."""
+    """Relaxed states, the number of iterations run, the trajectory (``record``) and per-sample statistics
+    (computed when ``tol`` or ``record`` is set)."""
 
     states: State
     iterations: int
     trajectory: Trajectory | None = None
+    stats: SolverStats | None = None
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A dtype from its name ("bfloat16", ...); None stays None (the parameters' dtype)."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     try:
@@ -72,19 +90,48 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
         raise ValueError(f"unknown dtype {dtype!r}; valid dtypes are {sorted(DTYPES)}") from None
 
 
-def layer_groups(network: EnergyNetwork, schedule: str, first: str = "even",
-                 clamp_output: bool = False) -> list[list[int]]:
-    """Groups of layers updated together: one group (synchronous) or even/odd groups (asynchronous)."""
-    free = [k for k in range(1, network.num_layers) if not (clamp_output and k == network.output_index)]
+@dataclass(frozen=True)
+class SolverSettings:
+    """How a solver iterates: the schedule (eq. 99 or eqs. 100-101), which parity goes first, early stopping
+    once no unit moves more than ``tol``, the precision of states and weight casts (None: the parameters'),
+    and channels-last storage of image-shaped states and conv weights (faster cuDNN on GPUs)."""
+
+    schedule: str = "asynchronous"
+    first: str = "even"
+    tol: float | None = None
+    dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; valid schedules are {list(SCHEDULES)}")
+        if self.first not in FIRST:
+            raise ValueError(f"first must be 'even' or 'odd', got {self.first!r}")
+        if self.tol is not None and not self.tol > 0:
+            raise ValueError(f"tol must be None or > 0, got {self.tol}")
+        object.__setattr__(self, "dtype", resolve_dtype(self.dtype))
+
+
+def even_odd_groups(free: Sequence[int], schedule: str = "asynchronous", first: str = "even") -> list[list[int]]:
+    """The layers updated together: all at once (synchronous, eq. 99) or the even then the odd layers
+    (asynchronous, eqs. 100-101; ``first="odd"`` reverses the order). Shared by every layered solver."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; valid schedules are {list(SCHEDULES)}")
+    if first not in FIRST:
+        raise ValueError(f"first must be 'even' or 'odd', got {first!r}")
+    free = list(free)
     if schedule == "synchronous":
         return [free]
-    if schedule != "asynchronous":
-        raise ValueError(f"unknown schedule {schedule!r}; valid schedules are {list(SCHEDULES)}")
-    if first not in ("even", "odd"):
-        raise ValueError(f"first must be 'even' or 'odd', got {first!r}")
     even = [k for k in free if k % 2 == 0]
     odd = [k for k in free if k % 2 == 1]
     return [g for g in ((even, odd) if first == "even" else (odd, even)) if g]
+
+
+def layer_groups(network: EnergyNetwork, schedule: str, first: str = "even",
+                 clamp_output: bool = False) -> list[list[int]]:
+    """:func:`even_odd_groups` of a network's free layers (without the output when it is clamped)."""
+    free = [k for k in range(1, network.num_layers) if not (clamp_output and k == network.output_index)]
+    return even_odd_groups(free, schedule, first)
 
 
 def _diagnostics(network: EnergyNetwork, states: State, nudge: Nudge | None) -> tuple[float, float]:
@@ -107,32 +154,14 @@ def _diagnostics(network: EnergyNetwork, states: State, nudge: Nudge | None) -> 
         return float(e.mean()), float(torch.as_tensor(sq).sqrt().mean())
 
 
-def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudge | None = None,
-          schedule: str = "asynchronous", first: str = "even", tol: float | None = None,
-          dtype: torch.dtype | str | None = None, record: bool = False, engine: str = "messages",
-          channels_last: bool = False, deviation: bool = False) -> RelaxResult:
-    """Run up to ``iterations`` fixed-point iterations from ``states`` (not modified in place).
-
-    ``tol`` stops early once the largest absolute change of any state unit in an iteration is below it;
-    ``channels_last`` stores image-shaped states and conv weights channels-last (faster cuDNN on GPUs);
-    ``dtype`` runs the relaxation in that precision (states and casts of the weights; None: the parameters'
-    dtype) while parameters stay as they are; ``deviation`` keeps states in the parameters' precision and runs
-    only the convolutions of the deviation from the initial states in ``dtype`` (module docstring); ``record``
-    fills a :class:`Trajectory`. Autograd tracks the iterations if grad is enabled (used by truncated backprop and
-    BPTT). A network switched to fused kernels (:func:`~eqprop.kernels.set_fused_kernels`) uses them on CUDA
-    when grad is disabled.
-    """
+def _iterate(network: EnergyNetwork, states: State, iterations: int, nudge: Nudge | None, settings: SolverSettings,
+             engine: str, deviation: bool, record: bool) -> RelaxResult:
+    """The fixed-point iterations shared by the messages, autograd and deviation solvers."""
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; valid engines are {list(ENGINES)}")
-    dtype = resolve_dtype(dtype)
+    dtype, schedule, first, tol = settings.dtype, settings.schedule, settings.first, settings.tol
+    channels_last = settings.channels_last
     pdtype = next(network.parameters()).dtype
-    if engine == "autograd" and dtype is not None and dtype != pdtype:
-        raise ValueError("the autograd reference engine runs in the parameters' dtype; use engine='messages' "
-                         f"for dtype={dtype}")
-    if deviation and engine != "messages":
-        raise ValueError("deviation mode needs engine='messages' (it splits the explicit messages)")
     state_dtype = pdtype if deviation or dtype is None else dtype
     states = [s if state_dtype is None else s.to(state_dtype) for s in states]
     if channels_last:
@@ -190,6 +219,8 @@ def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudg
         return sigma.project(m)
 
     used = 0
+    sample_change: Tensor | None = None  # per sample: the largest change of any unit in the last iteration
+    converged_at: Tensor | None = None  # per sample: the first iteration whose change was below tol
     for _ in range(iterations):
         before = [states[k] for k in free] if (tol is not None or record) else None
         for g, group in enumerate(groups):
@@ -204,7 +235,13 @@ def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudg
         change = None
         if before is not None:
             with torch.no_grad():
-                change = max(float((states[k] - b).abs().max()) for k, b in zip(free, before)) if free else 0.0
+                sample_change = _sample_change([states[k] for k in free], before)
+                change = float(sample_change.max()) if free else 0.0
+                if tol is not None:
+                    done = sample_change < tol
+                    if converged_at is None:
+                        converged_at = torch.full_like(sample_change, float(iterations), dtype=torch.float32)
+                    converged_at = torch.where(done & (converged_at > used), float(used), converged_at)
         if traj is not None:
             e, r = _diagnostics(network, states, nudge)
             traj.energy.append(e)
@@ -212,7 +249,142 @@ def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudg
             traj.change.append(change if change is not None else float("nan"))
         if tol is not None and change is not None and change < tol:
             break
-    return RelaxResult(states, used, traj)
+    stats = None
+    if sample_change is not None:
+        its = converged_at if converged_at is not None else torch.full_like(sample_change, float(used))
+        stats = SolverStats(its.clamp(max=used).long(), sample_change)
+    return RelaxResult(states, used, traj, stats)
+
+
+def _sample_change(after: list[Tensor], before: list[Tensor]) -> Tensor:
+    """Per sample, the largest absolute change of any unit between two lists of layer states."""
+    if not after:
+        return torch.zeros(before[0].shape[0] if before else 0)
+    per_layer = [(a - b).abs().flatten(1).amax(1).float() for a, b in zip(after, before)]
+    return torch.stack(per_layer).amax(0)
+
+
+
+# ---- solvers ------------------------------------------------------------------------------------------------
+class Solver:
+    """A relaxation method: ``solver(network, states, iterations, nudge=None, record=False) -> RelaxResult``.
+
+    ``states`` are not modified in place. Autograd tracks the iterations when grad is enabled (truncated
+    backprop and BPTT use that). Subclasses implement :meth:`__call__`; ``settings`` are frozen."""
+
+    name = "solver"
+
+    def __init__(self, settings: SolverSettings | None = None, **changes: Any) -> None:
+        self.settings = replace(settings or SolverSettings(), **changes)
+
+    def __call__(self, network: Any, states: State, iterations: int, nudge: Nudge | None = None,
+                 record: bool = False) -> RelaxResult:
+        raise NotImplementedError
+
+    def with_settings(self, **changes: Any) -> "Solver":
+        """The same solver with some settings changed."""
+        return type(self)(replace(self.settings, **changes))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.settings})"
+
+
+SOLVERS: dict[str, Callable[..., Solver]] = {}
+SOLVER_REFERENCES: dict[str, str] = {}  # solver -> its autograd reference (engine="autograd")
+
+
+def register_solver(name: str, reference: str | None = None) -> Callable[[type[Solver]], type[Solver]]:
+    """Class decorator: make a solver available by name (``get_solver``, configs' ``solver`` key);
+    ``reference`` names the solver that computes the same iterations by autograd (tests, ``engine``)."""
+
+    def deco(cls: type[Solver]) -> type[Solver]:
+        SOLVERS[name] = cls
+        cls.name = name
+        if reference is not None:
+            SOLVER_REFERENCES[name] = reference
+        return cls
+
+    return deco
+
+
+def get_solver(name: str, settings: SolverSettings | None = None, **changes: Any) -> Solver:
+    """A solver by name with ``settings`` (and changes to them); an unknown name lists the valid ones."""
+    try:
+        factory = SOLVERS[name]
+    except KeyError:
+        raise ValueError(f"unknown solver {name!r}; valid solvers are {sorted(SOLVERS)}") from None
+    return factory(settings, **changes)
+
+
+@register_solver("messages", reference="autograd")
+class MessagesSolver(Solver):
+    """Fixed-point iterations through the interactions' explicit messages (the default)."""
+
+    deviation = False
+
+    def __call__(self, network, states, iterations, nudge=None, record=False):
+        return _iterate(network, states, iterations, nudge, self.settings, "messages", self.deviation, record)
+
+
+@register_solver("autograd")
+class AutogradSolver(Solver):
+    """Fixed-point iterations with dPhi/ds recomputed by autograd (the reference for the messages)."""
+
+    def __call__(self, network, states, iterations, nudge=None, record=False):
+        pdtype = next(network.parameters()).dtype
+        if self.settings.dtype is not None and self.settings.dtype != pdtype:
+            raise ValueError("the autograd reference solver runs in the parameters' dtype; use the messages "
+                             f"solver for dtype={self.settings.dtype}")
+        return _iterate(network, states, iterations, nudge, self.settings, "autograd", False, record)
+
+
+@register_solver("deviation")
+class DeviationSolver(MessagesSolver):
+    """The messages solver in deviation mode: states in the parameters' precision, only the convolutions of
+    s - s0 in ``dtype`` (module docstring); keeps a 16-bit C-EP contrast."""
+
+    deviation = True
+
+
+@register_solver("graphed")
+class GraphedSolver(Solver):
+    """Replays a CUDA graph of ``inner`` (the messages solver by default), captured once per shapes and
+    settings: no per-kernel launch overhead. Falls back to ``inner`` where a graph cannot hold the phase
+    (CPU tensors, autograd, early stopping, recording, hidden-layer nudges)."""
+
+    def __init__(self, settings: SolverSettings | None = None, inner: Solver | None = None, **changes: Any) -> None:
+        super().__init__(settings, **changes)
+        self.inner = inner if inner is not None else MessagesSolver(self.settings)
+
+    def with_settings(self, **changes: Any) -> "GraphedSolver":
+        inner = self.inner.with_settings(**changes)
+        return GraphedSolver(inner.settings, inner=inner)
+
+    def __call__(self, network, states, iterations, nudge=None, record=False):
+        s = self.inner.settings
+        if (not states[0].is_cuda or torch.is_grad_enabled() or s.tol is not None or record
+                or not isinstance(self.inner, MessagesSolver) or (nudge is not None and nudge.hidden_layers)):
+            return self.inner(network, states, iterations, nudge, record)
+        return relax_graphed(network, states, iterations, nudge=nudge, schedule=s.schedule, first=s.first,
+                             dtype=s.dtype, channels_last=s.channels_last, deviation=self.inner.deviation)
+
+
+def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudge | None = None,
+          schedule: str = "asynchronous", first: str = "even", tol: float | None = None,
+          dtype: torch.dtype | str | None = None, record: bool = False, engine: str = "messages",
+          channels_last: bool = False, deviation: bool = False) -> RelaxResult:
+    """Run up to ``iterations`` fixed-point iterations from ``states``: the functional form of the solvers.
+
+    ``engine`` names the solver ("messages", "autograd"); ``deviation=True`` picks the deviation solver.
+    Every other keyword is a :class:`SolverSettings` field.
+    """
+    if engine not in ("messages", "autograd"):
+        raise ValueError(f"unknown engine {engine!r}; valid engines are ['autograd', 'messages']")
+    if deviation and engine != "messages":
+        raise ValueError("deviation mode needs engine='messages' (it splits the explicit messages)")
+    settings = SolverSettings(schedule, first, tol, resolve_dtype(dtype), channels_last)
+    solver = get_solver("deviation" if deviation else engine, settings)
+    return solver(network, states, iterations, nudge, record)
 
 
 def _relaxation_params(network: EnergyNetwork, dtype: torch.dtype | None, channels_last: bool) -> dict:

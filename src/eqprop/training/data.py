@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from .registry import canonical_name
+from ..errors import DataError
+from ..registry import canonical_name
 
 __all__ = ["ImageData", "DatasetSpec", "DATASETS", "register_dataset", "dataset_spec", "dataset_names",
            "load_dataset", "load_digits", "load_mnist", "read_idx", "random_flip", "random_crop", "FolderImages",
@@ -71,7 +72,7 @@ class ImageData:
     def normalized(self, split: str = "train", flatten: bool = False) -> TensorDataset:
         """The whole split, normalised and not augmented, as a ``TensorDataset``."""
         if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+            raise DataError(f"split must be 'train' or 'test', got {split!r}")
         images, labels = (self.train_images, self.train_labels) if split == "train" else (self.test_images,
                                                                                             self.test_labels)
         return TensorDataset(self.prepare(images, flatten=flatten), labels)
@@ -111,9 +112,9 @@ def load_digits(image_size: int = 8, test_fraction: float = 0.2, seed: int = 0) 
     from sklearn.model_selection import train_test_split
 
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
     if image_size < 8:
-        raise ValueError(f"digits images are 8x8; image_size must be >= 8, got {image_size}")
+        raise DataError(f"digits images are 8x8; image_size must be >= 8, got {image_size}")
     data = sk_digits()
     x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
     if image_size != 8:
@@ -131,15 +132,15 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path} is not an IDX file (bad magic number)")
+        raise DataError(f"{path} is not an IDX file (bad magic number)")
     dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     code, ndim = raw[2], raw[3]
     if code not in dtypes:
-        raise ValueError(f"{path}: unknown IDX data type code 0x{code:02x}")
+        raise DataError(f"{path}: unknown IDX data type code 0x{code:02x}")
     shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=dtypes[code], offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says shape {shape} but the file holds {data.size} values")
+        raise DataError(f"{path}: header says shape {shape} but the file holds {data.size} values")
     return data.reshape(shape)
 
 
@@ -306,7 +307,7 @@ def dataset_spec(name: str) -> DatasetSpec:
     canonical = canonical_name(name, DATASETS)
     if canonical is not None:
         return DATASETS[canonical]
-    raise ValueError(f"unknown dataset {name!r}; valid datasets are {dataset_names()}")
+    raise DataError(f"unknown dataset {name!r}; valid datasets are {dataset_names()}")
 
 
 def _files(fn: Callable[..., ImageData], checksums: bool) -> Callable[..., ImageData]:
@@ -393,7 +394,7 @@ def load_image_folder(data_dir: str | os.PathLike, image_size: int = 64, limit_t
         splits[split] = ImageFolder(str(root / split))
     train, val = splits["train"], splits["val"]
     if train.classes != val.classes:
-        raise ValueError(f"{name}: train/ and val/ have different class folders ({len(train.classes)} vs "
+        raise DataError(f"{name}: train/ and val/ have different class folders ({len(train.classes)} vs "
                          f"{len(val.classes)})")
 
     def subset(samples: list[tuple[str, int]], limit: int | None, offset: int) -> tuple[list[str], Tensor]:
@@ -412,7 +413,7 @@ def load_image_folder(data_dir: str | os.PathLike, image_size: int = 64, limit_t
 def _image_folder(data_dir: str | None, image_size: int, seed: int, limit_train: int | None, limit_test: int | None,
                   download: bool, verify_checksums: bool) -> ImageData:
     if download:
-        raise ValueError("imagenet cannot be downloaded automatically; place the train/ and val/ folders in "
+        raise DataError("imagenet cannot be downloaded automatically; place the train/ and val/ folders in "
                          "data_dir (download=false)")
     return load_image_folder(data_dir, image_size, limit_train, limit_test, seed)  # type: ignore[arg-type]
 
@@ -431,7 +432,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, image_
     """Load a registered data set by name; a file-based set without ``data_dir`` is an error that says so."""
     spec = dataset_spec(name)
     if spec.needs_files and data_dir is None:
-        raise ValueError(f"the {spec.name} data set is read from files: set data_dir to the folder holding them "
+        raise DataError(f"the {spec.name} data set is read from files: set data_dir to the folder holding them "
                          "(add download=true to fetch them where internet is available)")
     return spec.loader(None if data_dir is None else str(data_dir), image_size, seed, limit_train, limit_test,
                        download, verify_checksums)

@@ -131,7 +131,7 @@ def _cell(values: list[float]) -> str:
 def results_table(run_dirs: Sequence[str | Path], metric: str = "final") -> str:
     """Markdown table in Table 1's layout: rows = algorithms, columns = (data set: test, train) error in %,
     mean ± sample std over seeds, from each run's final epoch (``metric='best'``: its lowest test error)."""
-    from .algorithms import algorithm_names
+    from ..rules.base import algorithm_names
     from .data import dataset_names
 
     if metric not in ("final", "best"):

@@ -1,0 +1,102 @@
+"""The model interface and the model registry.
+
+:class:`EnergyModel` writes down what the learning rules, the Trainer and :func:`~eqprop.training.trainer.evaluate`
+need of a model. :func:`register_model` makes a model family available to configs (``model=NAME``), to the
+algorithm/model compatibility check (a rule declares the *families* it trains) and to the Trainer, which reads
+everything model-specific from the :class:`ModelSpec`: the builder, whether inputs are flattened, the default
+relaxation solver.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+
+from torch import Tensor, nn
+
+from ..core.relaxation import RelaxResult
+from ..errors import ConfigError
+from ..registry import canonical_name
+
+__all__ = ["EnergyModel", "ModelSpec", "MODELS", "register_model", "model_spec", "model_names", "build_model"]
+
+
+@runtime_checkable
+class EnergyModel(Protocol):
+    """What a model trained by this library provides (an ``nn.Module``).
+
+    - ``layer_parameters()``: parameter groups, one per layer (the per-layer learning rates of Table 5);
+    - ``num_classes`` and ``input_shape`` (per sample);
+    - ``free_phase(x, solver, iterations, init)``: the free equilibrium as a :class:`RelaxResult` whose last
+      state is the output (a Hopfield net relaxes; a PCN returns its forward pass);
+    - ``energy_param_grads(states)``: dE/dtheta at fixed states (batch mean), in ``parameters()`` order.
+
+    Optional: ``init_state(x, init)`` (the start of the relaxation, needed by BPTT) and ``exact_free_phase``
+    (True where the free phase is an exact equilibrium, so a beta = 0 phase need not be relaxed).
+    """
+
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def layer_parameters(self) -> list[list[nn.Parameter]]: ...
+
+    def free_phase(self, x: Tensor, solver: Any, iterations: int, init: str = "zeros") -> RelaxResult: ...
+
+    def energy_param_grads(self, states: list[Tensor]) -> list[Tensor]: ...
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model family member: ``builder(cfg, input_shape, num_classes)`` returns the model.
+
+    ``family`` is what learning rules declare they train ("hopfield", "pcn", "hssm"); ``flat_input`` feeds
+    images flattened; ``solver`` is the relaxation solver its rules use by default (None: no relaxation);
+    ``blocks``: the model marks VGG block ends (``block_ends``), where KD signals attach."""
+
+    name: str
+    builder: Callable[[Any, tuple[int, ...], int], nn.Module]
+    family: str
+    flat_input: bool = False
+    solver: str | None = "messages"
+    blocks: bool = False
+    description: str = ""
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, builder: Callable[[Any, tuple[int, ...], int], nn.Module], family: str, *,
+                   flat_input: bool = False, solver: str | None = "messages", blocks: bool = False,
+                   description: str = "") -> ModelSpec:
+    """Register a model under ``name`` (config ``model=name``); see :class:`ModelSpec` for the fields."""
+    spec = ModelSpec(name, builder, family, flat_input, solver, blocks, description)
+    MODELS[name] = spec
+    return spec
+
+
+def model_names() -> list[str]:
+    return list(MODELS)
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The spec of a registered model; an unknown name lists the valid ones."""
+    canonical = canonical_name(name, MODELS)
+    if canonical is None:
+        raise ValueError(f"unknown model {name!r}; valid models are {model_names()}")
+    return MODELS[canonical]
+
+
+def build_model(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The model ``cfg.model`` names, built for inputs of ``input_shape`` (flattened if the model asks)."""
+    return model_spec(cfg.model).builder(cfg, input_shape, num_classes)
+
+
+def image_input(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """Check that a model that needs images gets (C, H, W)."""
+    if len(input_shape) != 3:
+        raise ConfigError(f"model {name!r} needs image inputs (C, H, W), got shape {input_shape}")
+    return input_shape  # type: ignore[return-value]

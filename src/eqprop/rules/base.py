@@ -1,0 +1,150 @@
+"""Learning rules: what every rule provides, and the registry the Trainer and the configs read.
+
+A rule's ``step(model, x, labels)`` runs its phases and writes an estimate of dC/dtheta (the descent direction,
+so ``optimizer.step()`` performs theta <- theta - eta * estimate) into ``p.grad`` of every parameter. A new rule
+is one :class:`LearningAlgorithm` subclass implementing :meth:`~LearningAlgorithm.gradients` (and, where its
+free phase is not the model's equilibrium, :meth:`~LearningAlgorithm.free_phase`), plus one
+:func:`register_algorithm` call naming the model families it trains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from ..core.nudging import Cost, get_cost, one_hot
+from ..core.relaxation import RelaxResult
+from ..registry import canonical_name
+from .phases import Phases
+
+__all__ = ["LearningAlgorithm", "RelaxingAlgorithm", "StepResult", "write_grads", "ALGORITHMS",
+           "ALGORITHM_FAMILIES", "ALGORITHM_OPTIONS", "register_algorithm", "get_algorithm", "algorithm_names", "algorithm_families",
+           "algorithm_models", "algorithm_options"]
+
+
+@dataclass
+class StepResult:
+    """What a training step measured at the free state."""
+
+    loss: Tensor  # per-sample cost C(o_*, y)
+    output: Tensor  # free output o_*
+    free: RelaxResult
+    grads: list[Tensor | None]
+
+
+def write_grads(model: torch.nn.Module, grads: list[Tensor | None]) -> None:
+    """Write an estimate into ``p.grad`` (in ``model.parameters()`` order), in each parameter's dtype."""
+    for p, g in zip(model.parameters(), grads):
+        p.grad = None if g is None else g.detach().to(p.dtype)
+
+
+class LearningAlgorithm:
+    """A learning rule: a cost and a way to estimate dC/dtheta. Subclasses implement ``gradients`` and
+    ``free_phase`` (the prediction the output is read from)."""
+
+    name = "algorithm"
+
+    def __init__(self, cost: str | Cost = "squared_error") -> None:
+        self.cost = get_cost(cost) if isinstance(cost, str) else cost
+
+    def free_phase(self, model: Any, x: Tensor) -> RelaxResult:
+        """The model's prediction for ``x``; its last state is the output."""
+        raise NotImplementedError
+
+    def targets(self, model: Any, labels: Tensor) -> Tensor:
+        """The one-hot targets y of integer labels."""
+        return one_hot(labels, model.num_classes).to(labels.device)
+
+    def gradients(self, model: Any, x: Tensor, y: Tensor, free: RelaxResult) -> list[Tensor | None]:
+        """Estimate dC/dtheta given the free phase; ``y`` is the one-hot target."""
+        raise NotImplementedError
+
+    def step(self, model: Any, x: Tensor, labels: Tensor) -> StepResult:
+        """Free phase + gradient estimate, written into ``p.grad`` of every parameter."""
+        y = self.targets(model, labels)
+        free = self.free_phase(model, x)
+        grads = self.gradients(model, x, y, free)
+        write_grads(model, grads)
+        o = free.states[-1].float()
+        return StepResult(self.cost(o, y).detach(), o.detach(), free, grads)
+
+    def __repr__(self) -> str:
+        return f"{self.name}(cost={self.cost.name})"
+
+
+class RelaxingAlgorithm(LearningAlgorithm):
+    """A rule whose free phase is an energy minimisation run by :class:`~eqprop.rules.phases.Phases`.
+
+    ``phases`` may be given whole, or built from flat keywords (``free_iterations``, ``nudged_iterations``,
+    ``schedule``, ``dtype``, ``engine``, ... see :meth:`Phases.from_options`)."""
+
+    default_solver = "messages"
+
+    def __init__(self, *, cost: str | Cost = "squared_error", phases: Phases | None = None,
+                 **phase_options: Any) -> None:
+        super().__init__(cost)
+        if phases is not None and phase_options:
+            raise ValueError(f"give either phases or phase options, not both (got {sorted(phase_options)})")
+        if phases is None:
+            phase_options.setdefault("solver", self.default_solver)
+            phases = Phases.from_options(**phase_options)
+        self.phases = phases
+
+    def free_phase(self, model: Any, x: Tensor) -> RelaxResult:
+        return self.phases.free(model, x)
+
+    def __repr__(self) -> str:
+        return f"{self.name}({self.phases.describe()}, cost={self.cost.name})"
+
+
+# ---- registry ----------------------------------------------------------------------------------------------
+ALGORITHMS: dict[str, Callable[..., LearningAlgorithm]] = {}
+ALGORITHM_FAMILIES: dict[str, tuple[str, ...]] = {}  # the model families each rule trains
+ALGORITHM_OPTIONS: dict[str, tuple[str, ...]] = {}  # the keywords the Trainer passes to each rule's factory
+
+
+def register_algorithm(name: str, factory: Callable[..., LearningAlgorithm], families: tuple[str, ...] = ("hopfield",),
+                       options: tuple[str, ...] = ("cost", "phases")) -> None:
+    """Register a learning algorithm factory under ``name`` (looked up case-insensitively, '-' ignored), with
+    the model families it trains (see :func:`eqprop.models.register_model`) and the keywords the Trainer
+    builds it with (from ``cost``, ``phases``, ``beta``, ``seed``, ``epsilon``, ``loss_at``, ``stack``)."""
+    ALGORITHMS[name] = factory
+    ALGORITHM_FAMILIES[name] = tuple(families)
+    ALGORITHM_OPTIONS[name] = tuple(options)
+
+
+def algorithm_names() -> list[str]:
+    return list(ALGORITHMS)
+
+
+def _canonical(name: str) -> str:
+    canonical = canonical_name(name, ALGORITHMS)
+    if canonical is None:
+        raise ValueError(f"unknown algorithm {name!r}; valid algorithms are {algorithm_names()}")
+    return canonical
+
+
+def get_algorithm(name: str, **kwargs: Any) -> LearningAlgorithm:
+    """Build an algorithm by name ("CEP", "C-EP", "ncpl", "TBP", ...); an unknown name lists the valid ones."""
+    return ALGORITHMS[_canonical(name)](**kwargs)
+
+
+def algorithm_options(name: str) -> tuple[str, ...]:
+    """The keywords the Trainer passes to an algorithm's factory."""
+    return ALGORITHM_OPTIONS[_canonical(name)]
+
+
+def algorithm_families(name: str) -> tuple[str, ...]:
+    """The model families an algorithm trains."""
+    return ALGORITHM_FAMILIES[_canonical(name)]
+
+
+def algorithm_models(name: str) -> tuple[str, ...]:
+    """The registered models (config ``model`` values) an algorithm trains."""
+    from ..models.base import MODELS
+
+    families = algorithm_families(name)
+    return tuple(m for m, spec in MODELS.items() if spec.family in families)

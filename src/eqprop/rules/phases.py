@@ -1,0 +1,109 @@
+"""The phases of a learning step (appendix D): a free phase of T iterations from the initial state, then nudged
+phases of K iterations from the free state, each run by a relaxation solver.
+
+:class:`Phases` is the one object a relaxing learning rule holds besides its cost and nudging values. Which
+solver runs a phase follows from the settings: the nudged phases run in the parameters' precision
+(``nudged_precision="full"``) or in deviation mode around the free state (``"deviation"``), a refinement of
+a 16-bit free state runs in deviation mode, and ``cuda_graphs`` replays captured graphs on GPUs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..core.nudging import Nudge
+from ..core.relaxation import (SOLVER_REFERENCES, SOLVERS, GraphedSolver, RelaxResult, Solver, SolverSettings,
+                               get_solver)
+
+__all__ = ["Phases", "NUDGED_PRECISIONS", "INITS"]
+
+# Precision of the nudged phases: "same" as the free phase; "full": the parameters' precision; "deviation":
+# states in the parameters' precision, convolutions of the deviation from the free state in ``dtype``.
+NUDGED_PRECISIONS = ("same", "full", "deviation")
+INITS = ("zeros", "uniform")
+_SETTINGS = ("schedule", "first", "tol", "dtype", "channels_last")
+
+
+@dataclass(frozen=True)
+class Phases:
+    """Iteration counts (T, K), the solver and its settings, the initial state, and the precision options."""
+
+    free_iterations: int = 60
+    nudged_iterations: int = 15
+    solver: str = "messages"
+    settings: SolverSettings = field(default_factory=SolverSettings)
+    init: str = "zeros"
+    nudged_precision: str = "same"
+    refine_iterations: int = 0
+    cuda_graphs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.free_iterations < 1 or self.nudged_iterations < 1:
+            raise ValueError(f"iteration counts must be >= 1, got T={self.free_iterations}, "
+                             f"K={self.nudged_iterations}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"unknown solver {self.solver!r}; valid solvers are {sorted(SOLVERS)}")
+        if self.init not in INITS:
+            raise ValueError(f"unknown initial state mode {self.init!r}; valid modes are {sorted(INITS)}")
+        if self.nudged_precision not in NUDGED_PRECISIONS:
+            raise ValueError(f"unknown nudged_precision {self.nudged_precision!r}; valid values are "
+                             f"{list(NUDGED_PRECISIONS)}")
+        if self.refine_iterations < 0:
+            raise ValueError(f"refine_iterations must be >= 0, got {self.refine_iterations}")
+        if (self.nudged_precision == "deviation" or self.refine_iterations) and self.solver != "messages":
+            raise ValueError("deviation-mode nudged phases and refinement need the messages solver, "
+                             f"not {self.solver!r}")
+
+    @classmethod
+    def from_options(cls, solver: str = "messages", engine: str = "messages", **options: Any) -> "Phases":
+        """Phases from flat keywords: the :class:`SolverSettings` fields, the fields of this class, and
+        ``engine="autograd"`` for the autograd reference of ``solver``."""
+        if engine not in ("messages", "autograd"):
+            raise ValueError(f"unknown engine {engine!r}; valid engines are ['autograd', 'messages']")
+        if engine == "autograd":
+            solver = SOLVER_REFERENCES.get(solver, solver)
+        valid = set(_SETTINGS) | {f.name for f in fields(cls)} - {"solver", "settings"}
+        unknown = sorted(set(options) - valid)
+        if unknown:
+            raise TypeError(f"unknown option(s) {unknown} for this rule; its phase options are {sorted(valid)} "
+                            "plus solver and engine")
+        settings = SolverSettings(**{k: options.pop(k) for k in _SETTINGS if k in options})
+        return cls(solver=solver, settings=settings, **options)
+
+    def solver_for(self, phase: str = "free") -> Solver:
+        """The solver of a phase: "free", "nudged" or "refine" (module docstring)."""
+        name, settings = self.solver, self.settings
+        if phase == "refine" or (phase == "nudged" and self.nudged_precision == "deviation"):
+            name = "deviation"
+        elif phase == "nudged" and self.nudged_precision == "full":
+            settings = replace(settings, dtype=None)
+        solver = get_solver(name, settings)
+        return GraphedSolver(settings, inner=solver) if self.cuda_graphs else solver
+
+    def free(self, model: Any, x: Tensor) -> RelaxResult:
+        """The free phase (no nudging): the model's free equilibrium, refined in deviation mode if asked."""
+        with torch.no_grad():
+            free = model.free_phase(x, self.solver_for("free"), self.free_iterations, self.init)
+            if not self.refine_iterations:
+                return free
+            refined = self.solver_for("refine")(model, [x] + list(free.states[1:]), self.refine_iterations)
+            return RelaxResult(refined.states, free.iterations + refined.iterations, free.trajectory, refined.stats)
+
+    def nudged(self, model: Any, states: list[Tensor], nudge: Nudge) -> RelaxResult:
+        """A nudged phase of K iterations from ``states`` (the free state)."""
+        with torch.no_grad():
+            return self.solver_for("nudged")(model, list(states), self.nudged_iterations, nudge)
+
+    def unrolled(self, model: Any, states: list[Tensor], iterations: int) -> RelaxResult:
+        """``iterations`` of the free-phase solver with autograd on (truncated backprop and BPTT)."""
+        with torch.enable_grad():
+            return self.solver_for("free")(model, states, iterations)
+
+    def describe(self) -> str:
+        s = self.settings
+        return (f"T={self.free_iterations}, K={self.nudged_iterations}, solver={self.solver}, "
+                f"schedule={s.schedule}, dtype={s.dtype}")
