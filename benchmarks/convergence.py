@@ -48,8 +48,12 @@ def main() -> None:
             traj = relax(net, net.init_state(x), args.max_iterations, schedule=schedule, record=True).trajectory
             result[schedule] = {str(t): next((i for i, r in enumerate(traj.residual, 1) if r < t), None) for t in TOLS}
             result[schedule]["final_residual"] = traj.residual[-1]
-    table = [f"{network}, batch {x.shape[0]}:", "", "| schedule | " + " | ".join(f"iters to {t:g}" for t in TOLS) + " | residual at end |",
-             "|---|" + "---|" * (len(TOLS) + 1)]
+    table = [
+        f"{network}, batch {x.shape[0]}:",
+        "",
+        "| schedule | " + " | ".join(f"iters to {t:g}" for t in TOLS) + " | residual at end |",
+        "|---|" + "---|" * (len(TOLS) + 1),
+    ]
     for s, r in result.items():
         table.append(f"| {s} | " + " | ".join(str(r[str(t)]) for t in TOLS) + f" | {r['final_residual']:.2e} |")
     write_report(args.out, args.device, {"network": network, "result": result}, table)

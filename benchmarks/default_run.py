@@ -30,8 +30,11 @@ def main() -> None:
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as run_dir:
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "eqprop", "train", f"seed={seed}", f"out_dir={run_dir}",
-                            "progress=false"], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [sys.executable, "-m", "eqprop", "train", f"seed={seed}", f"out_dir={run_dir}", "progress=false"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             seconds = time.perf_counter() - t0
             final = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()][-1]
         acc = 1 - final["test_error"]
@@ -39,8 +42,11 @@ def main() -> None:
         ok &= passed
         rows.append({"seed": seed, "test_accuracy": acc, "seconds": seconds, "epochs": final["epoch"], "pass": passed})
     table = ["| seed | test accuracy | wall-clock (s) | epochs | target met |", "| --- | --- | --- | --- | --- |"]
-    table += [f"| {r['seed']} | {100 * r['test_accuracy']:.2f}% | {r['seconds']:.0f} | {r['epochs']} | "
-              f"{'yes' if r['pass'] else 'NO'} |" for r in rows]
+    table += [
+        f"| {r['seed']} | {100 * r['test_accuracy']:.2f}% | {r['seconds']:.0f} | {r['epochs']} | "
+        f"{'yes' if r['pass'] else 'NO'} |"
+        for r in rows
+    ]
     table += ["", f"Target: >= {100 * args.target_accuracy:.0f}% test accuracy in <= {args.target_seconds:.0f} s."]
     write_report(args.out, "cpu", {"runs": rows, "targets_met": ok}, table)
     sys.exit(0 if ok else 1)

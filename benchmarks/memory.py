@@ -28,7 +28,7 @@ def peak(algorithm: str, iterations: int, batch: int, dtype: str | None) -> floa
     base = torch.cuda.memory_allocated()
     alg.step(net, x, labels)
     torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 def main() -> None:
@@ -40,7 +40,11 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     for t in [int(v) for v in args.iterations.split(",")]:
-        row = {"T": t, "CEP_MiB": peak("CEP", t, args.batch, args.dtype), "BPTT_MiB": peak("BPTT", t, args.batch, args.dtype)}
+        row = {
+            "T": t,
+            "CEP_MiB": peak("CEP", t, args.batch, args.dtype),
+            "BPTT_MiB": peak("BPTT", t, args.batch, args.dtype),
+        }
         print(json.dumps(row), flush=True)
         rows.append(row)
     table = ["| T (free iterations) | C-EP step peak (MiB) | BPTT step peak (MiB) |", "|---|---|---|"]

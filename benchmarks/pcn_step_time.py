@@ -23,8 +23,15 @@ from eqprop import get_algorithm, load_config
 from eqprop.training.data import dataset_spec
 from eqprop.training.trainer import build_network
 
-TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "svhn": 73_257, "mnist": 60_000, "fashion_mnist": 60_000,
-                "imagenet": 1_281_167, "digits": 1_437}
+TRAIN_IMAGES = {
+    "cifar10": 50_000,
+    "cifar100": 50_000,
+    "svhn": 73_257,
+    "mnist": 60_000,
+    "fashion_mnist": 60_000,
+    "imagenet": 1_281_167,
+    "digits": 1_437,
+}
 
 
 def _sync(device: torch.device) -> None:
@@ -79,15 +86,20 @@ def main() -> None:
         rows.append(row)
         print(row, flush=True)
     base = next((r["step_s"] for r in rows if r["engine"] == "autograd"), None)
-    table = [f"{args.config}: {cfg.channels} conv, hidden {cfg.hidden}, skip={cfg.skip}, input {spec.in_channels}x"
-             f"{size}x{size}, batch {args.batch}, K = {cfg.nudged_iterations}; projections for {images} training "
-             f"images and {cfg.epochs} epochs (training steps only).", "",
-             "| algorithm | engine | step (s) | images/s | epoch (h) | run (h) | speed-up vs autograd |",
-             "|---|---|---|---|---|---|---|"]
+    table = [
+        f"{args.config}: {cfg.channels} conv, hidden {cfg.hidden}, skip={cfg.skip}, input {spec.in_channels}x"
+        f"{size}x{size}, batch {args.batch}, K = {cfg.nudged_iterations}; projections for {images} training "
+        f"images and {cfg.epochs} epochs (training steps only).",
+        "",
+        "| algorithm | engine | step (s) | images/s | epoch (h) | run (h) | speed-up vs autograd |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         speed = f"{base / r['step_s']:.2f}x" if base and r["algorithm"] != "PC-BP" else "-"
-        table.append(f"| {r['algorithm']} | {r['engine']} | {r['step_s']:.4f} | {r['images_per_s']:.1f} | "
-                     f"{r.get('epoch_h', float('nan')):.2f} | {r.get('run_h', float('nan')):.1f} | {speed} |")
+        table.append(
+            f"| {r['algorithm']} | {r['engine']} | {r['step_s']:.4f} | {r['images_per_s']:.1f} | "
+            f"{r.get('epoch_h', float('nan')):.2f} | {r.get('run_h', float('nan')):.1f} | {speed} |"
+        )
     out = args.out or f"benchmarks/results/pcn_step_time_{device.type}"
     write_report(out, device, {"config": args.config, "batch": args.batch, "image_size": size, "rows": rows}, table)
 

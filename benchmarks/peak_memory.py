@@ -3,8 +3,8 @@ resident set (VmHWM, reset through /proc/self/clear_refs just before the call) m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -24,7 +24,7 @@ def peak_mib(fn: Callable[[], object], device: str) -> float:
         base = torch.cuda.memory_allocated()
         fn()
         torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident set
     base = _status_kib("VmRSS")
     fn()

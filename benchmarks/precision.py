@@ -74,37 +74,55 @@ def measure(net, batches, names, refines: list[int]) -> dict:
     """Per-tensor cosines of every variant against the two fp32 references."""
     base = dict(beta=BETA, free_iterations=T, nudged_iterations=K)
     with exact_fp32():
-        refs = {"fp32": summed_update(get_algorithm("CEP", **base), net, batches),
-                "fp32-at-bf16-equilibrium": summed_update(get_algorithm("CEP", **base), net, batches, True)}
+        refs = {
+            "fp32": summed_update(get_algorithm("CEP", **base), net, batches),
+            "fp32-at-bf16-equilibrium": summed_update(get_algorithm("CEP", **base), net, batches, True),
+        }
         noise = torch.Generator().manual_seed(0)
         variants = {
             "bf16-same": (get_algorithm("CEP", dtype="bfloat16", **base), batches),
             "bf16-full": (get_algorithm("CEP", dtype="bfloat16", nudged_precision="full", **base), batches),
             "bf16-deviation": (get_algorithm("CEP", dtype="bfloat16", nudged_precision="deviation", **base), batches),
-            **{f"bf16-deviation-refine{r}": (get_algorithm("CEP", dtype="bfloat16", nudged_precision="deviation",
-                                                           refine_iterations=r, **base), batches) for r in refines},
+            **{
+                f"bf16-deviation-refine{r}": (
+                    get_algorithm("CEP", dtype="bfloat16", nudged_precision="deviation", refine_iterations=r, **base),
+                    batches,
+                )
+                for r in refines
+            },
             "fp32-input-bf16": (get_algorithm("CEP", **base), [(x.bfloat16().float(), y) for x, y in batches]),
-            "fp32-input-noise": (get_algorithm("CEP", **base),
-                                 [(x + 1e-3 * torch.randn(x.shape, generator=noise).to(x), y) for x, y in batches]),
+            "fp32-input-noise": (
+                get_algorithm("CEP", **base),
+                [(x + 1e-3 * torch.randn(x.shape, generator=noise).to(x), y) for x, y in batches],
+            ),
         }
         out = {ref: {} for ref in refs}
         for key, (alg, data) in variants.items():
             g = summed_update(alg, net, data)
             for ref, r in refs.items():
                 out[ref][key] = {n: cosine(a, b) for n, a, b in zip(names, g, r)}
-        out["fp32"]["fp32-at-bf16-equilibrium"] = {n: cosine(a, b) for n, a, b in
-                                                   zip(names, refs["fp32-at-bf16-equilibrium"], refs["fp32"])}
+        out["fp32"]["fp32-at-bf16-equilibrium"] = {
+            n: cosine(a, b) for n, a, b in zip(names, refs["fp32-at-bf16-equilibrium"], refs["fp32"])
+        }
     return out
 
 
 def train_compare(args, data, device, refine: int) -> list[str]:
     """Fresh networks (same seed, same batches) trained with each precision; test error on the full test set."""
     graphs = device.type == "cuda"
-    setups = {"fp32 (TF32 on GPU)": {}, "bf16-same": dict(dtype="bfloat16", channels_last=graphs),
-              f"bf16-deviation-refine{refine}": dict(dtype="bfloat16", channels_last=graphs,
-                                                     nudged_precision="deviation", refine_iterations=refine)}
-    lines = [f"Training from scratch, {args.train_compare} steps of batch {args.batch}, same seed and batches:", "",
-             "| precision | test error (10k) | train time (s) |", "|---|---|---|"]
+    setups = {
+        "fp32 (TF32 on GPU)": {},
+        "bf16-same": dict(dtype="bfloat16", channels_last=graphs),
+        f"bf16-deviation-refine{refine}": dict(
+            dtype="bfloat16", channels_last=graphs, nudged_precision="deviation", refine_iterations=refine
+        ),
+    }
+    lines = [
+        f"Training from scratch, {args.train_compare} steps of batch {args.batch}, same seed and batches:",
+        "",
+        "| precision | test error (10k) | train time (s) |",
+        "|---|---|---|",
+    ]
     for name, kw in setups.items():
         torch.manual_seed(args.seed)
         net = dchn(1, 10, channel_multiplier=args.width, gains=args.gains).to(device)
@@ -120,9 +138,19 @@ def train_compare(args, data, device, refine: int) -> list[str]:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         with torch.no_grad():
-            wrong = sum(int((alg.free_phase(net, data.prepare(data.test_images[i:i + 500]).to(device)).states[-1]
-                             .float().argmax(1).cpu() != data.test_labels[i:i + 500]).sum())
-                        for i in range(0, len(data.test_labels), 500))
+            wrong = sum(
+                int(
+                    (
+                        alg.free_phase(net, data.prepare(data.test_images[i : i + 500]).to(device))
+                        .states[-1]
+                        .float()
+                        .argmax(1)
+                        .cpu()
+                        != data.test_labels[i : i + 500]
+                    ).sum()
+                )
+                for i in range(0, len(data.test_labels), 500)
+            )
         err = wrong / len(data.test_labels)
         lines.append(f"| {name} | {100 * err:.2f}% | {dt:.0f} |")
         print(f"train-compare {name}: test error {err:.4f} in {dt:.0f} s", flush=True)
@@ -148,8 +176,12 @@ def main() -> None:
     ap.add_argument("--data-dir", default="../shared/data/mnist")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--refine", default="10", help="refinement iteration counts to compare (comma-separated)")
-    ap.add_argument("--train-compare", type=int, default=0,
-                    help="also train fresh networks this many steps with fp32, bf16 and bf16 deviation + refinement")
+    ap.add_argument(
+        "--train-compare",
+        type=int,
+        default=0,
+        help="also train fresh networks this many steps with fp32, bf16 and bf16 deviation + refinement",
+    )
     ap.add_argument("--save", default=None, help="write the trained network here (for convergence.py --checkpoint)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -159,11 +191,15 @@ def main() -> None:
     net = dchn(1, 10, channel_multiplier=args.width, gains=args.gains).to(device)
     names = [n for n, _ in net.named_parameters()]
     opt = make_optimizer(net, LRS, momentum=0.9, weight_decay=3e-4)
-    trainer = get_algorithm("CEP", beta=BETA, free_iterations=T, nudged_iterations=K,
-                            cuda_graphs=device.type == "cuda")
+    trainer = get_algorithm("CEP", beta=BETA, free_iterations=T, nudged_iterations=K, cuda_graphs=device.type == "cuda")
     gen = torch.Generator().manual_seed(args.seed)
-    evals = [(data.prepare(data.test_images[i * args.batch:(i + 1) * args.batch]).to(device),
-              data.test_labels[i * args.batch:(i + 1) * args.batch].to(device)) for i in range(args.eval_batches)]
+    evals = [
+        (
+            data.prepare(data.test_images[i * args.batch : (i + 1) * args.batch]).to(device),
+            data.test_labels[i * args.batch : (i + 1) * args.batch].to(device),
+        )
+        for i in range(args.eval_batches)
+    ]
     checkpoints = sorted(int(s) for s in args.steps.split(","))
     refines = [int(r) for r in args.refine.split(",") if r]
     rows, done, t0 = [], 0, time.perf_counter()
@@ -177,26 +213,41 @@ def main() -> None:
         cos = measure(net, evals, names, refines)
         rows.append({"train_steps": done, "test_error_1k": err, "cosine": cos})
         for ref, c in cos.items():
-            print(f"step {done}: test error {err:.4f}; min cosine vs {ref}: "
-                  f"{ {k: round(min(v.values()), 4) for k, v in c.items()} } ({time.perf_counter() - t0:.0f} s)",
-                  flush=True)
+            print(
+                f"step {done}: test error {err:.4f}; min cosine vs {ref}: "
+                f"{ {k: round(min(v.values()), 4) for k, v in c.items()} } ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
     if args.save:
         torch.save({"state_dict": net.state_dict(), "width": args.width, "gains": args.gains, "steps": done}, args.save)
     short = [n.replace("interactions.", "") for n in names]
     table = []
     for r in rows:
         for ref, cos in r["cosine"].items():
-            table += [f"After {r['train_steps']} training steps (test error on 1000 images: "
-                      f"{100 * r['test_error_1k']:.1f}%), cosine against the {ref} update:",
-                      "", "| variant | " + " | ".join(short) + " | min |", "|---|" + "---|" * (len(short) + 1)]
+            table += [
+                f"After {r['train_steps']} training steps (test error on 1000 images: "
+                f"{100 * r['test_error_1k']:.1f}%), cosine against the {ref} update:",
+                "",
+                "| variant | " + " | ".join(short) + " | min |",
+                "|---|" + "---|" * (len(short) + 1),
+            ]
             for key, c in cos.items():
                 table.append(f"| {key} | " + " | ".join(f"{c[n]:.4f}" for n in names) + f" | {min(c.values()):.4f} |")
             table.append("")
     if args.train_compare:
         table += train_compare(args, data, device, refines[-1] if refines else 10)
-    meta = {"width": args.width, "gains": args.gains, "batch": args.batch, "eval_batches": args.eval_batches, "T": T, "K": K, "beta": BETA}
-    write_report(args.out or f"benchmarks/results/precision_{device.type}", device, {"settings": meta, "rows": rows},
-                 table)
+    meta = {
+        "width": args.width,
+        "gains": args.gains,
+        "batch": args.batch,
+        "eval_batches": args.eval_batches,
+        "T": T,
+        "K": K,
+        "beta": BETA,
+    }
+    write_report(
+        args.out or f"benchmarks/results/precision_{device.type}", device, {"settings": meta, "rows": rows}, table
+    )
 
 
 if __name__ == "__main__":

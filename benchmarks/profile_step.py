@@ -1,6 +1,7 @@
 """Profile one C-EP training step of the Table 5 DCHN (CUDA kernels by total time).
 
-Usage: python benchmarks/profile_step.py [--dtype bfloat16] [--channels-last] [--cudnn-benchmark] [--fused] [--batch 128]
+Usage: python benchmarks/profile_step.py [--dtype bfloat16] [--channels-last] [--cudnn-benchmark] [--fused]
+       [--batch 128]
 """
 
 from __future__ import annotations

@@ -21,8 +21,12 @@ def device_name(device: torch.device | str) -> str:
 
 def write_report(out: str | Path, device: torch.device | str, payload: dict, table: list[str]) -> None:
     """Write ``{"meta": ..., **payload}`` as JSON and the Markdown ``table`` under a header, then print it."""
-    meta = {"device": device_name(device), "torch": torch.__version__, "date": datetime.date.today().isoformat(),
-            "command": "python " + " ".join(sys.argv)}
+    meta = {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "date": datetime.date.today().isoformat(),
+        "command": "python " + " ".join(sys.argv),
+    }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, **payload}, indent=2))

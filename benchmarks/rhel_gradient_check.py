@@ -15,9 +15,9 @@ import math
 import torch
 from report import write_report
 
-from eqprop.rules.echo_learning import bptt_gradients, rhel_gradients
-from eqprop.models.hamiltonian import HamiltonianSSM
 from eqprop.core.nudging import get_cost
+from eqprop.models.hamiltonian import HamiltonianSSM
+from eqprop.rules.echo_learning import bptt_gradients, rhel_gradients
 
 EPSILONS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
 
@@ -41,11 +41,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results/rhel_gradient_check")
     args = ap.parse_args()
-    rows = {"RHEL (leapfrog, half step)": errors("leapfrog", "half"),
-            "control: dV/dtheta at the full step": errors("leapfrog", "full"),
-            "control: Euler, force at the old position": errors("euler", "half")}
-    table = ["| estimator | " + " | ".join(f"eps={e:g}" for e in EPSILONS) + " |",
-             "|---|" + "---|" * len(EPSILONS)]
+    rows = {
+        "RHEL (leapfrog, half step)": errors("leapfrog", "half"),
+        "control: dV/dtheta at the full step": errors("leapfrog", "full"),
+        "control: Euler, force at the old position": errors("euler", "half"),
+    }
+    table = ["| estimator | " + " | ".join(f"eps={e:g}" for e in EPSILONS) + " |", "|---|" + "---|" * len(EPSILONS)]
     table += [f"| {name} | " + " | ".join(f"{v:.2e}" for v in vals) + " |" for name, vals in rows.items()]
     write_report(args.out, "cpu", {"epsilons": list(EPSILONS), "relative_errors": rows}, table)
 

@@ -17,9 +17,9 @@ import torch
 from report import write_report
 from rhel_gradient_check import rel_error
 
-from eqprop.rules.echo_learning import STACK_ECHOES, bptt_gradients, rhel_gradients
-from eqprop.models.hamiltonian import HamiltonianSSM
 from eqprop.core.nudging import get_cost
+from eqprop.models.hamiltonian import HamiltonianSSM
+from eqprop.rules.echo_learning import STACK_ECHOES, bptt_gradients, rhel_gradients
 
 
 def main() -> None:
@@ -51,13 +51,20 @@ def main() -> None:
         row["bptt_f32"] = rel_error(bptt_gradients(model, x.float(), y.float(), cost, "last")[0], ref)
         print(row, flush=True)
         rows.append(row)
-    table = [f"HSSM sizes {sizes} (nonlinear), dt = {args.dt}, batch {args.batch}, {args.features} input features, "
-             "cross-entropy on the last step; relative error against float64 BPTT (eps 1e-3 in float64, 1e-2 in "
-             "float32, relative).", "",
-             "| T | gradient norm | RHEL lock-step f64 | RHEL sequential f64 | RHEL lock-step f32 | "
-             "RHEL sequential f32 | BPTT f32 |", "|---|---|---|---|---|---|---|"]
-    table += [f"| {r['T']} | {r['grad_norm']:.3g} | {r['rhel_lockstep_f64']:.2e} | {r['rhel_sequential_f64']:.2e} | "
-              f"{r['rhel_lockstep_f32']:.2e} | {r['rhel_sequential_f32']:.2e} | {r['bptt_f32']:.2e} |" for r in rows]
+    table = [
+        f"HSSM sizes {sizes} (nonlinear), dt = {args.dt}, batch {args.batch}, {args.features} input features, "
+        "cross-entropy on the last step; relative error against float64 BPTT (eps 1e-3 in float64, 1e-2 in "
+        "float32, relative).",
+        "",
+        "| T | gradient norm | RHEL lock-step f64 | RHEL sequential f64 | RHEL lock-step f32 | "
+        "RHEL sequential f32 | BPTT f32 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    table += [
+        f"| {r['T']} | {r['grad_norm']:.3g} | {r['rhel_lockstep_f64']:.2e} | {r['rhel_sequential_f64']:.2e} | "
+        f"{r['rhel_lockstep_f32']:.2e} | {r['rhel_sequential_f32']:.2e} | {r['bptt_f32']:.2e} |"
+        for r in rows
+    ]
     write_report(args.out, "cpu", {"sizes": sizes, "batch": args.batch, "dt": args.dt, "rows": rows}, table)
 
 

@@ -23,9 +23,9 @@ import torch
 from peak_memory import peak_mib
 from report import write_report
 
-from eqprop.rules.echo_learning import bptt_gradients, rhel_gradients
-from eqprop.models.hamiltonian import HamiltonianSSM
 from eqprop.core.nudging import get_cost
+from eqprop.models.hamiltonian import HamiltonianSSM
+from eqprop.rules.echo_learning import bptt_gradients, rhel_gradients
 
 
 def measure(algorithm: str, length: int, sizes: list[int], batch: int, features: int, device: str) -> float:
@@ -48,8 +48,12 @@ def main() -> None:
     ap.add_argument("--sizes", default="256", help="HRU sizes, comma-separated (one unit each)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--features", type=int, default=32)
-    ap.add_argument("--stack", default="lockstep", choices=["lockstep", "sequential", "both"],
-                    help="how a stack's units echo (RHEL: lock-step, RHEL-seq: sequential)")
+    ap.add_argument(
+        "--stack",
+        default="lockstep",
+        choices=["lockstep", "sequential", "both"],
+        help="how a stack's units echo (RHEL: lock-step, RHEL-seq: sequential)",
+    )
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--out", default="benchmarks/results/rhel_memory")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -65,19 +69,33 @@ def main() -> None:
     for length in [int(v) for v in args.lengths.split(",")]:
         row = {"T": length}
         for algorithm in algorithms:
-            cmd = [sys.executable, __file__, "--child", f"{algorithm}:{length}", "--sizes", args.sizes, "--batch",
-                   str(args.batch), "--features", str(args.features), "--device", args.device]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                f"{algorithm}:{length}",
+                "--sizes",
+                args.sizes,
+                "--batch",
+                str(args.batch),
+                "--features",
+                str(args.features),
+                "--device",
+                args.device,
+            ]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()[-1]
             row[f"{algorithm}_MiB"] = float(out)
         print(json.dumps(row), flush=True)
         rows.append(row)
     names = {"RHEL": "RHEL lock-step", "RHEL-seq": "RHEL sequential", "BPTT": "BPTT"}
-    table = [f"HSSM sizes {sizes}, batch {args.batch}, {args.features} input features, loss on the last step.", "",
-             "| T (sequence length) | " + " | ".join(f"{names[a]} peak (MiB)" for a in algorithms) + " |",
-             "|---|" + "---|" * len(algorithms)]
+    table = [
+        f"HSSM sizes {sizes}, batch {args.batch}, {args.features} input features, loss on the last step.",
+        "",
+        "| T (sequence length) | " + " | ".join(f"{names[a]} peak (MiB)" for a in algorithms) + " |",
+        "|---|" + "---|" * len(algorithms),
+    ]
     table += ["| " + " | ".join([str(r["T"])] + [f"{r[a + '_MiB']:.1f}" for a in algorithms]) + " |" for r in rows]
-    write_report(args.out, args.device, {"sizes": sizes, "batch": args.batch, "stack": args.stack, "rows": rows},
-                 table)
+    write_report(args.out, args.device, {"sizes": sizes, "batch": args.batch, "stack": args.stack, "rows": rows}, table)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from peak_memory import peak_mib
 from report import write_report
 
 from eqprop import get_algorithm
-from eqprop.rules.signals import KnowledgeDistillation, LocalError
 from eqprop.models import VGG_ARCHS, vgg_crnn
+from eqprop.rules.signals import KnowledgeDistillation, LocalError
 from eqprop.training.teacher import ConvTeacher, TeacherFeatures
 
 VARIANTS = ("STD", "LE", "KD", "BPTT")
@@ -40,8 +40,14 @@ def measure(variant: str, arch: str, classes: int, batch: int, free: int, nudged
         features = TeacherFeatures(ConvTeacher(3, classes, 32, blocks, fc).to(device))
         signals = [KnowledgeDistillation(k, features.block(i)) for i, k in enumerate(ends)]
     name = "BPTT" if variant == "BPTT" else "CEP"
-    alg = get_algorithm(name, beta=0.25, free_iterations=free, nudged_iterations=nudged, cost="cross_entropy",
-                        **({} if variant == "BPTT" else {"signals": signals, "kappa": 0.5}))
+    alg = get_algorithm(
+        name,
+        beta=0.25,
+        free_iterations=free,
+        nudged_iterations=nudged,
+        cost="cross_entropy",
+        **({} if variant == "BPTT" else {"signals": signals, "kappa": 0.5}),
+    )
     x = torch.randn(batch, 3, 32, 32, device=device)
     labels = torch.randint(0, classes, (batch,), device=device)
     return peak_mib(lambda: alg.step(net, x, labels), device)
@@ -63,17 +69,40 @@ def main() -> None:
         return
     row = {}
     for variant in VARIANTS:
-        cmd = [sys.executable, __file__, "--child", variant, "--arch", args.arch, "--classes", str(args.classes),
-               "--batch", str(args.batch), "--free", str(args.free), "--nudged", str(args.nudged),
-               "--device", args.device]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            variant,
+            "--arch",
+            args.arch,
+            "--classes",
+            str(args.classes),
+            "--batch",
+            str(args.batch),
+            "--free",
+            str(args.free),
+            "--nudged",
+            str(args.nudged),
+            "--device",
+            args.device,
+        ]
         row[variant] = float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()[-1])
         print(json.dumps({variant: row[variant]}), flush=True)
-    table = [f"{args.arch}, {args.classes} classes, batch {args.batch}, T_free {args.free}, T_nudge {args.nudged}.",
-             "", "| variant | peak memory of one step (MiB) |", "|---|---|"]
+    table = [
+        f"{args.arch}, {args.classes} classes, batch {args.batch}, T_free {args.free}, T_nudge {args.nudged}.",
+        "",
+        "| variant | peak memory of one step (MiB) |",
+        "|---|---|",
+    ]
     table += [f"| {v} | {row[v]:.0f} |" for v in VARIANTS]
     table.append(f"\nBPTT / KD: {row['BPTT'] / max(row['KD'], 1e-9):.1f}x")
-    write_report(args.out or f"benchmarks/results/signals_memory_{args.arch}", args.device,
-                 {"arch": args.arch, "batch": args.batch, "free": args.free, "peak_mib": row}, table)
+    write_report(
+        args.out or f"benchmarks/results/signals_memory_{args.arch}",
+        args.device,
+        {"arch": args.arch, "batch": args.batch, "free": args.free, "peak_mib": row},
+        table,
+    )
 
 
 if __name__ == "__main__":

@@ -30,40 +30,107 @@ SETTINGS = {
     "async16": dict(schedule="asynchronous", dtype="bfloat16", free_iterations=60, nudged_iterations=15),
     "async32": dict(schedule="asynchronous", dtype=None, free_iterations=60, nudged_iterations=15),
     # the same two settings with CUDA graphs + channels-last (GPU only)
-    "sync32_fast": dict(schedule="synchronous", dtype=None, free_iterations=250, nudged_iterations=30,
-                        cuda_graphs=True, channels_last=True),
-    "async16_fast": dict(schedule="asynchronous", dtype="bfloat16", free_iterations=60, nudged_iterations=15,
-                         cuda_graphs=True, channels_last=True),
-    "async16_cl": dict(schedule="asynchronous", dtype="bfloat16", free_iterations=60, nudged_iterations=15,
-                       channels_last=True),
-    "async16_graphs": dict(schedule="asynchronous", dtype="bfloat16", free_iterations=60, nudged_iterations=15,
-                           cuda_graphs=True),
+    "sync32_fast": dict(
+        schedule="synchronous",
+        dtype=None,
+        free_iterations=250,
+        nudged_iterations=30,
+        cuda_graphs=True,
+        channels_last=True,
+    ),
+    "async16_fast": dict(
+        schedule="asynchronous",
+        dtype="bfloat16",
+        free_iterations=60,
+        nudged_iterations=15,
+        cuda_graphs=True,
+        channels_last=True,
+    ),
+    "async16_cl": dict(
+        schedule="asynchronous", dtype="bfloat16", free_iterations=60, nudged_iterations=15, channels_last=True
+    ),
+    "async16_graphs": dict(
+        schedule="asynchronous", dtype="bfloat16", free_iterations=60, nudged_iterations=15, cuda_graphs=True
+    ),
     # nudged phases in fp32, or in deviation mode (fp32 states, bf16 convolutions of s - s_free)
-    "async16_full_fast": dict(schedule="asynchronous", dtype="bfloat16", free_iterations=60, nudged_iterations=15,
-                              cuda_graphs=True, channels_last=True, nudged_precision="full"),
-    "async16_devref_fast": dict(schedule="asynchronous", dtype="bfloat16", free_iterations=60, nudged_iterations=15,
-                                cuda_graphs=True, channels_last=True, nudged_precision="deviation", refine_iterations=10),
+    "async16_full_fast": dict(
+        schedule="asynchronous",
+        dtype="bfloat16",
+        free_iterations=60,
+        nudged_iterations=15,
+        cuda_graphs=True,
+        channels_last=True,
+        nudged_precision="full",
+    ),
+    "async16_devref_fast": dict(
+        schedule="asynchronous",
+        dtype="bfloat16",
+        free_iterations=60,
+        nudged_iterations=15,
+        cuda_graphs=True,
+        channels_last=True,
+        nudged_precision="deviation",
+        refine_iterations=10,
+    ),
     # the same with torch.compile'd 2x2 pooling kernels (int8 pooling codes)
-    "async16_fused": dict(schedule="asynchronous", dtype="bfloat16", free_iterations=60, nudged_iterations=15,
-                          cuda_graphs=True, channels_last=True, fused=True),
-    "async16_devref_fused": dict(schedule="asynchronous", dtype="bfloat16", free_iterations=60, nudged_iterations=15,
-                                 cuda_graphs=True, channels_last=True, nudged_precision="deviation",
-                                 refine_iterations=10, fused=True),
-    "sync32_fused": dict(schedule="synchronous", dtype=None, free_iterations=250, nudged_iterations=30,
-                         cuda_graphs=True, channels_last=True, fused=True),
-    "async16_dev_fast": dict(schedule="asynchronous", dtype="bfloat16", free_iterations=60, nudged_iterations=15,
-                             cuda_graphs=True, channels_last=True, nudged_precision="deviation"),
+    "async16_fused": dict(
+        schedule="asynchronous",
+        dtype="bfloat16",
+        free_iterations=60,
+        nudged_iterations=15,
+        cuda_graphs=True,
+        channels_last=True,
+        fused=True,
+    ),
+    "async16_devref_fused": dict(
+        schedule="asynchronous",
+        dtype="bfloat16",
+        free_iterations=60,
+        nudged_iterations=15,
+        cuda_graphs=True,
+        channels_last=True,
+        nudged_precision="deviation",
+        refine_iterations=10,
+        fused=True,
+    ),
+    "sync32_fused": dict(
+        schedule="synchronous",
+        dtype=None,
+        free_iterations=250,
+        nudged_iterations=30,
+        cuda_graphs=True,
+        channels_last=True,
+        fused=True,
+    ),
+    "async16_dev_fast": dict(
+        schedule="asynchronous",
+        dtype="bfloat16",
+        free_iterations=60,
+        nudged_iterations=15,
+        cuda_graphs=True,
+        channels_last=True,
+        nudged_precision="deviation",
+    ),
     # exact fp32 (TF32 off: PyTorch's cuDNN default turns TF32 on for "fp32" convolutions)
     "sync32_exact": dict(schedule="synchronous", dtype=None, free_iterations=250, nudged_iterations=30, tf32=False),
-    "sync32_exact_fast": dict(schedule="synchronous", dtype=None, free_iterations=250, nudged_iterations=30,
-                              cuda_graphs=True, channels_last=True, tf32=False),
+    "sync32_exact_fast": dict(
+        schedule="synchronous",
+        dtype=None,
+        free_iterations=250,
+        nudged_iterations=30,
+        cuda_graphs=True,
+        channels_last=True,
+        tf32=False,
+    ),
 }
 # dense tensor-core peaks in FLOP/s (vendor figures, no sparsity). "float32" convolutions run as TF32 under
 # PyTorch's default (torch.backends.cudnn.allow_tf32 = True), so their peak is the TF32 one.
 # "float32_exact" (TF32 off) runs on the CUDA cores: 67 TFLOP/s (H100/H200 SXM), 19.5 (A100).
-PEAKS = {"H100": {"bfloat16": 989e12, "float32": 494.7e12, "float32_exact": 67e12},
-         "H200": {"bfloat16": 989e12, "float32": 494.7e12, "float32_exact": 67e12},
-         "A100": {"bfloat16": 312e12, "float32": 156e12, "float32_exact": 19.5e12}}
+PEAKS = {
+    "H100": {"bfloat16": 989e12, "float32": 494.7e12, "float32_exact": 67e12},
+    "H200": {"bfloat16": 989e12, "float32": 494.7e12, "float32_exact": 67e12},
+    "A100": {"bfloat16": 312e12, "float32": 156e12, "float32_exact": 19.5e12},
+}
 
 
 def flops_per_iteration(net, batch: int) -> float:
@@ -98,8 +165,9 @@ def time_step(setting: str, engine: str, device: torch.device, batch: int, steps
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
-def _time_step(setting: str, kw: dict, engine: str, device: torch.device, batch: int, steps: int,
-               warmup: int, fused: bool) -> dict:
+def _time_step(
+    setting: str, kw: dict, engine: str, device: torch.device, batch: int, steps: int, warmup: int, fused: bool
+) -> dict:
     torch.manual_seed(0)
     net = dchn(3, 10).to(device)
     set_fused_kernels(net, fused)
@@ -133,12 +201,22 @@ def _time_step(setting: str, kw: dict, engine: str, device: torch.device, batch:
     dtype = kw["dtype"] or "float32"
     if dtype == "float32" and not torch.backends.cudnn.allow_tf32:
         dtype = "float32_exact"
-    row = {"setting": setting, "engine": engine, "batch": batch, "iterations": iters, "step_s": dt,
-           "free_phase_s": dt_free, "images_per_s": batch / dt, "relaxation_flops_per_step": flops,
-           "achieved_tflops": flops / dt / 1e12, "projected_100_epoch_cifar10_h": projected / 3600, "dtype": dtype}
+    row = {
+        "setting": setting,
+        "engine": engine,
+        "batch": batch,
+        "iterations": iters,
+        "step_s": dt,
+        "free_phase_s": dt_free,
+        "images_per_s": batch / dt,
+        "relaxation_flops_per_step": flops,
+        "achieved_tflops": flops / dt / 1e12,
+        "projected_100_epoch_cifar10_h": projected / 3600,
+        "dtype": dtype,
+    }
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+        row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         for key, peaks in PEAKS.items():
             if key in name:
                 row["fraction_of_peak"] = flops / dt / peaks[dtype]
@@ -172,15 +250,24 @@ def main() -> None:
     for s in SETTINGS:
         if (s, "messages") in by and (s, "autograd") in by:
             ratios[f"{s}_messages_vs_autograd_speedup"] = by[(s, "autograd")]["step_s"] / by[(s, "messages")]["step_s"]
-    table = ["| setting | engine | batch | iters | step (s) | images/s | TFLOP/s | frac. of peak | 100-ep CIFAR-10 (h) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    table = [
+        "| setting | engine | batch | iters | step (s) | images/s | TFLOP/s | frac. of peak | 100-ep CIFAR-10 (h) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         frac = f"{r['fraction_of_peak']:.3f}" if "fraction_of_peak" in r else "-"
-        table.append(f"| {r['setting']} | {r['engine']} | {r['batch']} | {r['iterations']} | {r['step_s']:.4f} | "
-                     f"{r['images_per_s']:.1f} | {r['achieved_tflops']:.2f} | {frac} | {r['projected_100_epoch_cifar10_h']:.2f} |")
+        table.append(
+            f"| {r['setting']} | {r['engine']} | {r['batch']} | {r['iterations']} | {r['step_s']:.4f} | "
+            f"{r['images_per_s']:.1f} | {r['achieved_tflops']:.2f} | {frac} | "
+            f"{r['projected_100_epoch_cifar10_h']:.2f} |"
+        )
     table += [""] + [f"- {k}: {v:.2f}x" for k, v in ratios.items()]
-    write_report(args.out or f"benchmarks/results/step_time_{device.type}", device,
-                 {"rows": rows, "ratios": ratios, "cudnn_benchmark": args.cudnn_benchmark}, table)
+    write_report(
+        args.out or f"benchmarks/results/step_time_{device.type}",
+        device,
+        {"rows": rows, "ratios": ratios, "cudnn_benchmark": args.cudnn_benchmark},
+        table,
+    )
 
 
 if __name__ == "__main__":

@@ -32,16 +32,17 @@ def test_each_algorithm_lowers_the_training_loss_on_digits(name, digits):
     for _ in range(3):
         for i in range(0, len(x), 32):
             opt.zero_grad()
-            alg.step(net, x[i:i + 32], y[i:i + 32])
+            alg.step(net, x[i : i + 32], y[i : i + 32])
             opt.step()
     after = _free_loss(net, alg, x, y)
     assert after < 0.8 * before, f"{name}: loss {before:.3f} -> {after:.3f}"
 
 
 def test_registry_names_and_aliases():
-    assert list(ALGORITHMS)[:len(ALL)] == ALL
-    assert sorted(list(ALGORITHMS)[len(ALL):]) == sorted(["PC-CEP", "PC-PEP", "PC-NEP", "PC-REP", "PC-BP", "RHEL",
-                                                          "HSSM-BPTT"])
+    assert list(ALGORITHMS)[: len(ALL)] == ALL
+    assert sorted(list(ALGORITHMS)[len(ALL) :]) == sorted(
+        ["PC-CEP", "PC-PEP", "PC-NEP", "PC-REP", "PC-BP", "RHEL", "HSSM-BPTT"]
+    )
     assert get_algorithm("pc_cep").name == "PC-CEP" and get_algorithm("hssm_bptt").name == "HSSM-BPTT"
     assert algorithm_models("C-EP") == ("dchn", "mlp", "vgg") and algorithm_models("rhel") == ("hssm",)
     assert get_algorithm("C-EP").name == "CEP" and get_algorithm("ncpl").name == "NCpL"
@@ -75,15 +76,18 @@ def test_cross_entropy_cost_trains_with_cep(digits):
     net = hopfield_mlp((64, 32, 10), gains=(0.8, 0.5))
     alg = get_algorithm("CEP", beta=0.2, free_iterations=15, nudged_iterations=6, cost="cross_entropy")
     rbp = get_algorithm("RBP", free_iterations=100, cost="cross_entropy").step(net, x[:64], y[:64]).grads
-    cep = get_algorithm("CEP", beta=1e-3, free_iterations=100, nudged_iterations=100,
-                        cost="cross_entropy").step(net, x[:64], y[:64]).grads
+    cep = (
+        get_algorithm("CEP", beta=1e-3, free_iterations=100, nudged_iterations=100, cost="cross_entropy")
+        .step(net, x[:64], y[:64])
+        .grads
+    )
     for a, b in zip(cep, rbp):
         assert float((a * b).sum() / (a.norm() * b.norm())) > 0.99
     opt = make_optimizer(net, [0.05, 0.02])
     before = _free_loss(net, alg, x, y)
     for i in range(0, len(x), 32):
         opt.zero_grad()
-        alg.step(net, x[i:i + 32], y[i:i + 32])
+        alg.step(net, x[i : i + 32], y[i : i + 32])
         opt.step()
     assert _free_loss(net, alg, x, y) < before
 

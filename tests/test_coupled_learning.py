@@ -48,8 +48,9 @@ def b_fn(theta):
     return torch.stack([1 + theta[1], theta[0] + 2 * theta[1]]).view(1, 2)
 
 
-@pytest.mark.parametrize("algorithm,beta", [("PCpL", 0.1), ("PCpL", 0.5), ("PCpL", 1.0), ("NCpL", 0.3),
-                                            ("CCpL", 0.3), ("CL", 0.25)])
+@pytest.mark.parametrize(
+    "algorithm,beta", [("PCpL", 0.1), ("PCpL", 0.5), ("PCpL", 1.0), ("NCpL", 0.3), ("CCpL", 0.3), ("CL", 0.25)]
+)
 def test_b2_one_cpl_step_increases_the_squared_error(algorithm, beta):
     net = _network(QuadraticWell(b_fn, A, [0.0, 0.0]), 2)
     theta = net.interactions["well"].theta
@@ -78,7 +79,7 @@ class ScalarWell(QuadraticWell):
 
 
 def _l1(t):
-    return (5 - 4 * t) * t ** 2  # eq. (94); its derivative at theta = 1 is -2 (eq. 95)
+    return (5 - 4 * t) * t**2  # eq. (94); its derivative at theta = 1 is -2 (eq. 95)
 
 
 @pytest.mark.parametrize("beta", [-1.0, -0.4, 0.1, 0.3])

@@ -80,7 +80,9 @@ def test_cifar10_pickle_batches(tmp_path):
 
 
 def test_cifar100_uses_fine_labels(tmp_path):
-    raw = _cifar_pickles(tmp_path, "cifar-100-python", ["train", "test"], 6, "fine_labels", ("meta", "fine_label_names"))
+    raw = _cifar_pickles(
+        tmp_path, "cifar-100-python", ["train", "test"], 6, "fine_labels", ("meta", "fine_label_names")
+    )
     data = load_dataset("cifar100", tmp_path, verify_checksums=False, limit_train=4)
     assert data.train_labels.tolist() == raw["train"][1][:4] and data.num_classes == 100
     assert dataset_spec("cifar100").num_classes == 100
@@ -109,10 +111,16 @@ def test_checksums_reject_files_that_are_not_the_release(tmp_path):
         load_dataset("svhn", tmp_path)
 
 
-@pytest.mark.parametrize("name, title, file", [
-    ("mnist", "MNIST", "train-images-idx3-ubyte"), ("fashion_mnist", "Fashion-MNIST", "train-images-idx3-ubyte"),
-    ("svhn", "SVHN", "train_32x32.mat"), ("cifar10", "CIFAR-10", "cifar-10-batches-py/data_batch_1"),
-    ("cifar100", "CIFAR-100", "cifar-100-python/train")])
+@pytest.mark.parametrize(
+    "name, title, file",
+    [
+        ("mnist", "MNIST", "train-images-idx3-ubyte"),
+        ("fashion_mnist", "Fashion-MNIST", "train-images-idx3-ubyte"),
+        ("svhn", "SVHN", "train_32x32.mat"),
+        ("cifar10", "CIFAR-10", "cifar-10-batches-py/data_batch_1"),
+        ("cifar100", "CIFAR-100", "cifar-100-python/train"),
+    ],
+)
 def test_missing_files_error_names_set_directory_and_fix(tmp_path, name, title, file):
     with pytest.raises(FileNotFoundError, match=f"(?s)^{title}: .*{file}.*{tmp_path}.*download=true"):
         load_dataset(name, tmp_path)
@@ -157,8 +165,12 @@ def test_random_flip_and_crop_are_per_image_and_seeded():
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     offsets = set()
     for i in range(len(x)):
-        match = [(dy, dx) for dy in range(5) for dx in range(5)
-                 if torch.equal(cropped[i], padded[i, :, dy:dy + 4, dx:dx + 5])]
+        match = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if torch.equal(cropped[i], padded[i, :, dy : dy + 4, dx : dx + 5])
+        ]
         assert match, f"image {i} is not a window of its padded image"
         offsets.add(match[0])
     assert len(offsets) > 5
@@ -175,7 +187,9 @@ def write_image_folder(root, classes=("n01", "n02", "n03"), per_class=(6, 3), se
             (root / split / name).mkdir(parents=True)
             for i in range(n):
                 h, w = int(rng.integers(20, 40)), int(rng.integers(20, 40))
-                pixels = np.full((h, w, 3), 40 * (c + 1), dtype=np.uint8) + rng.integers(0, 30, (h, w, 3), dtype=np.uint8)
+                pixels = np.full((h, w, 3), 40 * (c + 1), dtype=np.uint8) + rng.integers(
+                    0, 30, (h, w, 3), dtype=np.uint8
+                )
                 ext = "JPEG" if i % 2 else "png"
                 Image.fromarray(pixels).save(root / split / name / f"img{i}.{ext}")
 
@@ -202,9 +216,20 @@ def test_pcn_trains_on_an_image_folder_through_the_pipeline(tmp_path):
     from eqprop.training.trainer import Trainer
 
     write_image_folder(tmp_path / "data", per_class=(12, 4))
-    cfg = load_config("configs/pcn/imagenet_vgg10_cep.yaml",
-                      [f"data_dir={tmp_path / 'data'}", "image_size=16", "channels=[4,4,8,8]", "hidden=[8]",
-                       "batch_size=8", "epochs=2", "progress=false", "tensorboard=false", f"out_dir={tmp_path / 'run'}"])
+    cfg = load_config(
+        "configs/pcn/imagenet_vgg10_cep.yaml",
+        [
+            f"data_dir={tmp_path / 'data'}",
+            "image_size=16",
+            "channels=[4,4,8,8]",
+            "hidden=[8]",
+            "batch_size=8",
+            "epochs=2",
+            "progress=false",
+            "tensorboard=false",
+            f"out_dir={tmp_path / 'run'}",
+        ],
+    )
     history = Trainer(cfg, log=lambda s: None).fit()
     assert len(history) == 2 and all(np.isfinite(row["train_loss"]) for row in history)
     assert (tmp_path / "run" / "checkpoint_last.pt").exists()

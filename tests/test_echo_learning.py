@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from eqprop.rules.echo_learning import bptt_gradients, echo, rhel_gradients
-from eqprop.models.hamiltonian import HRU_TYPES, HamiltonianSSM, HamiltonianUnit, leapfrog_step
 from eqprop.core.nudging import get_cost
+from eqprop.models.hamiltonian import HRU_TYPES, HamiltonianSSM, HamiltonianUnit, leapfrog_step
+from eqprop.rules.echo_learning import bptt_gradients, echo, rhel_gradients
 from helpers import cosine, rel_error
 
 F64 = torch.float64
@@ -139,10 +139,18 @@ def test_relative_epsilon_makes_the_estimate_independent_of_the_loss_scale():
     assert rel_error([g / 1e4 for g in big], small) < 1e-10
     assert rel_error(small, ref) < 1e-5
     unit = model.units[0]
-    absolute = echo(unit, *model.run_unit(0, x)[:2], x, [None] * 29 + [1e4 * torch.ones(2, 5, dtype=F64)], 0.1,
-                    epsilon=1e-3, relative=False)
-    relative = echo(unit, *model.run_unit(0, x)[:2], x, [None] * 29 + [1e4 * torch.ones(2, 5, dtype=F64)], 0.1,
-                    epsilon=1e-3)
+    absolute = echo(
+        unit,
+        *model.run_unit(0, x)[:2],
+        x,
+        [None] * 29 + [1e4 * torch.ones(2, 5, dtype=F64)],
+        0.1,
+        epsilon=1e-3,
+        relative=False,
+    )
+    relative = echo(
+        unit, *model.run_unit(0, x)[:2], x, [None] * 29 + [1e4 * torch.ones(2, 5, dtype=F64)], 0.1, epsilon=1e-3
+    )
     assert torch.allclose(absolute.epsilon, torch.full((2,), 1e-3, dtype=F64))
     assert torch.allclose(relative.epsilon, torch.full((2,), 1e-7, dtype=F64))
 
@@ -183,12 +191,23 @@ def test_rhel_and_bptt_train_through_the_pipeline(tmp_path):
     with pytest.raises(ConfigError, match="'echo_stack': 'parallel' is not valid; choose one of"):
         load_config("configs/rhel/digits_rhel.yaml", ["echo_stack=parallel"])
     from eqprop.training.trainer import build_algorithm
-    assert build_algorithm(load_config("configs/rhel/digits_rhel.yaml", ["echo_stack=sequential"])).stack == "sequential"
+
+    assert (
+        build_algorithm(load_config("configs/rhel/digits_rhel.yaml", ["echo_stack=sequential"])).stack == "sequential"
+    )
     final = {}
     for name in ("rhel", "bptt"):
-        cfg = load_config(f"configs/rhel/digits_{name}.yaml",
-                          ["epochs=3", "hidden=[32]", "lrs=[0.05,0.05]", "progress=false", "tensorboard=false",
-                           f"out_dir={tmp_path / name}"])
+        cfg = load_config(
+            f"configs/rhel/digits_{name}.yaml",
+            [
+                "epochs=3",
+                "hidden=[32]",
+                "lrs=[0.05,0.05]",
+                "progress=false",
+                "tensorboard=false",
+                f"out_dir={tmp_path / name}",
+            ],
+        )
         history = Trainer(cfg, log=lambda s: None).fit()
         assert history[-1]["train_loss"] < 0.6 * history[0]["train_loss"], name
         final[name] = history[-1]["test_error"]

@@ -7,12 +7,17 @@ import pytest
 import torch
 
 from eqprop import get_algorithm
-from eqprop.rules.backprop import implicit_gradient
-from eqprop.rules.signals import (IntermediateSignal, KnowledgeDistillation, LocalError,
-                                        WeightedKnowledgeDistillation,
-                                        kappa_schedule, soft_target_loss)
 from eqprop.core.nudging import one_hot
 from eqprop.core.relaxation import relax
+from eqprop.rules.backprop import implicit_gradient
+from eqprop.rules.signals import (
+    IntermediateSignal,
+    KnowledgeDistillation,
+    LocalError,
+    WeightedKnowledgeDistillation,
+    kappa_schedule,
+    soft_target_loss,
+)
 from helpers import cosine, rel_error, small_conv, small_mlp
 
 
@@ -70,17 +75,24 @@ def test_augmented_centered_ep_matches_implicit_differentiation(make, kind):
     sigs, kappa = signals_for(net, kind), 0.5
     errors = []
     for beta in (1e-2, 1e-3):
-        alg = get_algorithm("CEP", beta=beta, free_iterations=400, nudged_iterations=400, cost="cross_entropy",
-                            signals=sigs, kappa=kappa)
+        alg = get_algorithm(
+            "CEP",
+            beta=beta,
+            free_iterations=400,
+            nudged_iterations=400,
+            cost="cross_entropy",
+            signals=sigs,
+            kappa=kappa,
+        )
         free = alg.free_phase(net, x)
         grads = alg.gradients(net, x, y, free)
         targets = [sig.target(x, y) for sig in sigs]
 
-        def total(s):
+        def total(s, alg=alg, targets=targets):
             return (alg.cost(s[-1], y) + kappa * sum(sig.loss(s[sig.layer], t) for sig, t in zip(sigs, targets))).mean()
 
         ref, _ = implicit_gradient(net, free.states, total)
-        plain, _ = implicit_gradient(net, free.states, lambda s: alg.cost(s[-1], y).mean())
+        plain, _ = implicit_gradient(net, free.states, lambda s, alg=alg: alg.cost(s[-1], y).mean())
         maps = [p for sig in sigs for p in sig.parameters()]
         if maps:  # the maps do not move the free state: their gradient is the direct one
             grads = grads + [p.grad for p in maps]
@@ -97,8 +109,9 @@ def test_augmented_nudged_phase_converges_to_a_fixed_point():
     net, x, labels = small_conv()
     y = one_hot(labels, 5, torch.float64)
     sigs = signals_for(net, "LE")
-    alg = get_algorithm("CEP", beta=0.5, free_iterations=200, nudged_iterations=200, cost="cross_entropy",
-                        signals=sigs, kappa=2.0)
+    alg = get_algorithm(
+        "CEP", beta=0.5, free_iterations=200, nudged_iterations=200, cost="cross_entropy", signals=sigs, kappa=2.0
+    )
     free = alg.free_phase(net, x)
     nudge = alg.nudge(0.5, y, free, [y, y])
     with torch.no_grad():
@@ -128,9 +141,21 @@ def test_signals_need_ep_nudging():
         get_algorithm("CCpL", signals=signals_for(net, "LE"))
 
 
-TINY = ["model=vgg", "blocks=[[4],[8],[8]]", "hidden=[16]", "lrs=[0.05]", "gains=[1.0]", "free_iterations=10",
-        "nudged_iterations=4", "epochs=2", "limit_train=128", "limit_test=64", "progress=false", "tensorboard=false",
-        "teacher_epochs=1"]
+TINY = [
+    "model=vgg",
+    "blocks=[[4],[8],[8]]",
+    "hidden=[16]",
+    "lrs=[0.05]",
+    "gains=[1.0]",
+    "free_iterations=10",
+    "nudged_iterations=4",
+    "epochs=2",
+    "limit_train=128",
+    "limit_test=64",
+    "progress=false",
+    "tensorboard=false",
+    "teacher_epochs=1",
+]
 
 
 def test_vgg_crnn_has_the_table_4_layer_counts():
@@ -153,8 +178,10 @@ def test_signals_run_end_to_end_with_kappa_schedule_and_diagnostics(tmp_path, si
     from eqprop.training.results import read_diagnostics
     from eqprop.training.trainer import Trainer
 
-    cfg = load_config(None, TINY + [f"signals={signals}", "kappa=0.8", "kappa_schedule=linear", "diagnostics=true",
-                                    f"out_dir={tmp_path}"])
+    cfg = load_config(
+        None,
+        TINY + [f"signals={signals}", "kappa=0.8", "kappa_schedule=linear", "diagnostics=true", f"out_dir={tmp_path}"],
+    )
     trainer = Trainer(cfg, log=lambda s: None)
     assert [s.layer for s in trainer.signals] == ([2, 3] if signals == "le" else [1, 2, 3])
     history = trainer.fit()
@@ -183,5 +210,4 @@ def test_signal_configs_reject_what_cannot_work():
     with pytest.raises(ConfigError, match="signal_layers \\[9\\]"):
         Trainer(load_config(None, TINY + ["signals=le", "signal_layers=[9]"]), log=lambda s: None)
     with pytest.raises(ConfigError, match="KD signals attach to block ends"):
-        Trainer(load_config(None, TINY + ["signals=kd", "blocks=[[4,4],[8]]", "signal_layers=[1]"]),
-                log=lambda s: None)
+        Trainer(load_config(None, TINY + ["signals=kd", "blocks=[[4,4],[8]]", "signal_layers=[1]"]), log=lambda s: None)

@@ -29,8 +29,13 @@ def test_conv_pool_transposed_message_unpools_at_the_argmax(channels_last):
     post = torch.randn_like(msg)
     unpooled = torch.nn.functional.max_unpool2d(post, idx, 2, output_size=z.shape[-2:])
     assert torch.equal(inter.unpool(post, (idx, z)), unpooled)
-    assert max_diff([inter.backward(post, (idx, z), params)],
-                    [torch.nn.functional.conv_transpose2d(unpooled, inter.weight, padding=1)]) < 1e-5
+    assert (
+        max_diff(
+            [inter.backward(post, (idx, z), params)],
+            [torch.nn.functional.conv_transpose2d(unpooled, inter.weight, padding=1)],
+        )
+        < 1e-5
+    )
     if channels_last:
         assert inter.unpool(post, (idx, z)).is_contiguous(memory_format=torch.channels_last)
 
@@ -67,21 +72,37 @@ def test_energy_is_half_norm_minus_phi():
     w3 = net.interactions["dense3"].weight
     pooled1 = torch.nn.functional.max_pool2d(torch.nn.functional.conv2d(s[0], w1, padding=1), 2)
     pooled2 = torch.nn.functional.max_pool2d(torch.nn.functional.conv2d(s[1], w2, padding=1), 2)
-    phi = ((s[1] * pooled1).flatten(1).sum(1) + (s[2] * pooled2).flatten(1).sum(1)
-           + ((s[2].flatten(1) @ w3.t()) * s[3]).sum(1)
-           + sum((s[k] * net.interactions[f"bias{k}"].bias.view(1, -1, *([1] * (s[k].dim() - 2)))).flatten(1).sum(1)
-                 for k in (1, 2, 3)))
+    phi = (
+        (s[1] * pooled1).flatten(1).sum(1)
+        + (s[2] * pooled2).flatten(1).sum(1)
+        + ((s[2].flatten(1) @ w3.t()) * s[3]).sum(1)
+        + sum(
+            (s[k] * net.interactions[f"bias{k}"].bias.view(1, -1, *([1] * (s[k].dim() - 2)))).flatten(1).sum(1)
+            for k in (1, 2, 3)
+        )
+    )
     assert torch.allclose(net.phi(s), phi)
 
 
 def test_dchn_table5_shapes_and_names():
     net = dchn(3, 10)
-    assert [l.shape for l in net.layers] == [(3, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 2, 2), (10,)]
+    assert [layer.shape for layer in net.layers] == [
+        (3, 32, 32),
+        (128, 16, 16),
+        (256, 8, 8),
+        (512, 4, 4),
+        (512, 2, 2),
+        (10,),
+    ]
     names = set(net.state_dict())
-    assert {"interactions.conv1.weight", "interactions.conv4.weight", "interactions.dense5.weight",
-            "interactions.bias5.bias"} <= names
+    assert {
+        "interactions.conv1.weight",
+        "interactions.conv4.weight",
+        "interactions.dense5.weight",
+        "interactions.bias5.bias",
+    } <= names
     assert net.interactions["dense5"].weight.shape == (10, 512 * 2 * 2)
-    assert [l.activation for l in net.layers[1:]] == ["hard_sigmoid"] * 4 + ["identity"]
+    assert [layer.activation for layer in net.layers[1:]] == ["hard_sigmoid"] * 4 + ["identity"]
 
 
 def test_init_is_kaiming_uniform_scaled_by_gain():
@@ -96,7 +117,7 @@ def test_init_is_kaiming_uniform_scaled_by_gain():
 
 def test_channel_multiplier_and_bad_sizes():
     net = dchn(1, 10, channel_multiplier=0.125)
-    assert [l.shape[0] for l in net.layers[1:5]] == [16, 32, 64, 64]
+    assert [layer.shape[0] for layer in net.layers[1:5]] == [16, 32, 64, 64]
     with pytest.raises(ValueError, match="divisible"):
         dchn(1, 10, input_size=20)
     with pytest.raises(ValueError, match="expected 5 gains"):

@@ -20,8 +20,15 @@ from eqprop.training.results import read_run, results_table
 from eqprop.training.trainer import DivergenceError, Interrupted, Trainer, build_algorithm, build_network, topk_errors
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["free_iterations=6", "nudged_iterations=3", "channels=[8,16,16]", "limit_train=256", "limit_test=128",
-        "progress=false", "batch_size=64"]
+TINY = [
+    "free_iterations=6",
+    "nudged_iterations=3",
+    "channels=[8,16,16]",
+    "limit_train=256",
+    "limit_test=128",
+    "progress=false",
+    "batch_size=64",
+]
 
 
 def tiny(tmp_path, *extra):
@@ -30,9 +37,19 @@ def tiny(tmp_path, *extra):
 
 # ----------------------------------------------------------------------------------------------- configs
 
+
 def test_overrides_are_typed_and_validated():
-    cfg = parse_overrides(["algorithm=N-EP", "epochs=2", "lrs=[0.1,0.2,0.3,0.4]", "out_dir=none", "beta=0.3",
-                           "dataset=CIFAR-10", "flip=true"])
+    cfg = parse_overrides(
+        [
+            "algorithm=N-EP",
+            "epochs=2",
+            "lrs=[0.1,0.2,0.3,0.4]",
+            "out_dir=none",
+            "beta=0.3",
+            "dataset=CIFAR-10",
+            "flip=true",
+        ]
+    )
     assert (cfg.algorithm, cfg.epochs, cfg.lrs, cfg.out_dir, cfg.beta) == ("NEP", 2, [0.1, 0.2, 0.3, 0.4], None, 0.3)
     assert cfg.dataset == "cifar10" and cfg.flip is True
     with pytest.raises(ConfigError, match="unknown config key 'epoch'.*valid keys"):
@@ -51,11 +68,16 @@ def test_overrides_are_typed_and_validated():
         parse_overrides(["nudged_precision=half"])
     with pytest.raises(ConfigError, match="'tol' must be None or > 0"):
         parse_overrides(["tol=0"])
-    alg = build_algorithm(parse_overrides(["dtype=bfloat16", "nudged_precision=deviation", "tol=1e-4",
-                                           "refine_iterations=5"]))
+    alg = build_algorithm(
+        parse_overrides(["dtype=bfloat16", "nudged_precision=deviation", "tol=1e-4", "refine_iterations=5"])
+    )
     ph = alg.phases
     assert (ph.settings.dtype, ph.nudged_precision, ph.settings.tol, ph.refine_iterations) == (
-        torch.bfloat16, "deviation", 1e-4, 5)
+        torch.bfloat16,
+        "deviation",
+        1e-4,
+        5,
+    )
     net = build_network(parse_overrides(["fused_kernels=true", "channels=[4,8]", "gains=[0.5]"]), (1, 8, 8), 10)
     assert all(m.fused for m in net.modules() if isinstance(m, ConvPool))
 
@@ -105,18 +127,33 @@ def test_shipped_configs_validate_and_build_table5_networks(path):
         assert any(hasattr(f, "shortcut") for f in net.predictions) == ("skip" in path.stem)
     elif path.name != "default.yaml":  # Table 5: n_in x 32 x 32 -> 128x16x16 -> 256x8x8 -> 512x4x4 -> 512x2x2 -> n_out
         assert [tuple(layer.shape) for layer in net.layers] == [
-            (spec.in_channels, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 2, 2), (spec.num_classes,)]
+            (spec.in_channels, 32, 32),
+            (128, 16, 16),
+            (256, 8, 8),
+            (512, 4, 4),
+            (512, 2, 2),
+            (spec.num_classes,),
+        ]
         assert (cfg.momentum, cfg.batch_size, cfg.eta_min, cfg.schedule in ("asynchronous", "synchronous")) == (
-            0.9, 128, 2e-6, True)
+            0.9,
+            128,
+            2e-6,
+            True,
+        )
 
 
 def test_scalable_ep_configs_carry_tables_5_and_6():
     from eqprop.training.trainer import default_signal_layers
 
-    rows = {"vgg7_le": (0.25, 250, 50, 0.65, 128, "le"), "vgg7_kd": (0.15, 250, 60, 0.65, 64, "kd"),
-            "vgg7_kdw": (0.5, 100, 50, 0.15, 128, "kdw"), "vgg11_le": (1.0, 400, 40, 0.85, 128, "le"),
-            "vgg13_le": (1.0, 140, 50, 0.85, 128, "le"), "vgg10_kd": (0.5, 130, 50, 0.85, 128, "kd"),
-            "vgg12_kd": (1.0, 100, 15, 0.65, 256, "kd")}
+    rows = {
+        "vgg7_le": (0.25, 250, 50, 0.65, 128, "le"),
+        "vgg7_kd": (0.15, 250, 60, 0.65, 64, "kd"),
+        "vgg7_kdw": (0.5, 100, 50, 0.15, 128, "kdw"),
+        "vgg11_le": (1.0, 400, 40, 0.85, 128, "le"),
+        "vgg13_le": (1.0, 140, 50, 0.85, 128, "le"),
+        "vgg10_kd": (0.5, 130, 50, 0.85, 128, "kd"),
+        "vgg12_kd": (1.0, 100, 15, 0.65, 256, "kd"),
+    }
     for name, want in rows.items():
         cfg = load_config(ROOT / f"configs/scalable_ep/{name}.yaml")
         assert (cfg.beta, cfg.free_iterations, cfg.nudged_iterations, cfg.kappa, cfg.batch_size, cfg.signals) == want
@@ -133,20 +170,43 @@ def test_scalable_ep_configs_carry_tables_5_and_6():
 def test_shipped_configs_carry_table5_values():
     t1, t6 = load_config(ROOT / "configs/table1.yaml"), load_config(ROOT / "configs/table6_svhn.yaml")
     assert (t1.beta, t1.free_iterations, t1.nudged_iterations, t1.gains, t1.weight_decay) == (
-        0.25, 60, 15, [0.5] * 5, 3e-4)
+        0.25,
+        60,
+        15,
+        [0.5] * 5,
+        3e-4,
+    )
     assert t1.lrs == [0.0625, 0.0375, 0.025, 0.02, 0.0125] and t6.gains == [0.7] * 5 and t6.dataset == "svhn"
     c10 = load_config(ROOT / "configs/table2/cifar10_300.yaml")
     assert (c10.beta, c10.nudged_iterations, c10.gains, c10.lrs, c10.weight_decay, c10.epochs) == (
-        0.1, 20, [0.4, 0.7, 0.6, 0.3, 0.4], [0.03] * 5, 2.5e-4, 300)
+        0.1,
+        20,
+        [0.4, 0.7, 0.6, 0.3, 0.4],
+        [0.03] * 5,
+        2.5e-4,
+        300,
+    )
     c100 = load_config(ROOT / "configs/table2/cifar100_100.yaml")
-    assert (c100.gains, c100.lrs, c100.weight_decay) == ([0.5, 0.4, 0.5, 0.8, 0.5], [0.03, 0.04, 0.04, 0.04, 0.025],
-                                                         3.5e-4)
-    sync, fast = load_config(ROOT / "configs/table3/sync32_250.yaml"), load_config(ROOT / "configs/table3/async16_60.yaml")
-    assert (sync.schedule, sync.dtype, sync.free_iterations, sync.nudged_iterations) == ("synchronous", "float32", 250, 30)
+    assert (c100.gains, c100.lrs, c100.weight_decay) == (
+        [0.5, 0.4, 0.5, 0.8, 0.5],
+        [0.03, 0.04, 0.04, 0.04, 0.025],
+        3.5e-4,
+    )
+    sync, fast = (
+        load_config(ROOT / "configs/table3/sync32_250.yaml"),
+        load_config(ROOT / "configs/table3/async16_60.yaml"),
+    )
+    assert (sync.schedule, sync.dtype, sync.free_iterations, sync.nudged_iterations) == (
+        "synchronous",
+        "float32",
+        250,
+        30,
+    )
     assert (fast.schedule, fast.dtype, fast.free_iterations) == ("asynchronous", "bfloat16", 60)
 
 
 # ----------------------------------------------------------------------------------------------- runs
+
 
 def test_topk_errors():
     out = torch.tensor([[0.9, 0.1, 0.0, 0.0, 0.0, 0.0], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]])
@@ -162,8 +222,15 @@ def test_cli_train_writes_a_complete_run_directory(tmp_path, capsys):
     assert "epoch   2" in printed and "test error" in printed and "top-5" in printed
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    for key in ("train_loss", "train_error", "train_top5_error", "test_error", "test_top5_error", "time",
-                "free_iterations"):
+    for key in (
+        "train_loss",
+        "train_error",
+        "train_top5_error",
+        "test_error",
+        "test_top5_error",
+        "time",
+        "free_iterations",
+    ):
         assert all(key in r for r in rows)
     assert all(0 <= r["test_top5_error"] <= r["test_error"] <= 1 and r["free_iterations"] == 6 for r in rows)
     assert (out / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss")
@@ -221,8 +288,9 @@ def test_interrupted_run_resumes_exactly(tmp_path):
     for key, value in _final_state(straight).items():
         assert torch.equal(value, resumed.network.state_dict()[key]), key
     drop = ("time", "train_time")
-    assert [{k: v for k, v in r.items() if k not in drop} for r in straight.history] == \
-           [{k: v for k, v in r.items() if k not in drop} for r in resumed.history]
+    assert [{k: v for k, v in r.items() if k not in drop} for r in straight.history] == [
+        {k: v for k, v in r.items() if k not in drop} for r in resumed.history
+    ]
     assert [r["epoch"] for r in read_run(tmp_path / "b").metrics] == [1, 2, 3]
     with pytest.raises(ConfigError, match="cannot change \\['beta'\\] when resuming"):
         Trainer.resume(tmp_path / "b", ["beta=0.5"])
@@ -231,9 +299,23 @@ def test_interrupted_run_resumes_exactly(tmp_path):
 def test_sigterm_to_a_cli_run_leaves_a_resumable_checkpoint(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "eqprop", "train", *TINY, "limit_train=1024", "epochs=30",
-                             "tensorboard=false", f"out_dir={out}"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "eqprop",
+            "train",
+            *TINY,
+            "limit_train=1024",
+            "epochs=30",
+            "tensorboard=false",
+            f"out_dir={out}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.time() + 120
     while not (out / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -250,31 +332,73 @@ def test_sigterm_to_a_cli_run_leaves_a_resumable_checkpoint(tmp_path):
 
 
 def test_divergence_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, capsys):
-    cfg = TrainConfig(model="mlp", image_size=8, hidden=[16], gains=[0.5, 0.5], lrs=[1e6, 1e6], free_iterations=4,
-                      nudged_iterations=2, epochs=3, out_dir=str(tmp_path), progress=False)
+    cfg = TrainConfig(
+        model="mlp",
+        image_size=8,
+        hidden=[16],
+        gains=[0.5, 0.5],
+        lrs=[1e6, 1e6],
+        free_iterations=4,
+        nudged_iterations=2,
+        epochs=3,
+        out_dir=str(tmp_path),
+        progress=False,
+    )
     with pytest.raises(DivergenceError, match="diverged in epoch 1.*last good checkpoint"):
         Trainer(cfg, log=lambda s: None).fit()
     ckpt = torch.load(tmp_path / "checkpoint_last.pt", weights_only=False)
     assert ckpt["epoch"] == 0 and all(torch.isfinite(v).all() for v in ckpt["network"].values())
-    assert main(["train", "model=mlp", "image_size=8", "hidden=[16]", "gains=[0.5,0.5]", "lrs=[1e6,1e6]",
-                 "free_iterations=4", "nudged_iterations=2", "epochs=2", "progress=false",
-                 f"out_dir={tmp_path / 'cli'}"]) == 3
+    assert (
+        main(
+            [
+                "train",
+                "model=mlp",
+                "image_size=8",
+                "hidden=[16]",
+                "gains=[0.5,0.5]",
+                "lrs=[1e6,1e6]",
+                "free_iterations=4",
+                "nudged_iterations=2",
+                "epochs=2",
+                "progress=false",
+                f"out_dir={tmp_path / 'cli'}",
+            ]
+        )
+        == 3
+    )
     assert "diverged" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------- results
 
+
 def test_eval_plot_table_and_study(tmp_path, capsys):
     (tmp_path / "exp.yaml").write_text("epochs: 2\nstudy:\n  seeds: [0, 1]\n")
     study = tmp_path / "study"
-    assert main(["study", str(tmp_path / "exp.yaml"), *TINY, "tensorboard=false", "--algorithms", "CEP", "NEP",
-                 "--jobs", "2", "--out", str(study)]) == 0
+    assert (
+        main(
+            [
+                "study",
+                str(tmp_path / "exp.yaml"),
+                *TINY,
+                "tensorboard=false",
+                "--algorithms",
+                "CEP",
+                "NEP",
+                "--jobs",
+                "2",
+                "--out",
+                str(study),
+            ]
+        )
+        == 0
+    )
     runs = sorted(p.parent for p in study.glob("*/config.json"))
     assert [p.name for p in runs] == ["CEP_digits_seed0", "CEP_digits_seed1", "NEP_digits_seed0", "NEP_digits_seed1"]
     table = (study / "table.md").read_text()
     finals = {p.name: read_run(p).final for p in runs}
     cep = [100 * finals[f"CEP_digits_seed{s}"]["test_error"] for s in (0, 1)]
-    mean, std = sum(cep) / 2, abs(cep[0] - cep[1]) / 2 ** 0.5
+    mean, std = sum(cep) / 2, abs(cep[0] - cep[1]) / 2**0.5
     assert f"| CEP | {mean:.2f} ± {std:.2f} |" in table and "| NEP |" in table and "digits test" in table
     assert (study / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()
@@ -292,15 +416,42 @@ def test_eval_plot_table_and_study(tmp_path, capsys):
 
     # a second study call resumes the finished runs instead of redoing them
     before = (runs[0] / "metrics.jsonl").read_text()
-    assert main(["study", str(tmp_path / "exp.yaml"), *TINY, "tensorboard=false", "--algorithms", "CEP",
-                 "--seeds", "0", "--out", str(study)]) == 0
+    assert (
+        main(
+            [
+                "study",
+                str(tmp_path / "exp.yaml"),
+                *TINY,
+                "tensorboard=false",
+                "--algorithms",
+                "CEP",
+                "--seeds",
+                "0",
+                "--out",
+                str(study),
+            ]
+        )
+        == 0
+    )
     assert (runs[0] / "metrics.jsonl").read_text() == before
 
 
 @pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "mnist").exists(), reason="shared MNIST not available")
 def test_real_mnist_run_learns(tmp_path):
-    cfg = parse_overrides(["dataset=mnist", f"data_dir={ROOT.parent / 'shared' / 'data' / 'mnist'}", "limit_train=1024",
-                           "limit_test=512", "channels=[8,16,16]", "gains=[0.8,0.8,0.8,0.8]", "free_iterations=10",
-                           "nudged_iterations=4", "epochs=2", "progress=false", f"out_dir={tmp_path}"])
+    cfg = parse_overrides(
+        [
+            "dataset=mnist",
+            f"data_dir={ROOT.parent / 'shared' / 'data' / 'mnist'}",
+            "limit_train=1024",
+            "limit_test=512",
+            "channels=[8,16,16]",
+            "gains=[0.8,0.8,0.8,0.8]",
+            "free_iterations=10",
+            "nudged_iterations=4",
+            "epochs=2",
+            "progress=false",
+            f"out_dir={tmp_path}",
+        ]
+    )
     history = Trainer(cfg, log=lambda s: None).fit()
     assert history[-1]["test_error"] < 0.5  # chance is 0.9

@@ -66,8 +66,10 @@ def test_centered_ep_matches_backprop_at_second_order(cost, tol):
 def test_one_sided_ep_is_first_order(name):
     net, x, labels = small_pcn(2)
     bp = get_algorithm("PC-BP").step(net, x, labels).grads
-    errs = [rel_error(get_algorithm(name, beta=b, nudged_iterations=40).step(net, x, labels).grads, bp)
-            for b in (1e-3, 1e-4)]
+    errs = [
+        rel_error(get_algorithm(name, beta=b, nudged_iterations=40).step(net, x, labels).grads, bp)
+        for b in (1e-3, 1e-4)
+    ]
     assert errs[0] < 1e-2 and 0.9 < math.log10(errs[0] / errs[1]) < 1.1  # slope 1: O(beta)
 
 
@@ -93,9 +95,23 @@ def test_pcn_trains_through_the_pipeline(tmp_path):
 
     with pytest.raises(ConfigError, match="does not train model .dchn.*algorithms for model .dchn."):
         parse_overrides(["algorithm=PC-CEP"])
-    cfg = parse_overrides(["model=pcn", "algorithm=PC-CEP", "channels=[8,16]", "hidden=[]", "gains=[0.8,0.8,0.8]",
-                           "lrs=[0.05,0.05,0.05]", "beta=0.05", "nudged_iterations=5", "epochs=3", "limit_train=512",
-                           "progress=false", "tensorboard=false", f"out_dir={tmp_path}"])
+    cfg = parse_overrides(
+        [
+            "model=pcn",
+            "algorithm=PC-CEP",
+            "channels=[8,16]",
+            "hidden=[]",
+            "gains=[0.8,0.8,0.8]",
+            "lrs=[0.05,0.05,0.05]",
+            "beta=0.05",
+            "nudged_iterations=5",
+            "epochs=3",
+            "limit_train=512",
+            "progress=false",
+            "tensorboard=false",
+            f"out_dir={tmp_path}",
+        ]
+    )
     history = Trainer(cfg, log=lambda s: None).fit()
     assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"] and history[-1]["test_error"] < 0.3
 
@@ -140,8 +156,9 @@ def test_skip_variant_adds_a_residual_path_to_the_conv_prediction():
     conv = F.conv2d(h1, f2.weight, f2.bias, padding=1)
     assert torch.allclose(f2(h1), F.relu(F.max_pool2d(conv, 2) + F.avg_pool2d(h1, 2)), atol=1e-14)
     h2 = f2(h1)
-    assert torch.allclose(f3(h2), F.relu(F.conv2d(h2, f3.weight, f3.bias, padding=1) + F.conv2d(h2, f3.shortcut)),
-                          atol=1e-14)
+    assert torch.allclose(
+        f3(h2), F.relu(F.conv2d(h2, f3.weight, f3.bias, padding=1) + F.conv2d(h2, f3.shortcut)), atol=1e-14
+    )
     states = get_algorithm("PC-CEP").free_phase(net, x).states
     assert float(net.energy(states).detach().abs().max()) == 0.0
     assert max(float(g.abs().max()) for g in net.energy_param_grads(states)) == 0.0
@@ -162,8 +179,10 @@ def test_skip_variant_centered_ep_matches_backprop_at_second_order():
     net, x, labels = skip_pcn(2)
     bp = get_algorithm("PC-BP").step(net, x, labels).grads
     assert len(bp) == len(list(net.parameters())) == 2 * 4 + 2 + 2  # 4 conv/linear (w, b), 2 shortcuts
-    errs = {b: rel_error(get_algorithm("PC-CEP", beta=b, nudged_iterations=40).step(net, x, labels).grads, bp)
-            for b in (1e-3, 1e-4)}
+    errs = {
+        b: rel_error(get_algorithm("PC-CEP", beta=b, nudged_iterations=40).step(net, x, labels).grads, bp)
+        for b in (1e-3, 1e-4)
+    }
     assert errs[1e-3] < 1e-5
     # slope 2 (measured 2.16: ReLU units within O(beta) of their kink add a little at beta = 1e-3); 1 or 3 fail
     assert 1.85 < math.log10(errs[1e-3] / errs[1e-4]) < 2.3

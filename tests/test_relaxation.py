@@ -33,8 +33,12 @@ def test_both_parity_orders_reach_the_same_fixed_point_but_differ_early():
     even = relax(net, net.init_state(x), 300, first="even").states
     odd = relax(net, net.init_state(x), 300, first="odd").states
     assert max_diff(even, odd) < 1e-10
-    assert max_diff(relax(net, net.init_state(x), 2, first="even").states,
-                    relax(net, net.init_state(x), 2, first="odd").states) > 1e-3
+    assert (
+        max_diff(
+            relax(net, net.init_state(x), 2, first="even").states, relax(net, net.init_state(x), 2, first="odd").states
+        )
+        > 1e-3
+    )
 
 
 def _iterations_to(net, x, schedule, tol):
@@ -130,8 +134,10 @@ def test_deviation_mode_keeps_the_contrast_that_16bit_states_lose():
 
     def update(**kw):
         s = [relax(net, free, 15, nudge=EPNudge(SquaredError(), y, b), **kw).states for b in (-0.25, 0.25)]
-        assert all(t.dtype == (torch.bfloat16 if kw.get("dtype") == "bfloat16" and not kw.get("deviation")
-                               else torch.float32) for t in s[0])
+        assert all(
+            t.dtype == (torch.bfloat16 if kw.get("dtype") == "bfloat16" and not kw.get("deviation") else torch.float32)
+            for t in s[0]
+        )
         g = [net.energy_param_grads(t) for t in s]
         return [(a - b) / 0.5 for a, b in zip(g[1], g[0])]
 

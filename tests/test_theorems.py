@@ -22,8 +22,9 @@ def _central_difference(p, idx, fn, h=1e-6):
     return (up - down) / (2 * h)
 
 
-def _F(net, x, y, beta, free_states, cost=SquaredError()):
+def _F(net, x, y, beta, free_states, cost=None):
     """F(beta) = min_s E + beta C (eq. 20), by relaxation from the free state; per-sample values."""
+    cost = cost or SquaredError()
     s = relax(net, free_states, 400, nudge=EPNudge(cost, y, beta)).states if beta else free_states
     return net.energy(s) + beta * cost(s[-1], y)
 
@@ -109,8 +110,10 @@ def test_theorem3_bias_orders(make):
     net, x, labels = make()
     rbp = get_algorithm("RBP", cg_tol=1e-13, **CONVERGED).step(net, x, labels).grads
     betas = [4e-3, 2e-3, 1e-3, 5e-4]
-    errs = {name: [rel_error(get_algorithm(name, beta=b, **CONVERGED).step(net, x, labels).grads, rbp) for b in betas]
-            for name in ("CEP", "PEP", "NEP")}
+    errs = {
+        name: [rel_error(get_algorithm(name, beta=b, **CONVERGED).step(net, x, labels).grads, rbp) for b in betas]
+        for name in ("CEP", "PEP", "NEP")
+    }
     assert 1.8 < _slope(betas, errs["CEP"]) < 2.2
     assert 0.85 < _slope(betas, errs["PEP"]) < 1.15
     assert 0.85 < _slope(betas, errs["NEP"]) < 1.15

@@ -3,7 +3,9 @@
 ``eqprop train`` with no arguments trains a small DCHN with C-EP on scikit-learn's bundled digits.
 ``eqprop train CONFIG.yaml key=value ...`` runs an experiment file with overrides; ``--resume RUN_DIR``
 continues a stopped run; ``--help-config`` lists every key, its type and default. Exit codes: 0 done,
-2 bad input, 3 diverged, 130 interrupted (SIGINT), 143 terminated (SIGTERM); both leave a checkpoint.
+2 bad input (a :class:`~eqprop.errors.ConfigError`, :class:`~eqprop.errors.DataError` or a missing file; any other
+exception is a bug and surfaces with its traceback), 3 diverged, 130 interrupted (SIGINT), 143 terminated (SIGTERM);
+both leave a checkpoint.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import dataclasses
 import sys
 import time
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from .training.config import ConfigError, TrainConfig, load_config
+from .errors import ConfigError, DataError
+from .training.config import TrainConfig, load_config
 
 __all__ = ["main"]
 
@@ -39,20 +42,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.help_config:
         hints = typing.get_type_hints(TrainConfig)
         for f in dataclasses.fields(TrainConfig):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
             print(f"{f.name:20s} {str(hints[f.name]).replace('typing.', ''):18s} {default!r}")
         return 0
     config, overrides = _split_config(args.items)
     overrides += _data_dir(args)
     if args.resume:
         if config is not None:
-            raise ConfigError("--resume takes the run's own config; give only key=value overrides "
-                              f"(such as device=cpu), not {config!r}")
+            raise ConfigError(
+                "--resume takes the run's own config; give only key=value overrides "
+                f"(such as device=cpu), not {config!r}"
+            )
         trainer = Trainer.resume(args.resume, overrides)
     else:
         cfg = load_config(config, overrides)
         if cfg.out_dir is None:
-            cfg.out_dir = str(Path("runs") / f"{cfg.dataset}_{cfg.algorithm}_seed{cfg.seed}_{time.strftime('%Y%m%d-%H%M%S')}")
+            cfg.out_dir = str(
+                Path("runs") / f"{cfg.dataset}_{cfg.algorithm}_seed{cfg.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
+            )
         trainer = Trainer(cfg)
     trainer.fit()
     if trainer.out:
@@ -65,9 +72,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     trainer, state = load_run(args.run_dir, args.checkpoint, [*args.overrides, *_data_dir(args)])
     res = evaluate(trainer.network, trainer.algorithm, trainer.data, trainer.device, flatten=trainer.flatten)
-    print(f"{args.run_dir} ({args.checkpoint} checkpoint, epoch {state['epoch']}): test error "
-          f"{100 * res['error']:.2f}%  top-5 {100 * res['top5_error']:.2f}%  test loss {res['loss']:.4f}  "
-          f"({len(trainer.data.test_labels)} images)")
+    print(
+        f"{args.run_dir} ({args.checkpoint} checkpoint, epoch {state['epoch']}): test error "
+        f"{100 * res['error']:.2f}%  top-5 {100 * res['top5_error']:.2f}%  test loss {res['loss']:.4f}  "
+        f"({len(trainer.data.test_labels)} images)"
+    )
     return 0
 
 
@@ -91,12 +100,22 @@ def _cmd_table(args: argparse.Namespace) -> int:
 def _cmd_study(args: argparse.Namespace) -> int:
     from .training.study import run_study
 
-    runs = run_study(args.config, args.out, args.algorithms, args.datasets, args.seeds, args.jobs,
-                     [*args.overrides, *_data_dir(args)])
+    runs = run_study(
+        args.config,
+        args.out,
+        args.algorithms,
+        args.datasets,
+        args.seeds,
+        args.jobs,
+        [*args.overrides, *_data_dir(args)],
+    )
     failed = [r for r in runs if r.returncode != 0]
     if failed:
-        print(f"eqprop study: {len(failed)} of {len(runs)} runs failed: {[r.out_dir.name for r in failed]} "
-              "(see stdout.log in each)", file=sys.stderr)
+        print(
+            f"eqprop study: {len(failed)} of {len(runs)} runs failed: {[r.out_dir.name for r in failed]} "
+            "(see stdout.log in each)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -106,8 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model (default: small DCHN, C-EP, digits)")
-    p.add_argument("items", nargs="*", metavar="[CONFIG] key=value",
-                   help="an experiment YAML file, then overrides such as algorithm=NEP epochs=3")
+    p.add_argument(
+        "items",
+        nargs="*",
+        metavar="[CONFIG] key=value",
+        help="an experiment YAML file, then overrides such as algorithm=NEP epochs=3",
+    )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--help-config", action="store_true", help="list the config keys, their types and defaults")
     p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
@@ -150,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:  # ConfigError is a ValueError
+    except (ConfigError, DataError, FileNotFoundError) as exc:  # bad input; anything else is a bug: traceback
         print(f"eqprop: error: {exc}", file=sys.stderr)
         return 2
     except DivergenceError as exc:

@@ -18,7 +18,8 @@ ordinary differentiable ops and is the autograd reference used in tests. Registe
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,20 +27,47 @@ from torch import Tensor, nn
 
 from .kernels import compiled
 
-__all__ = ["Interaction", "Dense", "ConvPool", "Bias", "INTERACTIONS", "register_interaction"]
+__all__ = [
+    "Interaction",
+    "Dense",
+    "ConvPool",
+    "Bias",
+    "INTERACTIONS",
+    "register_interaction",
+    "scaled_uniform_",
+    "max_pool_transpose",
+]
 
-INTERACTIONS: dict[str, type["Interaction"]] = {}
+INTERACTIONS: dict[str, type[Interaction]] = {}
 
 
-def register_interaction(name: str) -> Callable[[type["Interaction"]], type["Interaction"]]:
+def register_interaction(name: str) -> Callable[[type[Interaction]], type[Interaction]]:
     """Class decorator registering an interaction type under ``name``."""
 
-    def deco(cls: type["Interaction"]) -> type["Interaction"]:
+    def deco(cls: type[Interaction]) -> type[Interaction]:
         INTERACTIONS[name] = cls
         cls.kind = name
         return cls
 
     return deco
+
+
+def scaled_uniform_(weight: Tensor, gain: float, fan: int) -> Tensor:
+    """In place U(-c, c) with c = gain * sqrt(1 / fan): the gain-scaled init of eq. (102) (``fan`` = fan-in, or
+    the fan-out where a paper asks for it). Every weight of the library is drawn by this one function."""
+    if fan < 1:
+        raise ValueError(f"fan must be >= 1, got {fan}")
+    c = gain * math.sqrt(1.0 / fan)
+    with torch.no_grad():
+        return weight.uniform_(-c, c)
+
+
+def max_pool_transpose(post: Tensor, pre_pool: Tensor, indices: Tensor, size: int) -> Tensor:
+    """P^T: each value of ``post`` goes to the argmax of its (non-overlapping) ``size`` x ``size`` window of
+    ``pre_pool``, zeros elsewhere. Max-pool's own backward kernel does exactly that and, unlike max_unpool2d, has
+    channels-last CUDA kernels, so a channels-last relaxation never converts layouts here."""
+    k = [size, size]
+    return torch.ops.aten.max_pool2d_with_indices_backward(post, pre_pool, k, k, [0, 0], [1, 1], False, indices)
 
 
 def _per_sample_dot(a: Tensor, b: Tensor) -> Tensor:
@@ -80,7 +108,7 @@ class Interaction(nn.Module):
         """The transposed pooling P^T post at the pooling context ``ctx`` (identity by default)."""
         return post
 
-    def forward(self, pre: Tensor | None, params: tuple[Tensor, ...]) -> tuple[Tensor, Any]:  # type: ignore[override]
+    def forward(self, pre: Tensor | None, params: tuple[Tensor, ...]) -> tuple[Tensor, Any]:
         """dphi/dpost and a context reused by :meth:`backward` while ``pre`` is unchanged."""
         return self.pool(self.linear(pre, params))
 
@@ -104,9 +132,7 @@ class Dense(Interaction):
         self.reset_parameters(gain)
 
     def reset_parameters(self, gain: float) -> None:
-        c = gain * math.sqrt(1.0 / self.weight.shape[1])
-        with torch.no_grad():
-            self.weight.uniform_(-c, c)
+        scaled_uniform_(self.weight, gain, self.weight.shape[1])
 
     def phi(self, pre: Tensor | None, post: Tensor) -> Tensor:
         assert pre is not None
@@ -125,8 +151,17 @@ class Dense(Interaction):
 class ConvPool(Interaction):
     """Convolution then max-pooling: s_post . P(w * s_pre) (eq. 19); ``pool=1`` means no pooling."""
 
-    def __init__(self, pre: int, post: int, in_channels: int, out_channels: int, kernel_size: int = 3,
-                 padding: int = 1, pool: int = 2, gain: float = 0.5):
+    def __init__(
+        self,
+        pre: int,
+        post: int,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        padding: int = 1,
+        pool: int = 2,
+        gain: float = 0.5,
+    ):
         super().__init__(pre, post)
         self.padding, self.pool_size = padding, pool
         self.fused = False  # set_fused_kernels
@@ -134,10 +169,7 @@ class ConvPool(Interaction):
         self.reset_parameters(gain)
 
     def reset_parameters(self, gain: float) -> None:
-        fan_in = self.weight[0].numel()
-        c = gain * math.sqrt(1.0 / fan_in)
-        with torch.no_grad():
-            self.weight.uniform_(-c, c)
+        scaled_uniform_(self.weight, gain, self.weight[0].numel())
 
     def _pooled(self, pre: Tensor, w: Tensor) -> Tensor:
         z = F.conv2d(pre, w, padding=self.padding)
@@ -158,8 +190,14 @@ class ConvPool(Interaction):
     def pool(self, z):
         if self.pool_size == 1:
             return z, None
-        if (self.fused and z.is_cuda and not torch.is_grad_enabled() and self.pool_size == 2
-                and z.shape[-1] % 2 == 0 and z.shape[-2] % 2 == 0):
+        if (
+            self.fused
+            and z.is_cuda
+            and not torch.is_grad_enabled()
+            and self.pool_size == 2
+            and z.shape[-1] % 2 == 0
+            and z.shape[-2] % 2 == 0
+        ):
             pooled, code = compiled("pool")(z)
             return pooled, (code,)
         pooled, idx = F.max_pool2d(z, self.pool_size, return_indices=True)
@@ -170,12 +208,8 @@ class ConvPool(Interaction):
             return post
         if len(ctx) == 1:  # the fused kernels' int8 code
             return compiled("unpool")(post, ctx[0])
-        # post goes to the argmax of each window, zeros elsewhere. Max-pool's own backward kernel does exactly
-        # that for non-overlapping windows and, unlike max_unpool2d, has channels-last CUDA kernels, so a
-        # channels-last relaxation never converts layouts here.
         idx, z = ctx
-        k = [self.pool_size, self.pool_size]
-        return torch.ops.aten.max_pool2d_with_indices_backward(post, z, k, k, [0, 0], [1, 1], False, idx)
+        return max_pool_transpose(post, z, idx, self.pool_size)
 
 
 @register_interaction("bias")

@@ -10,7 +10,7 @@ The plain functions are the reference (tested against max_pool2d and its backwar
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -79,10 +79,14 @@ def compiled(name: str, activation: Activation | None = None) -> Callable:
             assert activation is not None
             project = activation.project
 
-            def fn(*terms: Tensor) -> Tensor:
+            def update(*terms: Tensor) -> Tensor:
                 return layer_update(project, *terms)
+
+            fn: Callable = update
+        elif name == "pool":
+            fn = max_pool2x2_code
         else:
-            fn = {"pool": max_pool2x2_code, "unpool": max_unpool2x2_code}[name]
+            fn = max_unpool2x2_code
         config = torch._dynamo.config  # many layer shapes: allow more specialisations than the default 8
         limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
         setattr(config, limit, max(getattr(config, limit), 256))
@@ -99,7 +103,7 @@ def set_fused_kernels(network: nn.Module, enabled: bool = True) -> None:
     its messages in fp32 registers and rounds once (16-bit states round after every add otherwise). The first
     call per shape and dtype compiles (seconds). CPU tensors keep the native kernels.
     """
-    network.fused_kernels = enabled
+    network.fused_kernels = enabled  # type: ignore[assignment]  # a plain attribute, read by the solvers
     for module in network.modules():
         if hasattr(module, "fused"):
-            module.fused = enabled
+            module.fused = enabled  # type: ignore[assignment]

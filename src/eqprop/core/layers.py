@@ -6,8 +6,8 @@ projection onto the layer's state space, e.g. the box [0, 1] for the hard sigmoi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -27,7 +27,9 @@ class Activation:
 ACTIVATIONS: dict[str, Activation] = {}
 
 
-def register_activation(name: str, project: Callable[[Tensor], Tensor], active: Callable[[Tensor], Tensor]) -> Activation:
+def register_activation(
+    name: str, project: Callable[[Tensor], Tensor], active: Callable[[Tensor], Tensor]
+) -> Activation:
     """Register a state space under ``name`` so layers and configs can refer to it by name."""
     act = Activation(name, project, active)
     ACTIVATIONS[name] = act

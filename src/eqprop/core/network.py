@@ -7,7 +7,8 @@ list index = layer index of the paper; the last layer is the output o.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +24,8 @@ State = list[Tensor]
 class EnergyNetwork(nn.Module):
     """An energy-based network; parameters are ordinary ``nn.Parameter``s named ``interactions.<name>.*``."""
 
+    block_ends: list[int] | None = None  # VGG CRNNs: the last layer of each conv block (where KD/LE signals attach)
+
     def __init__(self, layers: Sequence[Layer], interactions: Mapping[str, Interaction]) -> None:
         super().__init__()
         if len(layers) < 2:
@@ -34,13 +37,16 @@ class EnergyNetwork(nn.Module):
                 raise ValueError(f"layer {k} ({layer.name!r}) is free and needs an activation")
         self.layers = tuple(layers)
         self.interactions = nn.ModuleDict(dict(interactions))
+        self.terms: dict[str, Interaction] = dict(interactions)  # the same modules, typed (Phi's terms by name)
         n = len(self.layers)
         self.into: list[list[str]] = [[] for _ in range(n)]  # interactions whose post is k
         self.out_of: list[list[str]] = [[] for _ in range(n)]  # interactions whose pre is k
-        for name, inter in self.interactions.items():
+        for name, inter in self.terms.items():
             if not (1 <= inter.post < n) or (inter.pre is not None and not (0 <= inter.pre < n)):
-                raise ValueError(f"interaction {name!r} connects layers ({inter.pre}, {inter.post}) "
-                                 f"but the network has layers 0..{n - 1}")
+                raise ValueError(
+                    f"interaction {name!r} connects layers ({inter.pre}, {inter.post}) "
+                    f"but the network has layers 0..{n - 1}"
+                )
             self.into[inter.post].append(name)
             if inter.pre is not None:
                 self.out_of[inter.pre].append(name)
@@ -69,19 +75,23 @@ class EnergyNetwork(nn.Module):
     def _check_shapes(self) -> None:
         with torch.no_grad():
             states = [torch.zeros(1, *layer.shape) for layer in self.layers]
-            for name, inter in self.interactions.items():
+            for name, inter in self.terms.items():
                 params = inter.relaxation_params()
                 pre = None if inter.pre is None else states[inter.pre]
                 msg, ctx = inter(pre, params)
                 want = self.layers[inter.post].shape
                 if msg.dim() != len(want) + 1 or any(a not in (1, b) for a, b in zip(msg.shape[1:], want)):
-                    raise ValueError(f"interaction {name!r} sends a message of shape {tuple(msg.shape[1:])} to "
-                                     f"layer {inter.post} whose shape is {want}")
+                    raise ValueError(
+                        f"interaction {name!r} sends a message of shape {tuple(msg.shape[1:])} to "
+                        f"layer {inter.post} whose shape is {want}"
+                    )
                 if inter.pre is not None:
                     back = inter.backward(states[inter.post], ctx, params)
                     if tuple(back.shape[1:]) != self.layers[inter.pre].shape:
-                        raise ValueError(f"interaction {name!r} sends a message of shape {tuple(back.shape[1:])} "
-                                         f"to layer {inter.pre} whose shape is {self.layers[inter.pre].shape}")
+                        raise ValueError(
+                            f"interaction {name!r} sends a message of shape {tuple(back.shape[1:])} "
+                            f"to layer {inter.pre} whose shape is {self.layers[inter.pre].shape}"
+                        )
 
     def layer_parameters(self) -> list[list[nn.Parameter]]:
         """Parameters grouped by the layer they feed (weights into layer k and bias of k), for k = 1..L.
@@ -90,7 +100,7 @@ class EnergyNetwork(nn.Module):
         """
         groups: list[list[nn.Parameter]] = [[] for _ in range(self.num_layers - 1)]
         for name in self.interactions:
-            inter = self.interactions[name]
+            inter = self.terms[name]
             groups[inter.post - 1].extend(inter.parameters())
         return groups
 
@@ -100,8 +110,9 @@ class EnergyNetwork(nn.Module):
         if x.dim() != len(want) + 1 or tuple(x.shape[1:]) != want:
             raise ValueError(f"input has shape {tuple(x.shape)}, expected (batch, {', '.join(map(str, want))})")
 
-    def init_state(self, x: Tensor, mode: str = "zeros", dtype: torch.dtype | None = None,
-                   generator: torch.Generator | None = None) -> State:
+    def init_state(
+        self, x: Tensor, mode: str = "zeros", dtype: torch.dtype | None = None, generator: torch.Generator | None = None
+    ) -> State:
         """Initial state [x, s_1..s_L]: zeros, or uniform in [0, 1] for hidden layers (output starts at 0)."""
         self.check_input(x)
         dtype = dtype or x.dtype
@@ -125,7 +136,7 @@ class EnergyNetwork(nn.Module):
     def phi(self, states: State) -> Tensor:
         """Primitive function Phi(theta, s) per sample (eq. 97), through differentiable ops."""
         total = torch.zeros(states[0].shape[0], dtype=states[-1].dtype, device=states[0].device)
-        for inter in self.interactions.values():
+        for inter in self.terms.values():
             pre = None if inter.pre is None else states[inter.pre]
             total = total + inter.phi(pre, states[inter.post])
         return total
@@ -155,14 +166,16 @@ class EnergyNetwork(nn.Module):
     def messages(self, states: State, dtype: torch.dtype | None = None) -> list[Tensor | None]:
         """dPhi/ds_k for k = 1..L through the explicit messages of the interactions (index 0 is None)."""
         total: list[Tensor | None] = [None] * self.num_layers
-        for inter in self.interactions.values():
+        for inter in self.terms.values():
             params = inter.relaxation_params(dtype)
             pre = None if inter.pre is None else states[inter.pre]
             msg, ctx = inter(pre, params)
-            total[inter.post] = msg if total[inter.post] is None else total[inter.post] + msg
+            have = total[inter.post]
+            total[inter.post] = msg if have is None else have + msg
             if inter.pre is not None and inter.pre > 0:
                 back = inter.backward(states[inter.post], ctx, params)
-                total[inter.pre] = back if total[inter.pre] is None else total[inter.pre] + back
+                have = total[inter.pre]
+                total[inter.pre] = back if have is None else have + back
         return [None] + [m if m is None else m.expand_as(s) for m, s in zip(total[1:], states[1:])]
 
     def energy_param_grads(self, states: State) -> list[Tensor]:
@@ -179,6 +192,8 @@ class EnergyNetwork(nn.Module):
         msgs = self.messages(states)
         sq = torch.zeros(states[0].shape[0], dtype=states[-1].dtype, device=states[0].device)
         for k in range(1, self.num_layers):
-            target = self.layers[k].sigma.project(msgs[k])
+            m = msgs[k]
+            assert m is not None, f"layer {k} receives no message"
+            target = self.layers[k].sigma.project(m)
             sq = sq + (states[k] - target).flatten(1).pow(2).sum(1)
         return sq.sqrt()

@@ -7,8 +7,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +17,18 @@ from torch import Tensor
 
 from .layers import Activation
 
-__all__ = ["Cost", "SquaredError", "CrossEntropy", "COSTS", "get_cost", "Nudge", "EPNudge", "ClampNudge",
-           "one_hot", "AugmentedNudge"]
+__all__ = [
+    "Cost",
+    "SquaredError",
+    "CrossEntropy",
+    "COSTS",
+    "get_cost",
+    "Nudge",
+    "EPNudge",
+    "ClampNudge",
+    "one_hot",
+    "AugmentedNudge",
+]
 
 
 def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -25,8 +36,9 @@ def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32
     if labels.dim() != 1:
         raise ValueError(f"labels must be a 1-D tensor of class indices, got shape {tuple(labels.shape)}")
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes - 1}], got range "
-                         f"[{int(labels.min())}, {int(labels.max())}]")
+        raise ValueError(
+            f"labels must lie in [0, {num_classes - 1}], got range [{int(labels.min())}, {int(labels.max())}]"
+        )
     return F.one_hot(labels.long(), num_classes).to(dtype)
 
 
@@ -61,8 +73,10 @@ class SquaredError(Cost):
         # The output's energy 1/2 o^2 - m o + beta (o - y)^2 is a separable 1-D quadratic with curvature
         # 1 + 2 beta, so its exact minimiser on the state space is sigma((m + 2 beta y) / (1 + 2 beta)).
         if 1.0 + 2.0 * beta <= 0.0:
-            raise ValueError(f"beta={beta} makes E + beta*||o-y||^2 unbounded below in o; "
-                             "the squared-error nudging needs beta > -0.5")
+            raise ValueError(
+                f"beta={beta} makes E + beta*||o-y||^2 unbounded below in o; "
+                "the squared-error nudging needs beta > -0.5"
+            )
         return sigma.project((m + 2.0 * beta * y) / (1.0 + 2.0 * beta))
 
 
@@ -104,7 +118,7 @@ class Nudge:
         """Per-sample extra energy from the hidden layers (0 unless ``hidden_layers``)."""
         return torch.zeros(states[-1].shape[0], dtype=states[-1].dtype, device=states[-1].device)
 
-    def output_update(self, m: Tensor, o: Tensor, sigma: Activation) -> Tensor:
+    def output_update(self, m: Tensor | None, o: Tensor, sigma: Activation) -> Tensor:
         raise NotImplementedError
 
     def capture_key(self) -> tuple:
@@ -116,7 +130,7 @@ class Nudge:
         """The per-step data a captured phase copies in before each replay (target or clamp value)."""
         raise NotImplementedError(f"{type(self).__name__} does not support captured phases")
 
-    def with_tensor(self, tensor: Tensor) -> "Nudge":
+    def with_tensor(self, tensor: Tensor) -> Nudge:
         """The same nudge reading ``tensor`` instead (the static buffer of a captured phase)."""
         raise NotImplementedError(f"{type(self).__name__} does not support captured phases")
 
@@ -133,7 +147,9 @@ class EPNudge(Nudge):
     y: Tensor
     beta: float
 
-    def output_update(self, m: Tensor, o: Tensor, sigma: Activation) -> Tensor:
+    def output_update(self, m: Tensor | None, o: Tensor, sigma: Activation) -> Tensor:
+        if m is None:
+            raise ValueError("EP nudging updates the output from its incoming message; got none")
         if self.beta == 0.0:
             return sigma.project(m)
         return self.cost.nudged_output(m, o, self.y.to(m.dtype), self.beta, sigma)
@@ -148,7 +164,7 @@ class EPNudge(Nudge):
     def tensor(self) -> Tensor:
         return self.y
 
-    def with_tensor(self, tensor: Tensor) -> "EPNudge":
+    def with_tensor(self, tensor: Tensor) -> EPNudge:
         return EPNudge(self.cost, tensor, self.beta)
 
 
@@ -159,7 +175,7 @@ class ClampNudge(Nudge):
     target: Tensor
     clamps_output = True
 
-    def output_update(self, m: Tensor, o: Tensor, sigma: Activation) -> Tensor:
+    def output_update(self, m: Tensor | None, o: Tensor, sigma: Activation) -> Tensor:
         return self.target.to(o.dtype)
 
     def capture_key(self) -> tuple:
@@ -169,11 +185,11 @@ class ClampNudge(Nudge):
     def tensor(self) -> Tensor:
         return self.target
 
-    def with_tensor(self, tensor: Tensor) -> "ClampNudge":
+    def with_tensor(self, tensor: Tensor) -> ClampNudge:
         return ClampNudge(tensor)
 
     @staticmethod
-    def coupled(o_free: Tensor, y: Tensor, beta: float) -> "ClampNudge":
+    def coupled(o_free: Tensor, y: Tensor, beta: float) -> ClampNudge:
         """CpL target (1 - beta) o_* + beta y; beta = 1 gives contrastive learning's clamp to y."""
         return ClampNudge((1.0 - beta) * o_free + beta * y.to(o_free.dtype))
 
@@ -195,7 +211,7 @@ class AugmentedNudge(Nudge):
             raise ValueError(f"one target per signal: {len(self.signals)} signals, {len(self.targets)} targets")
         self.hidden_layers = frozenset(s.layer for s in self.signals)
 
-    def output_update(self, m: Tensor, o: Tensor, sigma: Activation) -> Tensor:
+    def output_update(self, m: Tensor | None, o: Tensor, sigma: Activation) -> Tensor:
         return self.base.output_update(m, o, sigma)
 
     def extra_energy(self, o: Tensor) -> Tensor:

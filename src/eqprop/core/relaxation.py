@@ -31,8 +31,9 @@ C-EP contrast divides by 2 beta survives, at the cost of 16-bit convolutions.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,14 +42,32 @@ from .kernels import compiled, sum_messages
 from .network import EnergyNetwork, State
 from .nudging import Nudge
 
-__all__ = ["relax", "relax_graphed", "RelaxResult", "Trajectory", "SolverStats", "SolverSettings", "Solver",
-           "MessagesSolver", "AutogradSolver", "DeviationSolver", "GraphedSolver", "SOLVERS", "register_solver",
-           "get_solver", "SOLVER_REFERENCES", "SCHEDULES", "DTYPES", "even_odd_groups", "layer_groups", "resolve_dtype"]
+__all__ = [
+    "relax",
+    "relax_graphed",
+    "RelaxResult",
+    "Trajectory",
+    "SolverStats",
+    "SolverSettings",
+    "Solver",
+    "MessagesSolver",
+    "AutogradSolver",
+    "DeviationSolver",
+    "GraphedSolver",
+    "SOLVERS",
+    "register_solver",
+    "get_solver",
+    "SOLVER_REFERENCES",
+    "SCHEDULES",
+    "DTYPES",
+    "even_odd_groups",
+    "layer_groups",
+    "resolve_dtype",
+]
 
 SCHEDULES = ("asynchronous", "synchronous")
 FIRST = ("even", "odd")
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
-          "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -127,8 +146,9 @@ def even_odd_groups(free: Sequence[int], schedule: str = "asynchronous", first: 
     return [g for g in ((even, odd) if first == "even" else (odd, even)) if g]
 
 
-def layer_groups(network: EnergyNetwork, schedule: str, first: str = "even",
-                 clamp_output: bool = False) -> list[list[int]]:
+def layer_groups(
+    network: EnergyNetwork, schedule: str, first: str = "even", clamp_output: bool = False
+) -> list[list[int]]:
     """:func:`even_odd_groups` of a network's free layers (without the output when it is clamped)."""
     free = [k for k in range(1, network.num_layers) if not (clamp_output and k == network.output_index)]
     return even_odd_groups(free, schedule, first)
@@ -142,20 +162,30 @@ def _diagnostics(network: EnergyNetwork, states: State, nudge: Nudge | None) -> 
         if nudge is not None:
             e = e + nudge.extra_energy(s32[-1]) + nudge.hidden_energy(s32)
         msgs = network.messages(s32)
-        sq = 0.0
+        sq = torch.zeros(s32[0].shape[0], dtype=dtype, device=s32[0].device)
         for k in range(1, network.num_layers):
+            m = msgs[k]
+            assert m is not None
             if k == network.output_index and nudge is not None:
-                target = nudge.output_update(msgs[k], s32[k], network.layers[k].sigma)
+                target = nudge.output_update(m, s32[k], network.layers[k].sigma)
             elif nudge is not None and k in nudge.hidden_layers:
-                target = network.layers[k].sigma.project(msgs[k] - nudge.layer_force(k, s32[k]))
+                target = network.layers[k].sigma.project(m - nudge.layer_force(k, s32[k]))
             else:
-                target = network.layers[k].sigma.project(msgs[k])
+                target = network.layers[k].sigma.project(m)
             sq = sq + (s32[k] - target).flatten(1).pow(2).sum(1)
-        return float(e.mean()), float(torch.as_tensor(sq).sqrt().mean())
+        return float(e.mean()), float(sq.sqrt().mean())
 
 
-def _iterate(network: EnergyNetwork, states: State, iterations: int, nudge: Nudge | None, settings: SolverSettings,
-             engine: str, deviation: bool, record: bool) -> RelaxResult:
+def _iterate(
+    network: EnergyNetwork,
+    states: State,
+    iterations: int,
+    nudge: Nudge | None,
+    settings: SolverSettings,
+    engine: str,
+    deviation: bool,
+    record: bool,
+) -> RelaxResult:
     """The fixed-point iterations shared by the messages, autograd and deviation solvers."""
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
@@ -168,13 +198,13 @@ def _iterate(network: EnergyNetwork, states: State, iterations: int, nudge: Nudg
         states = [s.contiguous(memory_format=torch.channels_last) if s.dim() == 4 else s for s in states]
     clamp = nudge is not None and nudge.clamps_output
     out = network.output_index
-    if clamp:
-        states[out] = nudge.output_update(None, states[out], network.layers[out].sigma)  # type: ignore[arg-type]
+    if nudge is not None and clamp:
+        states[out] = nudge.output_update(None, states[out], network.layers[out].sigma)
     groups = layer_groups(network, schedule, first, clamp)
     free = [k for g in groups for k in g]
     traj = Trajectory() if record else None
 
-    inters = network.interactions
+    inters = network.terms
     params = _relaxation_params(network, None if deviation else dtype, channels_last)
     fwd: dict[str, Tensor] = {}
     ctx: dict[str, Any] = {}
@@ -194,8 +224,12 @@ def _iterate(network: EnergyNetwork, states: State, iterations: int, nudge: Nudg
         for name in inters:
             refresh(name)
 
-    fused = (engine == "messages" and getattr(network, "fused_kernels", False) and states[-1].is_cuda
-             and not torch.is_grad_enabled())
+    fused = (
+        engine == "messages"
+        and getattr(network, "fused_kernels", False)
+        and states[-1].is_cuda
+        and not torch.is_grad_enabled()
+    )
 
     def update(k: int, grads: list[Tensor] | None) -> Tensor:
         sigma = network.layers[k].sigma
@@ -264,7 +298,6 @@ def _sample_change(after: list[Tensor], before: list[Tensor]) -> Tensor:
     return torch.stack(per_layer).amax(0)
 
 
-
 # ---- solvers ------------------------------------------------------------------------------------------------
 class Solver:
     """A relaxation method: ``solver(network, states, iterations, nudge=None, record=False) -> RelaxResult``.
@@ -277,11 +310,12 @@ class Solver:
     def __init__(self, settings: SolverSettings | None = None, **changes: Any) -> None:
         self.settings = replace(settings or SolverSettings(), **changes)
 
-    def __call__(self, network: Any, states: State, iterations: int, nudge: Nudge | None = None,
-                 record: bool = False) -> RelaxResult:
+    def __call__(
+        self, network: Any, states: State, iterations: int, nudge: Nudge | None = None, record: bool = False
+    ) -> RelaxResult:
         raise NotImplementedError
 
-    def with_settings(self, **changes: Any) -> "Solver":
+    def with_settings(self, **changes: Any) -> Solver:
         """The same solver with some settings changed."""
         return type(self)(replace(self.settings, **changes))
 
@@ -333,8 +367,10 @@ class AutogradSolver(Solver):
     def __call__(self, network, states, iterations, nudge=None, record=False):
         pdtype = next(network.parameters()).dtype
         if self.settings.dtype is not None and self.settings.dtype != pdtype:
-            raise ValueError("the autograd reference solver runs in the parameters' dtype; use the messages "
-                             f"solver for dtype={self.settings.dtype}")
+            raise ValueError(
+                "the autograd reference solver runs in the parameters' dtype; use the messages "
+                f"solver for dtype={self.settings.dtype}"
+            )
         return _iterate(network, states, iterations, nudge, self.settings, "autograd", False, record)
 
 
@@ -356,23 +392,49 @@ class GraphedSolver(Solver):
         super().__init__(settings, **changes)
         self.inner = inner if inner is not None else MessagesSolver(self.settings)
 
-    def with_settings(self, **changes: Any) -> "GraphedSolver":
+    def with_settings(self, **changes: Any) -> GraphedSolver:
         inner = self.inner.with_settings(**changes)
         return GraphedSolver(inner.settings, inner=inner)
 
     def __call__(self, network, states, iterations, nudge=None, record=False):
         s = self.inner.settings
-        if (not states[0].is_cuda or torch.is_grad_enabled() or s.tol is not None or record
-                or not isinstance(self.inner, MessagesSolver) or (nudge is not None and nudge.hidden_layers)):
+        if (
+            not states[0].is_cuda
+            or torch.is_grad_enabled()
+            or s.tol is not None
+            or record
+            or not isinstance(self.inner, MessagesSolver)
+            or (nudge is not None and nudge.hidden_layers)
+        ):
             return self.inner(network, states, iterations, nudge, record)
-        return relax_graphed(network, states, iterations, nudge=nudge, schedule=s.schedule, first=s.first,
-                             dtype=s.dtype, channels_last=s.channels_last, deviation=self.inner.deviation)
+        return relax_graphed(
+            network,
+            states,
+            iterations,
+            nudge=nudge,
+            schedule=s.schedule,
+            first=s.first,
+            dtype=s.dtype,
+            channels_last=s.channels_last,
+            deviation=self.inner.deviation,
+        )
 
 
-def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudge | None = None,
-          schedule: str = "asynchronous", first: str = "even", tol: float | None = None,
-          dtype: torch.dtype | str | None = None, record: bool = False, engine: str = "messages",
-          channels_last: bool = False, deviation: bool = False) -> RelaxResult:
+def relax(
+    network: EnergyNetwork,
+    states: State,
+    iterations: int,
+    *,
+    nudge: Nudge | None = None,
+    schedule: str = "asynchronous",
+    first: str = "even",
+    tol: float | None = None,
+    dtype: torch.dtype | str | None = None,
+    record: bool = False,
+    engine: str = "messages",
+    channels_last: bool = False,
+    deviation: bool = False,
+) -> RelaxResult:
     """Run up to ``iterations`` fixed-point iterations from ``states``: the functional form of the solvers.
 
     ``engine`` names the solver ("messages", "autograd"); ``deviation=True`` picks the deviation solver.
@@ -389,19 +451,22 @@ def relax(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudg
 
 def _relaxation_params(network: EnergyNetwork, dtype: torch.dtype | None, channels_last: bool) -> dict:
     """Each interaction's parameters cast to ``dtype`` (None: as they are), 4-d ones channels-last if asked."""
-    params = {name: inter.relaxation_params(dtype) for name, inter in network.interactions.items()}
+    params = {name: inter.relaxation_params(dtype) for name, inter in network.terms.items()}
     if channels_last:
-        params = {name: tuple(p.contiguous(memory_format=torch.channels_last) if p.dim() == 4 else p for p in ps)
-                  for name, ps in params.items()}
+        params = {
+            name: tuple(p.contiguous(memory_format=torch.channels_last) if p.dim() == 4 else p for p in ps)
+            for name, ps in params.items()
+        }
     return params
 
 
 class _DeviationBase:
     """The full-precision messages at the initial states s0 and the low-precision messages of d = s - s0."""
 
-    def __init__(self, network: EnergyNetwork, states: State, params: dict, dtype: torch.dtype | None,
-                 channels_last: bool) -> None:
-        self.inters, self.params, self.dtype = network.interactions, params, dtype
+    def __init__(
+        self, network: EnergyNetwork, states: State, params: dict, dtype: torch.dtype | None, channels_last: bool
+    ) -> None:
+        self.inters, self.params, self.dtype = network.terms, params, dtype
         self.low = params if dtype is None else _relaxation_params(network, dtype, channels_last)
         self.s0 = [s.clone() for s in states]
         self.z0: dict[str, Tensor] = {}  # A s0 (pre-pooling)
@@ -432,12 +497,21 @@ class _DeviationBase:
         return self.b0[name] + inter.linear_t(du, self.low[name]).to(self.b0[name].dtype)
 
 
-_GRAPHS: "weakref.WeakKeyDictionary[EnergyNetwork, dict]" = weakref.WeakKeyDictionary()
+_GRAPHS: weakref.WeakKeyDictionary[EnergyNetwork, dict] = weakref.WeakKeyDictionary()
 
 
-def relax_graphed(network: EnergyNetwork, states: State, iterations: int, *, nudge: Nudge | None = None,
-                  schedule: str = "asynchronous", first: str = "even", dtype: torch.dtype | str | None = None,
-                  channels_last: bool = False, deviation: bool = False) -> RelaxResult:
+def relax_graphed(
+    network: EnergyNetwork,
+    states: State,
+    iterations: int,
+    *,
+    nudge: Nudge | None = None,
+    schedule: str = "asynchronous",
+    first: str = "even",
+    dtype: torch.dtype | str | None = None,
+    channels_last: bool = False,
+    deviation: bool = False,
+) -> RelaxResult:
     """:func:`relax` with a fixed iteration count, captured once per (shapes, settings) as a CUDA graph and
     replayed: removes the per-kernel launch overhead of the relaxation loop on GPUs.
 
@@ -447,23 +521,44 @@ def relax_graphed(network: EnergyNetwork, states: State, iterations: int, *, nud
     if not states[0].is_cuda:
         raise ValueError("relax_graphed needs CUDA tensors; use relax() on the CPU")
     dtype = resolve_dtype(dtype)
-    key = (tuple((tuple(s.shape), s.dtype) for s in states), iterations, schedule, first, dtype, channels_last,
-           deviation, ("free",) if nudge is None else nudge.capture_key())
+    key = (
+        tuple((tuple(s.shape), s.dtype) for s in states),
+        iterations,
+        schedule,
+        first,
+        dtype,
+        channels_last,
+        deviation,
+        ("free",) if nudge is None else nudge.capture_key(),
+    )
     cache = _GRAPHS.setdefault(network, {})
-    kwargs = dict(schedule=schedule, first=first, dtype=dtype, channels_last=channels_last, deviation=deviation)
     with torch.no_grad():
         if key not in cache:
             static_in = [s.clone() for s in states]
             static_aux = None if nudge is None else nudge.tensor.clone()
-            static_nudge = None if nudge is None else nudge.with_tensor(static_aux)
+            static_nudge = None if nudge is None or static_aux is None else nudge.with_tensor(static_aux)
+
+            def run() -> State:
+                return relax(
+                    network,
+                    static_in,
+                    iterations,
+                    nudge=static_nudge,
+                    schedule=schedule,
+                    first=first,
+                    dtype=dtype,
+                    channels_last=channels_last,
+                    deviation=deviation,
+                ).states
+
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):  # warm-up outside the capture (cuDNN autotuning, allocator)
-                relax(network, static_in, iterations, nudge=static_nudge, **kwargs)
+                run()
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                static_out = relax(network, static_in, iterations, nudge=static_nudge, **kwargs).states
+                static_out = run()
             cache[key] = (graph, static_in, static_aux, static_out)
         graph, static_in, static_aux, static_out = cache[key]
         for dst, src in zip(static_in, states):

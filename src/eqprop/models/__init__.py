@@ -1,11 +1,33 @@
 """Model families: Hopfield networks (dense, DCHN, VGG CRNN), predictive-coding networks and Hamiltonian SSMs,
 each registered for configs with :func:`register_model`."""
 
-from .base import MODELS, EnergyModel, ModelSpec, build_model, model_names, model_spec, register_model
-from .hamiltonian import HamiltonianSSM, HamiltonianUnit, LinearHRU, NonlinearHRU, leapfrog_step, register_hru
+# importing registers: this order is the registries' listing order
+# isort: off
 from .hopfield import VGG_ARCHS, dchn, hopfield_mlp, vgg_crnn
 from .predictive_coding import PredictiveCodingNetwork, pc_vgg
+from .hamiltonian import HamiltonianSSM, HamiltonianUnit, LinearHRU, NonlinearHRU, leapfrog_step, register_hru
 
-__all__ = ["MODELS", "EnergyModel", "ModelSpec", "build_model", "model_names", "model_spec", "register_model",
-           "HamiltonianSSM", "HamiltonianUnit", "LinearHRU", "NonlinearHRU", "leapfrog_step", "register_hru",
-           "VGG_ARCHS", "dchn", "hopfield_mlp", "vgg_crnn", "PredictiveCodingNetwork", "pc_vgg"]
+# isort: on
+from .base import MODELS, EnergyModel, ModelSpec, build_model, model_names, model_spec, register_model
+
+__all__ = [
+    "MODELS",
+    "EnergyModel",
+    "ModelSpec",
+    "build_model",
+    "model_names",
+    "model_spec",
+    "register_model",
+    "HamiltonianSSM",
+    "HamiltonianUnit",
+    "LinearHRU",
+    "NonlinearHRU",
+    "leapfrog_step",
+    "register_hru",
+    "VGG_ARCHS",
+    "dchn",
+    "hopfield_mlp",
+    "vgg_crnn",
+    "PredictiveCodingNetwork",
+    "pc_vgg",
+]

@@ -9,8 +9,9 @@ relaxation solver.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
@@ -18,11 +19,29 @@ from ..core.relaxation import RelaxResult
 from ..errors import ConfigError
 from ..registry import canonical_name
 
-__all__ = ["EnergyModel", "ModelSpec", "MODELS", "register_model", "model_spec", "model_names", "build_model"]
+__all__ = [
+    "LayeredModel",
+    "EnergyModel",
+    "ModelSpec",
+    "MODELS",
+    "register_model",
+    "model_spec",
+    "model_names",
+    "build_model",
+]
 
 
 @runtime_checkable
-class EnergyModel(Protocol):
+class LayeredModel(Protocol):
+    """A model with parameter groups per layer (what the optimiser needs)."""
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def layer_parameters(self) -> list[list[nn.Parameter]]: ...
+
+
+@runtime_checkable
+class EnergyModel(LayeredModel, Protocol):
     """What a model trained by this library provides (an ``nn.Module``).
 
     - ``layer_parameters()``: parameter groups, one per layer (the per-layer learning rates of Table 5);
@@ -39,10 +58,6 @@ class EnergyModel(Protocol):
 
     @property
     def input_shape(self) -> tuple[int, ...]: ...
-
-    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
-
-    def layer_parameters(self) -> list[list[nn.Parameter]]: ...
 
     def free_phase(self, x: Tensor, solver: Any, iterations: int, init: str = "zeros") -> RelaxResult: ...
 
@@ -69,9 +84,16 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, builder: Callable[[Any, tuple[int, ...], int], nn.Module], family: str, *,
-                   flat_input: bool = False, solver: str | None = "messages", blocks: bool = False,
-                   description: str = "") -> ModelSpec:
+def register_model(
+    name: str,
+    builder: Callable[[Any, tuple[int, ...], int], nn.Module],
+    family: str,
+    *,
+    flat_input: bool = False,
+    solver: str | None = "messages",
+    blocks: bool = False,
+    description: str = "",
+) -> ModelSpec:
     """Register a model under ``name`` (config ``model=name``); see :class:`ModelSpec` for the fields."""
     spec = ModelSpec(name, builder, family, flat_input, solver, blocks, description)
     MODELS[name] = spec
@@ -99,4 +121,5 @@ def image_input(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]
     """Check that a model that needs images gets (C, H, W)."""
     if len(input_shape) != 3:
         raise ConfigError(f"model {name!r} needs image inputs (C, H, W), got shape {input_shape}")
-    return input_shape  # type: ignore[return-value]
+    c, h, w = input_shape
+    return c, h, w

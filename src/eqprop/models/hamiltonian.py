@@ -13,7 +13,8 @@ registered with ``@register_hru("name")``.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +22,20 @@ from torch import Tensor, nn
 
 from .base import image_input, register_model
 
-__all__ = ["HamiltonianUnit", "LinearHRU", "NonlinearHRU", "HRU_TYPES", "register_hru", "get_hru",
-           "leapfrog_step", "euler_step", "INTEGRATORS", "HamiltonianSSM", "sequence_from_images", "FF_ACTIVATIONS"]
+__all__ = [
+    "HamiltonianUnit",
+    "LinearHRU",
+    "NonlinearHRU",
+    "HRU_TYPES",
+    "register_hru",
+    "get_hru",
+    "leapfrog_step",
+    "euler_step",
+    "INTEGRATORS",
+    "HamiltonianSSM",
+    "sequence_from_images",
+    "FF_ACTIVATIONS",
+]
 
 
 class HamiltonianUnit(nn.Module):
@@ -46,8 +59,9 @@ class HamiltonianUnit(nn.Module):
             (f,) = torch.autograd.grad(self.potential(p, u).sum(), p, create_graph=create)
         return f
 
-    def weighted_grads(self, phi: Tensor, u: Tensor, weight: Tensor,
-                       want_u: bool = True) -> tuple[list[Tensor | None], Tensor | None]:
+    def weighted_grads(
+        self, phi: Tensor, u: Tensor, weight: Tensor, want_u: bool = True
+    ) -> tuple[list[Tensor | None], Tensor | None]:
         """d/dtheta and d/du (per sample) of sum_b weight_b V(phi_b, u_b): RHEL's contrast in one call
         (autograd by default; built-in units give it in closed form). Gradients in ``parameters()`` order."""
         params = list(self.parameters())
@@ -55,7 +69,7 @@ class HamiltonianUnit(nn.Module):
             u_var = u.detach().requires_grad_(want_u)
             total = (weight * self.potential(phi.detach(), u_var)).sum()
             grads = torch.autograd.grad(total, params + ([u_var] if want_u else []), allow_unused=True)
-        return list(grads[:len(params)]), (grads[-1] if want_u else None)
+        return list(grads[: len(params)]), (grads[-1] if want_u else None)
 
     def hamiltonian(self, phi: Tensor, pi: Tensor, u: Tensor) -> Tensor:
         """H(phi, pi, u) per sample."""
@@ -133,8 +147,9 @@ class NonlinearHRU(HamiltonianUnit):
     The force is alpha phi + tanh(a phi + B u + b): a restoring spring plus a saturating, input-driven term.
     """
 
-    def __init__(self, input_size: int, size: int, alpha: float = 1.0,
-                 a_range: tuple[float, float] = (0.5, 1.5)) -> None:
+    def __init__(
+        self, input_size: int, size: int, alpha: float = 1.0, a_range: tuple[float, float] = (0.5, 1.5)
+    ) -> None:
         super().__init__(input_size, size)
         self.alpha = float(alpha)
         self.a = nn.Parameter(torch.empty(size).uniform_(*a_range))
@@ -164,7 +179,9 @@ class NonlinearHRU(HamiltonianUnit):
 Step = Callable[[HamiltonianUnit, Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor, Tensor]]
 
 
-def leapfrog_step(unit: HamiltonianUnit, phi: Tensor, pi: Tensor, u: Tensor, dt: float) -> tuple[Tensor, Tensor, Tensor]:
+def leapfrog_step(
+    unit: HamiltonianUnit, phi: Tensor, pi: Tensor, u: Tensor, dt: float
+) -> tuple[Tensor, Tensor, Tensor]:
     """Drift-kick-drift: phi' = phi + dt/2 pi; pi' = pi - dt dV/dphi(phi', u); phi'' = phi' + dt/2 pi'.
 
     Returns (phi'', pi', phi') -- the last is the half-step position where the force (and RHEL's
@@ -193,8 +210,12 @@ def sequence_from_images(x: Tensor) -> Tensor:
     return x.permute(2, 0, 1, 3).reshape(h, b, c * w)
 
 
-FF_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"tanh": torch.tanh, "relu": F.relu, "gelu": F.gelu,
-                                                         "identity": lambda t: t}
+FF_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "tanh": torch.tanh,
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "identity": lambda t: t,
+}
 
 
 class HamiltonianSSM(nn.Module):
@@ -205,9 +226,17 @@ class HamiltonianSSM(nn.Module):
     time-major sequences (T, B, d) or images (B, C, H, W), read row by row.
     """
 
-    def __init__(self, input_size: int, sizes: Sequence[int], num_classes: int, hru: str = "nonlinear",
-                 dt: float = 0.1, ff_activation: str = "tanh", integrator: str = "leapfrog",
-                 **hru_kwargs) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        sizes: Sequence[int],
+        num_classes: int,
+        hru: str = "nonlinear",
+        dt: float = 0.1,
+        ff_activation: str = "tanh",
+        integrator: str = "leapfrog",
+        **hru_kwargs,
+    ) -> None:
         super().__init__()
         if not sizes:
             raise ValueError("an HSSM needs at least one HRU: sizes must be a non-empty list of unit sizes")
@@ -221,8 +250,11 @@ class HamiltonianSSM(nn.Module):
         self.dt, self.num_classes, self.hru, self.integrator = float(dt), int(num_classes), hru, integrator
         self.ff_activation = ff_activation
         ins = [input_size] + list(sizes[:-1])
-        self.units = nn.ModuleList(cls(i, s, **hru_kwargs) for i, s in zip(ins, sizes))
-        self.ff = nn.ModuleList(nn.Linear(s, s) for s in sizes[:-1])
+        # ModuleLists (registered submodules), typed as the sequences they are
+        self.units = cast(
+            "Sequence[HamiltonianUnit]", nn.ModuleList(cls(i, s, **hru_kwargs) for i, s in zip(ins, sizes))
+        )
+        self.ff = cast("Sequence[nn.Linear]", nn.ModuleList(nn.Linear(s, s) for s in sizes[:-1]))
         self.readout = nn.Linear(sizes[-1], num_classes)
 
     def layer_parameters(self) -> list[list[nn.Parameter]]:
@@ -239,8 +271,10 @@ class HamiltonianSSM(nn.Module):
     def as_sequence(self, x: Tensor) -> Tensor:
         seq = sequence_from_images(x) if x.dim() == 4 else x
         if seq.dim() != 3 or seq.shape[-1] != self.units[0].input_size:
-            raise ValueError(f"expected a sequence (T, B, {self.units[0].input_size}) or images whose rows have "
-                             f"{self.units[0].input_size} values, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"expected a sequence (T, B, {self.units[0].input_size}) or images whose rows have "
+                f"{self.units[0].input_size} values, got shape {tuple(x.shape)}"
+            )
         return seq
 
     def feedforward(self, i: int, phis: Tensor) -> Tensor:
@@ -263,6 +297,7 @@ class HamiltonianSSM(nn.Module):
         h = self.as_sequence(x)
         for i in range(len(self.units)):
             _, _, phis = self.run_unit(i, h, record=True)
+            assert phis is not None
             h = self.feedforward(i, phis) if i + 1 < len(self.units) else phis
         return self.readout(h)
 
@@ -275,5 +310,10 @@ def _build_hssm(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> Ham
     return HamiltonianSSM(c * width, cfg.hidden, num_classes, hru=cfg.hru, dt=cfg.dt)
 
 
-register_model("hssm", _build_hssm, "hssm", solver=None,
-               description="Hamiltonian SSM reading images row by row (hidden: unit sizes, hru, dt)")
+register_model(
+    "hssm",
+    _build_hssm,
+    "hssm",
+    solver=None,
+    description="Hamiltonian SSM reading images row by row (hidden: unit sizes, hru, dt)",
+)

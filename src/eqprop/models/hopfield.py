@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..core.interactions import Bias, ConvPool, Dense, Interaction
 from ..core.kernels import set_fused_kernels
@@ -28,10 +29,16 @@ def _gains(gains: float | Sequence[float], n: int, what: str) -> list[float]:
     return gains
 
 
-def dchn(in_channels: int = 3, num_classes: int = 10, input_size: int = 32,
-         channels: Sequence[int] = DCHN_CHANNELS, channel_multiplier: float = 1.0,
-         gains: float | Sequence[float] = 0.5, activation: str = "hard_sigmoid",
-         output_activation: str = "identity") -> EnergyNetwork:
+def dchn(
+    in_channels: int = 3,
+    num_classes: int = 10,
+    input_size: int = 32,
+    channels: Sequence[int] = DCHN_CHANNELS,
+    channel_multiplier: float = 1.0,
+    gains: float | Sequence[float] = 0.5,
+    activation: str = "hard_sigmoid",
+    output_activation: str = "identity",
+) -> EnergyNetwork:
     """DCHN: conv3x3/pad1 + 2x2 max-pool interactions, then a dense interaction to the output (Table 5).
 
     Defaults give n_in x 32 x 32 -> 128x16x16 -> 256x8x8 -> 512x4x4 -> 512x2x2 -> n_out.
@@ -40,8 +47,9 @@ def dchn(in_channels: int = 3, num_classes: int = 10, input_size: int = 32,
     """
     widths = [max(1, int(round(c * channel_multiplier))) for c in channels]
     if input_size % (2 ** len(widths)) != 0:
-        raise ValueError(f"input_size={input_size} must be divisible by 2**{len(widths)} "
-                         f"(one 2x2 pooling per conv layer)")
+        raise ValueError(
+            f"input_size={input_size} must be divisible by 2**{len(widths)} (one 2x2 pooling per conv layer)"
+        )
     alphas = _gains(gains, len(widths) + 1, "dchn")
     layers = [Layer("s0", (in_channels, input_size, input_size), None)]
     inters: dict[str, Interaction] = {}
@@ -59,8 +67,12 @@ def dchn(in_channels: int = 3, num_classes: int = 10, input_size: int = 32,
     return EnergyNetwork(layers, inters)
 
 
-def hopfield_mlp(sizes: Sequence[int] = (784, 500, 10), gains: float | Sequence[float] = 0.5,
-                 activation: str = "hard_sigmoid", output_activation: str = "identity") -> EnergyNetwork:
+def hopfield_mlp(
+    sizes: Sequence[int] = (784, 500, 10),
+    gains: float | Sequence[float] = 0.5,
+    activation: str = "hard_sigmoid",
+    output_activation: str = "identity",
+) -> EnergyNetwork:
     """A layered, fully connected Hopfield network, e.g. 784-500-10, with dense interactions and biases."""
     if len(sizes) < 2 or any(int(n) <= 0 for n in sizes):
         raise ValueError(f"sizes must list at least two positive layer sizes, got {list(sizes)}")
@@ -76,7 +88,8 @@ def hopfield_mlp(sizes: Sequence[int] = (784, 500, 10), gains: float | Sequence[
 
 
 # Appendix C / Table 4 of the scalable-EP paper: conv3 widths per block (each block ends in a 2x2 max-pool)
-# and the FC-512 layers before the output; VGG-5 is the four-conv baseline of Table 1. VGG-11 / VGG-13 are VGG-10 / VGG-12 with a second FC-512.
+# and the FC-512 layers before the output; VGG-5 is the four-conv baseline of Table 1. VGG-11 / VGG-13 are
+# VGG-10 / VGG-12 with a second FC-512.
 VGG_ARCHS: dict[str, tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]] = {
     "vgg5": (((128,), (256,), (512,), (512,)), ()),  # the prior works' VGG-5 of Table 1 (= Table 5's DCHN)
     "vgg7": (((64,), (128,), (256,), (512,), (512,)), (512,)),
@@ -87,11 +100,18 @@ VGG_ARCHS: dict[str, tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]] = {
 }
 
 
-def vgg_crnn(in_channels: int = 3, num_classes: int = 10, input_size: int = 32,
-             blocks: Sequence[Sequence[int]] = VGG_ARCHS["vgg7"][0], fc: Sequence[int] = (512,),
-             gains: float | Sequence[float] = 1.0, activation: str = "hard_sigmoid",
-             fc_activation: str = "hard_sigmoid", output_activation: str = "identity",
-             channel_multiplier: float = 1.0) -> EnergyNetwork:
+def vgg_crnn(
+    in_channels: int = 3,
+    num_classes: int = 10,
+    input_size: int = 32,
+    blocks: Sequence[Sequence[int]] = VGG_ARCHS["vgg7"][0],
+    fc: Sequence[int] = (512,),
+    gains: float | Sequence[float] = 1.0,
+    activation: str = "hard_sigmoid",
+    fc_activation: str = "hard_sigmoid",
+    output_activation: str = "identity",
+    channel_multiplier: float = 1.0,
+) -> EnergyNetwork:
     """A VGG-style convergent RNN (scalable-EP paper, eq. 1 and Table 4): conv3x3/pad 1 layers grouped in blocks,
     the last conv of each block followed by a 2x2 max-pool inside the energy, then dense layers and the output.
 
@@ -148,8 +168,10 @@ def _build_mlp(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> Ener
 def _build_vgg(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> EnergyNetwork:
     c, _, size = image_input("vgg", input_shape)
     if size % 2 ** len(cfg.blocks):
-        raise ConfigError(f"model 'vgg': {len(cfg.blocks)} blocks pool the {size}x{size} input "
-                          f"{len(cfg.blocks)} times; the size must be divisible by {2 ** len(cfg.blocks)}")
+        raise ConfigError(
+            f"model 'vgg': {len(cfg.blocks)} blocks pool the {size}x{size} input "
+            f"{len(cfg.blocks)} times; the size must be divisible by {2 ** len(cfg.blocks)}"
+        )
     net = vgg_crnn(c, num_classes, size, cfg.blocks, cfg.hidden, cfg.gains, cfg.activation)
     set_fused_kernels(net, cfg.fused_kernels)
     return net
@@ -157,4 +179,6 @@ def _build_vgg(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> Ener
 
 register_model("dchn", _build_dchn, "hopfield", description="Table 5's convolutional Hopfield net (channels, gains)")
 register_model("mlp", _build_mlp, "hopfield", flat_input=True, description="a dense Hopfield net (hidden, gains)")
-register_model("vgg", _build_vgg, "hopfield", blocks=True, description="VGG CRNN of the scalable-EP paper (blocks, hidden)")
+register_model(
+    "vgg", _build_vgg, "hopfield", blocks=True, description="VGG CRNN of the scalable-EP paper (blocks, hidden)"
+)

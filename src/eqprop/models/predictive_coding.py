@@ -18,21 +18,29 @@ The nudged relaxation is the ``mod-pgd`` solver (:class:`ModPGDSolver`); the lea
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..core.interactions import max_pool_transpose, scaled_uniform_
 from ..core.layers import get_activation
 from ..core.nudging import Cost, EPNudge
 from ..core.relaxation import RelaxResult, Solver, SolverSettings, even_odd_groups, get_solver, register_solver
 from .base import image_input, register_model
 from .hopfield import _gains
 
-__all__ = ["PCLayer", "PC_LAYERS", "register_pc_layer", "PredictiveCodingNetwork", "pc_vgg", "ModPGDSolver",
-           "ModPGDAutogradSolver"]
+__all__ = [
+    "PCLayer",
+    "PC_LAYERS",
+    "register_pc_layer",
+    "PredictiveCodingNetwork",
+    "pc_vgg",
+    "ModPGDSolver",
+    "ModPGDAutogradSolver",
+]
 
 
 class PCLayer(nn.Module):
@@ -43,6 +51,8 @@ class PCLayer(nn.Module):
     only has to define ``pre``."""
 
     relu: bool = True
+    weight: nn.Parameter
+    bias: nn.Parameter
 
     def pre(self, h: Tensor) -> Tensor:
         raise NotImplementedError
@@ -69,10 +79,8 @@ class PCLayer(nn.Module):
 
     def reset_parameters(self, gain: float) -> None:
         """Uniform(-c, c) with c = gain / sqrt(fan_in), the scheme of eq. (102); biases zero."""
-        w = self.weight
-        fan_in = w[0].numel()
+        scaled_uniform_(self.weight, gain, self.weight[0].numel())
         with torch.no_grad():
-            w.uniform_(-gain / math.sqrt(fan_in), gain / math.sqrt(fan_in))
             self.bias.zero_()
 
 
@@ -100,7 +108,7 @@ class _Conv(PCLayer):
     def _conv_vjp(self, g: Tensor, ctx: Any) -> Tensor:
         if self.pool:  # unpool to the argmax of each window (max-pool's backward kernel)
             idx, conv = ctx
-            g = torch.ops.aten.max_pool2d_with_indices_backward(g, conv, [2, 2], [2, 2], [0, 0], [1, 1], False, idx)
+            g = max_pool_transpose(g, conv, idx, 2)
         return F.conv_transpose2d(g, self.weight, padding=1)
 
 
@@ -137,9 +145,7 @@ class _ConvSkip(_Conv):
         """The convolution as in :meth:`PCLayer.reset_parameters`; the 1x1 shortcut Uniform(+-gain/sqrt(c_in))."""
         super().reset_parameters(gain)
         if self.shortcut is not None:
-            c = gain / math.sqrt(self.shortcut.shape[1])
-            with torch.no_grad():
-                self.shortcut.uniform_(-c, c)
+            scaled_uniform_(self.shortcut, gain, self.shortcut.shape[1])
 
 
 class _Linear(PCLayer):
@@ -177,10 +183,11 @@ class PredictiveCodingNetwork(nn.Module):
 
     exact_free_phase = True  # the forward pass is the free equilibrium (a beta = 0 phase stays there)
 
-    def __init__(self, predictions: Sequence[PCLayer], num_classes: int,
-                 input_shape: tuple[int, ...] | None = None) -> None:
+    def __init__(
+        self, predictions: Sequence[PCLayer], num_classes: int, input_shape: tuple[int, ...] | None = None
+    ) -> None:
         super().__init__()
-        self.predictions = nn.ModuleList(predictions)
+        self.predictions = cast("Sequence[PCLayer]", nn.ModuleList(predictions))  # typed as what it holds
         self.num_classes = num_classes
         self._input_shape = input_shape
 
@@ -210,7 +217,11 @@ class PredictiveCodingNetwork(nn.Module):
 
     def energy(self, states: Sequence[Tensor]) -> Tensor:
         """E per sample (eq. of the PCN energy): 1/2 sum_k ||eps_k||^2."""
-        return sum(0.5 * e.flatten(1).pow(2).sum(1) for e in self.errors(states))
+        errors = self.errors(states)
+        total = 0.5 * errors[0].flatten(1).pow(2).sum(1)
+        for e in errors[1:]:
+            total = total + 0.5 * e.flatten(1).pow(2).sum(1)
+        return total
 
     def energy_param_grads(self, states: Sequence[Tensor]) -> list[Tensor]:
         """dE/dtheta (batch mean) at fixed states; local: each term of E involves one layer's theta."""
@@ -221,15 +232,23 @@ class PredictiveCodingNetwork(nn.Module):
     def _top_down(self, k: int, states: Sequence[Tensor]) -> Tensor:
         """Delta_k = J_{k+1}^T eps_{k+1} = -dE_{k+1}/dh_k, by autograd (the reference for the explicit messages)."""
         f = self.predictions[k]
-        return PCLayer.vjp(f, states[k], None, None, (states[k + 1] - f(states[k])).detach())
+        return PCLayer.vjp(f, states[k], f.pre(states[k]), None, (states[k + 1] - f(states[k])).detach())
 
     def free_phase(self, x: Tensor, solver: Any = None, iterations: int = 0, init: str = "zeros") -> RelaxResult:
         """The free equilibrium is the forward pass (E = 0): no iterations, whatever the solver."""
         with torch.no_grad():
             return RelaxResult(self.forward_pass(x), 0)
 
-    def relax_nudged(self, states: Sequence[Tensor], cost: Cost, y: Tensor, beta: float, iterations: int,
-                     first: str = "even", engine: str = "messages") -> list[Tensor]:
+    def relax_nudged(
+        self,
+        states: Sequence[Tensor],
+        cost: Cost,
+        y: Tensor,
+        beta: float,
+        iterations: int,
+        first: str = "even",
+        engine: str = "messages",
+    ) -> list[Tensor]:
         """K asynchronous iterations of the ``mod-pgd`` solver from ``states``, nudged by beta (the functional
         form of :class:`ModPGDSolver`; ``engine="autograd"`` is its autograd reference)."""
         if engine not in ("messages", "autograd"):
@@ -253,8 +272,10 @@ class ModPGDSolver(Solver):
     def __call__(self, network, states, iterations, nudge=None, record=False):
         s = self.settings
         if s.tol is not None or s.dtype is not None or s.channels_last or record:
-            raise ValueError(f"the {self.name} solver runs a fixed number of iterations in the parameters' dtype: "
-                             "tol, dtype, channels_last and record are not supported")
+            raise ValueError(
+                f"the {self.name} solver runs a fixed number of iterations in the parameters' dtype: "
+                "tol, dtype, channels_last and record are not supported"
+            )
         if not isinstance(nudge, EPNudge):
             raise ValueError(f"the {self.name} solver relaxes EP-nudged phases (an EPNudge), got {nudge!r}")
         cost, y, beta = nudge.cost, nudge.y, nudge.beta
@@ -307,15 +328,24 @@ class ModPGDAutogradSolver(ModPGDSolver):
     engine = "autograd"
 
 
-def pc_vgg(in_channels: int, num_classes: int, input_size: int, channels: Sequence[int], hidden: Sequence[int] = (),
-           pool_every: int = 1, gains: float | Sequence[float] = 0.5, skip: bool = False) -> PredictiveCodingNetwork:
+def pc_vgg(
+    in_channels: int,
+    num_classes: int,
+    input_size: int,
+    channels: Sequence[int],
+    hidden: Sequence[int] = (),
+    pool_every: int = 1,
+    gains: float | Sequence[float] = 0.5,
+    skip: bool = False,
+) -> PredictiveCodingNetwork:
     """VGG-style PCN: conv3x3 predictions (max-pool after every ``pool_every``-th), ``linear_relu`` for each
     width in ``hidden``, then a ``linear`` top layer. channels=(128, 256, 512, 512) is "VGG5". ``skip`` gives
     every conv prediction a residual path (``conv_skip_relu`` / ``conv_pool_skip_relu``)."""
     pools = sum(1 for i in range(len(channels)) if (i + 1) % pool_every == 0)
-    if input_size % (2 ** pools):
-        raise ValueError(f"input_size={input_size} must be divisible by 2**{pools} (one 2x2 pooling per "
-                         f"{pool_every} conv layer(s))")
+    if input_size % (2**pools):
+        raise ValueError(
+            f"input_size={input_size} must be divisible by 2**{pools} (one 2x2 pooling per {pool_every} conv layer(s))"
+        )
     alphas = _gains(gains, len(channels) + len(hidden) + 1, "pc_vgg")
     layers: list[PCLayer] = []
     c, size = in_channels, input_size
@@ -338,5 +368,10 @@ def _build_pcn(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> Pred
     return pc_vgg(c, num_classes, size, cfg.channels, cfg.hidden, cfg.pool_every, cfg.gains, skip=cfg.skip)
 
 
-register_model("pcn", _build_pcn, "pcn", solver="mod-pgd",
-               description="VGG-style predictive-coding net (channels, hidden, pool_every, skip, gains)")
+register_model(
+    "pcn",
+    _build_pcn,
+    "pcn",
+    solver="mod-pgd",
+    description="VGG-style predictive-coding net (channels, hidden, pool_every, skip, gains)",
+)

@@ -3,7 +3,8 @@ differentiation at the free state) and backprop through the whole free phase (BP
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -11,8 +12,7 @@ from torch import Tensor
 from ..core.network import State
 from .base import RelaxingAlgorithm, StepResult, register_algorithm, write_grads
 
-__all__ = ["TruncatedBackprop", "RecurrentBackprop", "BackpropThroughTime", "implicit_gradient",
-           "conjugate_gradient"]
+__all__ = ["TruncatedBackprop", "RecurrentBackprop", "BackpropThroughTime", "implicit_gradient", "conjugate_gradient"]
 
 
 class TruncatedBackprop(RelaxingAlgorithm):
@@ -50,8 +50,9 @@ class BackpropThroughTime(RelaxingAlgorithm):
         raise RuntimeError("BPTT computes its gradients inside step()")
 
 
-def conjugate_gradient(apply_a: Callable[[list[Tensor]], list[Tensor]], b: list[Tensor], iterations: int = 200,
-                       tol: float = 1e-10) -> tuple[list[Tensor], int]:
+def conjugate_gradient(
+    apply_a: Callable[[list[Tensor]], list[Tensor]], b: list[Tensor], iterations: int = 200, tol: float = 1e-10
+) -> tuple[list[Tensor], int]:
     """Solve A x = b for a symmetric positive definite operator on lists of tensors; returns (x, iterations)."""
 
     def dot(u: list[Tensor], v: list[Tensor]) -> Tensor:
@@ -94,13 +95,14 @@ class RecurrentBackprop(RelaxingAlgorithm):
 
     def gradients(self, network, x, y, free):
         grads, self.last_cg_iterations = implicit_gradient(
-            network, free.states, lambda s: self.cost(s[-1], y.to(s[-1].dtype)).mean(), self.cg_iterations,
-            self.cg_tol)
+            network, free.states, lambda s: self.cost(s[-1], y.to(s[-1].dtype)).mean(), self.cg_iterations, self.cg_tol
+        )
         return grads
 
 
-def implicit_gradient(network: Any, states: State, loss: Callable[[State], Tensor],
-                      cg_iterations: int = 200, cg_tol: float = 1e-8) -> tuple[list[Tensor | None], int]:
+def implicit_gradient(
+    network: Any, states: State, loss: Callable[[State], Tensor], cg_iterations: int = 200, cg_tol: float = 1e-8
+) -> tuple[list[Tensor | None], int]:
     """dL/dtheta of a loss L(s_*) (a scalar; any layers) through the fixed point s_* = sigma(dPhi/ds(s_*)) by
     implicit differentiation (RBP's adjoint solve, see :class:`RecurrentBackprop`); returns (grads, CG steps)."""
     params = list(network.parameters())
@@ -120,8 +122,6 @@ def implicit_gradient(network: Any, states: State, loss: Callable[[State], Tenso
 
         mu, used = conjugate_gradient(apply_a, rhs, cg_iterations, cg_tol)
         return list(torch.autograd.grad(m, params, grad_outputs=mu, allow_unused=True)), used
-
-
 
 
 register_algorithm("TBP", TruncatedBackprop)

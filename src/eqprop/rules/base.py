@@ -9,8 +9,9 @@ free phase is not the model's equilibrium, :meth:`~LearningAlgorithm.free_phase`
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -20,9 +21,21 @@ from ..core.relaxation import RelaxResult
 from ..registry import canonical_name
 from .phases import Phases
 
-__all__ = ["LearningAlgorithm", "RelaxingAlgorithm", "StepResult", "write_grads", "ALGORITHMS",
-           "ALGORITHM_FAMILIES", "ALGORITHM_OPTIONS", "register_algorithm", "get_algorithm", "algorithm_names", "algorithm_families",
-           "algorithm_models", "algorithm_options"]
+__all__ = [
+    "LearningAlgorithm",
+    "RelaxingAlgorithm",
+    "StepResult",
+    "write_grads",
+    "ALGORITHMS",
+    "ALGORITHM_FAMILIES",
+    "ALGORITHM_OPTIONS",
+    "register_algorithm",
+    "get_algorithm",
+    "algorithm_names",
+    "algorithm_families",
+    "algorithm_models",
+    "algorithm_options",
+]
 
 
 @dataclass
@@ -32,10 +45,10 @@ class StepResult:
     loss: Tensor  # per-sample cost C(o_*, y)
     output: Tensor  # free output o_*
     free: RelaxResult
-    grads: list[Tensor | None]
+    grads: Sequence[Tensor | None]
 
 
-def write_grads(model: torch.nn.Module, grads: list[Tensor | None]) -> None:
+def write_grads(model: torch.nn.Module, grads: Sequence[Tensor | None]) -> None:
     """Write an estimate into ``p.grad`` (in ``model.parameters()`` order), in each parameter's dtype."""
     for p, g in zip(model.parameters(), grads):
         p.grad = None if g is None else g.detach().to(p.dtype)
@@ -83,8 +96,9 @@ class RelaxingAlgorithm(LearningAlgorithm):
 
     default_solver = "messages"
 
-    def __init__(self, *, cost: str | Cost = "squared_error", phases: Phases | None = None,
-                 **phase_options: Any) -> None:
+    def __init__(
+        self, *, cost: str | Cost = "squared_error", phases: Phases | None = None, **phase_options: Any
+    ) -> None:
         super().__init__(cost)
         if phases is not None and phase_options:
             raise ValueError(f"give either phases or phase options, not both (got {sorted(phase_options)})")
@@ -106,8 +120,12 @@ ALGORITHM_FAMILIES: dict[str, tuple[str, ...]] = {}  # the model families each r
 ALGORITHM_OPTIONS: dict[str, tuple[str, ...]] = {}  # the keywords the Trainer passes to each rule's factory
 
 
-def register_algorithm(name: str, factory: Callable[..., LearningAlgorithm], families: tuple[str, ...] = ("hopfield",),
-                       options: tuple[str, ...] = ("cost", "phases")) -> None:
+def register_algorithm(
+    name: str,
+    factory: Callable[..., LearningAlgorithm],
+    families: tuple[str, ...] = ("hopfield",),
+    options: tuple[str, ...] = ("cost", "phases"),
+) -> None:
     """Register a learning algorithm factory under ``name`` (looked up case-insensitively, '-' ignored), with
     the model families it trains (see :func:`eqprop.models.register_model`) and the keywords the Trainer
     builds it with (from ``cost``, ``phases``, ``beta``, ``seed``, ``epsilon``, ``loss_at``, ``stack``)."""

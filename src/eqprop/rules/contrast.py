@@ -11,7 +11,7 @@ removes its first-order bias in expectation (the PCN paper's "random" finite dif
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor
 
@@ -34,8 +34,9 @@ class Scheme:
     def __init__(self, name: str, beta: float, seed: int | None = None) -> None:
         name = SCHEME_ALIASES.get(name, name)
         if name not in SCHEMES:
-            raise ValueError(f"unknown scheme {name!r}; valid schemes are {sorted(SCHEMES)} "
-                             f"(or {sorted(SCHEME_ALIASES)})")
+            raise ValueError(
+                f"unknown scheme {name!r}; valid schemes are {sorted(SCHEMES)} (or {sorted(SCHEME_ALIASES)})"
+            )
         self.name, self.beta = name, float(beta)
         self._rng = random.Random(seed)
         if name != "random" and self.betas[0] == self.betas[1]:
@@ -58,8 +59,9 @@ class Scheme:
         return self.betas
 
 
-def contrast(g1: Sequence[Tensor | None], g2: Sequence[Tensor | None], beta_1: float,
-             beta_2: float) -> list[Tensor | None]:
+def contrast(
+    g1: Sequence[Tensor | None], g2: Sequence[Tensor | None], beta_1: float, beta_2: float
+) -> list[Tensor | None]:
     """(g2 - g1) / (beta_2 - beta_1) per tensor: the EP / CpL / CL estimate from dE/dtheta at two equilibria."""
     if beta_1 == beta_2:
         raise ValueError(f"the two nudging values must differ, got beta_1 = beta_2 = {beta_1}")

@@ -9,7 +9,8 @@ learning signals (scalable-EP paper) add forces on hidden layers in the nudged p
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -32,9 +33,20 @@ class Contrastive(RelaxingAlgorithm):
     ``signals`` (EP only) are intermediate learning signals, weighted by ``kappa`` (set per epoch by a kappa
     schedule)."""
 
-    def __init__(self, name: str, mode: str, scheme: str, *, beta: float = 0.25, cost: str | Cost = "squared_error",
-                 phases: Phases | None = None, signals: Sequence[Any] = (), kappa: float = 1.0,
-                 seed: int | None = None, **phase_options: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        mode: str,
+        scheme: str,
+        *,
+        beta: float = 0.25,
+        cost: str | Cost = "squared_error",
+        phases: Phases | None = None,
+        signals: Sequence[Any] = (),
+        kappa: float = 1.0,
+        seed: int | None = None,
+        **phase_options: Any,
+    ) -> None:
         super().__init__(cost=cost, phases=phases, **phase_options)
         if mode not in MODES:
             raise ValueError(f"mode must be 'ep' or 'clamp', got {mode!r}")
@@ -67,8 +79,9 @@ class Contrastive(RelaxingAlgorithm):
             return AugmentedNudge(EPNudge(self.cost, y, beta), self.signals, signal_targets, self.kappa)
         return EPNudge(self.cost, y, beta)
 
-    def nudged_phase(self, model: Any, y: Tensor, free: RelaxResult, beta: float,
-                     signal_targets: Sequence[Tensor] = ()) -> RelaxResult:
+    def nudged_phase(
+        self, model: Any, y: Tensor, free: RelaxResult, beta: float, signal_targets: Sequence[Tensor] = ()
+    ) -> RelaxResult:
         """K iterations from the free state with nudging value ``beta`` (eq. 4 or eq. 7). At beta = 0 a model
         whose free phase is exact (``exact_free_phase``, e.g. a PCN's forward pass) is already there."""
         if beta == 0.0 and self.mode == "ep" and getattr(model, "exact_free_phase", False):
@@ -96,8 +109,10 @@ class Contrastive(RelaxingAlgorithm):
             return
         (b1, s1), (b2, s2) = phases
         with torch.enable_grad():
-            e1, e2 = (self.nudge(b, y, free, targets).hidden_energy([t.detach() for t in s]).mean()
-                      for b, s in ((b1, s1), (b2, s2)))
+            e1, e2 = (
+                self.nudge(b, y, free, targets).hidden_energy([t.detach() for t in s]).mean()
+                for b, s in ((b1, s1), (b2, s2))
+            )
             g1 = torch.autograd.grad(e1, params, allow_unused=True)
             g2 = torch.autograd.grad(e2, params, allow_unused=True)
         for p, g in zip(params, contrast(g1, g2, b1, b2)):

@@ -19,19 +19,29 @@ whole sequence after another. The derivation is in docs/rhel.md.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from .base import LearningAlgorithm, StepResult, register_algorithm, write_grads
-from ..models.hamiltonian import HamiltonianSSM, HamiltonianUnit, Step, leapfrog_step
 from ..core.nudging import Cost, one_hot
 from ..core.relaxation import RelaxResult
+from ..models.hamiltonian import HamiltonianSSM, HamiltonianUnit, Step, leapfrog_step
+from .base import LearningAlgorithm, StepResult, register_algorithm, write_grads
 
-__all__ = ["EchoResult", "echo", "rhel_gradients", "STACK_ECHOES", "bptt_gradients", "sequence_loss", "loss_steps",
-           "EchoLearning", "SequenceBPTT", "LOSS_AT"]
+__all__ = [
+    "EchoResult",
+    "echo",
+    "rhel_gradients",
+    "STACK_ECHOES",
+    "bptt_gradients",
+    "sequence_loss",
+    "loss_steps",
+    "EchoLearning",
+    "SequenceBPTT",
+    "LOSS_AT",
+]
 
 LOSS_AT = ("last", "every")
 
@@ -55,9 +65,20 @@ def _nudge_scale(out_grads: Sequence[Tensor | None], batch: int, like: Tensor) -
     return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
-def _echo_step(unit: HamiltonianUnit, phi: Tensor, pi: Tensor, g: Tensor | None, u: Tensor, signed: Tensor,
-               weight: Tensor, dt: float, step: Step, at: str, grads: list[Tensor],
-               want_input_grads: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+def _echo_step(
+    unit: HamiltonianUnit,
+    phi: Tensor,
+    pi: Tensor,
+    g: Tensor | None,
+    u: Tensor,
+    signed: Tensor,
+    weight: Tensor,
+    dt: float,
+    step: Step,
+    at: str,
+    grads: list[Tensor],
+    want_input_grads: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """One reversed step of both echoes (batched +eps | -eps): nudge the momentum by -/+eps g (g = dL/dphi of
     the state reached, or None), leapfrog on input u, add the weighted dV/dtheta to ``grads``; returns the new
     (phi, pi) and the step's input-gradient estimate dL/du (B, d) or None."""
@@ -69,13 +90,23 @@ def _echo_step(unit: HamiltonianUnit, phi: Tensor, pi: Tensor, g: Tensor | None,
     for acc, d in zip(grads, dtheta):
         if d is not None:
             acc += d
-    return new_phi, new_pi, (du[:len(u)] + du[len(u):]) if want_input_grads else None
+    return new_phi, new_pi, (du[: len(u)] + du[len(u) :]) if du is not None else None
 
 
 @torch.no_grad()
-def echo(unit: HamiltonianUnit, phi_T: Tensor, pi_T: Tensor, inputs: Tensor, out_grads: Sequence[Tensor | None],
-         dt: float, epsilon: float = 1e-3, relative: bool = True, step: Step = leapfrog_step,
-         at: str = "half", want_input_grads: bool = True) -> EchoResult:
+def echo(
+    unit: HamiltonianUnit,
+    phi_T: Tensor,
+    pi_T: Tensor,
+    inputs: Tensor,
+    out_grads: Sequence[Tensor | None],
+    dt: float,
+    epsilon: float = 1e-3,
+    relative: bool = True,
+    step: Step = leapfrog_step,
+    at: str = "half",
+    want_input_grads: bool = True,
+) -> EchoResult:
     """RHEL for one HRU: two echo passes (+eps, -eps, batched) from the flipped final state (T, B given by inputs).
 
     ``out_grads[k]`` is dL/dphi_{k+1}, the gradient of the loss with respect to the position after step k
@@ -99,9 +130,10 @@ def echo(unit: HamiltonianUnit, phi_T: Tensor, pi_T: Tensor, inputs: Tensor, out
     grads = [torch.zeros_like(p) for p in unit.parameters()]
     input_grads = inputs.new_zeros(inputs.shape) if want_input_grads else None
     for k in reversed(range(steps)):
-        phi, pi, du = _echo_step(unit, phi, pi, out_grads[k], inputs[k], signed, weight, dt, step, at, grads,
-                                 want_input_grads)
-        if input_grads is not None:
+        phi, pi, du = _echo_step(
+            unit, phi, pi, out_grads[k], inputs[k], signed, weight, dt, step, at, grads, want_input_grads
+        )
+        if input_grads is not None and du is not None:
             input_grads[k] = du
     two_eps = 2.0 * eps.unsqueeze(1)
     initial = (-(pi[:batch] - pi[batch:]) / two_eps, -(phi[:batch] - phi[batch:]) / two_eps)
@@ -129,8 +161,9 @@ def _param_order(model: torch.nn.Module, found: dict[int, Tensor]) -> list[Tenso
     return [found.get(id(p), torch.zeros_like(p)) for p in model.parameters()]
 
 
-def _pull_back(model: HamiltonianSSM, i: int, positions: Tensor, input_grads: Tensor,
-               found: dict[int, Tensor]) -> list[Tensor]:
+def _pull_back(
+    model: HamiltonianSSM, i: int, positions: Tensor, input_grads: Tensor, found: dict[int, Tensor]
+) -> list[Tensor | None]:
     """dL/dphi^i_{k+1} = (d u^{i+1}_k / d phi^i_{k+1})^T dL/du^{i+1}_k step by step (no (T, B, n) autograd graph);
     accumulates the feedforward map's parameter gradients into ``found``."""
     params = list(model.ff[i].parameters())
@@ -139,7 +172,7 @@ def _pull_back(model: HamiltonianSSM, i: int, positions: Tensor, input_grads: Te
     for k in range(positions.shape[0]):
         with torch.enable_grad():
             p = positions[k].detach().requires_grad_(True)
-            gp, *gf = torch.autograd.grad(model.feedforward(i, p), [p] + params, grad_outputs=input_grads[k])
+            gp, *gf = torch.autograd.grad(model.feedforward(i, p), [p, *params], grad_outputs=input_grads[k])
         out[k] = gp
         for a, g in zip(acc, gf):
             a += g
@@ -155,8 +188,9 @@ def _check_stack(stack: str) -> None:
         raise ValueError(f"unknown stack echo {stack!r}; valid ones are {list(STACK_ECHOES)}")
 
 
-def _readout_nudge(model: HamiltonianSSM, phi: Tensor, y: Tensor, k: int, cost: Cost, w: float,
-                   found: dict[int, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+def _readout_nudge(
+    model: HamiltonianSSM, phi: Tensor, y: Tensor, k: int, cost: Cost, w: float, found: dict[int, Tensor]
+) -> tuple[Tensor, Tensor, Tensor]:
     """dL/dphi_{k+1} of the top unit from the readout's loss at step k (weight w), adding the readout's
     parameter gradients to ``found``; returns (dL/dphi, per-sample loss, readout)."""
     params = list(model.readout.parameters())
@@ -164,15 +198,23 @@ def _readout_nudge(model: HamiltonianSSM, phi: Tensor, y: Tensor, k: int, cost: 
         p = phi.detach().requires_grad_(True)
         o = model.readout(p)
         lk = cost(o, _target(y, k))
-        gp, *gr = torch.autograd.grad(lk.sum() * w, [p] + params)
+        gp, *gr = torch.autograd.grad(lk.sum() * w, [p, *params])
     for param, g in zip(params, gr):
         found[id(param)] = found.get(id(param), 0) + g
     return gp, lk.detach(), o.detach()
 
 
-def rhel_gradients(model: HamiltonianSSM, x: Tensor, y: Tensor, cost: Cost, loss_at: str = "last",
-                   epsilon: float = 1e-3, relative: bool = True, at: str = "half",
-                   stack: str = "lockstep") -> tuple[list[Tensor], Tensor, Tensor]:
+def rhel_gradients(
+    model: HamiltonianSSM,
+    x: Tensor,
+    y: Tensor,
+    cost: Cost,
+    loss_at: str = "last",
+    epsilon: float = 1e-3,
+    relative: bool = True,
+    at: str = "half",
+    stack: str = "lockstep",
+) -> tuple[list[Tensor], Tensor, Tensor]:
     """dL/dtheta of the batch-mean sequence loss by RHEL; returns (grads in model.parameters() order, last
     readout (B, C), per-sample loss (B,)). Only the forward pass and the echoes run; nothing is backpropagated
     through time (dV/dtheta is in closed form for the built-in units, autograd within one step otherwise;
@@ -188,8 +230,9 @@ def rhel_gradients(model: HamiltonianSSM, x: Tensor, y: Tensor, cost: Cost, loss
     return run(model, seq, y, cost, ks, epsilon, relative, at)
 
 
-def _sequential(model: HamiltonianSSM, seq: Tensor, y: Tensor, cost: Cost, ks: set[int], epsilon: float,
-                relative: bool, at: str) -> tuple[list[Tensor], Tensor, Tensor]:
+def _sequential(
+    model: HamiltonianSSM, seq: Tensor, y: Tensor, cost: Cost, ks: set[int], epsilon: float, relative: bool, at: str
+) -> tuple[list[Tensor], Tensor, Tensor]:
     steps, batch = seq.shape[:2]
     w = 1.0 / (len(ks) * batch)
     found: dict[int, Tensor] = {}
@@ -220,16 +263,27 @@ def _sequential(model: HamiltonianSSM, seq: Tensor, y: Tensor, cost: Cost, ks: s
             out_grads = _pull_back(model, i, lower_positions.pop(), input_grads, found)
             inputs.pop()  # the inputs of unit i+1 are no longer needed
         unit = model.units[i]
-        res = echo(unit, *finals[i], inputs[i], out_grads, model.dt, epsilon, relative, model.step_fn, at,
-                   want_input_grads=i > 0)
+        res = echo(
+            unit,
+            *finals[i],
+            inputs[i],
+            out_grads,
+            model.dt,
+            epsilon,
+            relative,
+            model.step_fn,
+            at,
+            want_input_grads=i > 0,
+        )
         found.update({id(param): g for param, g in zip(unit.parameters(), res.param_grads)})
         input_grads = res.input_grads
     return _param_order(model, found), last, loss
 
 
 @torch.no_grad()
-def _lockstep(model: HamiltonianSSM, seq: Tensor, y: Tensor, cost: Cost, ks: set[int], epsilon: float,
-              relative: bool, at: str) -> tuple[list[Tensor], Tensor, Tensor]:
+def _lockstep(
+    model: HamiltonianSSM, seq: Tensor, y: Tensor, cost: Cost, ks: set[int], epsilon: float, relative: bool, at: str
+) -> tuple[list[Tensor], Tensor, Tensor]:
     """All units echo together. At reversed step k the positions phi^i_{k+1} of the lower units, which the
     feedforward maps read, are the mean of their +eps and -eps echoes (equal to the forward pass up to
     O(eps^2)); the top unit steps first and its dL/du, pulled back through the map, nudges the unit below in
@@ -268,8 +322,9 @@ def _lockstep(model: HamiltonianSSM, seq: Tensor, y: Tensor, cost: Cost, ks: set
                 inputs.append(maps[-1][1].detach())
         g = out_grads[k]
         for i in range(top, -1, -1):
-            phi, pi, du = _echo_step(units[i], *echoes[i], g, inputs[i], signed, weight, dt, step, at,
-                                     unit_grads[i], want_input_grads=i > 0)
+            phi, pi, du = _echo_step(
+                units[i], *echoes[i], g, inputs[i], signed, weight, dt, step, at, unit_grads[i], want_input_grads=i > 0
+            )
             echoes[i] = (phi, pi)
             if i > 0:  # dL/dphi^{i-1}_{k+1} = J^T dL/du^i_k: the nudge of the unit below (Theorem 3.3)
                 p, out = maps[i - 1]
@@ -281,15 +336,20 @@ def _lockstep(model: HamiltonianSSM, seq: Tensor, y: Tensor, cost: Cost, ks: set
     return _param_order(model, found), last, loss
 
 
-def bptt_gradients(model: HamiltonianSSM, x: Tensor, y: Tensor, cost: Cost,
-                   loss_at: str = "last") -> tuple[list[Tensor], Tensor, Tensor]:
+def bptt_gradients(
+    model: HamiltonianSSM, x: Tensor, y: Tensor, cost: Cost, loss_at: str = "last"
+) -> tuple[list[Tensor], Tensor, Tensor]:
     """The reference: autograd through the whole unrolled forward pass (same return values as RHEL)."""
     params = list(model.parameters())
     with torch.enable_grad():
         readouts = model(x)
         loss = sequence_loss(readouts, y, cost, loss_at)
         grads = torch.autograd.grad(loss.mean(), params, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)], readouts[-1].detach(), loss.detach()
+    return (
+        [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)],
+        readouts[-1].detach(),
+        loss.detach(),
+    )
 
 
 # ---- the algorithms the Trainer runs (model=hssm) ---------------------------------------------------------

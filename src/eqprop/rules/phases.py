@@ -16,8 +16,7 @@ import torch
 from torch import Tensor
 
 from ..core.nudging import Nudge
-from ..core.relaxation import (SOLVER_REFERENCES, SOLVERS, GraphedSolver, RelaxResult, Solver, SolverSettings,
-                               get_solver)
+from ..core.relaxation import SOLVER_REFERENCES, SOLVERS, GraphedSolver, RelaxResult, Solver, SolverSettings, get_solver
 
 __all__ = ["Phases", "NUDGED_PRECISIONS", "INITS"]
 
@@ -43,23 +42,24 @@ class Phases:
 
     def __post_init__(self) -> None:
         if self.free_iterations < 1 or self.nudged_iterations < 1:
-            raise ValueError(f"iteration counts must be >= 1, got T={self.free_iterations}, "
-                             f"K={self.nudged_iterations}")
+            raise ValueError(f"iteration counts must be >= 1, got T={self.free_iterations}, K={self.nudged_iterations}")
         if self.solver not in SOLVERS:
             raise ValueError(f"unknown solver {self.solver!r}; valid solvers are {sorted(SOLVERS)}")
         if self.init not in INITS:
             raise ValueError(f"unknown initial state mode {self.init!r}; valid modes are {sorted(INITS)}")
         if self.nudged_precision not in NUDGED_PRECISIONS:
-            raise ValueError(f"unknown nudged_precision {self.nudged_precision!r}; valid values are "
-                             f"{list(NUDGED_PRECISIONS)}")
+            raise ValueError(
+                f"unknown nudged_precision {self.nudged_precision!r}; valid values are {list(NUDGED_PRECISIONS)}"
+            )
         if self.refine_iterations < 0:
             raise ValueError(f"refine_iterations must be >= 0, got {self.refine_iterations}")
         if (self.nudged_precision == "deviation" or self.refine_iterations) and self.solver != "messages":
-            raise ValueError("deviation-mode nudged phases and refinement need the messages solver, "
-                             f"not {self.solver!r}")
+            raise ValueError(
+                f"deviation-mode nudged phases and refinement need the messages solver, not {self.solver!r}"
+            )
 
     @classmethod
-    def from_options(cls, solver: str = "messages", engine: str = "messages", **options: Any) -> "Phases":
+    def from_options(cls, solver: str = "messages", engine: str = "messages", **options: Any) -> Phases:
         """Phases from flat keywords: the :class:`SolverSettings` fields, the fields of this class, and
         ``engine="autograd"`` for the autograd reference of ``solver``."""
         if engine not in ("messages", "autograd"):
@@ -69,8 +69,10 @@ class Phases:
         valid = set(_SETTINGS) | {f.name for f in fields(cls)} - {"solver", "settings"}
         unknown = sorted(set(options) - valid)
         if unknown:
-            raise TypeError(f"unknown option(s) {unknown} for this rule; its phase options are {sorted(valid)} "
-                            "plus solver and engine")
+            raise TypeError(
+                f"unknown option(s) {unknown} for this rule; its phase options are {sorted(valid)} "
+                "plus solver and engine"
+            )
         settings = SolverSettings(**{k: options.pop(k) for k in _SETTINGS if k in options})
         return cls(solver=solver, settings=settings, **options)
 
@@ -105,5 +107,7 @@ class Phases:
 
     def describe(self) -> str:
         s = self.settings
-        return (f"T={self.free_iterations}, K={self.nudged_iterations}, solver={self.solver}, "
-                f"schedule={s.schedule}, dtype={s.dtype}")
+        return (
+            f"T={self.free_iterations}, K={self.nudged_iterations}, solver={self.solver}, "
+            f"schedule={s.schedule}, dtype={s.dtype}"
+        )

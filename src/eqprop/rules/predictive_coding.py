@@ -51,8 +51,9 @@ class PCBackprop(LearningAlgorithm):
 
 
 for _name in PC_SCHEMES:
-    register_algorithm(_name, pc_equilibrium_propagation(_name), families=("pcn",),
-                       options=("cost", "phases", "beta", "seed"))
+    register_algorithm(
+        _name, pc_equilibrium_propagation(_name), families=("pcn",), options=("cost", "phases", "beta", "seed")
+    )
 register_algorithm("PC-BP", PCBackprop, families=("pcn",), options=("cost",))
 
 

@@ -16,16 +16,23 @@ A new signal is an :class:`IntermediateSignal` subclass with ``loss`` (and, for 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..core.nudging import AugmentedNudge
 
-__all__ = ["soft_target_loss", "IntermediateSignal", "LocalError", "KnowledgeDistillation",
-           "WeightedKnowledgeDistillation", "AugmentedNudge",
-           "kappa_schedule", "KAPPA_SCHEDULES"]
+__all__ = [
+    "soft_target_loss",
+    "IntermediateSignal",
+    "LocalError",
+    "KnowledgeDistillation",
+    "WeightedKnowledgeDistillation",
+    "AugmentedNudge",
+    "kappa_schedule",
+    "KAPPA_SCHEDULES",
+]
 
 
 def soft_target_loss(logits: Tensor, target_logits: Tensor, tau: float, target_is_distribution: bool = False) -> Tensor:
@@ -34,10 +41,12 @@ def soft_target_loss(logits: Tensor, target_logits: Tensor, tau: float, target_i
     itself when ``target_is_distribution`` (e.g. one-hot labels)."""
     z, t = logits.flatten(1), target_logits.flatten(1).to(logits.dtype)
     p = t if target_is_distribution else torch.softmax(t / tau, dim=1)
-    return -(tau ** 2) * (p * torch.log_softmax(z / tau, dim=1)).sum(1)
+    return -(tau**2) * (p * torch.log_softmax(z / tau, dim=1)).sum(1)
 
 
-def _soft_target_grad(logits: Tensor, target_logits: Tensor, tau: float, target_is_distribution: bool = False) -> Tensor:
+def _soft_target_grad(
+    logits: Tensor, target_logits: Tensor, tau: float, target_is_distribution: bool = False
+) -> Tensor:
     """d soft_target_loss / d logits = tau (softmax(z/tau) - p)."""
     z, t = logits.flatten(1), target_logits.flatten(1).to(logits.dtype)
     p = t if target_is_distribution else torch.softmax(t / tau, dim=1)
@@ -76,13 +85,22 @@ class LocalError(IntermediateSignal):
     instead of softmax(y / tau): at tau = 4, softmax(y / tau) is nearly uniform (0.13 vs 0.10 for 10 classes),
     so the paper's form mostly pulls the readout towards zero."""
 
-    def __init__(self, layer: int, layer_shape: Sequence[int], num_classes: int, tau: float = 4.0,
-                 generator: torch.Generator | None = None, soft_labels: bool = True) -> None:
+    def __init__(
+        self,
+        layer: int,
+        layer_shape: Sequence[int],
+        num_classes: int,
+        tau: float = 4.0,
+        generator: torch.Generator | None = None,
+        soft_labels: bool = True,
+    ) -> None:
         super().__init__(layer, tau)
         self.soft_labels = bool(soft_labels)
         fan_in = math.prod(layer_shape)
         bound = 1.0 / math.sqrt(fan_in)  # Kaiming-uniform-like scale for a fixed readout
         self.register_buffer("readout", (torch.rand(num_classes, fan_in, generator=generator) * 2 - 1) * bound)
+
+    readout: Tensor
 
     def target(self, x, y):
         return y
@@ -113,8 +131,10 @@ class KnowledgeDistillation(IntermediateSignal):
 
     def loss(self, s, target):
         if target.shape != s.shape:
-            raise ValueError(f"KD at layer {self.layer}: teacher features {tuple(target.shape)} do not match the "
-                             f"layer's state {tuple(s.shape)}")
+            raise ValueError(
+                f"KD at layer {self.layer}: teacher features {tuple(target.shape)} do not match the "
+                f"layer's state {tuple(s.shape)}"
+            )
         return soft_target_loss(s, target, self.tau)
 
     def grad(self, s, target):
@@ -126,8 +146,9 @@ class WeightedKnowledgeDistillation(KnowledgeDistillation):
     identity. On image-shaped layers w_map mixes channels at each position (a 1x1 convolution, C x C weights);
     on vector layers it is a dense n x n matrix. Its update is the EP contrast of appendix G (eq. 20)."""
 
-    def __init__(self, layer: int, layer_shape: Sequence[int], teacher: Callable[[Tensor], Tensor],
-                 tau: float = 4.0) -> None:
+    def __init__(
+        self, layer: int, layer_shape: Sequence[int], teacher: Callable[[Tensor], Tensor], tau: float = 4.0
+    ) -> None:
         super().__init__(layer, teacher, tau)
         self.w_map = nn.Parameter(torch.eye(layer_shape[0]))
         self.spatial = len(layer_shape) == 3
@@ -149,8 +170,9 @@ class WeightedKnowledgeDistillation(KnowledgeDistillation):
 KAPPA_SCHEDULES = ("constant", "linear", "exponential", "cosine")
 
 
-def kappa_schedule(kind: str, epoch: int, total: int, kappa_init: float, kappa_min: float = 0.0,
-                   gamma: float = 0.1) -> float:
+def kappa_schedule(
+    kind: str, epoch: int, total: int, kappa_init: float, kappa_min: float = 0.0, gamma: float = 0.1
+) -> float:
     """kappa at ``epoch`` (0-based) of ``total`` (eq. 14): constant; linear kappa_init (1 - E/E_total);
     exponential kappa_init exp(-gamma E); cosine kappa_min + (kappa_init - kappa_min)(1 + cos(pi E/E_total))/2."""
     if kind not in KAPPA_SCHEDULES:

@@ -10,19 +10,25 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..errors import ConfigError
 from ..registry import canonical_name
 
-__all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "config_from_dict", "read_yaml",
-           "STUDY_KEYS"]
+__all__ = [
+    "TrainConfig",
+    "ConfigError",
+    "load_config",
+    "parse_overrides",
+    "config_from_dict",
+    "read_yaml",
+    "STUDY_KEYS",
+]
 
 STUDY_KEYS = ("algorithms", "datasets", "seeds", "jobs")
-
-
 
 
 @dataclass
@@ -122,17 +128,46 @@ def _choices() -> dict[str, list[str]]:
     from ..rules.signals import KAPPA_SCHEDULES
     from .data import dataset_names
 
-    return {"dataset": dataset_names(), "model": model_names(), "algorithm": algorithm_names(),
-            "cost": sorted(COSTS), "schedule": list(SCHEDULES), "first": ["even", "odd"], "dtype": sorted(DTYPES), "init": list(INITS),
-            "activation": sorted(ACTIVATIONS), "hru": sorted(HRU_TYPES), "loss_at": list(LOSS_AT),
-            "echo_stack": list(STACK_ECHOES), "signals": ["none", "le", "kd", "kdw"],
-            "kappa_schedule": list(KAPPA_SCHEDULES), "nudged_precision": list(NUDGED_PRECISIONS),
-            "solver": sorted(SOLVERS)}
+    return {
+        "dataset": dataset_names(),
+        "model": model_names(),
+        "algorithm": algorithm_names(),
+        "cost": sorted(COSTS),
+        "schedule": list(SCHEDULES),
+        "first": ["even", "odd"],
+        "dtype": sorted(DTYPES),
+        "init": list(INITS),
+        "activation": sorted(ACTIVATIONS),
+        "hru": sorted(HRU_TYPES),
+        "loss_at": list(LOSS_AT),
+        "echo_stack": list(STACK_ECHOES),
+        "signals": ["none", "le", "kd", "kdw"],
+        "kappa_schedule": list(KAPPA_SCHEDULES),
+        "nudged_precision": list(NUDGED_PRECISIONS),
+        "solver": sorted(SOLVERS),
+    }
 
 
-_POSITIVE = ("pool_every", "epochs", "batch_size", "free_iterations", "nudged_iterations", "image_size",
-             "teacher_epochs")
-_NON_NEGATIVE = ("refine_iterations", "crop_padding", "momentum", "weight_decay", "eta_min", "beta", "kappa", "kappa_min", "kappa_gamma")
+_POSITIVE = (
+    "pool_every",
+    "epochs",
+    "batch_size",
+    "free_iterations",
+    "nudged_iterations",
+    "image_size",
+    "teacher_epochs",
+)
+_NON_NEGATIVE = (
+    "refine_iterations",
+    "crop_padding",
+    "momentum",
+    "weight_decay",
+    "eta_min",
+    "beta",
+    "kappa",
+    "kappa_min",
+    "kappa_gamma",
+)
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -160,24 +195,32 @@ def validate(cfg: TrainConfig) -> None:
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             raise ConfigError(f"config key {key!r} must be None or >= 1, got {getattr(cfg, key)}")
     if any(lr < 0 for lr in cfg.lrs) or any(g <= 0 for g in cfg.gains) or any(c < 1 for c in cfg.channels):
-        raise ConfigError(f"lrs must be >= 0, gains > 0 and channels >= 1; got lrs={cfg.lrs}, gains={cfg.gains}, "
-                          f"channels={cfg.channels}")
+        raise ConfigError(
+            f"lrs must be >= 0, gains > 0 and channels >= 1; got lrs={cfg.lrs}, gains={cfg.gains}, "
+            f"channels={cfg.channels}"
+        )
     from ..models.base import MODELS, model_spec
     from ..rules.base import ALGORITHMS, algorithm_families, algorithm_models
 
     spec = model_spec(cfg.model)
     if spec.family not in algorithm_families(cfg.algorithm):
         fits = [a for a in ALGORITHMS if spec.family in algorithm_families(a)]
-        raise ConfigError(f"algorithm {cfg.algorithm!r} does not train model {cfg.model!r} (it trains "
-                          f"{list(algorithm_models(cfg.algorithm))}); algorithms for model {cfg.model!r}: {fits}")
+        raise ConfigError(
+            f"algorithm {cfg.algorithm!r} does not train model {cfg.model!r} (it trains "
+            f"{list(algorithm_models(cfg.algorithm))}); algorithms for model {cfg.model!r}: {fits}"
+        )
     if cfg.signals != "none":
         if cfg.algorithm not in ("PEP", "NEP", "CEP"):
-            raise ConfigError(f"signals={cfg.signals!r} need EP nudging: use algorithm PEP, NEP or CEP, not "
-                              f"{cfg.algorithm!r}")
+            raise ConfigError(
+                f"signals={cfg.signals!r} need EP nudging: use algorithm PEP, NEP or CEP, not {cfg.algorithm!r}"
+            )
         if cfg.signals in ("kd", "kdw") and not spec.blocks:
             blocky = [m for m, sp in MODELS.items() if sp.blocks]
-            raise ConfigError(f"signals={cfg.signals!r} distil a conv teacher's block logits: use model={blocky[0]}"
-                              if len(blocky) == 1 else f"signals={cfg.signals!r} need a model with blocks: {blocky}")
+            raise ConfigError(
+                f"signals={cfg.signals!r} distil a conv teacher's block logits: use model={blocky[0]}"
+                if len(blocky) == 1
+                else f"signals={cfg.signals!r} need a model with blocks: {blocky}"
+            )
     if spec.blocks and (not cfg.blocks or any(not b or min(b) < 1 for b in cfg.blocks)):
         raise ConfigError(f"config key 'blocks' must list non-empty lists of conv widths >= 1, got {cfg.blocks}")
     for key in ("dt", "epsilon", "tau"):
@@ -253,9 +296,7 @@ def parse_overrides(items: Sequence[str], base: TrainConfig | None = None) -> Tr
             value = _parse_scalar(raw.strip())
         if hints.get(key) in (str, str | None) and value is not None and not isinstance(value, str):
             value = raw.strip()  # e.g. device=0 or dataset=10 stay strings and fail on their choices
-        if typing.get_origin(hints.get(key)) is list and not isinstance(value, list):
-            value = [value]
-        changes[key] = value
+        changes[key] = [value] if typing.get_origin(hints.get(key)) is list and not isinstance(value, list) else value
     return config_from_dict(changes, base)
 
 
@@ -293,4 +334,3 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     return parse_overrides(overrides, base)
-

@@ -18,9 +18,10 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -31,9 +32,27 @@ from torch.utils.data import TensorDataset
 from ..errors import DataError
 from ..registry import canonical_name
 
-__all__ = ["ImageData", "DatasetSpec", "DATASETS", "register_dataset", "dataset_spec", "dataset_names",
-           "load_dataset", "load_digits", "load_mnist", "read_idx", "random_flip", "random_crop", "FolderImages",
-           "load_image_folder", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = [
+    "ImageData",
+    "DatasetSpec",
+    "DATASETS",
+    "register_dataset",
+    "dataset_spec",
+    "dataset_names",
+    "load_dataset",
+    "load_digits",
+    "load_mnist",
+    "read_idx",
+    "random_flip",
+    "random_crop",
+    "FolderImages",
+    "load_image_folder",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]
+
+
+Splits = tuple[Tensor, Tensor, Tensor, Tensor]  # train images, train labels, test images, test labels
 
 
 @dataclass
@@ -41,7 +60,7 @@ class ImageData:
     """A data set in memory: raw images (N, C, H, W), int64 labels, and the normalisation of Table 4."""
 
     name: str
-    train_images: Tensor
+    train_images: Tensor  # or a FolderImages, which indexes and moves like one
     train_labels: Tensor
     test_images: Tensor
     test_labels: Tensor
@@ -54,8 +73,15 @@ class ImageData:
     def image_shape(self) -> tuple[int, ...]:
         return tuple(self.train_images.shape[1:])
 
-    def prepare(self, images: Tensor, *, flip: bool = False, crop_padding: int = 0,
-                generator: torch.Generator | None = None, flatten: bool = False) -> Tensor:
+    def prepare(
+        self,
+        images: Tensor,
+        *,
+        flip: bool = False,
+        crop_padding: int = 0,
+        generator: torch.Generator | None = None,
+        flatten: bool = False,
+    ) -> Tensor:
         """Raw batch -> (augmented) normalised float batch; augmentation draws from ``generator``."""
         x = images.float()
         if images.dtype == torch.uint8:
@@ -73,8 +99,9 @@ class ImageData:
         """The whole split, normalised and not augmented, as a ``TensorDataset``."""
         if split not in ("train", "test"):
             raise DataError(f"split must be 'train' or 'test', got {split!r}")
-        images, labels = (self.train_images, self.train_labels) if split == "train" else (self.test_images,
-                                                                                            self.test_labels)
+        images, labels = (
+            (self.train_images, self.train_labels) if split == "train" else (self.test_images, self.test_labels)
+        )
         return TensorDataset(self.prepare(images, flatten=flatten), labels)
 
 
@@ -99,6 +126,7 @@ def random_crop(x: Tensor, padding: int, generator: torch.Generator | None = Non
 
 # --------------------------------------------------------------------------------------------- loaders
 
+
 def _limit(images: Tensor, labels: Tensor, limit: int | None) -> tuple[Tensor, Tensor]:
     return (images, labels) if limit is None else (images[:limit], labels[:limit])
 
@@ -120,8 +148,9 @@ def load_digits(image_size: int = 8, test_fraction: float = 0.2, seed: int = 0) 
     if image_size != 8:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False).clamp(0, 1)
     y = torch.tensor(data.target, dtype=torch.int64)
-    idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=test_fraction, random_state=seed,
-                                           stratify=data.target)
+    idx_train, idx_test = train_test_split(
+        np.arange(len(y)), test_size=test_fraction, random_state=seed, stratify=data.target
+    )
     mean, std = float(x[idx_train].mean()), float(x[idx_train].std())
     return ImageData("digits", x[idx_train], y[idx_train], x[idx_test], y[idx_test], (mean,), (std,), 10)
 
@@ -133,23 +162,34 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{path} is not an IDX file (bad magic number)")
-    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    dtypes: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     code, ndim = raw[2], raw[3]
     if code not in dtypes:
         raise DataError(f"{path}: unknown IDX data type code 0x{code:02x}")
-    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=dtypes[code], offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
         raise DataError(f"{path}: header says shape {shape} but the file holds {data.size} values")
     return data.reshape(shape)
 
 
-_IDX_STEMS = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
-              "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
+_IDX_STEMS = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
 
 
-def _load_idx_set(title: str, folder: str, root: Path, pad_to_32: bool, limit_train: int | None,
-                  limit_test: int | None, download: bool) -> tuple[Tensor, ...]:
+def _load_idx_set(
+    title: str,
+    folder: str,
+    root: Path,
+    pad_to_32: bool,
+    limit_train: int | None,
+    limit_test: int | None,
+    download: bool,
+) -> Splits:
     def find(stem: str) -> Path | None:
         for base in (root, root / folder / "raw"):
             for cand in (base / stem, base / f"{stem}.gz"):
@@ -169,28 +209,41 @@ def _load_idx_set(title: str, folder: str, root: Path, pad_to_32: bool, limit_tr
         raise FileNotFoundError(
             f"{title}: files {missing} not found in {root.resolve()} (looked for plain and .gz IDX files, also "
             f"under {folder}/raw/); point data_dir at the folder holding them, or add download=true on a "
-            "machine with internet access")
+            "machine with internet access"
+        )
+    found = {k: p for k, p in paths.items() if p is not None}
     out = []
     for split, limit in (("train", limit_train), ("test", limit_test)):
-        images = torch.from_numpy(read_idx(paths[f"{split}_x"])[:limit].copy()).unsqueeze(1)
+        images = torch.from_numpy(read_idx(found[f"{split}_x"])[:limit].copy()).unsqueeze(1)
         if pad_to_32:
             images = F.pad(images, (2, 2, 2, 2))
-        out += [images, torch.from_numpy(read_idx(paths[f"{split}_y"])[:limit].astype(np.int64))]
-    return tuple(out)
+        out += [images, torch.from_numpy(read_idx(found[f"{split}_y"])[:limit].astype(np.int64))]
+    return out[0], out[1], out[2], out[3]
 
 
-def load_mnist(data_dir: str | os.PathLike, pad_to_32: bool = True, limit_train: int | None = None,
-               limit_test: int | None = None, download: bool = False) -> ImageData:
+def load_mnist(
+    data_dir: str | os.PathLike,
+    pad_to_32: bool = True,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    download: bool = False,
+) -> ImageData:
     """MNIST from its four IDX files in ``data_dir`` (or ``data_dir/MNIST/raw``), padded to 32x32 (appendix D)."""
     tensors = _load_idx_set("MNIST", "MNIST", Path(data_dir), pad_to_32, limit_train, limit_test, download)
     return ImageData("mnist", *tensors, mean=(0.1307,), std=(0.3081,), num_classes=10)
 
 
-def load_fashion_mnist(data_dir: str | os.PathLike, pad_to_32: bool = True, limit_train: int | None = None,
-                       limit_test: int | None = None, download: bool = False) -> ImageData:
+def load_fashion_mnist(
+    data_dir: str | os.PathLike,
+    pad_to_32: bool = True,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    download: bool = False,
+) -> ImageData:
     """Fashion-MNIST (same IDX format as MNIST), padded to 32x32, flipped at random in training (appendix D)."""
-    tensors = _load_idx_set("Fashion-MNIST", "FashionMNIST", Path(data_dir), pad_to_32, limit_train, limit_test,
-                            download)
+    tensors = _load_idx_set(
+        "Fashion-MNIST", "FashionMNIST", Path(data_dir), pad_to_32, limit_train, limit_test, download
+    )
     return ImageData("fashion_mnist", *tensors, mean=(0.2860,), std=(0.3530,), num_classes=10, flip=True)
 
 
@@ -221,14 +274,23 @@ def _torchvision_class(name: str, verify_checksums: bool):
     return Unverified
 
 
-def _torchvision_set(title: str, cls_name: str, root: Path, expected: list[str], limit_train: int | None,
-                     limit_test: int | None, download: bool, verify_checksums: bool) -> tuple[Tensor, ...]:
+def _torchvision_set(
+    title: str,
+    cls_name: str,
+    root: Path,
+    expected: list[str],
+    limit_train: int | None,
+    limit_test: int | None,
+    download: bool,
+    verify_checksums: bool,
+) -> Splits:
     missing = [f for f in expected if not (root / f).exists()]
     if missing and not download:
         raise FileNotFoundError(
             f"{title}: files {missing} not found in {root.resolve()}; point data_dir at the folder holding them "
             f"(the layout torchvision.datasets.{cls_name} uses), or add download=true on a machine with internet "
-            "access")
+            "access"
+        )
     cls = _torchvision_class(cls_name, verify_checksums)
     out = []
     for train, limit in ((True, limit_train), (False, limit_test)):
@@ -240,43 +302,79 @@ def _torchvision_set(title: str, cls_name: str, root: Path, expected: list[str],
                 ds = cls(str(root), train=train, download=download)
                 images, labels = ds.data.transpose(0, 3, 1, 2), ds.targets  # HWC -> CHW
         except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
-            raise FileNotFoundError(f"{title} in {root.resolve()}: {exc} (files with other contents than the "
-                                    "official release fail the checksum; verify_checksums=false skips it)") from None
+            raise FileNotFoundError(
+                f"{title} in {root.resolve()}: {exc} (files with other contents than the "
+                "official release fail the checksum; verify_checksums=false skips it)"
+            ) from None
         images = torch.from_numpy(np.ascontiguousarray(images[:limit]))
         out += [images, torch.as_tensor(np.asarray(labels[:limit]), dtype=torch.int64)]
-    return tuple(out)
+    return out[0], out[1], out[2], out[3]
 
 
-def load_svhn(data_dir: str | os.PathLike, limit_train: int | None = None, limit_test: int | None = None,
-              download: bool = False, verify_checksums: bool = True) -> ImageData:
+def load_svhn(
+    data_dir: str | os.PathLike,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    download: bool = False,
+    verify_checksums: bool = True,
+) -> ImageData:
     """SVHN (train and test .mat files, the 'extra' set unused as in appendix D); label 10 means digit 0."""
-    tensors = _torchvision_set("SVHN", "SVHN", Path(data_dir), ["train_32x32.mat", "test_32x32.mat"],
-                               limit_train, limit_test, download, verify_checksums)
+    tensors = _torchvision_set(
+        "SVHN",
+        "SVHN",
+        Path(data_dir),
+        ["train_32x32.mat", "test_32x32.mat"],
+        limit_train,
+        limit_test,
+        download,
+        verify_checksums,
+    )
     return ImageData("svhn", *tensors, mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970), num_classes=10)
 
 
-def load_cifar10(data_dir: str | os.PathLike, limit_train: int | None = None, limit_test: int | None = None,
-                 download: bool = False, verify_checksums: bool = True) -> ImageData:
+def load_cifar10(
+    data_dir: str | os.PathLike,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    download: bool = False,
+    verify_checksums: bool = True,
+) -> ImageData:
     """CIFAR-10 (python pickle batches in ``cifar-10-batches-py/``); Table 4's std is 3x the usual one."""
-    files = [f"cifar-10-batches-py/{f}" for f in
-             [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]]
-    tensors = _torchvision_set("CIFAR-10", "CIFAR10", Path(data_dir), files, limit_train, limit_test, download,
-                               verify_checksums)
-    return ImageData("cifar10", *tensors, mean=(0.4914, 0.4822, 0.4465),
-                     std=(3 * 0.2023, 3 * 0.1994, 3 * 0.2010), num_classes=10, flip=True)
+    files = [
+        f"cifar-10-batches-py/{f}" for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
+    ]
+    tensors = _torchvision_set(
+        "CIFAR-10", "CIFAR10", Path(data_dir), files, limit_train, limit_test, download, verify_checksums
+    )
+    return ImageData(
+        "cifar10",
+        *tensors,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(3 * 0.2023, 3 * 0.1994, 3 * 0.2010),
+        num_classes=10,
+        flip=True,
+    )
 
 
-def load_cifar100(data_dir: str | os.PathLike, limit_train: int | None = None, limit_test: int | None = None,
-                  download: bool = False, verify_checksums: bool = True) -> ImageData:
+def load_cifar100(
+    data_dir: str | os.PathLike,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    download: bool = False,
+    verify_checksums: bool = True,
+) -> ImageData:
     """CIFAR-100 (python pickles ``train``, ``test``, ``meta`` in ``cifar-100-python/``), fine labels."""
     files = [f"cifar-100-python/{f}" for f in ("train", "test", "meta")]
-    tensors = _torchvision_set("CIFAR-100", "CIFAR100", Path(data_dir), files, limit_train, limit_test, download,
-                               verify_checksums)
-    return ImageData("cifar100", *tensors, mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761),
-                     num_classes=100, flip=True)
+    tensors = _torchvision_set(
+        "CIFAR-100", "CIFAR100", Path(data_dir), files, limit_train, limit_test, download, verify_checksums
+    )
+    return ImageData(
+        "cifar100", *tensors, mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761), num_classes=100, flip=True
+    )
 
 
 # -------------------------------------------------------------------------------------------- registry
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -312,17 +410,33 @@ def dataset_spec(name: str) -> DatasetSpec:
 
 def _files(fn: Callable[..., ImageData], checksums: bool) -> Callable[..., ImageData]:
     """The registry's loader signature for a file-based loader; ``checksums``: it takes ``verify_checksums``."""
-    def load(data_dir: str | None, image_size: int, seed: int, limit_train: int | None, limit_test: int | None,
-             download: bool, verify_checksums: bool) -> ImageData:
+
+    def load(
+        data_dir: str | None,
+        image_size: int,
+        seed: int,
+        limit_train: int | None,
+        limit_test: int | None,
+        download: bool,
+        verify_checksums: bool,
+    ) -> ImageData:
         kwargs = dict(limit_train=limit_train, limit_test=limit_test, download=download)
         if checksums:
             kwargs["verify_checksums"] = verify_checksums
         return fn(data_dir, **kwargs)
+
     return load
 
 
-def _digits(data_dir: str | None, image_size: int, seed: int, limit_train: int | None, limit_test: int | None,
-            download: bool, verify_checksums: bool) -> ImageData:
+def _digits(
+    data_dir: str | None,
+    image_size: int,
+    seed: int,
+    limit_train: int | None,
+    limit_test: int | None,
+    download: bool,
+    verify_checksums: bool,
+) -> ImageData:
     data = load_digits(image_size=image_size, seed=seed)
     data.train_images, data.train_labels = _limit(data.train_images, data.train_labels, limit_train)
     data.test_images, data.test_labels = _limit(data.test_images, data.test_labels, limit_test)
@@ -352,7 +466,7 @@ class FolderImages:
     def shape(self) -> tuple[int, ...]:
         return (len(self.paths), 3, self.size, self.size)
 
-    def to(self, device: torch.device | str) -> "FolderImages":
+    def to(self, device: torch.device | str) -> FolderImages:
         return FolderImages(self.paths, self.size, device, self.workers)
 
     def _decode(self, path: str) -> Tensor:
@@ -378,8 +492,14 @@ class FolderImages:
         return torch.stack(batch).to(self.device)
 
 
-def load_image_folder(data_dir: str | os.PathLike, image_size: int = 64, limit_train: int | None = None,
-                      limit_test: int | None = None, seed: int = 0, name: str = "imagenet") -> ImageData:
+def load_image_folder(
+    data_dir: str | os.PathLike,
+    image_size: int = 64,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    seed: int = 0,
+    name: str = "imagenet",
+) -> ImageData:
     """An ImageFolder tree ``data_dir/train/<class>/*`` and ``data_dir/val/<class>/*`` (ImageNet's layout after
     the usual val re-sort), read lazily through :class:`FolderImages` at ``image_size`` with ImageNet's mean
     and std. ``limit_*`` keep a seeded random subset (the folders are sorted by class)."""
@@ -389,13 +509,16 @@ def load_image_folder(data_dir: str | os.PathLike, image_size: int = 64, limit_t
     splits = {}
     for split in ("train", "val"):
         if not (root / split).is_dir():
-            raise FileNotFoundError(f"{name}: expected image folders {root / split}/<class>/<image> (ImageNet "
-                                    f"layout: train/ and val/ with one sub-folder per class); not found")
+            raise FileNotFoundError(
+                f"{name}: expected image folders {root / split}/<class>/<image> (ImageNet "
+                f"layout: train/ and val/ with one sub-folder per class); not found"
+            )
         splits[split] = ImageFolder(str(root / split))
     train, val = splits["train"], splits["val"]
     if train.classes != val.classes:
-        raise DataError(f"{name}: train/ and val/ have different class folders ({len(train.classes)} vs "
-                         f"{len(val.classes)})")
+        raise DataError(
+            f"{name}: train/ and val/ have different class folders ({len(train.classes)} vs {len(val.classes)})"
+        )
 
     def subset(samples: list[tuple[str, int]], limit: int | None, offset: int) -> tuple[list[str], Tensor]:
         if limit is not None and limit < len(samples):
@@ -405,16 +528,33 @@ def load_image_folder(data_dir: str | os.PathLike, image_size: int = 64, limit_t
 
     train_paths, train_labels = subset(train.samples, limit_train, 0)
     test_paths, test_labels = subset(val.samples, limit_test, 1)
-    return ImageData(name, FolderImages(train_paths, image_size), train_labels,  # type: ignore[arg-type]
-                     FolderImages(test_paths, image_size), test_labels, IMAGENET_MEAN, IMAGENET_STD,
-                     len(train.classes), flip=True)
+    return ImageData(
+        name,
+        cast(Tensor, FolderImages(train_paths, image_size)),  # indexed and moved like an image tensor
+        train_labels,
+        cast(Tensor, FolderImages(test_paths, image_size)),
+        test_labels,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        len(train.classes),
+        flip=True,
+    )
 
 
-def _image_folder(data_dir: str | None, image_size: int, seed: int, limit_train: int | None, limit_test: int | None,
-                  download: bool, verify_checksums: bool) -> ImageData:
+def _image_folder(
+    data_dir: str | None,
+    image_size: int,
+    seed: int,
+    limit_train: int | None,
+    limit_test: int | None,
+    download: bool,
+    verify_checksums: bool,
+) -> ImageData:
     if download:
-        raise DataError("imagenet cannot be downloaded automatically; place the train/ and val/ folders in "
-                         "data_dir (download=false)")
+        raise DataError(
+            "imagenet cannot be downloaded automatically; place the train/ and val/ folders in "
+            "data_dir (download=false)"
+        )
     return load_image_folder(data_dir, image_size, limit_train, limit_test, seed)  # type: ignore[arg-type]
 
 
@@ -426,13 +566,30 @@ register_dataset(DatasetSpec("cifar10", 3, 32, 10, _files(load_cifar10, checksum
 register_dataset(DatasetSpec("cifar100", 3, 32, 100, _files(load_cifar100, checksums=True)))
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, image_size: int = 16, seed: int = 0,
-                 limit_train: int | None = None, limit_test: int | None = None, download: bool = False,
-                 verify_checksums: bool = True) -> ImageData:
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    image_size: int = 16,
+    seed: int = 0,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    download: bool = False,
+    verify_checksums: bool = True,
+) -> ImageData:
     """Load a registered data set by name; a file-based set without ``data_dir`` is an error that says so."""
     spec = dataset_spec(name)
     if spec.needs_files and data_dir is None:
-        raise DataError(f"the {spec.name} data set is read from files: set data_dir to the folder holding them "
-                         "(add download=true to fetch them where internet is available)")
-    return spec.loader(None if data_dir is None else str(data_dir), image_size, seed, limit_train, limit_test,
-                       download, verify_checksums)
+        raise DataError(
+            f"the {spec.name} data set is read from files: set data_dir to the folder holding them "
+            "(add download=true to fetch them where internet is available)"
+        )
+    return spec.loader(
+        None if data_dir is None else str(data_dir),
+        image_size,
+        seed,
+        limit_train,
+        limit_test,
+        download,
+        verify_checksums,
+    )

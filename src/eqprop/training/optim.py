@@ -3,22 +3,28 @@ rates (Table 5, "lr conv-weight k & bias k") and cosine annealing (T_max, eta_mi
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
+
+from ..models.base import LayeredModel
 
 __all__ = ["make_optimizer", "make_scheduler", "layer_rates"]
 
 
-def make_optimizer(network: torch.nn.Module, lrs: float | Sequence[float], momentum: float = 0.9,
-                   weight_decay: float = 0.0, nesterov: bool = False) -> torch.optim.SGD:
+def make_optimizer(
+    network: LayeredModel,
+    lrs: float | Sequence[float],
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+) -> torch.optim.SGD:
     """SGD with one parameter group per entry of ``network.layer_parameters()`` (for an energy network:
     layer k = 1..L, the weights into layer k and its bias)."""
     groups = network.layer_parameters()
     lrs = layer_rates(lrs, len(groups))
     param_groups = [{"params": g, "lr": lr} for g, lr in zip(groups, lrs) if g]
-    return torch.optim.SGD(param_groups, lr=lrs[0], momentum=momentum, weight_decay=weight_decay,
-                           nesterov=nesterov)
+    return torch.optim.SGD(param_groups, lr=lrs[0], momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
 
 
 def layer_rates(lrs: float | Sequence[float], groups: int) -> list[float]:
@@ -27,8 +33,10 @@ def layer_rates(lrs: float | Sequence[float], groups: int) -> list[float]:
     if len(rates) == 1:
         rates = rates * groups
     if len(rates) != groups:
-        raise ValueError(f"expected {groups} learning rates (lrs), one per layer group of this network (a "
-                         f"Hopfield net: each non-input layer; an HSSM: each unit, then the readout), got {len(rates)}")
+        raise ValueError(
+            f"expected {groups} learning rates (lrs), one per layer group of this network (a "
+            f"Hopfield net: each non-input layer; an HSSM: each unit, then the readout), got {len(rates)}"
+        )
     if any(lr < 0 for lr in rates):
         raise ValueError(f"learning rates must be >= 0, got {rates}")
     return rates

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+
+from ..errors import DataError
 
 __all__ = ["Run", "read_run", "plot_runs", "results_table", "read_diagnostics", "plot_diagnostics"]
 
@@ -98,7 +101,7 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
 
     runs = [read_run(d) for d in run_dirs]
     if not any(r.metrics for r in runs):
-        raise ValueError(f"no epoch metrics in {[str(r.path) for r in runs]}: nothing to plot")
+        raise DataError(f"no epoch metrics in {[str(r.path) for r in runs]}: nothing to plot")
     fig, (ax_err, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     for k, run in enumerate(runs):
         if not run.metrics:
@@ -106,8 +109,9 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
         color = f"C{k % 10}"
         epochs = [m["epoch"] for m in run.metrics]
         ax_err.plot(epochs, [100 * m["test_error"] for m in run.metrics], color=color, label=f"{run.label} test")
-        ax_err.plot(epochs, [100 * m["train_error"] for m in run.metrics], color=color, ls="--",
-                    label=f"{run.label} train")
+        ax_err.plot(
+            epochs, [100 * m["train_error"] for m in run.metrics], color=color, ls="--", label=f"{run.label} train"
+        )
         ax_loss.plot(epochs, [m["test_loss"] for m in run.metrics], color=color, label=f"{run.label} test")
         ax_loss.plot(epochs, [m["train_loss"] for m in run.metrics], color=color, ls="--", label=f"{run.label} train")
     ax_err.set(xlabel="epoch", ylabel="error rate (%)", title="error (solid: test, dashed: train)")
@@ -146,7 +150,7 @@ def results_table(run_dirs: Sequence[str | Path], metric: str = "final") -> str:
         cell["test"].append(row["test_error"])
         cell["train"].append(row["train_error"])
     if not cells:
-        raise ValueError("none of the runs has finished an epoch: nothing to tabulate")
+        raise DataError("none of the runs has finished an epoch: nothing to tabulate")
     order_a, order_d = algorithm_names(), dataset_names()
     algos = sorted({a for a, _ in cells}, key=lambda a: order_a.index(a) if a in order_a else len(order_a))
     sets = sorted({d for _, d in cells}, key=lambda d: order_d.index(d) if d in order_d else len(order_d))

@@ -7,10 +7,10 @@ import itertools
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from .config import ConfigError, load_config, parse_overrides, read_yaml
 from .results import plot_runs, results_table
@@ -28,13 +28,22 @@ class StudyRun:
 
     @property
     def overrides(self) -> list[str]:
-        return [f"algorithm={self.algorithm}", f"dataset={self.dataset}", f"seed={self.seed}",
-                f"out_dir={self.out_dir}"]
+        return [
+            f"algorithm={self.algorithm}",
+            f"dataset={self.dataset}",
+            f"seed={self.seed}",
+            f"out_dir={self.out_dir}",
+        ]
 
 
-def plan_study(config: str | Path, out_dir: str | Path, algorithms: Sequence[str] | None = None,
-               datasets: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
-               overrides: Sequence[str] = ()) -> list[StudyRun]:
+def plan_study(
+    config: str | Path,
+    out_dir: str | Path,
+    algorithms: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    overrides: Sequence[str] = (),
+) -> list[StudyRun]:
     """The runs of a study; unset axes come from the config's ``study:`` block, else the config itself.
     Every run's config is validated before any run starts."""
     study = read_yaml(config).get("study", {})
@@ -51,9 +60,16 @@ def plan_study(config: str | Path, out_dir: str | Path, algorithms: Sequence[str
     return runs
 
 
-def run_study(config: str | Path, out_dir: str | Path, algorithms: Sequence[str] | None = None,
-              datasets: Sequence[str] | None = None, seeds: Sequence[int] | None = None, jobs: int | None = None,
-              overrides: Sequence[str] = (), log: Callable[[str], None] = print) -> list[StudyRun]:
+def run_study(
+    config: str | Path,
+    out_dir: str | Path,
+    algorithms: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    jobs: int | None = None,
+    overrides: Sequence[str] = (),
+    log: Callable[[str], None] = print,
+) -> list[StudyRun]:
     """Run every run of the grid (``jobs`` at a time, each in its own ``eqprop train`` process), resuming
     runs already in ``out_dir``; then write ``table.md`` and ``curves.png`` for the runs that finished."""
     runs = plan_study(config, out_dir, algorithms, datasets, seeds, overrides)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -25,17 +26,19 @@ __all__ = ["ConvTeacher", "TeacherFeatures", "train_teacher", "load_or_train_tea
 class ConvTeacher(nn.Module):
     """Feedforward VGG with the student's ``blocks`` and ``fc`` widths; ``block_logits(x)`` gives the targets."""
 
-    def __init__(self, in_channels: int, num_classes: int, input_size: int, blocks: Sequence[Sequence[int]],
-                 fc: Sequence[int]) -> None:
+    def __init__(
+        self, in_channels: int, num_classes: int, input_size: int, blocks: Sequence[Sequence[int]], fc: Sequence[int]
+    ) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList()
+        stages = nn.ModuleList()
         c_in = in_channels
         for block in blocks:
             convs = nn.ModuleList()
             for c in block:
                 convs.append(nn.ModuleDict({"conv": nn.Conv2d(c_in, c, 3, padding=1), "bn": nn.BatchNorm2d(c)}))
                 c_in = c
-            self.blocks.append(convs)
+            stages.append(convs)
+        self.blocks = cast("Sequence[Sequence[nn.ModuleDict]]", stages)  # a ModuleList, typed as what it holds
         size = input_size // 2 ** len(blocks)
         widths = [c_in * size * size] + list(fc) + [num_classes]
         self.fc = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
@@ -86,9 +89,19 @@ class TeacherFeatures:
         return lambda x: self(x, b)
 
 
-def train_teacher(teacher: ConvTeacher, data: ImageData, epochs: int, device: torch.device, batch_size: int = 128,
-                  lr: float = 0.05, weight_decay: float = 5e-4, seed: int = 0, flip: bool = False,
-                  crop_padding: int = 0, log: Callable[[str], None] = print) -> float:
+def train_teacher(
+    teacher: ConvTeacher,
+    data: ImageData,
+    epochs: int,
+    device: torch.device,
+    batch_size: int = 128,
+    lr: float = 0.05,
+    weight_decay: float = 5e-4,
+    seed: int = 0,
+    flip: bool = False,
+    crop_padding: int = 0,
+    log: Callable[[str], None] = print,
+) -> float:
     """Train by backprop (SGD, Nesterov momentum, cosine annealing); returns the test error."""
     teacher.to(device)
     opt = torch.optim.SGD(teacher.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
@@ -100,7 +113,7 @@ def train_teacher(teacher: ConvTeacher, data: ImageData, epochs: int, device: to
         teacher.train()
         perm = torch.randperm(len(labels), generator=gen).to(device)
         for b in range(math.ceil(len(labels) / batch_size)):
-            idx = perm[b * batch_size:(b + 1) * batch_size]
+            idx = perm[b * batch_size : (b + 1) * batch_size]
             x = data.prepare(images[idx], flip=flip, crop_padding=crop_padding, generator=gen)
             loss = F.cross_entropy(teacher(x), labels[idx])
             opt.zero_grad(set_to_none=True)
@@ -117,21 +130,31 @@ def teacher_error(teacher: ConvTeacher, data: ImageData, device: torch.device, b
     teacher.eval()
     wrong = 0
     for start in range(0, len(data.test_labels), batch_size):
-        x = data.prepare(data.test_images[start:start + batch_size].to(device))
-        wrong += int((teacher(x).argmax(1) != data.test_labels[start:start + batch_size].to(device)).sum())
+        x = data.prepare(data.test_images[start : start + batch_size].to(device))
+        wrong += int((teacher(x).argmax(1) != data.test_labels[start : start + batch_size].to(device)).sum())
     return wrong / max(1, len(data.test_labels))
 
 
-def load_or_train_teacher(path: str | Path | None, run_teacher: Path | None, make: Callable[[], ConvTeacher],
-                          data: ImageData, epochs: int, device: torch.device, seed: int, flip: bool,
-                          crop_padding: int, log: Callable[[str], None]) -> ConvTeacher:
+def load_or_train_teacher(
+    path: str | Path | None,
+    run_teacher: Path | None,
+    make: Callable[[], ConvTeacher],
+    data: ImageData,
+    epochs: int,
+    device: torch.device,
+    seed: int,
+    flip: bool,
+    crop_padding: int,
+    log: Callable[[str], None],
+) -> ConvTeacher:
     """The teacher at ``path`` (a state dict saved by a previous run), else the run's own ``teacher.pt``,
     else a new one trained here (and saved to ``run_teacher``)."""
     teacher = make().to(device)
     for candidate in (path, run_teacher):
         if candidate is not None and Path(candidate).exists():
             teacher.load_state_dict(torch.load(candidate, map_location=device, weights_only=True))
-            log(f"eqprop: KD teacher loaded from {candidate} (test error {100 * teacher_error(teacher, data, device):.2f}%)")
+            error = teacher_error(teacher, data, device)
+            log(f"eqprop: KD teacher loaded from {candidate} (test error {100 * error:.2f}%)")
             return teacher.eval()
     if path is not None:
         raise FileNotFoundError(f"teacher checkpoint {path} does not exist; leave teacher unset to train one")

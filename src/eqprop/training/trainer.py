@@ -11,6 +11,7 @@ boundary with a checkpoint (:class:`Interrupted`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -18,17 +19,19 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..core.network import EnergyNetwork
-from ..core.relaxation import SolverSettings
+from ..core.relaxation import SolverSettings, resolve_dtype
 from ..models.base import build_model, model_spec
 from ..rules.base import LearningAlgorithm, algorithm_options, get_algorithm
+from ..rules.contrastive import Contrastive
 from ..rules.phases import Phases
 from ..rules.signals import KnowledgeDistillation, LocalError, WeightedKnowledgeDistillation, kappa_schedule
 from .config import ConfigError, TrainConfig, config_from_dict, parse_overrides
@@ -36,20 +39,39 @@ from .data import ImageData, load_dataset
 from .optim import layer_rates, make_optimizer, make_scheduler
 from .teacher import ConvTeacher, TeacherFeatures, load_or_train_teacher
 
-__all__ = ["TrainConfig", "Trainer", "build_network", "build_algorithm", "build_phases", "load_data", "DivergenceError",
-           "Interrupted", "evaluate", "topk_errors", "resolve_device", "load_run"]
+__all__ = [
+    "TrainConfig",
+    "Trainer",
+    "build_network",
+    "build_algorithm",
+    "build_phases",
+    "load_data",
+    "DivergenceError",
+    "Interrupted",
+    "evaluate",
+    "topk_errors",
+    "resolve_device",
+    "load_run",
+]
 
 Callback = Callable[["Trainer", int, int], None]
 
 
 def load_data(cfg: TrainConfig) -> ImageData:
     """The data set a config names, with its subset limits."""
-    return load_dataset(cfg.dataset, cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed,
-                        limit_train=cfg.limit_train, limit_test=cfg.limit_test, download=cfg.download,
-                        verify_checksums=cfg.verify_checksums)
+    return load_dataset(
+        cfg.dataset,
+        cfg.data_dir,
+        image_size=cfg.image_size,
+        seed=cfg.seed,
+        limit_train=cfg.limit_train,
+        limit_test=cfg.limit_test,
+        download=cfg.download,
+        verify_checksums=cfg.verify_checksums,
+    )
 
 
-def build_network(cfg: TrainConfig, in_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
+def build_network(cfg: TrainConfig, in_shape: tuple[int, ...], num_classes: int) -> Any:
     """The model a config describes (the model registry's builder for ``cfg.model``)."""
     return build_model(cfg, in_shape, num_classes)
 
@@ -57,12 +79,18 @@ def build_network(cfg: TrainConfig, in_shape: tuple[int, ...], num_classes: int)
 def default_signal_layers(cfg: TrainConfig, network: EnergyNetwork) -> list[int]:
     """The paper's choice: LE on the last layer of blocks 2.. (section 4.2), KD on every block end; for networks
     without blocks (dchn, mlp), every hidden layer."""
-    ends = list(getattr(network, "block_ends", range(1, network.output_index)))
+    ends = list(network.block_ends or range(1, network.output_index))
     return ends[1:] if cfg.signals == "le" and len(ends) > 1 else ends
 
 
-def build_signals(cfg: TrainConfig, network: EnergyNetwork, data: ImageData, device: torch.device,
-                  out: Path | None, log: Callable[[str], None]) -> torch.nn.ModuleList:
+def build_signals(
+    cfg: TrainConfig,
+    network: EnergyNetwork,
+    data: ImageData,
+    device: torch.device,
+    out: Path | None,
+    log: Callable[[str], None],
+) -> torch.nn.ModuleList:
     """The intermediate learning signals a config asks for (trains or loads the KD teacher)."""
     if cfg.signals == "none":
         return torch.nn.ModuleList()
@@ -72,21 +100,32 @@ def build_signals(cfg: TrainConfig, network: EnergyNetwork, data: ImageData, dev
         raise ConfigError(f"signal_layers {layers}: each must be a hidden layer index in 1..{network.output_index - 1}")
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     if cfg.signals == "le":
-        return torch.nn.ModuleList(LocalError(k, network.layers[k].shape, data.num_classes, cfg.tau, gen,
-                                              cfg.le_soft_labels) for k in layers).to(device)
-    ends = list(network.block_ends)
+        return torch.nn.ModuleList(
+            LocalError(k, network.layers[k].shape, data.num_classes, cfg.tau, gen, cfg.le_soft_labels) for k in layers
+        ).to(device)
+    ends = list(network.block_ends or [])
     not_ends = [k for k in layers if k not in ends]
     if not_ends:
         raise ConfigError(f"KD signals attach to block ends {ends} (the teacher's block logits); got {not_ends}")
     teacher = load_or_train_teacher(
-        cfg.teacher, out / "teacher.pt" if out else None,
+        cfg.teacher,
+        out / "teacher.pt" if out else None,
         lambda: ConvTeacher(data.image_shape[0], data.num_classes, data.image_shape[-1], cfg.blocks, cfg.hidden),
-        data, cfg.teacher_epochs, device, cfg.seed, data.flip if cfg.flip is None else cfg.flip, cfg.crop_padding, log)
+        data,
+        cfg.teacher_epochs,
+        device,
+        cfg.seed,
+        data.flip if cfg.flip is None else cfg.flip,
+        cfg.crop_padding,
+        log,
+    )
     features = TeacherFeatures(teacher)
     if cfg.signals == "kd":
         return torch.nn.ModuleList(KnowledgeDistillation(k, features.block(ends.index(k)), cfg.tau) for k in layers)
-    return torch.nn.ModuleList(WeightedKnowledgeDistillation(k, network.layers[k].shape, features.block(ends.index(k)),
-                                                             cfg.tau) for k in layers).to(device)
+    return torch.nn.ModuleList(
+        WeightedKnowledgeDistillation(k, network.layers[k].shape, features.block(ends.index(k)), cfg.tau)
+        for k in layers
+    ).to(device)
 
 
 def build_phases(cfg: TrainConfig) -> Phases | None:
@@ -94,16 +133,30 @@ def build_phases(cfg: TrainConfig) -> Phases | None:
     default = model_spec(cfg.model).solver
     if default is None:
         return None
-    settings = SolverSettings(cfg.schedule, cfg.first, cfg.tol, None if cfg.dtype == "float32" else cfg.dtype,
-                              cfg.channels_last)
-    return Phases(cfg.free_iterations, cfg.nudged_iterations, cfg.solver or default, settings, cfg.init,
-                  cfg.nudged_precision, cfg.refine_iterations, cfg.cuda_graphs)
+    dtype = None if cfg.dtype == "float32" else resolve_dtype(cfg.dtype)
+    settings = SolverSettings(cfg.schedule, cfg.first, cfg.tol, dtype, cfg.channels_last)
+    return Phases(
+        cfg.free_iterations,
+        cfg.nudged_iterations,
+        cfg.solver or default,
+        settings,
+        cfg.init,
+        cfg.nudged_precision,
+        cfg.refine_iterations,
+        cfg.cuda_graphs,
+    )
 
 
 def build_algorithm(cfg: TrainConfig) -> LearningAlgorithm:
     """The learning rule a config describes, given the keywords its registration asks for."""
-    values = {"cost": cfg.cost, "beta": cfg.beta, "seed": cfg.seed, "epsilon": cfg.epsilon, "loss_at": cfg.loss_at,
-              "stack": cfg.echo_stack}
+    values = {
+        "cost": cfg.cost,
+        "beta": cfg.beta,
+        "seed": cfg.seed,
+        "epsilon": cfg.epsilon,
+        "loss_at": cfg.loss_at,
+        "stack": cfg.echo_stack,
+    }
     options = algorithm_options(cfg.algorithm)
     if "phases" in options:
         values["phases"] = build_phases(cfg)
@@ -143,22 +196,42 @@ def topk_errors(output: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) -> d
 
 
 @torch.no_grad()
-def evaluate(network: EnergyNetwork, algorithm: LearningAlgorithm, data: ImageData, device: torch.device,
-             batch_size: int = 512, flatten: bool = False, split: str = "test") -> dict[str, float]:
+def evaluate(
+    network: Any,
+    algorithm: LearningAlgorithm,
+    data: ImageData,
+    device: torch.device,
+    batch_size: int = 512,
+    flatten: bool = False,
+    split: str = "test",
+) -> dict[str, float]:
     """Free-phase top-1 and top-5 error rates and mean cost over a split (no augmentation)."""
-    images, labels_all = (data.test_images, data.test_labels) if split == "test" else (data.train_images,
-                                                                                       data.train_labels)
+    images, labels_all = (
+        (data.test_images, data.test_labels) if split == "test" else (data.train_images, data.train_labels)
+    )
     wrong1 = wrong5 = 0
     loss = 0.0
     for start in range(0, len(labels_all), batch_size):
-        x = data.prepare(images[start:start + batch_size].to(device), flatten=flatten)
-        labels = labels_all[start:start + batch_size].to(device)
+        x = data.prepare(images[start : start + batch_size].to(device), flatten=flatten)
+        labels = labels_all[start : start + batch_size].to(device)
         out = algorithm.free_phase(network, x).states[-1].float()
         loss += float(algorithm.cost(out, algorithm.targets(network, labels)).sum())
         errs = topk_errors(out, labels)
         wrong1, wrong5 = wrong1 + errs[1], wrong5 + errs[5]
     n = max(len(labels_all), 1)
     return {"error": wrong1 / n, "top5_error": wrong5 / n, "loss": loss / n}
+
+
+@contextlib.contextmanager
+def _config_errors(what: str) -> Iterator[None]:
+    """Report a ValueError raised while building from the config as a ConfigError about ``what``: the library's
+    builders raise ValueError only for invalid arguments, and here every argument comes from the config."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {exc}") from exc
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -170,8 +243,9 @@ def _atomic_save(obj: Any, path: Path) -> None:
 class Trainer:
     """Runs the epochs of one experiment; see the module docstring for what a run directory holds."""
 
-    def __init__(self, cfg: TrainConfig, log: Callable[[str], None] | None = None,
-                 callbacks: Sequence[Callback] = ()) -> None:
+    def __init__(
+        self, cfg: TrainConfig, log: Callable[[str], None] | None = None, callbacks: Sequence[Callback] = ()
+    ) -> None:
         from tqdm.auto import tqdm
 
         self.cfg, self.callbacks = cfg, list(callbacks)
@@ -184,19 +258,23 @@ class Trainer:
         self.flatten = model_spec(cfg.model).flat_input
         self.flip = self.data.flip if cfg.flip is None else cfg.flip
         in_shape = (math.prod(self.data.image_shape),) if self.flatten else self.data.image_shape
-        self.network = build_network(cfg, in_shape, self.data.num_classes).to(self.device)
+        with _config_errors(f"model {cfg.model}"):
+            self.network = build_network(cfg, in_shape, self.data.num_classes).to(self.device)  # an EnergyModel
         self.algorithm = build_algorithm(cfg)
         self.out = Path(cfg.out_dir) if cfg.out_dir else None
         if self.out:
             self.out.mkdir(parents=True, exist_ok=True)
         self.signals = build_signals(cfg, self.network, self.data, self.device, self.out, self.log)
         if len(self.signals):
-            self.algorithm.signals = list(self.signals)  # type: ignore[attr-defined]
-        self.optimizer = make_optimizer(self.network, cfg.lrs, cfg.momentum, cfg.weight_decay, cfg.nesterov)
-        rates = layer_rates(cfg.lrs, len(self.network.layer_parameters()))
+            assert isinstance(self.algorithm, Contrastive)  # the config allows signals with P-/N-/C-EP only
+            self.algorithm.signals = list(self.signals)
+        with _config_errors("lrs"):
+            self.optimizer = make_optimizer(self.network, cfg.lrs, cfg.momentum, cfg.weight_decay, cfg.nesterov)
+            rates = layer_rates(cfg.lrs, len(self.network.layer_parameters()))
         for sig in self.signals:  # KDW maps learn at the rate of the layer they read
             if list(sig.parameters()):
-                self.optimizer.add_param_group({"params": list(sig.parameters()), "lr": rates[sig.layer - 1]})
+                layer = int(sig.layer)  # type: ignore[arg-type]  # an IntermediateSignal's layer index
+                self.optimizer.add_param_group({"params": list(sig.parameters()), "lr": rates[layer - 1]})
         self.scheduler = make_scheduler(self.optimizer, cfg.epochs, cfg.eta_min)
         self.generator = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation
         self.train_images = self.data.train_images.to(self.device)
@@ -206,16 +284,20 @@ class Trainer:
         self.best_error = math.inf
         self._partial: dict[str, Any] | None = None  # the unfinished epoch of a resumed, interrupted run
         self._stop: str | None = None
-        self._writer = None
+        self._writer: Any = None  # a TensorBoard SummaryWriter when logging
         self._diagnostics: dict[str, Any] | None = None
         if self.out:
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
     # ------------------------------------------------------------------ checkpoints and resume
     def _rng_state(self) -> dict[str, Any]:
-        return {"torch": torch.get_rng_state(), "generator": self.generator.get_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "numpy": np.random.get_state(), "python": random.getstate()}
+        return {
+            "torch": torch.get_rng_state(),
+            "generator": self.generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        }
 
     def _set_rng_state(self, state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch"])
@@ -226,11 +308,18 @@ class Trainer:
         random.setstate(state["python"])
 
     def checkpoint_state(self, partial: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {"epoch": self.epoch, "partial": partial, "network": self.network.state_dict(),
-                "signals": self.signals.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "history": self.history, "best_error": self.best_error, "rng": self._rng_state(),
-                "config": self.cfg.to_dict()}
+        return {
+            "epoch": self.epoch,
+            "partial": partial,
+            "network": self.network.state_dict(),
+            "signals": self.signals.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "history": self.history,
+            "best_error": self.best_error,
+            "rng": self._rng_state(),
+            "config": self.cfg.to_dict(),
+        }
 
     def save_checkpoint(self, partial: dict[str, Any] | None = None, best: bool = False) -> Path | None:
         """Write ``checkpoint_last.pt`` atomically (and ``checkpoint_best.pt`` when ``best``)."""
@@ -255,8 +344,13 @@ class Trainer:
     RESUMABLE_OVERRIDES = ("device", "progress", "tensorboard", "data_dir", "download")
 
     @classmethod
-    def resume(cls, run_dir: str | Path, overrides: Sequence[str] = (), log: Callable[[str], None] | None = None,
-               callbacks: Sequence[Callback] = ()) -> "Trainer":
+    def resume(
+        cls,
+        run_dir: str | Path,
+        overrides: Sequence[str] = (),
+        log: Callable[[str], None] | None = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> Trainer:
         """Continue the run in ``run_dir`` from its last checkpoint with the same optimiser, scheduler and RNG."""
         run_dir = Path(run_dir)
         ckpt = run_dir / "checkpoint_last.pt"
@@ -264,11 +358,14 @@ class Trainer:
             raise FileNotFoundError(f"cannot resume: {ckpt} does not exist (is {run_dir} a run directory?)")
         cfg = read_run_config(run_dir)
         changed = parse_overrides(overrides, cfg)
-        bad = [k for k in TrainConfig.keys() if getattr(changed, k) != getattr(cfg, k)
-               and k not in cls.RESUMABLE_OVERRIDES]
+        bad = [
+            k for k in TrainConfig.keys() if getattr(changed, k) != getattr(cfg, k) and k not in cls.RESUMABLE_OVERRIDES
+        ]
         if bad:
-            raise ConfigError(f"cannot change {bad} when resuming (it would not be the same run); "
-                              f"keys that may change are {list(cls.RESUMABLE_OVERRIDES)}")
+            raise ConfigError(
+                f"cannot change {bad} when resuming (it would not be the same run); "
+                f"keys that may change are {list(cls.RESUMABLE_OVERRIDES)}"
+            )
         changed.out_dir = str(run_dir)
         trainer = cls(changed, log=log, callbacks=callbacks)
         trainer.load_checkpoint(ckpt)
@@ -282,8 +379,10 @@ class Trainer:
 
     def _diverged(self, epoch: int, what: str) -> DivergenceError:
         where = f" (last good checkpoint: {self.out / 'checkpoint_last.pt'})" if self.out else ""
-        return DivergenceError(f"training diverged in epoch {epoch}: non-finite {what}{where}; "
-                               "try smaller learning rates, a smaller beta or more iterations")
+        return DivergenceError(
+            f"training diverged in epoch {epoch}: non-finite {what}{where}; "
+            "try smaller learning rates, a smaller beta or more iterations"
+        )
 
     def _weights_finite(self) -> bool:
         return bool(torch.stack([torch.isfinite(p).all() for p in self.network.parameters()]).all())
@@ -291,12 +390,21 @@ class Trainer:
     def train_epoch(self, epoch: int, bar: Any = None) -> dict[str, float]:
         """One pass over the shuffled training set (continuing a partial epoch after resume)."""
         cfg, n = self.cfg, len(self.train_labels)
-        partial = self._partial or {"batch": 0, "wrong1": 0, "wrong5": 0, "loss": 0.0, "iters": 0, "time": 0.0,
-                                    "epoch_generator": self.generator.get_state(), "activation": None,
-                                    "grad_norm": None}
-        if len(self.signals):  # eq. 14: kappa for this epoch
-            self.algorithm.kappa = kappa_schedule(cfg.kappa_schedule, epoch - 1, cfg.epochs, cfg.kappa,  # type: ignore
-                                                  cfg.kappa_min, cfg.kappa_gamma)
+        partial = self._partial or {
+            "batch": 0,
+            "wrong1": 0,
+            "wrong5": 0,
+            "loss": 0.0,
+            "iters": 0,
+            "time": 0.0,
+            "epoch_generator": self.generator.get_state(),
+            "activation": None,
+            "grad_norm": None,
+        }
+        if isinstance(self.algorithm, Contrastive) and self.algorithm.signals:  # eq. 14: kappa for this epoch
+            self.algorithm.kappa = kappa_schedule(
+                cfg.kappa_schedule, epoch - 1, cfg.epochs, cfg.kappa, cfg.kappa_min, cfg.kappa_gamma
+            )
         self._partial = None
         self.generator.set_state(partial["epoch_generator"])
         perm = torch.randperm(n, generator=self.generator).to(self.device)
@@ -306,9 +414,14 @@ class Trainer:
         t0 = time.perf_counter() - partial["time"]
         self.network.train()
         for b in range(partial["batch"], batches):
-            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x = self.data.prepare(self.train_images[idx], flip=self.flip, crop_padding=cfg.crop_padding,
-                                  generator=self.generator, flatten=self.flatten)
+            idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            x = self.data.prepare(
+                self.train_images[idx],
+                flip=self.flip,
+                crop_padding=cfg.crop_padding,
+                generator=self.generator,
+                flatten=self.flatten,
+            )
             labels = self.train_labels[idx]
             result = self.algorithm.step(self.network, x, labels)
             loss = float(result.loss.sum())
@@ -320,8 +433,13 @@ class Trainer:
             if cfg.diagnostics:
                 self._accumulate_diagnostics(partial, result)
             errs = topk_errors(result.output.float(), labels)
-            partial.update(batch=b + 1, wrong1=partial["wrong1"] + errs[1], wrong5=partial["wrong5"] + errs[5],
-                           loss=partial["loss"] + loss, iters=partial["iters"] + result.free.iterations)
+            partial.update(
+                batch=b + 1,
+                wrong1=partial["wrong1"] + errs[1],
+                wrong5=partial["wrong5"] + errs[5],
+                loss=partial["loss"] + loss,
+                iters=partial["iters"] + result.free.iterations,
+            )
             seen = min((b + 1) * cfg.batch_size, n)
             if bar is not None:
                 bar.update(1)
@@ -334,14 +452,21 @@ class Trainer:
                 partial.update(time=time.perf_counter() - t0, generator=self.generator.get_state())
                 raise Interrupted(self._stop, self.save_checkpoint(partial))
         self.scheduler.step()
-        row = {"train_loss": partial["loss"] / n, "train_error": partial["wrong1"] / n,
-               "train_top5_error": partial["wrong5"] / n, "free_iterations": partial["iters"] / batches,
-               "train_time": time.perf_counter() - t0}
-        if len(self.signals):
-            row["kappa"] = self.algorithm.kappa  # type: ignore[attr-defined]
+        row = {
+            "train_loss": partial["loss"] / n,
+            "train_error": partial["wrong1"] / n,
+            "train_top5_error": partial["wrong5"] / n,
+            "free_iterations": partial["iters"] / batches,
+            "train_time": time.perf_counter() - t0,
+        }
+        if isinstance(self.algorithm, Contrastive) and self.algorithm.signals:
+            row["kappa"] = self.algorithm.kappa
         if cfg.diagnostics and partial["activation"] is not None:
-            self._diagnostics = {"epoch": epoch, "mean_activation": [a / batches for a in partial["activation"]],
-                                 "grad_norm": [g / batches for g in partial["grad_norm"]]}
+            self._diagnostics = {
+                "epoch": epoch,
+                "mean_activation": [a / batches for a in partial["activation"]],
+                "grad_norm": [g / batches for g in partial["grad_norm"]],
+            }
         return row
 
     def _accumulate_diagnostics(self, partial: dict[str, Any], result: Any) -> None:
@@ -350,14 +475,17 @@ class Trainer:
         grads = {id(p): g for p, g in zip(self.network.parameters(), result.grads)}
         groups = self.network.layer_parameters()
         act = [float(s.float().mean()) for s in states]
-        norms = [math.sqrt(sum(float(grads[id(p)].float().pow(2).sum()) for p in g if grads.get(id(p)) is not None))
-                 for g in groups]
+        norms = [
+            math.sqrt(sum(float(grads[id(p)].float().pow(2).sum()) for p in g if grads.get(id(p)) is not None))
+            for g in groups
+        ]
         if partial["activation"] is None:
             partial["activation"], partial["grad_norm"] = [0.0] * len(act), [0.0] * len(norms)
         partial["activation"] = [a + b for a, b in zip(partial["activation"], act)]
         partial["grad_norm"] = [a + b for a, b in zip(partial["grad_norm"], norms)]
 
     def _write_diagnostics(self) -> None:
+        assert self.out is not None
         from .results import plot_diagnostics
 
         with open(self.out / "diagnostics.jsonl", "a") as f:
@@ -365,6 +493,7 @@ class Trainer:
         plot_diagnostics(self.out, self.out / "diagnostics.png")
 
     def _write_metrics(self, row: dict[str, float]) -> None:
+        assert self.out is not None
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         with open(self.out / "metrics.csv", "w", newline="") as f:
@@ -393,13 +522,17 @@ class Trainer:
 
         cfg = self.cfg
         if self.epoch == 0 and self._partial is None:
-            self.log(f"eqprop: {cfg.algorithm} on {cfg.dataset} ({len(self.train_labels)} train / "
-                     f"{len(self.data.test_labels)} test), model={cfg.model}, device={self.device}, "
-                     f"algorithm={self.algorithm}" + (f", run dir {self.out}" if self.out else ""))
+            self.log(
+                f"eqprop: {cfg.algorithm} on {cfg.dataset} ({len(self.train_labels)} train / "
+                f"{len(self.data.test_labels)} test), model={cfg.model}, device={self.device}, "
+                f"algorithm={self.algorithm}" + (f", run dir {self.out}" if self.out else "")
+            )
             self.save_checkpoint()
         else:
-            self.log(f"eqprop: resuming {self.out} after epoch {self.epoch}"
-                     + (f" (batch {self._partial['batch']} of epoch {self.epoch + 1})" if self._partial else ""))
+            self.log(
+                f"eqprop: resuming {self.out} after epoch {self.epoch}"
+                + (f" (batch {self._partial['batch']} of epoch {self.epoch + 1})" if self._partial else "")
+            )
         handlers = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -411,21 +544,28 @@ class Trainer:
             with tqdm(total=cfg.epochs, initial=self.epoch, desc="epochs", unit="epoch", disable=disable) as ebar:
                 for epoch in range(self.epoch + 1, cfg.epochs + 1):
                     start = self._partial["batch"] if self._partial else 0
-                    with tqdm(total=batches, initial=start, desc=f"epoch {epoch}", unit="batch", leave=False,
-                              disable=disable) as bbar:
+                    with tqdm(
+                        total=batches, initial=start, desc=f"epoch {epoch}", unit="batch", leave=False, disable=disable
+                    ) as bbar:
                         row: dict[str, float] = {"epoch": epoch, **self.train_epoch(epoch, bbar)}
                     t_eval = time.perf_counter()
                     test = evaluate(self.network, self.algorithm, self.data, self.device, flatten=self.flatten)
-                    row.update(test_error=test["error"], test_top5_error=test["top5_error"], test_loss=test["loss"],
-                               lr=self.optimizer.param_groups[0]["lr"])
+                    row.update(
+                        test_error=test["error"],
+                        test_top5_error=test["top5_error"],
+                        test_loss=test["loss"],
+                        lr=self.optimizer.param_groups[0]["lr"],
+                    )
                     row["time"] = row["train_time"] + time.perf_counter() - t_eval
                     self.history.append(row)
                     self.epoch = epoch
                     best = row["test_error"] < self.best_error
                     self.best_error = min(self.best_error, row["test_error"])
-                    self.log(f"epoch {epoch:3d}  train loss {row['train_loss']:.4f}  train error "
-                             f"{100 * row['train_error']:6.2f}%  test error {100 * row['test_error']:6.2f}%  "
-                             f"top-5 {100 * row['test_top5_error']:5.2f}%  ({row['time']:.1f}s)")
+                    self.log(
+                        f"epoch {epoch:3d}  train loss {row['train_loss']:.4f}  train error "
+                        f"{100 * row['train_error']:6.2f}%  test error {100 * row['test_error']:6.2f}%  "
+                        f"top-5 {100 * row['test_top5_error']:5.2f}%  ({row['time']:.1f}s)"
+                    )
                     if self.out:
                         self._write_metrics(row)
                         if cfg.diagnostics and self._diagnostics is not None:
@@ -448,8 +588,9 @@ def read_run_config(run_dir: str | Path) -> TrainConfig:
     return config_from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
 
 
-def load_run(run_dir: str | Path, which: str = "best", overrides: Sequence[str] = (),
-             device: str | None = None) -> tuple[Trainer, dict[str, Any]]:
+def load_run(
+    run_dir: str | Path, which: str = "best", overrides: Sequence[str] = (), device: str | None = None
+) -> tuple[Trainer, dict[str, Any]]:
     """A run's trainer with the weights of ``checkpoint_{which}.pt`` loaded, and that checkpoint."""
     run_dir = Path(run_dir)
     if which not in ("best", "last"):
