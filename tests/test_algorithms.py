@@ -5,6 +5,7 @@ from eqprop import get_algorithm, hopfield_mlp, make_optimizer, make_scheduler
 from eqprop.rules.backprop import conjugate_gradient
 from eqprop.rules.base import ALGORITHMS, algorithm_models
 from eqprop.training.data import load_digits
+from helpers import rel_error
 
 ALL = ["CL", "PEP", "NEP", "CEP", "PCpL", "NCpL", "CCpL", "TBP", "RBP", "BPTT"]
 
@@ -35,7 +36,10 @@ def test_each_algorithm_lowers_the_training_loss_on_digits(name, digits):
             alg.step(net, x[i : i + 32], y[i : i + 32])
             opt.step()
     after = _free_loss(net, alg, x, y)
-    assert after < 0.8 * before, f"{name}: loss {before:.3f} -> {after:.3f}"
+    # measured (seed 0): the loss falls to 0.34-0.48 of its start and the training error to 7-17%
+    assert after < 0.55 * before, f"{name}: loss {before:.3f} -> {after:.3f}"
+    error = float((alg.free_phase(net, x).states[-1].argmax(1) != y).float().mean())
+    assert error < 0.2, f"{name}: training error {error:.1%} after 3 epochs (chance: 90%)"
 
 
 def test_registry_names_and_aliases():
@@ -57,20 +61,6 @@ def test_registry_names_and_aliases():
         get_algorithm("PEP", beta=0.0)
 
 
-def test_contrastive_estimate_matches_definition():
-    """The CEP estimate is (dE/dtheta(s_{-b}) - dE/dtheta(s_{+b})) / (2b), with the sign of a gradient."""
-    torch.manual_seed(1)
-    net = hopfield_mlp((6, 5, 3)).double()
-    x, labels = torch.rand(4, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 1])
-    alg = get_algorithm("CEP", beta=0.2, free_iterations=50, nudged_iterations=50)
-    y = alg.targets(net, labels).double()
-    free = alg.free_phase(net, x)
-    plus = net.energy_param_grads(alg.nudged_phase(net, y, free, 0.2).states)
-    minus = net.energy_param_grads(alg.nudged_phase(net, y, free, -0.2).states)
-    for g, p, m in zip(alg.gradients(net, x, y, free), plus, minus):
-        assert torch.allclose(g, (p - m) / 0.4)
-
-
 def test_cross_entropy_cost_trains_with_cep(digits):
     x, y = digits
     net = hopfield_mlp((64, 32, 10), gains=(0.8, 0.5))
@@ -82,7 +72,8 @@ def test_cross_entropy_cost_trains_with_cep(digits):
         .grads
     )
     for a, b in zip(cep, rbp):
-        assert float((a * b).sum() / (a.norm() * b.norm())) > 0.99
+        assert float((a * b).sum() / (a.norm() * b.norm())) > 0.99999
+    assert rel_error(cep, rbp) < 5e-3  # measured 1.3e-3: float32 states, beta = 1e-3
     opt = make_optimizer(net, [0.05, 0.02])
     before = _free_loss(net, alg, x, y)
     for i in range(0, len(x), 32):

@@ -163,7 +163,8 @@ def test_float32_training_estimate_is_aligned_with_bptt():
     cost = get_cost("cross_entropy")
     grads, _, _ = rhel_gradients(model, x, y, cost, "last", epsilon=0.01)
     ref, _, _ = bptt_gradients(model.double(), x.double(), y.double(), cost, "last")
-    assert min(cosine(g.double(), r) for g, r in zip(grads, ref)) > 0.999
+    assert min(cosine(g.double(), r) for g, r in zip(grads, ref)) > 0.99999
+    assert rel_error([g.double() for g in grads], ref) < 1e-4  # measured 2.3e-5 (seeds 0-2: 1.7e-5 to 2.3e-5)
 
 
 def test_bad_inputs_are_clear_errors():

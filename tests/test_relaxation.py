@@ -81,7 +81,11 @@ def test_16bit_relaxation_is_real_and_close_to_fp32(dtype):
     ref = relax(net, net.init_state(x), 30)
     assert all(s.dtype == dtype for s in low.states)
     assert all(p.dtype == torch.float32 for p in net.parameters())
-    assert max_diff([s.float() for s in low.states], ref.states) < 0.1
+    # rounding only: every state within 2 ulps of its dtype (states in [0, 1]; measured 1.02 ulp for bf16 and
+    # 0.99 ulp for fp16 after 30 iterations), the input within half an ulp of its own magnitude
+    eps = torch.finfo(dtype).eps
+    assert max_diff([s.float() for s in low.states[1:]], ref.states[1:]) < 2 * eps
+    assert bool(((low.states[0].float() - x).abs() <= 0.5 * eps * x.abs()).all())
 
 
 def test_bad_relaxation_arguments():

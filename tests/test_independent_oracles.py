@@ -1,0 +1,190 @@
+"""Oracles written here from the papers' formulas, independently of the library's own forward passes, relaxation
+and BPTT helpers: a dense Hopfield net relaxed by a hand-written loop, a PCN's forward pass from its layer
+weights, and a Hamiltonian unit integrated by a hand-written leapfrog."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from eqprop import HamiltonianSSM, get_algorithm, hopfield_mlp, pc_vgg, relax
+from eqprop.core.nudging import get_cost
+from eqprop.rules.echo_learning import rhel_gradients
+from helpers import rel_error
+
+F64 = torch.float64
+
+
+# ---- a dense Hopfield network: E = 1/2 sum_k ||s_k||^2 - sum_k s_k^T W_k s_{k-1} - sum_k b_k^T s_k (eqs. 96-97) --
+def dense_net(seed=0):
+    torch.manual_seed(seed)
+    net = hopfield_mlp((6, 5, 4, 3), gains=(1.0, 0.9, 0.8)).double()
+    with torch.no_grad():
+        for k in (1, 2, 3):
+            net.interactions[f"bias{k}"].bias.uniform_(0.1, 0.5)
+    x = torch.rand(7, 6, dtype=F64)
+    labels = torch.randint(0, 3, (7,))
+    return net, x, labels, F.one_hot(labels, 3).to(F64)
+
+
+def weights(net):
+    return [net.interactions[f"dense{k}"].weight for k in (1, 2, 3)], [
+        net.interactions[f"bias{k}"].bias for k in (1, 2, 3)
+    ]
+
+
+def hand_relax(net, states, iterations, beta=0.0, y=None, clamp=None, first="even"):
+    """Asynchronous block-coordinate minimisation written out: each hidden layer s_k <- clip(W_k s_{k-1} +
+    W_{k+1}^T s_{k+1} + b_k, 0, 1); the identity output o <- (m + 2 beta y) / (1 + 2 beta), the exact minimiser of
+    1/2 o^2 - m o + beta ||o - y||^2, or o = clamp when the output is clamped (CpL / CL)."""
+    W, b = weights(net)
+    s = [t.clone() for t in states]
+    L = len(W)
+    if clamp is not None:
+        s[L] = clamp
+    parities = (0, 1) if first == "even" else (1, 0)
+    for _ in range(iterations):
+        for parity in parities:
+            for k in range(1, L + 1):
+                if k % 2 != parity or (k == L and clamp is not None):
+                    continue
+                m = s[k - 1] @ W[k - 1].t() + b[k - 1]
+                if k < L:
+                    s[k] = (m + s[k + 1] @ W[k]).clamp(0, 1)
+                else:
+                    s[k] = m if y is None else (m + 2 * beta * y) / (1 + 2 * beta)
+    return s
+
+
+def energy_grads(s):
+    """dE/dtheta at fixed states (batch mean), in the network's parameter order (dense_k, bias_k, ...)."""
+    out = []
+    for k in (1, 2, 3):
+        out += [-(s[k].t() @ s[k - 1]) / len(s[0]), -s[k].mean(0)]
+    return out
+
+
+def test_asynchronous_order_is_even_layers_first():
+    """The paper's order (eqs. 100-101): the even layers are updated first, from the current odd layers; the
+    odd layers then use the fresh even ones. ``first="odd"`` is the reverse, and differs after one iteration."""
+    net, x, _, _ = dense_net()
+    start = net.init_state(x, "uniform", generator=torch.Generator().manual_seed(3))
+    for iterations in (1, 2, 5):
+        even = hand_relax(net, start, iterations, first="even")
+        odd = hand_relax(net, start, iterations, first="odd")
+        default = relax(net, start, iterations).states
+        assert max(float((a - b).abs().max()) for a, b in zip(default, even)) < 1e-14
+        ours_odd = relax(net, start, iterations, first="odd").states
+        assert max(float((a - b).abs().max()) for a, b in zip(ours_odd, odd)) < 1e-14
+        assert max(float((a - b).abs().max()) for a, b in zip(even, odd)) > 1e-3  # the two orders differ
+    assert get_algorithm("CEP").phases.settings.first == "even"
+
+
+@pytest.mark.parametrize(
+    "name, beta", [("CEP", 0.3), ("PEP", 0.3), ("NEP", 0.3), ("CCpL", 0.5), ("PCpL", 0.5), ("CL", 1.0)]
+)
+def test_contrastive_rules_equal_the_hand_written_contrast(name, beta):
+    """g = (dE/dtheta(s_b2) - dE/dtheta(s_b1)) / (b2 - b1) with b = (-beta, beta) (C-), (0, beta) (P-), (0, -beta)
+    (N-), nudging E + beta ||o - y||^2 (EP) or clamping o to (1 - b) o_* + b y (CpL; CL: b = 1)."""
+    net, x, labels, y = dense_net(1)
+    T, K = 40, 25
+    free = hand_relax(net, net.init_state(x), T)
+    b1, b2 = {"C": (-beta, beta), "P": (0.0, beta), "N": (0.0, -beta)}[name[0]] if name != "CL" else (0.0, 1.0)
+
+    def nudged(b):
+        if name.endswith("EP"):
+            return hand_relax(net, free, K, beta=b, y=y)
+        return hand_relax(net, free, K, clamp=(1 - b) * free[-1] + b * y)
+
+    oracle = [(g2 - g1) / (b2 - b1) for g1, g2 in zip(energy_grads(nudged(b1)), energy_grads(nudged(b2)))]
+    ours = get_algorithm(name, free_iterations=T, nudged_iterations=K, **({} if name == "CL" else {"beta": beta}))
+    grads = ours.step(net, x, labels).grads
+    assert rel_error(grads, oracle) < 1e-12
+    assert min(float(g.abs().max()) for g in oracle) > 1e-3  # every tensor gets an update: the check can fail
+
+
+# ---- a predictive-coding network: its forward pass written from the layer weights -----------------------------
+def small_pcn(seed):
+    torch.manual_seed(seed)
+    net = pc_vgg(1, 10, 8, [4, 6], hidden=[12], gains=0.8).double()
+    x = torch.randn(5, 1, 8, 8, dtype=F64)
+    return net, x, torch.randint(0, 10, (5,))
+
+
+def pcn_forward(net, x):
+    """pc_vgg(1, 10, 8, [4, 6], hidden=[12]): two ReLU(maxpool(conv3x3)) layers, a ReLU dense layer, a dense output."""
+    p = net.predictions
+    h = F.relu(F.max_pool2d(F.conv2d(x, p[0].weight, p[0].bias, padding=1), 2))
+    h = F.relu(F.max_pool2d(F.conv2d(h, p[1].weight, p[1].bias, padding=1), 2))
+    h = F.relu(h.flatten(1) @ p[2].weight.t() + p[2].bias)
+    return h @ p[3].weight.t() + p[3].bias
+
+
+def backprop(net, x, labels, cost):
+    out, y = pcn_forward(net, x), F.one_hot(labels, 10).to(F64)
+    loss = ((out - y) ** 2).sum(1) if cost == "squared_error" else -(y * torch.log_softmax(out, 1)).sum(1)
+    return list(torch.autograd.grad(loss.mean(), list(net.parameters())))
+
+
+@pytest.mark.parametrize("cost", ["squared_error", "cross_entropy"])
+def test_pc_rules_approach_backprop_through_a_hand_written_forward_pass(cost):
+    net, x, labels = small_pcn(0)
+    ref = backprop(net, x, labels, cost)
+    assert rel_error(get_algorithm("PC-BP", cost=cost).step(net, x, labels).grads, ref) < 1e-12
+    errs = {
+        b: rel_error(get_algorithm("PC-CEP", beta=b, nudged_iterations=40, cost=cost).step(net, x, labels).grads, ref)
+        for b in (1e-3, 1e-4)
+    }
+    assert errs[1e-3] < 1e-5  # measured 6.9e-6 (squared error), 1.1e-7 (cross-entropy)
+    assert 1.85 < math.log10(errs[1e-3] / errs[1e-4]) < 2.2  # O(beta^2)
+
+
+def test_pc_centered_ep_near_a_relu_kink():
+    """What the library promises where a forward pre-activation sits at the ReLU kink: the O(beta^2) bound holds
+    once beta is small enough that no unit crosses its kink in the nudged phases. Here one ReLU unit's forward
+    pre-activation is moved to 3e-4: beta = 1e-3 pushes it across and the estimate is off by 2%; beta <= 1e-4 is
+    back within 1e-7 of backprop."""
+    net, x, labels = small_pcn(0)
+    f = net.predictions[2]
+    with torch.no_grad():
+        z = f.pre(net.predictions[1](net.predictions[0](x)))
+        j = int(torch.where(z[0] > 0, z[0], torch.full_like(z[0], math.inf)).argmin())
+        f.bias[j] += 3e-4 - z[0, j]  # sample 0's smallest active pre-activation, now at 3e-4
+    ref = backprop(net, x, labels, "squared_error")
+    err = {
+        b: rel_error(get_algorithm("PC-CEP", beta=b, nudged_iterations=40).step(net, x, labels).grads, ref)
+        for b in (1e-3, 1e-4, 1e-5)
+    }
+    assert err[1e-3] > 1e-3  # the general "< 1e-5 at beta = 1e-3" does not hold here (measured 1.9e-2)
+    assert err[1e-4] < 1e-7 and err[1e-5] < 1e-7  # measured 6.4e-8 and 2.5e-8
+
+
+# ---- a Hamiltonian unit integrated by a hand-written leapfrog ---------------------------------------------------
+def hand_hssm_loss(model, seq, y):
+    """One nonlinear HRU, V = alpha/2 ||phi||^2 + sum_i log cosh(a_i phi_i + (B u + b)_i) / a_i, integrated by
+    drift-kick-drift leapfrog from rest; linear readout of the last position; mean cross-entropy."""
+    unit, dt = model.units[0], model.dt
+    a, B, b, alpha = unit.a, unit.B, unit.b, unit.alpha
+    phi = torch.zeros(seq.shape[1], B.shape[0], dtype=F64)
+    pi = torch.zeros_like(phi)
+    for u in seq:
+        half = phi + 0.5 * dt * pi
+        pi = pi - dt * (alpha * half + torch.tanh(a * half + u @ B.t() + b))
+        phi = half + 0.5 * dt * pi
+    out = phi @ model.readout.weight.t() + model.readout.bias
+    return -(y * torch.log_softmax(out, 1)).sum(1).mean()
+
+
+def test_rhel_equals_autograd_through_a_hand_written_leapfrog():
+    torch.manual_seed(0)
+    model = HamiltonianSSM(3, [6], 4, hru="nonlinear", dt=0.3).double()
+    seq = torch.randn(25, 5, 3, dtype=F64)
+    y = F.one_hot(torch.randint(0, 4, (5,)), 4).to(F64)
+    ref = torch.autograd.grad(hand_hssm_loss(model, seq, y), list(model.parameters()))
+    errs = []
+    for eps in (1e-2, 1e-3):
+        grads, _, _ = rhel_gradients(model, seq, y, get_cost("cross_entropy"), "last", epsilon=eps)
+        errs.append(rel_error(grads, ref))
+    assert errs[1] < 1e-5
+    assert 1.8 < math.log10(errs[0] / errs[1]) < 2.2  # O(eps^2)
