@@ -110,15 +110,15 @@ def test_shipped_configs_validate_and_build_table5_networks(path):
     size = spec.image_size or cfg.image_size
     net = build_network(cfg, (spec.in_channels, size, size), spec.num_classes)
     make_optimizer(net, cfg.lrs, cfg.momentum, cfg.weight_decay, cfg.nesterov)  # one learning rate per layer
-    if cfg.model == "hssm":  # images read row by row: one readout per row
+    if cfg.model.kind == "hssm":  # images read row by row: one readout per row
         out = net(torch.zeros(2, spec.in_channels, size, size))
         assert out.shape == (size, 2, spec.num_classes)
-    elif cfg.model == "vgg":  # scalable-EP paper, Table 4: the name counts the weight layers
+    elif cfg.model.kind == "vgg":  # scalable-EP paper, Table 4: the name counts the weight layers
         name = path.stem.split("_")[0]
         if name.startswith("vgg"):
             assert net.num_layers - 1 == int(name[3:])
         assert net.layers[-1].shape == (spec.num_classes,)
-    elif cfg.model == "pcn":
+    elif cfg.model.kind == "pcn":
         out = net.forward_pass(torch.zeros(2, spec.in_channels, size, size))[-1]
         assert out.shape == (2, spec.num_classes)
         name = path.stem.split("_")[1]
@@ -156,7 +156,14 @@ def test_scalable_ep_configs_carry_tables_5_and_6():
     }
     for name, want in rows.items():
         cfg = load_config(ROOT / f"configs/scalable_ep/{name}.yaml")
-        assert (cfg.beta, cfg.free_iterations, cfg.nudged_iterations, cfg.kappa, cfg.batch_size, cfg.signals) == want
+        assert (
+            cfg.beta,
+            cfg.free_iterations,
+            cfg.nudged_iterations,
+            cfg.kappa,
+            cfg.batch_size,
+            cfg.signals.kind,
+        ) == want
         assert (cfg.tau, cfg.momentum, cfg.weight_decay, cfg.epochs, cfg.algorithm) == (4.0, 0.9, 3e-4, 250, "CEP")
     vgg13 = load_config(ROOT / "configs/scalable_ep/vgg13_le.yaml")
     assert vgg13.lrs == [0.03] * 2 + [0.05] * 8 + [0.025] * 3
@@ -235,7 +242,7 @@ def test_cli_train_writes_a_complete_run_directory(tmp_path, capsys):
     assert all(0 <= r["test_top5_error"] <= r["test_error"] <= 1 and r["free_iterations"] == 6 for r in rows)
     assert (out / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss")
     assert len((out / "metrics.csv").read_text().splitlines()) == 3
-    assert json.loads((out / "config.json").read_text())["channels"] == [8, 16, 16]
+    assert json.loads((out / "config.json").read_text())["model"]["channels"] == [8, 16, 16]
     last = torch.load(out / "checkpoint_last.pt", weights_only=False)
     best = torch.load(out / "checkpoint_best.pt", weights_only=False)
     assert last["epoch"] == 2 and "interactions.conv1.weight" in last["network"]
@@ -251,7 +258,7 @@ def test_cli_train_writes_a_complete_run_directory(tmp_path, capsys):
 def test_cli_train_with_yaml_config(tmp_path):
     (tmp_path / "exp.yaml").write_text("algorithm: NEP\nbeta: 0.2\nepochs: 1\n")
     assert main(["train", str(tmp_path / "exp.yaml"), *TINY, f"out_dir={tmp_path / 'run'}"]) == 0
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["algorithm"] == "NEP"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["rule"]["algorithm"] == "NEP"
 
 
 def test_cli_reports_bad_input(capsys, tmp_path):

@@ -11,15 +11,13 @@ both leave a checkpoint.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import ConfigError, DataError
-from .training.config import TrainConfig, load_config
+from .training.config import load_config
 
 __all__ = ["main"]
 
@@ -40,10 +38,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .training.trainer import Trainer
 
     if args.help_config:
-        hints = typing.get_type_hints(TrainConfig)
-        for f in dataclasses.fields(TrainConfig):
-            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-            print(f"{f.name:20s} {str(hints[f.name]).replace('typing.', ''):18s} {default!r}")
+        from .training.config import SECTIONS
+
+        print("Config keys by section (YAML: `section: {key: value}` or flat `key: value`; overrides: key=value)")
+        for name, section in SECTIONS.items():
+            print(f"\n{name}:")
+            for key, typ, default, doc in section.describe():
+                shown = {"model": "model", "signals": "signals"}.get(name) if key == "kind" else key
+                print(f"  {shown:18s} {typ:22s} default {default!r:24s} {doc}")
         return 0
     config, overrides = _split_config(args.items)
     overrides += _data_dir(args)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
 from ..core.relaxation import RelaxResult
 from ..errors import ConfigError
 from ..registry import canonical_name
+from ..settings import Section, check_choice, setting
 
 __all__ = [
     "LayeredModel",
@@ -28,6 +29,7 @@ __all__ = [
     "model_spec",
     "model_names",
     "build_model",
+    "ModelSection",
 ]
 
 
@@ -114,7 +116,7 @@ def model_spec(name: str) -> ModelSpec:
 
 def build_model(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The model ``cfg.model`` names, built for inputs of ``input_shape`` (flattened if the model asks)."""
-    return model_spec(cfg.model).builder(cfg, input_shape, num_classes)
+    return model_spec(cfg.model.kind).builder(cfg, input_shape, num_classes)
 
 
 def image_input(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -123,3 +125,39 @@ def image_input(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]
         raise ConfigError(f"model {name!r} needs image inputs (C, H, W), got shape {input_shape}")
     c, h, w = input_shape
     return c, h, w
+
+
+# ---- config section ----------------------------------------------------------------------------------------
+@dataclass
+class ModelSection(Section):
+    """The ``model`` section: the registered model and the settings its builder reads."""
+
+    name: ClassVar[str] = "model"
+    kind: str = setting("dchn", "the registered model (MODELS): dchn, mlp, vgg, pcn, hssm")
+    channels: list[int] = setting([32, 64, 64], "dchn/pcn: conv widths")
+    hidden: list[int] = setting([256], "mlp/vgg/pcn: dense hidden widths; hssm: the unit sizes")
+    gains: list[float] = setting([0.8, 0.8, 0.8, 0.8], "init gain per weight layer (eq. 102; one value: all)")
+    activation: str = setting("hard_sigmoid", "Hopfield nets: the hidden layers' state space")
+    pool_every: int = setting(1, "pcn: a 2x2 max-pool after every n-th conv prediction")
+    skip: bool = setting(False, "pcn: conv predictions with a residual path (the skip variant)")
+    blocks: list[list[int]] = setting([[64], [128], [256], [512], [512]], "vgg: conv widths per block (VGG-7)")
+    hru: str = setting("nonlinear", "hssm: the Hamiltonian recurrent unit type")
+    dt: float = setting(0.1, "hssm: leapfrog time step")
+
+    def validate(self) -> None:
+        from ..core.layers import ACTIVATIONS
+        from .hamiltonian import HRU_TYPES
+
+        self.kind = check_choice("model", self.kind, model_names())
+        self.activation = check_choice("activation", self.activation, sorted(ACTIVATIONS))
+        self.hru = check_choice("hru", self.hru, sorted(HRU_TYPES))
+        self.at_least(1, "pool_every")
+        if min(self.channels, default=1) < 1 or min(self.hidden, default=1) < 1 or min(self.gains, default=1) <= 0:
+            raise ConfigError(
+                f"channels and hidden must be >= 1 and gains > 0; got channels={self.channels}, "
+                f"hidden={self.hidden}, gains={self.gains}"
+            )
+        if MODELS[self.kind].blocks and (not self.blocks or any(not b or min(b) < 1 for b in self.blocks)):
+            raise ConfigError(f"config key 'blocks' must list non-empty lists of conv widths >= 1, got {self.blocks}")
+        if not self.dt > 0:
+            raise ConfigError(f"config key 'dt' must be > 0, got {self.dt}")

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from ..core.nudging import Cost, get_cost, one_hot
 from ..core.relaxation import RelaxResult
+from ..errors import ConfigError
 from ..registry import canonical_name
+from ..settings import Section, check_choice, setting
 from .phases import Phases
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "algorithm_families",
     "algorithm_models",
     "algorithm_options",
+    "RuleSection",
 ]
 
 
@@ -166,3 +169,29 @@ def algorithm_models(name: str) -> tuple[str, ...]:
 
     families = algorithm_families(name)
     return tuple(m for m, spec in MODELS.items() if spec.family in families)
+
+
+# ---- config section ----------------------------------------------------------------------------------------
+@dataclass
+class RuleSection(Section):
+    """The ``rule`` section: the learning rule, its cost and nudging strength (RHEL: its echo settings)."""
+
+    name: ClassVar[str] = "rule"
+    algorithm: str = setting("CEP", "learning rule (ALGORITHMS): CL, PEP, NEP, CEP, PCpL, ..., TBP, RBP, RHEL, ...")
+    beta: float = setting(0.1, "nudging strength |beta|")
+    cost: str = setting("squared_error", "cost C(o, y): squared_error or cross_entropy")
+    epsilon: float = setting(0.01, "RHEL: echo nudging strength, relative to the largest incoming loss gradient")
+    loss_at: str = setting("last", "hssm: the loss reads the last step's readout, or the mean over every step")
+    echo_stack: str = setting("lockstep", "RHEL on stacks: all units echo together, or one after another")
+
+    def validate(self) -> None:
+        from ..core.nudging import COSTS
+        from .echo_learning import LOSS_AT, STACK_ECHOES
+
+        self.algorithm = check_choice("algorithm", self.algorithm, algorithm_names())
+        self.cost = check_choice("cost", self.cost, sorted(COSTS))
+        self.loss_at = check_choice("loss_at", self.loss_at, list(LOSS_AT))
+        self.echo_stack = check_choice("echo_stack", self.echo_stack, list(STACK_ECHOES))
+        self.at_least(0, "beta")
+        if not self.epsilon > 0:
+            raise ConfigError(f"config key 'epsilon' must be > 0, got {self.epsilon}")

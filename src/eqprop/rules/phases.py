@@ -10,15 +10,26 @@ a 16-bit free state runs in deviation mode, and ``cuda_graphs`` replays captured
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from ..core.nudging import Nudge
-from ..core.relaxation import SOLVER_REFERENCES, SOLVERS, GraphedSolver, RelaxResult, Solver, SolverSettings, get_solver
+from ..core.relaxation import (
+    SOLVER_REFERENCES,
+    SOLVERS,
+    GraphedSolver,
+    RelaxResult,
+    Solver,
+    SolverSettings,
+    get_solver,
+    resolve_dtype,
+)
+from ..errors import ConfigError
+from ..settings import Section, check_choice, setting
 
-__all__ = ["Phases", "NUDGED_PRECISIONS", "INITS"]
+__all__ = ["Phases", "NUDGED_PRECISIONS", "INITS", "RelaxSection"]
 
 # Precision of the nudged phases: "same" as the free phase; "full": the parameters' precision; "deviation":
 # states in the parameters' precision, convolutions of the deviation from the free state in ``dtype``.
@@ -110,4 +121,56 @@ class Phases:
         return (
             f"T={self.free_iterations}, K={self.nudged_iterations}, solver={self.solver}, "
             f"schedule={s.schedule}, dtype={s.dtype}"
+        )
+
+
+# ---- config section ----------------------------------------------------------------------------------------
+@dataclass
+class RelaxSection(Section):
+    """The ``relax`` section: the phases' iteration counts, the solver and its settings, precision and speed."""
+
+    name: ClassVar[str] = "relax"
+    free_iterations: int = setting(20, "T: iterations of the free phase")
+    nudged_iterations: int = setting(8, "K: iterations of each nudged phase (TBP: the truncation)")
+    solver: str | None = setting(None, "relaxation solver (SOLVERS); null: the model's default")
+    schedule: str = setting("asynchronous", "asynchronous (even/odd layers, eqs. 100-101) or synchronous (eq. 99)")
+    first: str = setting("even", "asynchronous: which parity of layers is updated first (the paper: even)")
+    dtype: str = setting("float32", "precision of the states and weight casts in the relaxation")
+    nudged_precision: str = setting("same", "nudged phases: same (as dtype), full (float32), deviation (16-bit d)")
+    refine_iterations: int = setting(0, "deviation-mode iterations refining a 16-bit free state")
+    tol: float | None = setting(None, "stop a phase once no state unit moves more than this in an iteration")
+    init: str = setting("zeros", "initial state of the free phase: zeros or uniform")
+    cuda_graphs: bool = setting(False, "replay each phase as a captured CUDA graph")
+    channels_last: bool = setting(False, "channels-last states and conv weights (faster cuDNN)")
+    fused_kernels: bool = setting(False, "torch.compile'd pooling and layer-update kernels on CUDA")
+    cudnn_benchmark: bool = setting(True, "on CUDA: cuDNN times its convolution algorithms per shape")
+
+    def validate(self) -> None:
+        from ..core.relaxation import DTYPES, SCHEDULES
+
+        if self.solver is not None:
+            self.solver = check_choice("solver", self.solver, sorted(SOLVERS))
+        self.schedule = check_choice("schedule", self.schedule, list(SCHEDULES))
+        self.first = check_choice("first", self.first, ["even", "odd"])
+        self.dtype = check_choice("dtype", self.dtype, sorted(DTYPES))
+        self.nudged_precision = check_choice("nudged_precision", self.nudged_precision, list(NUDGED_PRECISIONS))
+        self.init = check_choice("init", self.init, list(INITS))
+        self.at_least(1, "free_iterations", "nudged_iterations")
+        self.at_least(0, "refine_iterations")
+        if self.tol is not None and not self.tol > 0:
+            raise ConfigError(f"config key 'tol' must be None or > 0, got {self.tol}")
+
+    def phases(self, default_solver: str) -> Phases:
+        """The :class:`Phases` these settings describe (``default_solver`` where ``solver`` is null)."""
+        dtype = None if self.dtype == "float32" else resolve_dtype(self.dtype)
+        settings = SolverSettings(self.schedule, self.first, self.tol, dtype, self.channels_last)
+        return Phases(
+            self.free_iterations,
+            self.nudged_iterations,
+            self.solver or default_solver,
+            settings,
+            self.init,
+            self.nudged_precision,
+            self.refine_iterations,
+            self.cuda_graphs,
         )

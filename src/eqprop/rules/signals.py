@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..core.nudging import AugmentedNudge
+from ..errors import ConfigError
+from ..settings import Section, check_choice, setting
 
 __all__ = [
     "soft_target_loss",
@@ -186,3 +190,32 @@ def kappa_schedule(
     if kind == "exponential":
         return kappa_init * math.exp(-gamma * epoch)
     return kappa_min + 0.5 * (kappa_init - kappa_min) * (1.0 + math.cos(math.pi * epoch / total))
+
+
+# ---- config section ----------------------------------------------------------------------------------------
+SIGNAL_KINDS = ("none", "le", "kd", "kdw")
+
+
+@dataclass
+class SignalsSection(Section):
+    """The ``signals`` section: intermediate learning signals of the scalable-EP paper (with P-/N-/C-EP)."""
+
+    name: ClassVar[str] = "signals"
+    kind: str = setting("none", "none, le (local error), kd (knowledge distillation), kdw (KD with learned maps)")
+    signal_layers: list[int] | None = setting(None, "signalled layers; null: LE on block ends 2.., KD on all ends")
+    kappa: float = setting(0.5, "signal strength kappa_init (eq. 9)")
+    kappa_min: float = setting(0.0, "the cosine schedule's final kappa")
+    kappa_schedule: str = setting("cosine", "constant, linear, exponential or cosine (eq. 14)")
+    kappa_gamma: float = setting(0.02, "the exponential schedule's decay")
+    tau: float = setting(4.0, "soft-target temperature")
+    le_soft_labels: bool = setting(True, "LE target softmax(y / tau) as in eq. 7; false: the one-hot label")
+    teacher: str | None = setting(None, "KD teacher weights (teacher.pt of an earlier run); null: train one")
+    teacher_epochs: int = setting(10, "epochs of the KD teacher's backprop training")
+
+    def validate(self) -> None:
+        self.kind = check_choice("signals", self.kind, list(SIGNAL_KINDS))
+        self.kappa_schedule = check_choice("kappa_schedule", self.kappa_schedule, list(KAPPA_SCHEDULES))
+        self.at_least(0, "kappa", "kappa_min", "kappa_gamma")
+        self.at_least(1, "teacher_epochs")
+        if not self.tau > 0:
+            raise ConfigError(f"config key 'tau' must be > 0, got {self.tau}")

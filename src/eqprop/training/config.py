@@ -1,29 +1,46 @@
 """Experiment configs: one typed, validated ``TrainConfig`` per run, read from YAML and ``key=value`` overrides.
 
-A YAML experiment is a flat mapping of config keys. ``base: other.yaml`` (a path relative to the file) starts
-from another experiment; a ``study:`` block (algorithms, datasets, seeds, jobs) is read by ``eqprop study``
-only. A wrong key, type or choice is a ``ConfigError`` that names it and lists what is valid.
+A config has seven sections, each a dataclass validated by the module that owns it:
+``data`` (:class:`~eqprop.training.data.DataSection`), ``model`` (:class:`~eqprop.models.base.ModelSection`),
+``relax`` (:class:`~eqprop.rules.phases.RelaxSection`), ``rule`` (:class:`~eqprop.rules.base.RuleSection`),
+``signals`` (:class:`~eqprop.rules.signals.SignalsSection`), ``optim`` (:class:`~eqprop.training.optim.OptimSection`)
+and ``run`` (:class:`RunSection`). A YAML experiment writes them as mappings (``relax: {free_iterations: 60}``)
+or, as every earlier file and run directory did, as flat keys (``free_iterations: 60``); ``model: NAME`` and
+``signals: KIND`` are the flat spellings of ``model.kind`` and ``signals.kind``. Overrides take either form
+(``beta=0.2``, ``rule.beta=0.2``). Flat names also read and write the config's attributes (``cfg.beta``).
+
+``base: other.yaml`` (a path relative to the file) starts from another experiment; a ``study:`` block
+(algorithms, datasets, seeds, jobs) is read by ``eqprop study`` only. A wrong key, type or choice is a
+``ConfigError`` that names it and lists what is valid.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import ConfigError
-from ..registry import canonical_name
+from ..models.base import MODELS, ModelSection, model_spec
+from ..rules.base import ALGORITHMS, RuleSection, algorithm_families, algorithm_models
+from ..rules.phases import RelaxSection
+from ..rules.signals import SignalsSection
+from ..settings import Section, setting
+from .data import DataSection
+from .optim import OptimSection
 
 __all__ = [
     "TrainConfig",
+    "RunSection",
+    "SECTIONS",
     "ConfigError",
     "load_config",
     "parse_overrides",
     "config_from_dict",
+    "flat_dict",
     "read_yaml",
     "STUDY_KEYS",
 ]
@@ -32,233 +49,153 @@ STUDY_KEYS = ("algorithms", "datasets", "seeds", "jobs")
 
 
 @dataclass
+class RunSection(Section):
+    """The ``run`` section: seed, device, where the run directory goes, and what it logs."""
+
+    name: ClassVar[str] = "run"
+    seed: int = setting(0, "seed of the initialisation, shuffling and augmentation")
+    device: str = setting("auto", "auto (CUDA when present), cpu, cuda, cuda:N or mps")
+    out_dir: str | None = setting(None, "the run directory; null: runs/<dataset>_<algorithm>_seed<seed>_<time>")
+    tensorboard: bool = setting(True, "write TensorBoard logs into the run directory")
+    progress: bool = setting(True, "show progress bars")
+    diagnostics: bool = setting(False, "per-epoch mean activation and update norm per layer (Figure 5)")
+
+    def validate(self) -> None:
+        dev = self.device
+        if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise ConfigError(f"config key 'device': {dev!r} is not valid; use auto, cpu, cuda, cuda:N or mps")
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "data": DataSection,
+    "model": ModelSection,
+    "relax": RelaxSection,
+    "rule": RuleSection,
+    "signals": SignalsSection,
+    "optim": OptimSection,
+    "run": RunSection,
+}
+# flat key -> (section, field); ``model`` and ``signals`` name the sections' ``kind``
+FLAT: dict[str, tuple[str, str]] = {
+    f.name: (section, f.name) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.name != "kind"
+}
+FLAT.update(model=("model", "kind"), signals=("signals", "kind"))
+
+
+@dataclass(init=False)
 class TrainConfig:
-    """One experiment. The defaults train a small DCHN with C-EP on scikit-learn's digits (16x16)."""
+    """One experiment, in sections. The defaults train a small DCHN with C-EP on scikit-learn's digits (16x16).
 
-    # data
-    dataset: str = "digits"
-    data_dir: str | None = None
-    download: bool = False
-    verify_checksums: bool = True
-    image_size: int = 16  # digits only; the file-based sets have their own size (32x32)
-    flip: bool | None = None  # random horizontal flips in training; None: the paper's choice per data set
-    crop_padding: int = 0  # random crop after padding by this many pixels; 0 = off
-    limit_train: int | None = None  # keep the first N training / test images (quick runs, tests)
-    limit_test: int | None = None
-    # model
-    model: str = "dchn"
-    channels: list[int] = field(default_factory=lambda: [32, 64, 64])
-    hidden: list[int] = field(default_factory=lambda: [256])
-    gains: list[float] = field(default_factory=lambda: [0.8, 0.8, 0.8, 0.8])
-    activation: str = "hard_sigmoid"
-    pool_every: int = 1  # model=pcn: a 2x2 max-pool after every n-th conv prediction
-    skip: bool = False  # model=pcn: conv predictions with a residual path (the skip variant)
-    blocks: list[list[int]] = field(default_factory=lambda: [[64], [128], [256], [512], [512]])  # model=vgg (VGG-7)
-    hru: str = "nonlinear"  # model=hssm: the Hamiltonian recurrent unit type; `hidden` lists the unit sizes
-    dt: float = 0.1  # model=hssm: leapfrog time step
-    # learning algorithm and relaxation
-    algorithm: str = "CEP"
-    beta: float = 0.1
-    cost: str = "squared_error"
-    free_iterations: int = 20
-    nudged_iterations: int = 8
-    schedule: str = "asynchronous"
-    first: str = "even"  # asynchronous schedule: which parity of layers is updated first (the paper: even)
-    dtype: str = "float32"
-    solver: str | None = None  # the relaxation solver; None: the model's default (messages; mod-pgd for pcn)
-    nudged_precision: str = "same"  # nudged phases: same (as dtype) | full (float32) | deviation (16-bit on s - s_free)
-    refine_iterations: int = 0  # deviation-mode iterations refining a 16-bit free state before the nudged phases
-    tol: float | None = None  # stop a phase early once no state unit moves more than this in an iteration
-    init: str = "zeros"
-    cuda_graphs: bool = False
-    channels_last: bool = False
-    fused_kernels: bool = False  # torch.compile'd pooling and layer-update kernels on CUDA (set_fused_kernels)
-    cudnn_benchmark: bool = True  # on CUDA: cuDNN times its convolution algorithms per shape
-    # intermediate learning signals (scalable-EP paper; model=vgg/dchn/mlp with PEP/NEP/CEP)
-    signals: str = "none"  # none | le (local error) | kd (knowledge distillation) | kdw (KD with learned maps)
-    signal_layers: list[int] | None = None  # None: LE on the block ends of blocks 2.., KD on every block end
-    kappa: float = 0.5  # signal strength kappa_init (eq. 9)
-    kappa_min: float = 0.0
-    kappa_schedule: str = "cosine"  # constant | linear | exponential | cosine (eq. 14)
-    kappa_gamma: float = 0.02  # exponential schedule's decay
-    tau: float = 4.0  # soft-target temperature
-    le_soft_labels: bool = True  # LE target softmax(y/tau) as in eq. 7; false: the one-hot label itself
-    teacher: str | None = None  # KD teacher weights (teacher.pt of an earlier run); None: train one first
-    teacher_epochs: int = 10
-    diagnostics: bool = False  # per-epoch mean activation and gradient norm per layer (Figure 5)
-    epsilon: float = 0.01  # RHEL: echo nudging strength, relative to the largest incoming loss gradient
-    loss_at: str = "last"  # model=hssm: the loss reads the last step's readout, or the mean over every step
-    echo_stack: str = "lockstep"  # RHEL on stacks: all units echo together (memory flat in T) or one after another
-    # optimiser and scheduler (Table 5)
-    lrs: list[float] = field(default_factory=lambda: [0.1, 0.06, 0.04, 0.02])
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 3e-4
-    epochs: int = 20
-    batch_size: int = 64
-    eta_min: float = 2e-6
-    # run
-    seed: int = 0
-    device: str = "auto"
-    out_dir: str | None = None
-    tensorboard: bool = True
-    progress: bool = True
+    Built from sections (``TrainConfig(relax=RelaxSection(...))``), section mappings or flat keys
+    (``TrainConfig(model="mlp", beta=0.2)``). ``cfg.relax.free_iterations`` and the flat ``cfg.free_iterations``
+    are the same setting; ``cfg.model`` and ``cfg.signals`` are the sections (``cfg.model.kind``, ...)."""
 
-    def __post_init__(self) -> None:
+    data: DataSection
+    model: ModelSection
+    relax: RelaxSection
+    rule: RuleSection
+    signals: SignalsSection
+    optim: OptimSection
+    run: RunSection
+
+    def __init__(self, **settings: Any) -> None:
+        given = {k: settings.pop(k) for k in list(settings) if k in SECTIONS and isinstance(settings[k], Section)}
+        changes = sectioned(settings)
+        for name, cls in SECTIONS.items():
+            section = given.get(name) or cls(**changes[name])
+            if name in given and changes[name]:
+                section = cls(**{**dataclasses.asdict(section), **changes[name]})
+            object.__setattr__(self, name, section)
         validate(self)
+
+    def __getattr__(self, key: str) -> Any:  # only called for names that are not sections: the flat aliases
+        if key in FLAT:
+            section, name = FLAT[key]
+            return getattr(object.__getattribute__(self, section), name)
+        raise AttributeError(f"{type(self).__name__} has no setting {key!r}")
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key in SECTIONS:
+            object.__setattr__(self, key, value)
+        elif key in FLAT:
+            section, name = FLAT[key]
+            setattr(getattr(self, section), name, value)
+        else:
+            raise AttributeError(f"{type(self).__name__} has no setting {key!r}; valid keys are {sorted(FLAT)}")
 
     @classmethod
     def keys(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
+        """Every setting by its flat name."""
+        return list(FLAT)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The sectioned mapping (what config.json and YAML files hold)."""
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
 
-
-def _choices() -> dict[str, list[str]]:
-    """Valid values of the name keys, read from the registries (models, rules, solvers, data sets, ...)."""
-    from ..core.layers import ACTIVATIONS
-    from ..core.nudging import COSTS
-    from ..core.relaxation import DTYPES, SCHEDULES, SOLVERS
-    from ..models.base import model_names
-    from ..models.hamiltonian import HRU_TYPES
-    from ..rules.base import algorithm_names
-    from ..rules.echo_learning import LOSS_AT, STACK_ECHOES
-    from ..rules.phases import INITS, NUDGED_PRECISIONS
-    from ..rules.signals import KAPPA_SCHEDULES
-    from .data import dataset_names
-
-    return {
-        "dataset": dataset_names(),
-        "model": model_names(),
-        "algorithm": algorithm_names(),
-        "cost": sorted(COSTS),
-        "schedule": list(SCHEDULES),
-        "first": ["even", "odd"],
-        "dtype": sorted(DTYPES),
-        "init": list(INITS),
-        "activation": sorted(ACTIVATIONS),
-        "hru": sorted(HRU_TYPES),
-        "loss_at": list(LOSS_AT),
-        "echo_stack": list(STACK_ECHOES),
-        "signals": ["none", "le", "kd", "kdw"],
-        "kappa_schedule": list(KAPPA_SCHEDULES),
-        "nudged_precision": list(NUDGED_PRECISIONS),
-        "solver": sorted(SOLVERS),
-    }
-
-
-_POSITIVE = (
-    "pool_every",
-    "epochs",
-    "batch_size",
-    "free_iterations",
-    "nudged_iterations",
-    "image_size",
-    "teacher_epochs",
-)
-_NON_NEGATIVE = (
-    "refine_iterations",
-    "crop_padding",
-    "momentum",
-    "weight_decay",
-    "eta_min",
-    "beta",
-    "kappa",
-    "kappa_min",
-    "kappa_gamma",
-)
+    def flat(self) -> dict[str, Any]:
+        """Every setting by its flat name."""
+        return {key: getattr(getattr(self, s), n) for key, (s, n) in FLAT.items()}
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Check every value's type and range, and that names are among the registered choices."""
-    hints = typing.get_type_hints(TrainConfig)
-    for key, typ in hints.items():
-        setattr(cfg, key, _check_type(key, getattr(cfg, key), typ))
-    for key, valid in _choices().items():
-        value = getattr(cfg, key)
-        if value is None:  # an optional name key (solver): the default applies
-            continue
-        match = canonical_name(value, valid)
-        if match is None:
-            raise ConfigError(f"config key {key!r}: {value!r} is not valid; choose one of {valid}")
-        setattr(cfg, key, match)  # canonical spelling: 'C-EP' -> 'CEP', 'CIFAR-10' -> 'cifar10'
-    for key in _POSITIVE:
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"config key {key!r} must be >= 1, got {getattr(cfg, key)}")
-    for key in _NON_NEGATIVE:
-        if getattr(cfg, key) < 0:
-            raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(cfg, key)}")
-    if cfg.tol is not None and not cfg.tol > 0:
-        raise ConfigError(f"config key 'tol' must be None or > 0, got {cfg.tol}")
-    for key in ("limit_train", "limit_test"):
-        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
-            raise ConfigError(f"config key {key!r} must be None or >= 1, got {getattr(cfg, key)}")
-    if any(lr < 0 for lr in cfg.lrs) or any(g <= 0 for g in cfg.gains) or any(c < 1 for c in cfg.channels):
-        raise ConfigError(
-            f"lrs must be >= 0, gains > 0 and channels >= 1; got lrs={cfg.lrs}, gains={cfg.gains}, "
-            f"channels={cfg.channels}"
-        )
-    from ..models.base import MODELS, model_spec
-    from ..rules.base import ALGORITHMS, algorithm_families, algorithm_models
-
-    spec = model_spec(cfg.model)
-    if spec.family not in algorithm_families(cfg.algorithm):
+    """What no one section can check: that the rule trains the model, and that the signals fit both."""
+    spec = model_spec(cfg.model.kind)
+    if spec.family not in algorithm_families(cfg.rule.algorithm):
         fits = [a for a in ALGORITHMS if spec.family in algorithm_families(a)]
         raise ConfigError(
-            f"algorithm {cfg.algorithm!r} does not train model {cfg.model!r} (it trains "
-            f"{list(algorithm_models(cfg.algorithm))}); algorithms for model {cfg.model!r}: {fits}"
+            f"algorithm {cfg.rule.algorithm!r} does not train model {cfg.model.kind!r} (it trains "
+            f"{list(algorithm_models(cfg.rule.algorithm))}); algorithms for model {cfg.model.kind!r}: {fits}"
         )
-    if cfg.signals != "none":
-        if cfg.algorithm not in ("PEP", "NEP", "CEP"):
+    kind = cfg.signals.kind
+    if kind != "none":
+        if cfg.rule.algorithm not in ("PEP", "NEP", "CEP"):
             raise ConfigError(
-                f"signals={cfg.signals!r} need EP nudging: use algorithm PEP, NEP or CEP, not {cfg.algorithm!r}"
+                f"signals={kind!r} need EP nudging: use algorithm PEP, NEP or CEP, not {cfg.rule.algorithm!r}"
             )
-        if cfg.signals in ("kd", "kdw") and not spec.blocks:
+        if kind in ("kd", "kdw") and not spec.blocks:
             blocky = [m for m, sp in MODELS.items() if sp.blocks]
+            raise ConfigError(f"signals={kind!r} distil a conv teacher's block logits: use model={' or '.join(blocky)}")
+
+
+def sectioned(values: Mapping[str, Any], where: str = "") -> dict[str, dict[str, Any]]:
+    """A mapping of flat keys, ``section.key`` keys and section mappings, as {section: {field: value}}."""
+    out: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for key, value in values.items():
+        if key in SECTIONS and isinstance(value, Mapping):
+            fields = {f.name for f in dataclasses.fields(SECTIONS[key])}
+            for sub, v in value.items():
+                if sub not in fields:
+                    raise ConfigError(f"{where}unknown key {sub!r} in section {key!r}; valid keys are {sorted(fields)}")
+                out[key][sub] = v
+        elif "." in key and key.split(".", 1)[0] in SECTIONS:
+            section, sub = key.split(".", 1)
+            out[section].update(sectioned({section: {sub: value}}, where)[section])
+        elif key in FLAT:
+            section, name = FLAT[key]
+            out[section][name] = value
+        else:
             raise ConfigError(
-                f"signals={cfg.signals!r} distil a conv teacher's block logits: use model={blocky[0]}"
-                if len(blocky) == 1
-                else f"signals={cfg.signals!r} need a model with blocks: {blocky}"
+                f"{where}unknown config key {key!r}; valid keys are {sorted(FLAT)} (or the sections {list(SECTIONS)})"
             )
-    if spec.blocks and (not cfg.blocks or any(not b or min(b) < 1 for b in cfg.blocks)):
-        raise ConfigError(f"config key 'blocks' must list non-empty lists of conv widths >= 1, got {cfg.blocks}")
-    for key in ("dt", "epsilon", "tau"):
-        if not getattr(cfg, key) > 0:
-            raise ConfigError(f"config key {key!r} must be > 0, got {getattr(cfg, key)}")
-    dev = cfg.device
-    if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
-        raise ConfigError(f"config key 'device': {dev!r} is not valid; use auto, cpu, cuda, cuda:N or mps")
+    return out
 
 
-def _type_name(typ: Any) -> str:
-    return getattr(typ, "__name__", str(typ).replace("typing.", ""))
+def flat_dict(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config (sectioned or flat) as flat keys, without validating it (for reading old run directories)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in SECTIONS and isinstance(value, Mapping):
+            out.update({(key if sub == "kind" else sub): v for sub, v in value.items()})
+        else:
+            out[key] = value
+    return out
 
 
-def _check_type(key: str, value: Any, typ: Any) -> Any:
-    """Return ``value`` as ``typ`` (ints widen to floats), or raise a ConfigError naming the key."""
-    origin, args = typing.get_origin(typ), typing.get_args(typ)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _check_type(key, value, inner[0])
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key {key!r}: expected a list of {_type_name(args[0])}, got {value!r}")
-        return [_check_type(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
-    if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if typ is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if typ is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
-        return value
-    raise ConfigError(f"config key {key!r}: expected {_type_name(typ)}, got {value!r} ({type(value).__name__})")
+def config_from_dict(values: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """A config from a mapping (flat keys, sections or both) applied to ``base`` (default: the defaults)."""
+    changes = sectioned(values)
+    current = (base or TrainConfig()).to_dict()
+    return TrainConfig(**{name: {**current[name], **changes[name]} for name in SECTIONS})
 
 
 def _parse_scalar(raw: str) -> Any:
@@ -271,40 +208,46 @@ def _parse_scalar(raw: str) -> Any:
         return raw
 
 
-def config_from_dict(values: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
-    """A config from a mapping of keys; unknown keys are errors that list the valid ones."""
-    valid = TrainConfig.keys()
-    unknown = [k for k in values if k not in valid]
-    if unknown:
-        raise ConfigError(f"unknown config key {unknown[0]!r}; valid keys are {sorted(valid)}")
-    merged = {**(base or TrainConfig()).to_dict(), **dict(values)}
-    return TrainConfig(**merged)
+def _hint(key: str) -> Any:
+    """The type of a flat or dotted key (None if unknown: the config reports it)."""
+    if "." in key:
+        section, name = key.split(".", 1)
+    elif key in FLAT:
+        section, name = FLAT[key]
+    else:
+        return None
+    cls = SECTIONS.get(section)
+    return None if cls is None else typing.get_type_hints(cls).get(name)
 
 
 def parse_overrides(items: Sequence[str], base: TrainConfig | None = None) -> TrainConfig:
-    """Apply ``key=value`` overrides (values read as YAML scalars/lists) to a config."""
+    """Apply ``key=value`` overrides (values read as YAML scalars/lists; keys flat or ``section.key``)."""
     changes: dict[str, Any] = {}
-    hints = typing.get_type_hints(TrainConfig)
     for item in items:
         if "=" not in item:
             raise ConfigError(f"expected key=value, got {item!r}")
         key, raw = item.split("=", 1)
         key = key.strip().replace("-", "_")
+        hint = _hint(key)
         if raw.strip().lower() in ("none", "null", "~"):  # null, except for a plain str key (signals=none)
-            value = raw.strip() if hints.get(key) is str else None
+            value = raw.strip() if hint is str else None
         else:
             value = _parse_scalar(raw.strip())
-        if hints.get(key) in (str, str | None) and value is not None and not isinstance(value, str):
+        if hint in (str, str | None) and value is not None and not isinstance(value, str):
             value = raw.strip()  # e.g. device=0 or dataset=10 stay strings and fail on their choices
-        changes[key] = [value] if typing.get_origin(hints.get(key)) is list and not isinstance(value, list) else value
+        changes[key] = [value] if typing.get_origin(hint) is list and not isinstance(value, list) else value
     return config_from_dict(changes, base)
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read an experiment YAML (following ``base:`` links); returns the merged mapping, ``study`` included."""
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read an experiment YAML (following ``base:`` links); returns the merged mapping in sections, ``study``
+    included."""
     import yaml
 
     path = Path(path)
+    if path.resolve() in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path.resolve()))
+        raise ConfigError(f"config file {path}: its base: links form a cycle ({chain})")
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
     try:
@@ -314,11 +257,16 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of config keys, got {type(data).__name__}")
     base = data.pop("base", None)
+    study = data.pop("study", None)
+    try:
+        data = sectioned(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     if base is not None:
-        parent = read_yaml(path.parent / base)
-        study = {**parent.pop("study", {}), **data.pop("study", {})}
-        data = {**parent, **data, **({"study": study} if study else {})}
-    return data
+        parent = read_yaml(path.parent / base, (*_seen, path.resolve()))
+        study = {**parent.pop("study", {}), **(study or {})} or None
+        data = {name: {**parent.get(name, {}), **data[name]} for name in SECTIONS}
+    return {**data, **({"study": study} if study is not None else {})}
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:

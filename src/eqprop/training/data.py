@@ -21,7 +21,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from torch.utils.data import TensorDataset
 
 from ..errors import DataError
 from ..registry import canonical_name
+from ..settings import Section, check_choice, setting
 
 __all__ = [
     "ImageData",
@@ -49,6 +50,7 @@ __all__ = [
     "load_image_folder",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "DataSection",
 ]
 
 
@@ -593,3 +595,25 @@ def load_dataset(
         download,
         verify_checksums,
     )
+
+
+# ---- config section ----------------------------------------------------------------------------------------
+@dataclass
+class DataSection(Section):
+    """The ``data`` section of a config: which data set, where, how much of it, and its augmentation."""
+
+    name: ClassVar[str] = "data"
+    dataset: str = setting("digits", "the data set (DATASETS): digits, mnist, fashion_mnist, svhn, cifar10, ...")
+    data_dir: str | None = setting(None, "folder holding the data set's files (not needed for digits)")
+    download: bool = setting(False, "fetch missing files through torchvision (needs internet)")
+    verify_checksums: bool = setting(True, "check torchvision's checksums of the files")
+    image_size: int = setting(16, "digits only: resize the 8x8 images to this size (file-based sets keep theirs)")
+    flip: bool | None = setting(None, "random horizontal flips in training; null: the paper's choice per data set")
+    crop_padding: int = setting(0, "random crops after padding by this many pixels; 0: off")
+    limit_train: int | None = setting(None, "keep the first N training images (quick runs, tests)")
+    limit_test: int | None = setting(None, "keep the first N test images")
+
+    def validate(self) -> None:
+        self.dataset = check_choice("dataset", self.dataset, dataset_names())
+        self.at_least(1, "image_size", "limit_train", "limit_test")
+        self.at_least(0, "crop_padding")

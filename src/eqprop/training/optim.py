@@ -4,12 +4,16 @@ rates (Table 5, "lr conv-weight k & bias k") and cosine annealing (T_max, eta_mi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from ..errors import ConfigError
 from ..models.base import LayeredModel
+from ..settings import Section, setting
 
-__all__ = ["make_optimizer", "make_scheduler", "layer_rates"]
+__all__ = ["make_optimizer", "make_scheduler", "layer_rates", "OptimSection"]
 
 
 def make_optimizer(
@@ -45,3 +49,23 @@ def layer_rates(lrs: float | Sequence[float], groups: int) -> list[float]:
 def make_scheduler(optimizer: torch.optim.Optimizer, t_max: int, eta_min: float = 2e-6):
     """Cosine annealing of every group's learning rate down to ``eta_min`` over ``t_max`` epochs."""
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(t_max)), eta_min=eta_min)
+
+
+@dataclass
+class OptimSection(Section):
+    """The ``optim`` section: SGD with momentum, per-layer rates, weight decay, cosine annealing (Table 5)."""
+
+    name: ClassVar[str] = "optim"
+    lrs: list[float] = setting([0.1, 0.06, 0.04, 0.02], "learning rate per layer group (one value: every group)")
+    momentum: float = setting(0.9, "SGD momentum")
+    nesterov: bool = setting(False, "Nesterov momentum")
+    weight_decay: float = setting(3e-4, "L2 weight decay")
+    epochs: int = setting(20, "training epochs (also the cosine schedule's T_max)")
+    batch_size: int = setting(64, "mini-batch size")
+    eta_min: float = setting(2e-6, "final learning rate of the cosine schedule")
+
+    def validate(self) -> None:
+        self.at_least(1, "epochs", "batch_size")
+        self.at_least(0, "momentum", "weight_decay", "eta_min")
+        if not self.lrs or min(self.lrs) < 0:
+            raise ConfigError(f"config key 'lrs' must list learning rates >= 0, got {self.lrs}")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from .config import flat_dict
 
 __all__ = ["Run", "read_run", "plot_runs", "results_table", "read_diagnostics", "plot_diagnostics"]
 
@@ -42,7 +43,8 @@ def read_run(run_dir: str | Path) -> Run:
     if metrics_path.exists():
         metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     by_epoch = {int(m["epoch"]): m for m in metrics}  # a resumed run may repeat an epoch; keep the last
-    return Run(run_dir, json.loads(cfg_path.read_text()), [by_epoch[e] for e in sorted(by_epoch)])
+    config = flat_dict(json.loads(cfg_path.read_text()))
+    return Run(run_dir, config, [by_epoch[e] for e in sorted(by_epoch)])
 
 
 def _save(fig: Any, path: str | Path) -> Path:

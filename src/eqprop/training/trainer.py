@@ -28,7 +28,6 @@ import torch
 from torch import Tensor
 
 from ..core.network import EnergyNetwork
-from ..core.relaxation import SolverSettings, resolve_dtype
 from ..models.base import build_model, model_spec
 from ..rules.base import LearningAlgorithm, algorithm_options, get_algorithm
 from ..rules.contrastive import Contrastive
@@ -80,7 +79,7 @@ def default_signal_layers(cfg: TrainConfig, network: EnergyNetwork) -> list[int]
     """The paper's choice: LE on the last layer of blocks 2.. (section 4.2), KD on every block end; for networks
     without blocks (dchn, mlp), every hidden layer."""
     ends = list(network.block_ends or range(1, network.output_index))
-    return ends[1:] if cfg.signals == "le" and len(ends) > 1 else ends
+    return ends[1:] if cfg.signals.kind == "le" and len(ends) > 1 else ends
 
 
 def build_signals(
@@ -92,14 +91,14 @@ def build_signals(
     log: Callable[[str], None],
 ) -> torch.nn.ModuleList:
     """The intermediate learning signals a config asks for (trains or loads the KD teacher)."""
-    if cfg.signals == "none":
+    if cfg.signals.kind == "none":
         return torch.nn.ModuleList()
     layers = cfg.signal_layers if cfg.signal_layers is not None else default_signal_layers(cfg, network)
     bad = [k for k in layers if not 1 <= k < network.output_index]
     if bad or not layers:
         raise ConfigError(f"signal_layers {layers}: each must be a hidden layer index in 1..{network.output_index - 1}")
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    if cfg.signals == "le":
+    if cfg.signals.kind == "le":
         return torch.nn.ModuleList(
             LocalError(k, network.layers[k].shape, data.num_classes, cfg.tau, gen, cfg.le_soft_labels) for k in layers
         ).to(device)
@@ -120,7 +119,7 @@ def build_signals(
         log,
     )
     features = TeacherFeatures(teacher)
-    if cfg.signals == "kd":
+    if cfg.signals.kind == "kd":
         return torch.nn.ModuleList(KnowledgeDistillation(k, features.block(ends.index(k)), cfg.tau) for k in layers)
     return torch.nn.ModuleList(
         WeightedKnowledgeDistillation(k, network.layers[k].shape, features.block(ends.index(k)), cfg.tau)
@@ -130,21 +129,8 @@ def build_signals(
 
 def build_phases(cfg: TrainConfig) -> Phases | None:
     """The relaxation phases a config describes (None for models that do not relax)."""
-    default = model_spec(cfg.model).solver
-    if default is None:
-        return None
-    dtype = None if cfg.dtype == "float32" else resolve_dtype(cfg.dtype)
-    settings = SolverSettings(cfg.schedule, cfg.first, cfg.tol, dtype, cfg.channels_last)
-    return Phases(
-        cfg.free_iterations,
-        cfg.nudged_iterations,
-        cfg.solver or default,
-        settings,
-        cfg.init,
-        cfg.nudged_precision,
-        cfg.refine_iterations,
-        cfg.cuda_graphs,
-    )
+    default = model_spec(cfg.model.kind).solver
+    return None if default is None else cfg.relax.phases(default)
 
 
 def build_algorithm(cfg: TrainConfig) -> LearningAlgorithm:
@@ -255,10 +241,10 @@ class Trainer:
         if self.device.type == "cuda":  # fixed shapes all run long: let cuDNN time its algorithms once
             torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
         self.data = load_data(cfg)
-        self.flatten = model_spec(cfg.model).flat_input
+        self.flatten = model_spec(cfg.model.kind).flat_input
         self.flip = self.data.flip if cfg.flip is None else cfg.flip
         in_shape = (math.prod(self.data.image_shape),) if self.flatten else self.data.image_shape
-        with _config_errors(f"model {cfg.model}"):
+        with _config_errors(f"model {cfg.model.kind}"):
             self.network = build_network(cfg, in_shape, self.data.num_classes).to(self.device)  # an EnergyModel
         self.algorithm = build_algorithm(cfg)
         self.out = Path(cfg.out_dir) if cfg.out_dir else None
@@ -524,7 +510,7 @@ class Trainer:
         if self.epoch == 0 and self._partial is None:
             self.log(
                 f"eqprop: {cfg.algorithm} on {cfg.dataset} ({len(self.train_labels)} train / "
-                f"{len(self.data.test_labels)} test), model={cfg.model}, device={self.device}, "
+                f"{len(self.data.test_labels)} test), model={cfg.model.kind}, device={self.device}, "
                 f"algorithm={self.algorithm}" + (f", run dir {self.out}" if self.out else "")
             )
             self.save_checkpoint()

@@ -1,0 +1,107 @@
+"""Typed, validated config sections: the base class each owner module's section derives from.
+
+A section is a dataclass whose fields carry a one-line description (``setting(default, "doc")``). Values are
+checked against the field types (ints widen to floats, numbers must be finite) when the section is built, and
+then by the section's own :meth:`Section.validate`, written in the module that owns the setting (the data sets,
+the model registry, the relaxation phases, the rule registry, the signals, the optimiser).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .errors import ConfigError
+from .registry import canonical_name
+
+__all__ = ["Section", "setting", "check_type", "check_choice", "type_name"]
+
+
+def setting(default: Any, doc: str) -> Any:
+    """A section field with its default and a one-line description (shown by ``--help-config``)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+def type_name(typ: Any) -> str:
+    """A readable type: int, float, str or null, list of int, ..."""
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else type_name(a) for a in args)
+    if origin is list:
+        return f"list of {type_name(args[0])}"
+    return getattr(typ, "__name__", str(typ))
+
+
+def check_type(key: str, value: Any, typ: Any) -> Any:
+    """Return ``value`` as ``typ`` (ints widen to floats), or raise a ConfigError naming the key."""
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return check_type(key, value, inner[0])
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r}: expected a list of {type_name(args[0])}, got {value!r}")
+        return [check_type(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if typ is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"config key {key!r}: expected a finite number, got {value!r}")
+        return float(value)
+    if typ is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"config key {key!r}: expected {type_name(typ)}, got {value!r} ({type(value).__name__})")
+
+
+def check_choice(key: str, value: str, valid: list[str]) -> str:
+    """The canonical spelling of ``value`` among ``valid`` ("C-EP" -> "CEP"), or a ConfigError listing them."""
+    match = canonical_name(value, valid)
+    if match is None:
+        raise ConfigError(f"config key {key!r}: {value!r} is not valid; choose one of {valid}")
+    return match
+
+
+@dataclass
+class Section:
+    """A config section; subclasses declare fields with :func:`setting` and override :meth:`validate`."""
+
+    name: ClassVar[str] = "section"
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, check_type(f.name, getattr(self, f.name), hints[f.name]))
+        self.validate()
+
+    def validate(self) -> None:
+        """Check ranges and choices (the owner module's rules); raise ConfigError naming the key."""
+
+    def at_least(self, minimum: float, *keys: str) -> None:
+        """Each of ``keys`` (None allowed) is >= ``minimum``."""
+        for key in keys:
+            value = getattr(self, key)
+            if value is not None and value < minimum:
+                raise ConfigError(f"config key {key!r} must be >= {minimum:g}, got {value}")
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, Any, str]]:
+        """(key, type, default, description) of every field."""
+        hints = typing.get_type_hints(cls)
+        rows = []
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            rows.append((f.name, type_name(hints[f.name]), default, f.metadata.get("doc", "")))
+        return rows
