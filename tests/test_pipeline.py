@@ -175,7 +175,7 @@ def test_scalable_ep_configs_carry_tables_5_and_6():
 
 
 def test_shipped_configs_carry_table5_values():
-    t1, t6 = load_config(ROOT / "configs/table1.yaml"), load_config(ROOT / "configs/table6_svhn.yaml")
+    t1, t6 = load_config(ROOT / "configs/comparative_study/table1.yaml"), load_config(ROOT / "configs/comparative_study/table6_svhn.yaml")
     assert (t1.beta, t1.free_iterations, t1.nudged_iterations, t1.gains, t1.weight_decay) == (
         0.25,
         60,
@@ -184,7 +184,7 @@ def test_shipped_configs_carry_table5_values():
         3e-4,
     )
     assert t1.lrs == [0.0625, 0.0375, 0.025, 0.02, 0.0125] and t6.gains == [0.7] * 5 and t6.dataset == "svhn"
-    c10 = load_config(ROOT / "configs/table2/cifar10_300.yaml")
+    c10 = load_config(ROOT / "configs/comparative_study/table2/cifar10_300.yaml")
     assert (c10.beta, c10.nudged_iterations, c10.gains, c10.lrs, c10.weight_decay, c10.epochs) == (
         0.1,
         20,
@@ -193,15 +193,15 @@ def test_shipped_configs_carry_table5_values():
         2.5e-4,
         300,
     )
-    c100 = load_config(ROOT / "configs/table2/cifar100_100.yaml")
+    c100 = load_config(ROOT / "configs/comparative_study/table2/cifar100_100.yaml")
     assert (c100.gains, c100.lrs, c100.weight_decay) == (
         [0.5, 0.4, 0.5, 0.8, 0.5],
         [0.03, 0.04, 0.04, 0.04, 0.025],
         3.5e-4,
     )
     sync, fast = (
-        load_config(ROOT / "configs/table3/sync32_250.yaml"),
-        load_config(ROOT / "configs/table3/async16_60.yaml"),
+        load_config(ROOT / "configs/comparative_study/table3/sync32_250.yaml"),
+        load_config(ROOT / "configs/comparative_study/table3/async16_60.yaml"),
     )
     assert (sync.schedule, sync.dtype, sync.free_iterations, sync.nudged_iterations) == (
         "synchronous",
