@@ -65,6 +65,7 @@ def energy_grads(s):
     return out
 
 
+@torch.no_grad()
 def test_asynchronous_order_is_even_layers_first():
     """The paper's order (eqs. 100-101): the even layers are updated first, from the current odd layers; the
     odd layers then use the fresh even ones. ``first="odd"`` is the reverse, and differs after one iteration."""

@@ -16,9 +16,10 @@ Register a new data set with :func:`register_dataset`.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, cast
@@ -51,6 +52,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "DataSection",
+    "epoch_batches",
 ]
 
 
@@ -105,6 +107,32 @@ class ImageData:
             (self.train_images, self.train_labels) if split == "train" else (self.test_images, self.test_labels)
         )
         return TensorDataset(self.prepare(images, flatten=flatten), labels)
+
+
+def epoch_batches(
+    data: ImageData,
+    images: Tensor,
+    labels: Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    *,
+    flip: bool = False,
+    crop_padding: int = 0,
+    flatten: bool = False,
+    start: int = 0,
+    resume_generator: Tensor | None = None,
+) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """One shuffled epoch: (batch index, prepared batch, labels), shuffling and augmentation drawn from
+    ``generator``. ``start`` and ``resume_generator`` (the generator's state when the epoch was interrupted)
+    continue an interrupted epoch exactly. The one data loop of the Trainer and the KD teacher."""
+    n = len(labels)
+    perm = torch.randperm(n, generator=generator).to(labels.device)
+    if resume_generator is not None and start > 0:
+        generator.set_state(resume_generator)
+    for b in range(start, math.ceil(n / batch_size)):
+        idx = perm[b * batch_size : (b + 1) * batch_size]
+        x = data.prepare(images[idx], flip=flip, crop_padding=crop_padding, generator=generator, flatten=flatten)
+        yield b, x, labels[idx]
 
 
 def random_flip(x: Tensor, generator: torch.Generator | None = None) -> Tensor:

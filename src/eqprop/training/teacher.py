@@ -8,7 +8,6 @@ of the student's block-end state and serve as KD targets without a projection.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import ImageData
+from .data import ImageData, epoch_batches
 
 __all__ = ["ConvTeacher", "TeacherFeatures", "train_teacher", "load_or_train_teacher"]
 
@@ -111,11 +110,8 @@ def train_teacher(
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         teacher.train()
-        perm = torch.randperm(len(labels), generator=gen).to(device)
-        for b in range(math.ceil(len(labels) / batch_size)):
-            idx = perm[b * batch_size : (b + 1) * batch_size]
-            x = data.prepare(images[idx], flip=flip, crop_padding=crop_padding, generator=gen)
-            loss = F.cross_entropy(teacher(x), labels[idx])
+        for _, x, y in epoch_batches(data, images, labels, batch_size, gen, flip=flip, crop_padding=crop_padding):
+            loss = F.cross_entropy(teacher(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,21 +1,19 @@
 """Training: the model, algorithm and optimiser a config describes, and the epoch loop that runs them.
 
-With ``out_dir`` a run directory holds ``config.json`` (the resolved config), per-epoch metrics
-(``metrics.jsonl`` and ``metrics.csv``: train loss, train/test top-1 and top-5 error, time, iterations),
-TensorBoard logs (``tensorboard/``) and checkpoints (``checkpoint_last.pt``, ``checkpoint_best.pt``).
+With ``out_dir`` the run writes into a :class:`~eqprop.training.run_directory.RunDirectory` (config, per-epoch
+metrics with train loss, train/test top-1 and top-5 error, time and iterations, TensorBoard logs, checkpoints).
 A checkpoint carries the optimiser, scheduler and RNG states, so :meth:`Trainer.resume` continues a run
-exactly where it stopped, mid-epoch included. A diverged run (NaN/inf in output, loss or weights) stops
-with :class:`DivergenceError` and keeps its last good checkpoint; SIGINT/SIGTERM stop at the next batch
-boundary with a checkpoint (:class:`Interrupted`).
+exactly where it stopped, mid-epoch included. What is not the loop is a callback
+(:mod:`eqprop.training.callbacks`): a diverged run (NaN/inf in output, loss or weights) stops with
+:class:`DivergenceError` and keeps its last good checkpoint; the kappa schedule; the diagnostics.
+SIGINT/SIGTERM stop at the next batch boundary with a checkpoint (:class:`Interrupted`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import math
-import random
 import signal
 import threading
 import time
@@ -23,7 +21,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -32,10 +29,12 @@ from ..models.base import build_model, model_spec
 from ..rules.base import LearningAlgorithm, algorithm_options, get_algorithm
 from ..rules.contrastive import Contrastive
 from ..rules.phases import Phases
-from ..rules.signals import KnowledgeDistillation, LocalError, WeightedKnowledgeDistillation, kappa_schedule
+from ..rules.signals import KnowledgeDistillation, LocalError, WeightedKnowledgeDistillation
+from .callbacks import BatchFunction, Callback, Diagnostics, DivergenceError, DivergenceGuard, KappaSchedule
 from .config import ConfigError, TrainConfig, config_from_dict, parse_overrides
-from .data import ImageData, load_dataset
+from .data import ImageData, epoch_batches, load_dataset
 from .optim import layer_rates, make_optimizer, make_scheduler
+from .run_directory import RunDirectory, restore_rng, rng_state
 from .teacher import ConvTeacher, TeacherFeatures, load_or_train_teacher
 
 __all__ = [
@@ -52,8 +51,6 @@ __all__ = [
     "resolve_device",
     "load_run",
 ]
-
-Callback = Callable[["Trainer", int, int], None]
 
 
 def load_data(cfg: TrainConfig) -> ImageData:
@@ -161,10 +158,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class DivergenceError(RuntimeError):
-    """Raised when output, loss or weights become NaN/inf; the last good checkpoint is kept."""
-
-
 class Interrupted(RuntimeError):
     """Raised when SIGINT/SIGTERM stopped a run; ``checkpoint`` (if any) resumes it."""
 
@@ -220,21 +213,21 @@ def _config_errors(what: str) -> Iterator[None]:
         raise ConfigError(f"{what}: {exc}") from exc
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
 class Trainer:
-    """Runs the epochs of one experiment; see the module docstring for what a run directory holds."""
+    """The epoch loop of one experiment: built from a config, writing into a :class:`RunDirectory` (when
+    ``out_dir`` is set), with :mod:`callbacks <eqprop.training.callbacks>` for everything besides the loop."""
+
+    RESUMABLE_OVERRIDES = ("device", "progress", "tensorboard", "data_dir", "download")
 
     def __init__(
-        self, cfg: TrainConfig, log: Callable[[str], None] | None = None, callbacks: Sequence[Callback] = ()
+        self,
+        cfg: TrainConfig,
+        log: Callable[[str], None] | None = None,
+        callbacks: Sequence[Callback | Callable[[Trainer, int, int], None]] = (),
     ) -> None:
         from tqdm.auto import tqdm
 
-        self.cfg, self.callbacks = cfg, list(callbacks)
+        self.cfg = cfg
         self.log = log or tqdm.write
         torch.manual_seed(cfg.seed)
         self.device = resolve_device(cfg.device)
@@ -247,9 +240,7 @@ class Trainer:
         with _config_errors(f"model {cfg.model.kind}"):
             self.network = build_network(cfg, in_shape, self.data.num_classes).to(self.device)  # an EnergyModel
         self.algorithm = build_algorithm(cfg)
-        self.out = Path(cfg.out_dir) if cfg.out_dir else None
-        if self.out:
-            self.out.mkdir(parents=True, exist_ok=True)
+        self.run_dir = RunDirectory(cfg.out_dir, cfg.tensorboard, self.log) if cfg.out_dir else None
         self.signals = build_signals(cfg, self.network, self.data, self.device, self.out, self.log)
         if len(self.signals):
             assert isinstance(self.algorithm, Contrastive)  # the config allows signals with P-/N-/C-EP only
@@ -268,31 +259,25 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.epoch = 0  # completed epochs
         self.best_error = math.inf
+        self.callbacks = default_callbacks(cfg) + [
+            c if isinstance(c, Callback) else BatchFunction(c) for c in callbacks
+        ]
         self._partial: dict[str, Any] | None = None  # the unfinished epoch of a resumed, interrupted run
         self._stop: str | None = None
-        self._writer: Any = None  # a TensorBoard SummaryWriter when logging
-        self._diagnostics: dict[str, Any] | None = None
-        if self.out:
-            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        if self.run_dir:
+            self.run_dir.write_config(cfg.to_dict())
+
+    @property
+    def out(self) -> Path | None:
+        """The run directory's path (None without ``out_dir``)."""
+        return self.run_dir.path if self.run_dir else None
+
+    @property
+    def resuming_batch(self) -> int:
+        """The batch a resumed epoch continues from (0 for a fresh epoch)."""
+        return self._partial["batch"] if self._partial else 0
 
     # ------------------------------------------------------------------ checkpoints and resume
-    def _rng_state(self) -> dict[str, Any]:
-        return {
-            "torch": torch.get_rng_state(),
-            "generator": self.generator.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "numpy": np.random.get_state(),
-            "python": random.getstate(),
-        }
-
-    def _set_rng_state(self, state: dict[str, Any]) -> None:
-        torch.set_rng_state(state["torch"])
-        self.generator.set_state(state["generator"])
-        if state.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
-        np.random.set_state(state["numpy"])
-        random.setstate(state["python"])
-
     def checkpoint_state(self, partial: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
@@ -303,19 +288,13 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "history": self.history,
             "best_error": self.best_error,
-            "rng": self._rng_state(),
+            "rng": rng_state(self.generator),
             "config": self.cfg.to_dict(),
         }
 
     def save_checkpoint(self, partial: dict[str, Any] | None = None, best: bool = False) -> Path | None:
         """Write ``checkpoint_last.pt`` atomically (and ``checkpoint_best.pt`` when ``best``)."""
-        if not self.out:
-            return None
-        state = self.checkpoint_state(partial)
-        _atomic_save(state, self.out / "checkpoint_last.pt")
-        if best:
-            _atomic_save(state, self.out / "checkpoint_best.pt")
-        return self.out / "checkpoint_last.pt"
+        return self.run_dir.save_checkpoint(self.checkpoint_state(partial), best) if self.run_dir else None
 
     def load_checkpoint(self, path: str | Path) -> None:
         state = torch.load(path, map_location=self.device, weights_only=False)
@@ -325,9 +304,9 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.history, self.best_error = state["history"], state["best_error"]
         self.epoch, self._partial = state["epoch"], state["partial"]
-        self._set_rng_state(state["rng"])
-
-    RESUMABLE_OVERRIDES = ("device", "progress", "tensorboard", "data_dir", "download")
+        for callback, saved in zip(self.callbacks, (self._partial or {}).get("callbacks", [])):
+            callback.load_state_dict(saved)
+        restore_rng(state["rng"], self.generator)
 
     @classmethod
     def resume(
@@ -335,11 +314,11 @@ class Trainer:
         run_dir: str | Path,
         overrides: Sequence[str] = (),
         log: Callable[[str], None] | None = None,
-        callbacks: Sequence[Callback] = (),
+        callbacks: Sequence[Callback | Callable[[Trainer, int, int], None]] = (),
     ) -> Trainer:
         """Continue the run in ``run_dir`` from its last checkpoint with the same optimiser, scheduler and RNG."""
         run_dir = Path(run_dir)
-        ckpt = run_dir / "checkpoint_last.pt"
+        ckpt = run_dir / RunDirectory.LAST
         if not ckpt.exists():
             raise FileNotFoundError(f"cannot resume: {ckpt} does not exist (is {run_dir} a run directory?)")
         cfg = read_run_config(run_dir)
@@ -363,16 +342,6 @@ class Trainer:
             raise KeyboardInterrupt
         self._stop = signal.Signals(signum).name
 
-    def _diverged(self, epoch: int, what: str) -> DivergenceError:
-        where = f" (last good checkpoint: {self.out / 'checkpoint_last.pt'})" if self.out else ""
-        return DivergenceError(
-            f"training diverged in epoch {epoch}: non-finite {what}{where}; "
-            "try smaller learning rates, a smaller beta or more iterations"
-        )
-
-    def _weights_finite(self) -> bool:
-        return bool(torch.stack([torch.isfinite(p).all() for p in self.network.parameters()]).all())
-
     def train_epoch(self, epoch: int, bar: Any = None) -> dict[str, float]:
         """One pass over the shuffled training set (continuing a partial epoch after resume)."""
         cfg, n = self.cfg, len(self.train_labels)
@@ -384,40 +353,31 @@ class Trainer:
             "iters": 0,
             "time": 0.0,
             "epoch_generator": self.generator.get_state(),
-            "activation": None,
-            "grad_norm": None,
         }
-        if isinstance(self.algorithm, Contrastive) and self.algorithm.signals:  # eq. 14: kappa for this epoch
-            self.algorithm.kappa = kappa_schedule(
-                cfg.kappa_schedule, epoch - 1, cfg.epochs, cfg.kappa, cfg.kappa_min, cfg.kappa_gamma
-            )
+        for callback in self.callbacks:
+            callback.on_epoch_start(self, epoch)
         self._partial = None
         self.generator.set_state(partial["epoch_generator"])
-        perm = torch.randperm(n, generator=self.generator).to(self.device)
-        if partial["batch"] > 0:
-            self.generator.set_state(partial["generator"])
         batches = math.ceil(n / cfg.batch_size)
         t0 = time.perf_counter() - partial["time"]
         self.network.train()
-        for b in range(partial["batch"], batches):
-            idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            x = self.data.prepare(
-                self.train_images[idx],
-                flip=self.flip,
-                crop_padding=cfg.crop_padding,
-                generator=self.generator,
-                flatten=self.flatten,
-            )
-            labels = self.train_labels[idx]
+        for b, x, labels in epoch_batches(
+            self.data,
+            self.train_images,
+            self.train_labels,
+            cfg.batch_size,
+            self.generator,
+            flip=self.flip,
+            crop_padding=cfg.crop_padding,
+            flatten=self.flatten,
+            start=partial["batch"],
+            resume_generator=partial.get("generator"),
+        ):
             result = self.algorithm.step(self.network, x, labels)
-            loss = float(result.loss.sum())
-            if not math.isfinite(loss) or not bool(torch.isfinite(result.output).all()):
-                raise self._diverged(epoch, "loss or output state")
+            for callback in self.callbacks:
+                callback.after_step(self, epoch, b, result)
             self.optimizer.step()
-            if not self._weights_finite():
-                raise self._diverged(epoch, "weights")
-            if cfg.diagnostics:
-                self._accumulate_diagnostics(partial, result)
+            loss = float(result.loss.sum())
             errs = topk_errors(result.output.float(), labels)
             partial.update(
                 batch=b + 1,
@@ -430,77 +390,25 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{partial['loss'] / seen:.4f}", err=f"{100 * partial['wrong1'] / seen:.2f}%")
-            if self._writer is not None:
-                self._writer.add_scalar("batch/train_loss", loss / len(labels), (epoch - 1) * batches + b)
+            if self.run_dir:
+                self.run_dir.scalar("batch/train_loss", loss / len(labels), (epoch - 1) * batches + b)
             for callback in self.callbacks:
-                callback(self, epoch, b)
+                callback.on_batch_end(self, epoch, b, result)
             if self._stop is not None and b + 1 < batches:
-                partial.update(time=time.perf_counter() - t0, generator=self.generator.get_state())
+                partial.update(
+                    time=time.perf_counter() - t0,
+                    generator=self.generator.get_state(),
+                    callbacks=[c.state_dict() for c in self.callbacks],
+                )
                 raise Interrupted(self._stop, self.save_checkpoint(partial))
         self.scheduler.step()
-        row = {
+        return {
             "train_loss": partial["loss"] / n,
             "train_error": partial["wrong1"] / n,
             "train_top5_error": partial["wrong5"] / n,
             "free_iterations": partial["iters"] / batches,
             "train_time": time.perf_counter() - t0,
         }
-        if isinstance(self.algorithm, Contrastive) and self.algorithm.signals:
-            row["kappa"] = self.algorithm.kappa
-        if cfg.diagnostics and partial["activation"] is not None:
-            self._diagnostics = {
-                "epoch": epoch,
-                "mean_activation": [a / batches for a in partial["activation"]],
-                "grad_norm": [g / batches for g in partial["grad_norm"]],
-            }
-        return row
-
-    def _accumulate_diagnostics(self, partial: dict[str, Any], result: Any) -> None:
-        """Figure 5's quantities: per layer, the mean free-state activation and the norm of the update estimate."""
-        states = result.free.states[1:]
-        grads = {id(p): g for p, g in zip(self.network.parameters(), result.grads)}
-        groups = self.network.layer_parameters()
-        act = [float(s.float().mean()) for s in states]
-        norms = [
-            math.sqrt(sum(float(grads[id(p)].float().pow(2).sum()) for p in g if grads.get(id(p)) is not None))
-            for g in groups
-        ]
-        if partial["activation"] is None:
-            partial["activation"], partial["grad_norm"] = [0.0] * len(act), [0.0] * len(norms)
-        partial["activation"] = [a + b for a, b in zip(partial["activation"], act)]
-        partial["grad_norm"] = [a + b for a, b in zip(partial["grad_norm"], norms)]
-
-    def _write_diagnostics(self) -> None:
-        assert self.out is not None
-        from .results import plot_diagnostics
-
-        with open(self.out / "diagnostics.jsonl", "a") as f:
-            f.write(json.dumps(self._diagnostics) + "\n")
-        plot_diagnostics(self.out, self.out / "diagnostics.png")
-
-    def _write_metrics(self, row: dict[str, float]) -> None:
-        assert self.out is not None
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        with open(self.out / "metrics.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(self.history[0]))
-            writer.writeheader()
-            writer.writerows(self.history)
-        if self._writer is not None:
-            for key, value in row.items():
-                if key != "epoch":
-                    self._writer.add_scalar(f"epoch/{key}", value, row["epoch"])
-            self._writer.flush()
-
-    def _open_tensorboard(self) -> None:
-        if not (self.cfg.tensorboard and self.out):
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard not installed: the JSON/CSV metrics still hold everything
-            self.log("eqprop: tensorboard is not installed; skipping TensorBoard logs (pip install tensorboard)")
-            return
-        self._writer = SummaryWriter(str(self.out / "tensorboard"))
 
     def fit(self) -> list[dict[str, float]]:
         """Train to ``cfg.epochs``; returns the per-epoch metrics (also written to the run directory)."""
@@ -517,56 +425,76 @@ class Trainer:
         else:
             self.log(
                 f"eqprop: resuming {self.out} after epoch {self.epoch}"
-                + (f" (batch {self._partial['batch']} of epoch {self.epoch + 1})" if self._partial else "")
+                + (f" (batch {self.resuming_batch} of epoch {self.epoch + 1})" if self._partial else "")
             )
         handlers = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 handlers[sig] = signal.signal(sig, self._request_stop)
-        self._open_tensorboard()
+        if self.run_dir:
+            self.run_dir.open_logs()
         disable = None if cfg.progress else True
         batches = math.ceil(len(self.train_labels) / cfg.batch_size)
         try:
             with tqdm(total=cfg.epochs, initial=self.epoch, desc="epochs", unit="epoch", disable=disable) as ebar:
                 for epoch in range(self.epoch + 1, cfg.epochs + 1):
-                    start = self._partial["batch"] if self._partial else 0
                     with tqdm(
-                        total=batches, initial=start, desc=f"epoch {epoch}", unit="batch", leave=False, disable=disable
+                        total=batches,
+                        initial=self.resuming_batch,
+                        desc=f"epoch {epoch}",
+                        unit="batch",
+                        leave=False,
+                        disable=disable,
                     ) as bbar:
                         row: dict[str, float] = {"epoch": epoch, **self.train_epoch(epoch, bbar)}
-                    t_eval = time.perf_counter()
-                    test = evaluate(self.network, self.algorithm, self.data, self.device, flatten=self.flatten)
-                    row.update(
-                        test_error=test["error"],
-                        test_top5_error=test["top5_error"],
-                        test_loss=test["loss"],
-                        lr=self.optimizer.param_groups[0]["lr"],
-                    )
-                    row["time"] = row["train_time"] + time.perf_counter() - t_eval
-                    self.history.append(row)
-                    self.epoch = epoch
-                    best = row["test_error"] < self.best_error
-                    self.best_error = min(self.best_error, row["test_error"])
-                    self.log(
-                        f"epoch {epoch:3d}  train loss {row['train_loss']:.4f}  train error "
-                        f"{100 * row['train_error']:6.2f}%  test error {100 * row['test_error']:6.2f}%  "
-                        f"top-5 {100 * row['test_top5_error']:5.2f}%  ({row['time']:.1f}s)"
-                    )
-                    if self.out:
-                        self._write_metrics(row)
-                        if cfg.diagnostics and self._diagnostics is not None:
-                            self._write_diagnostics()
-                        self.save_checkpoint(best=best)
+                    self._end_epoch(epoch, row)
                     ebar.update(1)
                     ebar.set_postfix(test_err=f"{100 * row['test_error']:.2f}%")
                     if self._stop is not None and epoch < cfg.epochs:
-                        raise Interrupted(self._stop, self.out / "checkpoint_last.pt" if self.out else None)
+                        raise Interrupted(self._stop, self.run_dir.last if self.run_dir else None)
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
-            if self._writer is not None:
-                self._writer.close()
+            if self.run_dir:
+                self.run_dir.close_logs()
         return self.history
+
+    def _end_epoch(self, epoch: int, row: dict[str, float]) -> None:
+        """Evaluate, let the callbacks add to the row, record it and checkpoint."""
+        t_eval = time.perf_counter()
+        test = evaluate(self.network, self.algorithm, self.data, self.device, flatten=self.flatten)
+        row.update(
+            test_error=test["error"],
+            test_top5_error=test["top5_error"],
+            test_loss=test["loss"],
+            lr=self.optimizer.param_groups[0]["lr"],
+        )
+        row["time"] = row["train_time"] + time.perf_counter() - t_eval
+        for callback in self.callbacks:
+            callback.on_epoch_end(self, epoch, row)
+        self.history.append(row)
+        self.epoch = epoch
+        best = row["test_error"] < self.best_error
+        self.best_error = min(self.best_error, row["test_error"])
+        self.log(
+            f"epoch {epoch:3d}  train loss {row['train_loss']:.4f}  train error "
+            f"{100 * row['train_error']:6.2f}%  test error {100 * row['test_error']:6.2f}%  "
+            f"top-5 {100 * row['test_top5_error']:5.2f}%  ({row['time']:.1f}s)"
+        )
+        if self.run_dir:
+            self.run_dir.write_metrics(row, self.history)
+            self.save_checkpoint(best=best)
+
+
+def default_callbacks(cfg: TrainConfig) -> list[Callback]:
+    """The callbacks a config implies: the divergence guard always, the kappa schedule with signals, the
+    Figure 5 diagnostics when asked."""
+    callbacks: list[Callback] = [DivergenceGuard()]
+    if cfg.signals.kind != "none":
+        callbacks.append(KappaSchedule(cfg.kappa_schedule, cfg.kappa, cfg.kappa_min, cfg.kappa_gamma, cfg.epochs))
+    if cfg.diagnostics:
+        callbacks.append(Diagnostics())
+    return callbacks
 
 
 def read_run_config(run_dir: str | Path) -> TrainConfig:
