@@ -1,10 +1,15 @@
 """Small float64 networks and comparison helpers shared by the tests."""
 
 import math
+from pathlib import Path
 
+import numpy as np
 import torch
 
-from eqprop import dchn, hopfield_mlp
+from eqprop import EPNudge, SquaredError, dchn, hopfield_mlp, pc_vgg
+from eqprop.core.relaxation import relax
+from eqprop.models.hamiltonian import HRU_TYPES, HamiltonianSSM
+from eqprop.rules.signals import KnowledgeDistillation, LocalError, WeightedKnowledgeDistillation
 
 
 def small_mlp():
@@ -29,10 +34,142 @@ def cosine(a, b):
 
 
 def rel_error(gs, refs):
-    num = sum(float((a - b).pow(2).sum()) for a, b in zip(gs, refs))
-    den = sum(float(b.pow(2).sum()) for b in refs)
+    num = sum(float((a - b).detach().pow(2).sum()) for a, b in zip(gs, refs))
+    den = sum(float(b.detach().pow(2).sum()) for b in refs)
     return math.sqrt(num / den)
 
 
 def max_diff(xs, ys):
     return max(float((a - b).detach().abs().max()) for a, b in zip(xs, ys))
+
+
+def skip_pcn(seed=0):
+    # channels 4 -> 4 (identity path, pooled: average pool) and 4 -> 6 (1x1 shortcut), pooling every 2nd layer
+    torch.manual_seed(seed)
+    net = pc_vgg(1, 10, 8, [4, 4, 6], hidden=[12], pool_every=2, gains=0.8, skip=True).double()
+    x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    return net, x, torch.randint(0, 10, (5,))
+
+
+def signals_for(net, kind):
+    shapes = {k: net.layers[k].shape for k in (1, 2)}
+    if kind in ("LE", "LE-hard"):
+        return [LocalError(k, shapes[k], 5, tau=4.0, soft_labels=kind == "LE").double() for k in (1, 2)]
+    if kind == "KD":
+        return [KnowledgeDistillation(k, StandInTeacher(shapes[k]), tau=2.0) for k in (1, 2)]
+    sigs = [WeightedKnowledgeDistillation(k, shapes[k], StandInTeacher(shapes[k]), tau=2.0).double() for k in (1, 2)]
+    with torch.no_grad():
+        for sig in sigs:
+            sig.w_map.add_(0.3 * torch.randn_like(sig.w_map))
+    return sigs
+
+
+class StandInTeacher:
+    """Input-dependent per-sample features of each signalled layer's shape (what a trained teacher provides)."""
+
+    def __init__(self, shape):
+        gen = torch.Generator().manual_seed(1)
+        self.pattern = torch.randn(shape, generator=gen, dtype=torch.float64)
+
+    def __call__(self, x):
+        scale = x.flatten(1).mean(1).view(-1, *([1] * self.pattern.dim()))
+        return 3.0 * scale * self.pattern
+
+
+F64 = torch.float64
+
+
+def unit_of(kind, n_in=3, n=5):
+    unit = HRU_TYPES[kind](n_in, n).double()
+    if kind == "nonlinear":
+        with torch.no_grad():
+            unit.b.uniform_(-0.5, 0.5)  # so that the bias gradient is not trivially symmetric
+    return unit
+
+
+def central_difference(p, idx, fn, h=1e-6):
+    """(fn(theta + h e_idx) - fn(theta - h e_idx)) / 2h for one entry of parameter ``p``, restored after."""
+    with torch.no_grad():
+        old = p[idx].item()
+        p[idx] = old + h
+        up = fn()
+        p[idx] = old - h
+        down = fn()
+        p[idx] = old
+    return (up - down) / (2 * h)
+
+
+CONVERGED = dict(free_iterations=400, nudged_iterations=400)
+
+
+def total_energy_at(net, x, y, beta, free_states, cost=None):
+    """F(beta) = min_s E + beta C (eq. 20), by relaxation from the free state; per-sample values."""
+    cost = cost or SquaredError()
+    s = relax(net, free_states, 400, nudge=EPNudge(cost, y, beta)).states if beta else free_states
+    return net.energy(s) + beta * cost(s[-1], y)
+
+
+def formula_loss(sig, s, t):
+    """L_Aug per sample from the paper's formulas (eqs. 7, 8, 13) with Hinton's tau^2, written independently of
+    the library: tau^2 * CE(p, softmax(z / tau)), z the layer's (read-out or mapped) logits, p the target."""
+    tau = sig.tau
+    if isinstance(sig, LocalError):
+        z = s.flatten(1) @ sig.readout.t()
+        p = torch.softmax(t / tau, 1) if sig.soft_labels else t
+    else:
+        if isinstance(sig, WeightedKnowledgeDistillation):
+            w = sig.w_map
+            s = torch.einsum("oc,bchw->bohw", w, s) if s.dim() == 4 else s @ w.t()
+        z, p = s.flatten(1), torch.softmax(t.flatten(1) / tau, 1)
+    return -(tau**2) * (p * torch.log_softmax(z / tau, 1)).sum(1)
+
+
+def small_pcn(seed=0):
+    torch.manual_seed(seed)
+    net = pc_vgg(1, 10, 8, [4, 6], hidden=[12], gains=0.8).double()
+    x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    return net, x, torch.randint(0, 10, (5,))
+
+
+def regression_problem(sizes=(5,), hru="nonlinear", steps=60, batch=2, dt=0.1, integrator="leapfrog"):
+    """A random HSSM with a squared-error loss on the readout at every step (per-step random targets)."""
+    model = HamiltonianSSM(3, list(sizes), 4, hru=hru, dt=dt, integrator=integrator).double()
+    return model, torch.randn(steps, batch, 3, dtype=F64), torch.randn(steps, batch, 4, dtype=F64)
+
+
+def loglog_slope(betas, errors):
+    return float(np.polyfit(np.log(betas), np.log(errors), 1)[0])
+
+
+def iterations_to(net, x, schedule, tol):
+    r = relax(net, net.init_state(x), 500, schedule=schedule, record=True)
+    hits = [i for i, res in enumerate(r.trajectory.residual, start=1) if res < tol]
+    assert hits, f"{schedule} never reached residual {tol}"
+    return hits[0]
+
+
+def free_loss(net, alg, x, y):
+    return float(alg.cost(alg.free_phase(net, x).states[-1], alg.targets(net, y)).mean())
+
+
+ALL = ["CL", "PEP", "NEP", "CEP", "PCpL", "NCpL", "CCpL", "TBP", "RBP", "BPTT"]
+
+
+SIGNAL_TINY = [
+    "model=vgg",
+    "blocks=[[4],[8],[8]]",
+    "hidden=[16]",
+    "lrs=[0.05]",
+    "gains=[1.0]",
+    "free_iterations=10",
+    "nudged_iterations=4",
+    "epochs=2",
+    "limit_train=128",
+    "limit_test=64",
+    "progress=false",
+    "tensorboard=false",
+    "teacher_epochs=1",
+]
+
+
+ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import torch
 from eqprop import dchn, get_algorithm
 from helpers import cosine
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
 @pytest.fixture

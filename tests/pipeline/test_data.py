@@ -11,7 +11,7 @@ import torch
 
 from eqprop.training.data import dataset_spec, load_dataset, random_crop, random_flip, read_idx
 
-MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 
 
 def _write_idx(path, arr, compress):

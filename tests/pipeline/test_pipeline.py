@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +17,8 @@ from eqprop.training.data import dataset_spec
 from eqprop.training.optim import make_optimizer
 from eqprop.training.results import read_run, results_table
 from eqprop.training.trainer import DivergenceError, Interrupted, Trainer, build_algorithm, build_network, topk_errors
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "free_iterations=6",
     "nudged_iterations=3",
@@ -175,7 +174,10 @@ def test_scalable_ep_configs_carry_tables_5_and_6():
 
 
 def test_shipped_configs_carry_table5_values():
-    t1, t6 = load_config(ROOT / "configs/comparative_study/table1.yaml"), load_config(ROOT / "configs/comparative_study/table6_svhn.yaml")
+    t1, t6 = (
+        load_config(ROOT / "configs/comparative_study/table1.yaml"),
+        load_config(ROOT / "configs/comparative_study/table6_svhn.yaml"),
+    )
     assert (t1.beta, t1.free_iterations, t1.nudged_iterations, t1.gains, t1.weight_decay) == (
         0.25,
         60,
@@ -303,6 +305,7 @@ def test_interrupted_run_resumes_exactly(tmp_path):
         Trainer.resume(tmp_path / "b", ["beta=0.5"])
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_cli_run_leaves_a_resumable_checkpoint(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -379,6 +382,7 @@ def test_divergence_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, 
 # ----------------------------------------------------------------------------------------------- results
 
 
+@pytest.mark.slow
 def test_eval_plot_table_and_study(tmp_path, capsys):
     (tmp_path / "exp.yaml").write_text("epochs: 2\nstudy:\n  seeds: [0, 1]\n")
     study = tmp_path / "study"
@@ -441,24 +445,3 @@ def test_eval_plot_table_and_study(tmp_path, capsys):
         == 0
     )
     assert (runs[0] / "metrics.jsonl").read_text() == before
-
-
-@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "mnist").exists(), reason="shared MNIST not available")
-def test_real_mnist_run_learns(tmp_path):
-    cfg = parse_overrides(
-        [
-            "dataset=mnist",
-            f"data_dir={ROOT.parent / 'shared' / 'data' / 'mnist'}",
-            "limit_train=1024",
-            "limit_test=512",
-            "channels=[8,16,16]",
-            "gains=[0.8,0.8,0.8,0.8]",
-            "free_iterations=10",
-            "nudged_iterations=4",
-            "epochs=2",
-            "progress=false",
-            f"out_dir={tmp_path}",
-        ]
-    )
-    history = Trainer(cfg, log=lambda s: None).fit()
-    assert history[-1]["test_error"] < 0.5  # chance is 0.9
