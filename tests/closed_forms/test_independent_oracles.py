@@ -34,6 +34,7 @@ def weights(net):
     ]
 
 
+@torch.no_grad()
 def hand_relax(net, states, iterations, beta=0.0, y=None, clamp=None, first="even"):
     """Asynchronous block-coordinate minimisation written out: each hidden layer s_k <- clip(W_k s_{k-1} +
     W_{k+1}^T s_{k+1} + b_k, 0, 1); the identity output o <- (m + 2 beta y) / (1 + 2 beta), the exact minimiser of

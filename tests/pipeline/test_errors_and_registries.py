@@ -119,3 +119,19 @@ def test_signal_configs_reject_what_cannot_work():
             load_config(None, SIGNAL_TINY + ["signals=kd", "blocks=[[4,4],[8]]", "signal_layers=[1]"]),
             log=lambda s: None,
         )
+
+
+def test_cli_maps_only_bad_input_to_exit_code_2(monkeypatch, capsys, tmp_path):
+    """Config and data errors are one line and exit code 2; anything else is a bug and keeps its traceback."""
+    from eqprop.cli import main
+    from eqprop.training.trainer import Trainer
+
+    assert main(["train", "beta=.nan"]) == 2
+    assert "finite" in capsys.readouterr().err
+
+    def bug(self):
+        raise ValueError("an internal inconsistency")
+
+    monkeypatch.setattr(Trainer, "fit", bug)
+    with pytest.raises(ValueError, match="internal inconsistency"):
+        main(["train", "epochs=1", "progress=false", f"out_dir={tmp_path}"])
