@@ -155,3 +155,19 @@ def test_relative_epsilon_makes_the_estimate_independent_of_the_loss_scale():
     )
     assert torch.allclose(absolute.epsilon, torch.full((2,), 1e-3, dtype=F64))
     assert torch.allclose(relative.epsilon, torch.full((2,), 1e-7, dtype=F64))
+
+
+def test_solver_statistics_are_per_sample():
+    """With tol (or record) the solver reports, per sample, the iterations it needed and its last change; the
+    recorded trajectory holds each sample's residual, whose batch mean is the recorded residual."""
+    net, x, _ = small_mlp()
+    x = torch.cat([x[:4], 0 * x[4:]])  # a zero input (zero biases) is a fixed point at once: zero states
+    r = relax(net, net.init_state(x), 500, tol=1e-9, record=True)
+    assert r.stats is not None and r.stats.iterations.shape == (8,) and r.stats.change.shape == (8,)
+    assert int(r.stats.iterations.max()) == r.iterations > 10  # measured 31
+    assert r.stats.iterations[4:].tolist() == [1, 1, 1, 1]
+    assert bool((r.stats.change < 1e-9).all())
+    per_sample, mean = r.trajectory.sample_residual, r.trajectory.residual
+    assert len(per_sample) == len(mean) == r.iterations
+    assert all(abs(float(s.mean()) - m) < 1e-15 for s, m in zip(per_sample, mean))
+    assert float(per_sample[-1].max()) < 1e-8

@@ -72,11 +72,13 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 
 @dataclass
 class Trajectory:
-    """Per-iteration diagnostics (batch means): energy (E + nudging term) and fixed-point residual."""
+    """Per-iteration diagnostics: energy (E + nudging term), fixed-point residual and largest unit change as batch
+    means, and the residual of every sample (``sample_residual[t]`` has shape (B,))."""
 
     energy: list[float] = field(default_factory=list)
     residual: list[float] = field(default_factory=list)
     change: list[float] = field(default_factory=list)
+    sample_residual: list[Tensor] = field(default_factory=list)
 
 
 @dataclass
@@ -154,7 +156,7 @@ def layer_groups(
     return even_odd_groups(free, schedule, first)
 
 
-def _diagnostics(network: EnergyNetwork, states: State, nudge: Nudge | None) -> tuple[float, float]:
+def _diagnostics(network: EnergyNetwork, states: State, nudge: Nudge | None) -> tuple[float, Tensor]:
     with torch.no_grad():
         dtype = next(network.parameters()).dtype
         s32 = [s.to(dtype) for s in states]
@@ -173,7 +175,7 @@ def _diagnostics(network: EnergyNetwork, states: State, nudge: Nudge | None) -> 
             else:
                 target = network.layers[k].sigma.project(m)
             sq = sq + (s32[k] - target).flatten(1).pow(2).sum(1)
-        return float(e.mean()), float(sq.sqrt().mean())
+        return float(e.mean()), sq.sqrt()
 
 
 def _iterate(
@@ -279,7 +281,8 @@ def _iterate(
         if traj is not None:
             e, r = _diagnostics(network, states, nudge)
             traj.energy.append(e)
-            traj.residual.append(r)
+            traj.residual.append(float(r.mean()))
+            traj.sample_residual.append(r)
             traj.change.append(change if change is not None else float("nan"))
         if tol is not None and change is not None and change < tol:
             break

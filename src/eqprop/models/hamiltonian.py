@@ -13,7 +13,7 @@ registered with ``@register_hru("name")``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 import torch
@@ -292,14 +292,22 @@ class HamiltonianSSM(nn.Module):
                 phis.append(phi)
         return phi, pi, torch.stack(phis) if record else None
 
+    def trajectory(self, seq: Tensor) -> Iterator[tuple[int, list[tuple[Tensor, Tensor]]]]:
+        """The forward pass of the stack, one step at a time: after step k, every unit's (phi, pi), bottom up
+        (unit i+1 reads ff_i of unit i's new position). The one forward pass the readout, BPTT and both RHEL
+        echoes run; the yielded list is updated in place at the next step."""
+        states = [unit.init_state(seq.shape[1], seq) for unit in self.units]
+        for k, u in enumerate(seq):
+            for i, unit in enumerate(self.units):
+                phi, pi, _ = self.step_fn(unit, *states[i], u, self.dt)
+                states[i] = (phi, pi)
+                if i + 1 < len(self.units):
+                    u = self.feedforward(i, phi)
+            yield k, states
+
     def forward(self, x: Tensor) -> Tensor:
         """Readouts at every step, shape (T, B, classes) (with autograd: the BPTT reference)."""
-        h = self.as_sequence(x)
-        for i in range(len(self.units)):
-            _, _, phis = self.run_unit(i, h, record=True)
-            assert phis is not None
-            h = self.feedforward(i, phis) if i + 1 < len(self.units) else phis
-        return self.readout(h)
+        return torch.stack([self.readout(states[-1][0]) for _, states in self.trajectory(self.as_sequence(x))])
 
     def extra_repr(self) -> str:
         return f"dt={self.dt}, integrator={self.integrator}, ff_activation={self.ff_activation}"

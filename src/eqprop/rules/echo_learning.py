@@ -236,26 +236,21 @@ def _sequential(
     steps, batch = seq.shape[:2]
     w = 1.0 / (len(ks) * batch)
     found: dict[int, Tensor] = {}
-    inputs, finals, lower_positions = [seq], [], []
     out_grads: list[Tensor | None] = [None] * steps
     loss = seq.new_zeros(batch)
     last = seq.new_zeros(batch, model.num_classes)
     top = len(model.units) - 1
+    positions: list[list[Tensor]] = [[] for _ in range(top)]
     with torch.no_grad():
-        for i, unit in enumerate(model.units):
-            phi, pi = unit.init_state(batch, seq)
-            positions = []
-            for k, u in enumerate(inputs[i]):
-                phi, pi, _ = model.step_fn(unit, phi, pi, u, model.dt)
-                if i < top:
-                    positions.append(phi)
-                elif k in ks:
-                    out_grads[k], lk, last = _readout_nudge(model, phi, y, k, cost, w, found)
-                    loss += lk / len(ks)
-            finals.append((phi, pi))
-            if i < top:
-                lower_positions.append(torch.stack(positions))
-                inputs.append(model.feedforward(i, lower_positions[-1]))
+        for k, states in model.trajectory(seq):
+            for i in range(top):
+                positions[i].append(states[i][0])
+            if k in ks:
+                out_grads[k], lk, last = _readout_nudge(model, states[top][0], y, k, cost, w, found)
+                loss += lk / len(ks)
+        finals = list(states)
+        lower_positions = [torch.stack(p) for p in positions]  # stored per unit: the sequential echo needs them
+        inputs = [seq] + [model.feedforward(i, p) for i, p in enumerate(lower_positions)]
     input_grads: Tensor | None = None  # dL/du of the unit echoed last
     for i in range(top, -1, -1):
         if i < top:  # pull dL/du^{i+1} back through the feedforward map: the nudge of unit i (Theorem 3.3)
@@ -295,14 +290,7 @@ def _lockstep(
     out_grads: list[Tensor | None] = [None] * steps
     loss = seq.new_zeros(batch)
     last = seq.new_zeros(batch, model.num_classes)
-    states = [unit.init_state(batch, seq) for unit in units]
-    for k in range(steps):  # the forward pass, all units per step; only the current states are kept
-        u = seq[k]
-        for i, unit in enumerate(units):
-            phi, pi, _ = step(unit, *states[i], u, dt)
-            states[i] = (phi, pi)
-            if i < top:
-                u = model.feedforward(i, phi)
+    for k, states in model.trajectory(seq):  # the forward pass; only the current states are kept
         if k in ks:
             out_grads[k], lk, last = _readout_nudge(model, states[top][0], y, k, cost, w, found)
             loss += lk / len(ks)
