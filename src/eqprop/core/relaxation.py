@@ -327,6 +327,7 @@ class Solver:
 
 
 SOLVERS: dict[str, Callable[..., Solver]] = {}
+_GRAPHS: weakref.WeakKeyDictionary[EnergyNetwork, dict] = weakref.WeakKeyDictionary()  # captured phases per network
 SOLVER_REFERENCES: dict[str, str] = {}  # solver -> its autograd reference (engine="autograd")
 
 
@@ -400,27 +401,50 @@ class GraphedSolver(Solver):
         return GraphedSolver(inner.settings, inner=inner)
 
     def __call__(self, network, states, iterations, nudge=None, record=False):
-        s = self.inner.settings
         if (
             not states[0].is_cuda
             or torch.is_grad_enabled()
-            or s.tol is not None
+            or self.inner.settings.tol is not None
             or record
             or not isinstance(self.inner, MessagesSolver)
             or (nudge is not None and nudge.hidden_layers)
         ):
             return self.inner(network, states, iterations, nudge, record)
-        return relax_graphed(
-            network,
-            states,
+        return self._replay(network, states, iterations, nudge)
+
+    @torch.no_grad()
+    def _replay(self, network: EnergyNetwork, states: State, iterations: int, nudge: Nudge | None) -> RelaxResult:
+        """Capture the inner solver's phase once per (shapes, solver, settings, nudge kind), then replay it.
+
+        Parameters are read from their storage at each replay, so in-place optimiser updates are seen."""
+        key = (
+            tuple((tuple(s.shape), s.dtype) for s in states),
             iterations,
-            nudge=nudge,
-            schedule=s.schedule,
-            first=s.first,
-            dtype=s.dtype,
-            channels_last=s.channels_last,
-            deviation=self.inner.deviation,
+            self.inner.name,
+            self.inner.settings,
+            ("free",) if nudge is None else nudge.capture_key(),
         )
+        cache = _GRAPHS.setdefault(network, {})
+        if key not in cache:
+            static_in = [s.clone() for s in states]
+            static_aux = None if nudge is None else nudge.tensor.clone()
+            static_nudge = None if nudge is None or static_aux is None else nudge.with_tensor(static_aux)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up outside the capture (cuDNN autotuning, allocator)
+                self.inner(network, static_in, iterations, static_nudge)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self.inner(network, static_in, iterations, static_nudge).states
+            cache[key] = (graph, static_in, static_aux, static_out)
+        graph, static_in, static_aux, static_out = cache[key]
+        for dst, src in zip(static_in, states):
+            dst.copy_(src)
+        if nudge is not None:
+            static_aux.copy_(nudge.tensor)
+        graph.replay()
+        return RelaxResult([s.clone() for s in static_out], iterations)
 
 
 def relax(
@@ -500,9 +524,6 @@ class _DeviationBase:
         return self.b0[name] + inter.linear_t(du, self.low[name]).to(self.b0[name].dtype)
 
 
-_GRAPHS: weakref.WeakKeyDictionary[EnergyNetwork, dict] = weakref.WeakKeyDictionary()
-
-
 def relax_graphed(
     network: EnergyNetwork,
     states: State,
@@ -516,57 +537,10 @@ def relax_graphed(
     deviation: bool = False,
 ) -> RelaxResult:
     """:func:`relax` with a fixed iteration count, captured once per (shapes, settings) as a CUDA graph and
-    replayed: removes the per-kernel launch overhead of the relaxation loop on GPUs.
-
-    Parameters are read from their storage at each replay, so in-place optimiser updates are seen. No
-    autograd, no early stopping and no trajectory in this mode.
-    """
+    replayed (the functional form of :class:`GraphedSolver`): no per-kernel launch overhead on GPUs. No
+    autograd, no early stopping and no trajectory in this mode."""
     if not states[0].is_cuda:
         raise ValueError("relax_graphed needs CUDA tensors; use relax() on the CPU")
-    dtype = resolve_dtype(dtype)
-    key = (
-        tuple((tuple(s.shape), s.dtype) for s in states),
-        iterations,
-        schedule,
-        first,
-        dtype,
-        channels_last,
-        deviation,
-        ("free",) if nudge is None else nudge.capture_key(),
-    )
-    cache = _GRAPHS.setdefault(network, {})
-    with torch.no_grad():
-        if key not in cache:
-            static_in = [s.clone() for s in states]
-            static_aux = None if nudge is None else nudge.tensor.clone()
-            static_nudge = None if nudge is None or static_aux is None else nudge.with_tensor(static_aux)
-
-            def run() -> State:
-                return relax(
-                    network,
-                    static_in,
-                    iterations,
-                    nudge=static_nudge,
-                    schedule=schedule,
-                    first=first,
-                    dtype=dtype,
-                    channels_last=channels_last,
-                    deviation=deviation,
-                ).states
-
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up outside the capture (cuDNN autotuning, allocator)
-                run()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = run()
-            cache[key] = (graph, static_in, static_aux, static_out)
-        graph, static_in, static_aux, static_out = cache[key]
-        for dst, src in zip(static_in, states):
-            dst.copy_(src)
-        if nudge is not None:
-            static_aux.copy_(nudge.tensor)
-        graph.replay()
-        return RelaxResult([s.clone() for s in static_out], iterations)
+    settings = SolverSettings(schedule, first, None, resolve_dtype(dtype), channels_last)
+    inner = get_solver("deviation" if deviation else "messages", settings)
+    return GraphedSolver(settings, inner=inner)._replay(network, states, iterations, nudge)
