@@ -6,7 +6,7 @@ iterations and the two local parameter gradients. ``messages`` keeps each layer'
 indices and sends explicit top-down messages; ``autograd`` recomputes them by autograd (the reference).
 Projected times: one epoch of the data set's training images at this batch size, and the config's whole run.
 
-Usage: python benchmarks/pcn_step_time.py [--config configs/pcn/cifar10_vgg5_cep.yaml] [--device cpu|cuda]
+Usage: python benchmarks/pcn_step_time.py [--config configs/pcn/table7/cifar10_ce_ep.yaml] [--device cpu|cuda]
        [--batch 16] [--steps 3] [--warmup 1] [--image-size N] [--algorithms PC-CEP:messages,PC-CEP:autograd,PC-BP]
        [--set key=value ...] [--out benchmarks/results/pcn_step_time_<device>]
 """
@@ -53,7 +53,7 @@ def time_steps(net, algorithm, x: torch.Tensor, labels: torch.Tensor, steps: int
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="configs/pcn/cifar10_vgg5_cep.yaml")
+    ap.add_argument("--config", default="configs/pcn/table7/cifar10_ce_ep.yaml")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=3)
@@ -87,7 +87,8 @@ def main() -> None:
         print(row, flush=True)
     base = next((r["step_s"] for r in rows if r["engine"] == "autograd"), None)
     table = [
-        f"{args.config}: {cfg.channels} conv, hidden {cfg.hidden}, skip={cfg.skip}, input {spec.in_channels}x"
+        f"{args.config}: {cfg.channels} conv, pools {cfg.pools}, hidden {cfg.hidden}, skips {cfg.skips}, "
+        f"input {spec.in_channels}x"
         f"{size}x{size}, batch {args.batch}, K = {cfg.nudged_iterations}; projections for {images} training "
         f"images and {cfg.epochs} epochs (training steps only).",
         "",

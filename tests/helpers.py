@@ -43,12 +43,18 @@ def max_diff(xs, ys):
     return max(float((a - b).detach().abs().max()) for a, b in zip(xs, ys))
 
 
-def skip_pcn(seed=0):
-    # channels 4 -> 4 (identity path, pooled: average pool) and 4 -> 6 (1x1 shortcut), pooling every 2nd layer
+VGG10_LIKE = dict(
+    channels=[4, 4, 6, 6, 8, 8, 8, 8], hidden=[16], pools=[True, True, False, True, False, True, False, True]
+)
+
+
+def skip_pcn(seed=1, fan="fan_out", skips=((2, 5), (5, 8))):
+    """VGG10Skip in small (Table 6's pools and skips, narrow widths, 1x32x32 inputs): strided 1x1 skips from layer 2
+    into the conv layer 5 and from 5 into the conv + pool layer 8 (layer 5 is a target and a source)."""
     torch.manual_seed(seed)
-    net = pc_vgg(1, 10, 8, [4, 4, 6], hidden=[12], pool_every=2, gains=0.8, skip=True).double()
-    x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
-    return net, x, torch.randint(0, 10, (5,))
+    net = pc_vgg(1, 10, 32, gains=1.0, skips=skips, fan=fan, **VGG10_LIKE).double()
+    x = torch.randn(4, 1, 32, 32, dtype=torch.float64)
+    return net, x, torch.randint(0, 10, (4,))
 
 
 def signals_for(net, kind):

@@ -78,7 +78,7 @@ def test_nudged_state_is_a_fixed_point_and_stationary_on_active_units(cost):
         active = (hk.detach() > 0) & (f.pre(s[k - 1]) > 0)
         assert float(g[active].abs().max()) < 1e-10, f"dF/dh_{k} on active units"
         assert int(active.sum()) > 0.2 * hk.numel()
-        z = (f.pre(s[k - 1]) + net._top_down(k, s)).detach()
+        z = (f.pre(s[k - 1]) + net.top_down(k, s)).detach()
         assert float((hk.detach() - F.relu(z)).abs().max()) < 1e-10, f"h_{k} is not a fixed point"
     assert float(grads[-1].abs().max()) < 1e-10  # the output is unconstrained: dF/dh_L = 0
     assert float(net.energy(s).detach().min()) > 0  # the nudge moved the state off the forward pass
@@ -94,20 +94,52 @@ def test_update_is_local_prediction_error_times_input():
     assert torch.allclose(grads[-2], expected, atol=1e-12) and torch.allclose(grads[-1], -eps_top.mean(0), atol=1e-12)
 
 
-def test_skip_variant_adds_a_residual_path_to_the_conv_prediction():
-    net, x, _ = skip_pcn()
-    f1, f2, f3 = net.predictions[:3]
-    assert f1.shortcut is not None and f2.shortcut is None and f3.shortcut is not None
-    h1 = f1(x)
-    conv = F.conv2d(h1, f2.weight, f2.bias, padding=1)
-    assert torch.allclose(f2(h1), F.relu(F.max_pool2d(conv, 2) + F.avg_pool2d(h1, 2)), atol=1e-14)
-    h2 = f2(h1)
-    assert torch.allclose(
-        f3(h2), F.relu(F.conv2d(h2, f3.weight, f3.bias, padding=1) + F.conv2d(h2, f3.shortcut)), atol=1e-14
-    )
+@pytest.mark.parametrize("skips", [(), ((2, 5), (5, 8))])
+def test_vgg10_structure_free_state_is_the_forward_pass_with_zero_energy_and_gradient(skips):
+    net, x, _ = skip_pcn(0, skips=skips)
     states = get_algorithm("PC-CEP").free_phase(net, x).states
+    assert [tuple(t.shape[1:]) for t in states] == [
+        (1, 32, 32),
+        (4, 16, 16),
+        (4, 8, 8),
+        (6, 8, 8),
+        (6, 4, 4),
+        (8, 4, 4),
+        (8, 2, 2),
+        (8, 2, 2),
+        (8, 1, 1),
+        (16,),
+        (10,),
+    ]  # Table 6's pooling pattern: pools after convs 1, 2, 4, 6, 8
     assert float(net.energy(states).detach().abs().max()) == 0.0
     assert max(float(g.abs().max()) for g in net.energy_param_grads(states)) == 0.0
+
+
+def test_skip_net_nudged_state_is_a_fixed_point_of_mod_pgd():
+    """With the paper's skips (2 -> 5, 5 -> 8: source and target of different parity, so never updated in the same
+    half-step) mod-PGD reaches a fixed point of eq. (20) and eq. (18), written out here."""
+    net, x, labels = skip_pcn(1)
+    y = one_hot(labels, 10).double()
+    beta = 0.05
+    s = net.relax_nudged(net.forward_pass(x), get_cost("cross_entropy"), y, beta, 60)
+    for k in range(1, net.depth):
+        residual = s[k] - F.relu(net.preactivation(k, s) + net.top_down(k, s))
+        assert float(residual.detach().abs().max()) < 1e-12, f"layer {k}"
+    out = net.preactivation(net.depth, s) - beta * (torch.softmax(s[-1], 1) - y)
+    assert float((s[-1] - out).detach().abs().max()) < 1e-12
+    assert float(net.energy(s).detach().min()) > 1e-8  # the nudge moved the state off the forward pass
+
+
+def test_pgd_can_settle_into_a_two_cycle_where_mod_pgd_converges():
+    """What the library shows of appendix A.2's "PGD is less stable": on the same net and nudge, PGD (eq. 19)
+    ends in a period-2 cycle (states at K = 60 and 62 agree to 1e-16, at 60 and 61 differ by 6e-6)."""
+    net, x, labels = skip_pcn(1)
+    y = one_hot(labels, 10).double()
+    a, b, c = (
+        net.relax_nudged(net.forward_pass(x), get_cost("cross_entropy"), y, 0.05, k, solver="pgd") for k in (60, 61, 62)
+    )
+    assert max(float((u - w).abs().max()) for u, w in zip(a, c)) < 1e-14
+    assert max(float((u - v).abs().max()) for u, v in zip(a, b)) > 1e-7
 
 
 def test_augmented_nudged_phase_converges_to_a_fixed_point():

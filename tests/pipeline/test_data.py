@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from eqprop.errors import DataError
 from eqprop.training.data import dataset_spec, load_dataset, random_crop, random_flip, read_idx
 
 MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
@@ -217,12 +218,14 @@ def test_pcn_trains_on_an_image_folder_through_the_pipeline(tmp_path):
 
     write_image_folder(tmp_path / "data", per_class=(12, 4))
     cfg = load_config(
-        "configs/pcn/imagenet_vgg10_cep.yaml",
+        "configs/pcn/table8/vgg10_cep.yaml",
         [
             f"data_dir={tmp_path / 'data'}",
             "image_size=16",
             "channels=[4,4,8,8]",
+            "pools=[true,true,false,true]",
             "hidden=[8]",
+            "crop_padding=2",
             "batch_size=8",
             "epochs=2",
             "progress=false",
@@ -233,3 +236,70 @@ def test_pcn_trains_on_an_image_folder_through_the_pipeline(tmp_path):
     history = Trainer(cfg, log=lambda s: None).fit()
     assert len(history) == 2 and all(np.isfinite(row["train_loss"]) for row in history)
     assert (tmp_path / "run" / "checkpoint_last.pt").exists()
+
+
+# ---- ImageNet32 (the downsampled-ImageNet npz release) and the PCN paper's normalisation -------------------------
+def write_imagenet32(root: Path, per_batch=3, val=4, sub=True):
+    """Files in the release's format: data (N, 3072) uint8 in R, G, B planes, labels 1..1000 (a list)."""
+    train_dir = root / "Imagenet32_train_npz" if sub else root
+    val_dir = root / "Imagenet32_val_npz" if sub else root
+    train_dir.mkdir(parents=True, exist_ok=True)
+    val_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(1, 11):
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(1, 1001, per_batch)]
+        if i == 1:
+            data[0, :1024], data[0, 1024:2048], data[0, 2048:] = 10, 20, 30  # sample 0: a flat (10, 20, 30) image
+            labels[0] = 1000
+        np.savez(train_dir / f"train_data_batch_{i}.npz", data=data, labels=labels, mean=np.zeros(3072))
+    data = rng.integers(0, 256, (val, 3072), dtype=np.uint8)
+    np.savez(val_dir / "val_data.npz", data=data, labels=[1] * val)
+
+
+@pytest.mark.parametrize("sub", [True, False])
+def test_imagenet32_npz_release(tmp_path, sub):
+    write_imagenet32(tmp_path, sub=sub)
+    data = load_dataset("imagenet32", tmp_path)
+    assert data.train_images.shape == (30, 3, 32, 32) and data.train_images.dtype == torch.uint8
+    assert data.test_images.shape == (4, 3, 32, 32) and data.num_classes == 1000
+    assert data.train_images[0, :, 5, 7].tolist() == [10, 20, 30]  # channel-major planes
+    assert int(data.train_labels[0]) == 999 and int(data.train_labels.min()) >= 0  # labels 1..1000 -> 0..999
+    assert data.test_labels.tolist() == [0] * 4 and data.flip
+    assert dataset_spec("ImageNet32").image_size == 32
+    limited = load_dataset("imagenet32", tmp_path, limit_train=5, limit_test=2)
+    assert len(limited.train_labels) == 5 and len(limited.test_labels) == 2
+    assert torch.equal(limited.train_images, data.train_images[:5])
+
+
+def test_imagenet32_bad_files_are_named(tmp_path):
+    write_imagenet32(tmp_path)
+    (tmp_path / "Imagenet32_train_npz" / "train_data_batch_7.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="train_data_batch_7.npz"):
+        load_dataset("imagenet32", tmp_path)
+    write_imagenet32(tmp_path)
+    np.savez(tmp_path / "Imagenet32_val_npz" / "val_data.npz", data=np.zeros((2, 3072), np.uint8), labels=[0, 1])
+    with pytest.raises(DataError, match="labels must lie in 1..1000"):
+        load_dataset("imagenet32", tmp_path)
+    np.savez(tmp_path / "Imagenet32_val_npz" / "val_data.npz", data=np.zeros((2, 3072), np.uint8), labels=[1])
+    with pytest.raises(DataError, match="2 images but 1 labels"):
+        load_dataset("imagenet32", tmp_path)
+
+
+def test_pcn_normalization_is_the_pcn_papers_table4(tmp_path):
+    from eqprop.training.config import ConfigError, parse_overrides
+    from eqprop.training.trainer import load_data
+
+    batches = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    _cifar_pickles(tmp_path, "cifar-10-batches-py", batches, 2, "labels", ("batches.meta", "label_names"))
+    cfg = parse_overrides(["dataset=cifar10", f"data_dir={tmp_path}", "verify_checksums=false", "normalization=pcn"])
+    data = load_data(cfg)
+    assert data.std == (0.2023, 0.1994, 0.2010) and data.mean == (0.4914, 0.4822, 0.4465)
+    comparative = load_data(parse_overrides(["dataset=cifar10", f"data_dir={tmp_path}", "verify_checksums=false"]))
+    assert comparative.std == pytest.approx((3 * 0.2023, 3 * 0.1994, 3 * 0.2010))  # the comparative study's Table 4
+    x = data.prepare(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8))
+    assert torch.allclose(
+        x[0, :, 0, 0], torch.tensor([(1 - 0.4914) / 0.2023, (1 - 0.4822) / 0.1994, (1 - 0.4465) / 0.2010])
+    )
+    with pytest.raises(ConfigError, match="no statistics for svhn"):
+        parse_overrides(["dataset=svhn", "normalization=pcn"])

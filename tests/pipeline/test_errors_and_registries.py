@@ -25,7 +25,19 @@ from helpers import ALL, SIGNAL_TINY, signals_for, small_mlp
 def test_registry_names_and_aliases():
     assert list(ALGORITHMS)[: len(ALL)] == ALL
     assert sorted(list(ALGORITHMS)[len(ALL) :]) == sorted(
-        ["PC-CEP", "PC-PEP", "PC-NEP", "PC-REP", "PC-BP", "RHEL", "HSSM-BPTT"]
+        [
+            "PC-CEP",
+            "PC-PEP",
+            "PC-NEP",
+            "PC-REP",
+            "PC-CCpL",
+            "PC-PCpL",
+            "PC-NCpL",
+            "PC-RCpL",
+            "PC-BP",
+            "RHEL",
+            "HSSM-BPTT",
+        ]
     )
     assert get_algorithm("pc_cep").name == "PC-CEP" and get_algorithm("hssm_bptt").name == "HSSM-BPTT"
     assert algorithm_models("C-EP") == ("dchn", "mlp", "vgg") and algorithm_models("rhel") == ("hssm",)

@@ -117,13 +117,9 @@ def test_shipped_configs_validate_and_build_table5_networks(path):
         if name.startswith("vgg"):
             assert net.num_layers - 1 == int(name[3:])
         assert net.layers[-1].shape == (spec.num_classes,)
-    elif cfg.model.kind == "pcn":
-        out = net.forward_pass(torch.zeros(2, spec.in_channels, size, size))[-1]
-        assert out.shape == (2, spec.num_classes)
-        name = path.stem.split("_")[1]
-        if name.startswith("vgg"):  # VGG5 / VGG10: the name counts the predictions
-            assert net.depth == int(name[3:])
-        assert any(hasattr(f, "shortcut") for f in net.predictions) == ("skip" in path.stem)
+    elif cfg.model.kind == "pcn":  # the Table 7 / Table 8 structure is checked in test_pcn_configs.py
+        out = net.forward_pass(torch.zeros(1, spec.in_channels, size, size))[-1]
+        assert out.shape == (1, spec.num_classes)
     elif path.name != "default.yaml":  # Table 5: n_in x 32 x 32 -> 128x16x16 -> 256x8x8 -> 512x4x4 -> 512x2x2 -> n_out
         assert [tuple(layer.shape) for layer in net.layers] == [
             (spec.in_channels, 32, 32),

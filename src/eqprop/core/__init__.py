@@ -5,7 +5,18 @@ from .interactions import INTERACTIONS, Bias, ConvPool, Dense, Interaction, regi
 from .kernels import set_fused_kernels
 from .layers import ACTIVATIONS, Layer, register_activation
 from .network import EnergyNetwork, State
-from .nudging import AugmentedNudge, ClampNudge, Cost, CrossEntropy, EPNudge, Nudge, SquaredError, get_cost, one_hot
+from .nudging import (
+    AugmentedNudge,
+    ClampNudge,
+    Cost,
+    CrossEntropy,
+    EPNudge,
+    HalfSquaredError,
+    Nudge,
+    SquaredError,
+    get_cost,
+    one_hot,
+)
 from .relaxation import (
     SOLVERS,
     RelaxResult,
@@ -39,6 +50,7 @@ __all__ = [
     "EPNudge",
     "Nudge",
     "SquaredError",
+    "HalfSquaredError",
     "get_cost",
     "one_hot",
     "SOLVERS",

@@ -20,6 +20,7 @@ from .layers import Activation
 __all__ = [
     "Cost",
     "SquaredError",
+    "HalfSquaredError",
     "CrossEntropy",
     "COSTS",
     "get_cost",
@@ -80,6 +81,27 @@ class SquaredError(Cost):
         return sigma.project((m + 2.0 * beta * y) / (1.0 + 2.0 * beta))
 
 
+class HalfSquaredError(Cost):
+    """C(o, y) = 1/2 ||o - y||^2: the "MSE" of the PCN configs (the PCN paper does not state its normalisation;
+    1/2, the convention of eq. 10's energy, is our reading) and the cost of the comparative study's public code."""
+
+    name = "half_squared_error"
+
+    def __call__(self, o: Tensor, y: Tensor) -> Tensor:
+        return 0.5 * (o - y).flatten(1).pow(2).sum(1)
+
+    def grad(self, o: Tensor, y: Tensor) -> Tensor:
+        return o - y
+
+    def nudged_output(self, m: Tensor, o: Tensor, y: Tensor, beta: float, sigma: Activation) -> Tensor:
+        # 1/2 o^2 - m o + beta/2 (o - y)^2 has curvature 1 + beta: its exact minimiser is (m + beta y) / (1 + beta)
+        if 1.0 + beta <= 0.0:
+            raise ValueError(
+                f"beta={beta} makes E + beta/2 ||o-y||^2 unbounded below in o; the half squared error needs beta > -1"
+            )
+        return sigma.project((m + beta * y) / (1.0 + beta))
+
+
 class CrossEntropy(Cost):
     """C(o, y) = -sum_j y_j log softmax(o)_j: the output state o is read out through a softmax."""
 
@@ -92,7 +114,11 @@ class CrossEntropy(Cost):
         return (torch.softmax(o.flatten(1), dim=1) - y.flatten(1)).view_as(o)
 
 
-COSTS: dict[str, Callable[[], Cost]] = {"squared_error": SquaredError, "cross_entropy": CrossEntropy}
+COSTS: dict[str, Callable[[], Cost]] = {
+    "squared_error": SquaredError,
+    "half_squared_error": HalfSquaredError,
+    "cross_entropy": CrossEntropy,
+}
 
 
 def get_cost(name: str) -> Cost:

@@ -4,7 +4,7 @@ each registered for configs with :func:`register_model`."""
 # importing registers: this order is the registries' listing order
 # isort: off
 from .hopfield import VGG_ARCHS, dchn, hopfield_mlp, vgg_crnn
-from .predictive_coding import PredictiveCodingNetwork, pc_vgg
+from .predictive_coding import PredictiveCodingNetwork, pc_vgg, vgg5, vgg10, vgg10_skip
 from .hamiltonian import HamiltonianSSM, HamiltonianUnit, LinearHRU, NonlinearHRU, leapfrog_step, register_hru
 
 # isort: on
@@ -30,4 +30,7 @@ __all__ = [
     "vgg_crnn",
     "PredictiveCodingNetwork",
     "pc_vgg",
+    "vgg5",
+    "vgg10",
+    "vgg10_skip",
 ]

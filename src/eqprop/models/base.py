@@ -138,8 +138,10 @@ class ModelSection(Section):
     hidden: list[int] = setting([256], "mlp/vgg/pcn: dense hidden widths; hssm: the unit sizes")
     gains: list[float] = setting([0.8, 0.8, 0.8, 0.8], "init gain per weight layer (eq. 102; one value: all)")
     activation: str = setting("hard_sigmoid", "Hopfield nets: the hidden layers' state space")
-    pool_every: int = setting(1, "pcn: a 2x2 max-pool after every n-th conv prediction")
-    skip: bool = setting(False, "pcn: conv predictions with a residual path (the skip variant)")
+    pool_every: int = setting(1, "pcn: a 2x2 max-pool after every n-th conv prediction (when pools is null)")
+    pools: list[bool] | None = setting(None, "pcn: per conv prediction, whether a 2x2 max-pool follows it")
+    skips: list[list[int]] = setting([], "pcn: skip connections [j, k]: a strided 1x1 conv of h_j into layer k")
+    fan: str = setting("fan_in", "pcn: the fan of eq. 21 for conv weights: fan_in (VGG5) or fan_out (VGG10)")
     blocks: list[list[int]] = setting([[64], [128], [256], [512], [512]], "vgg: conv widths per block (VGG-7)")
     hru: str = setting("nonlinear", "hssm: the Hamiltonian recurrent unit type")
     dt: float = setting(0.1, "hssm: leapfrog time step")
@@ -152,6 +154,14 @@ class ModelSection(Section):
         self.activation = check_choice("activation", self.activation, sorted(ACTIVATIONS))
         self.hru = check_choice("hru", self.hru, sorted(HRU_TYPES))
         self.at_least(1, "pool_every")
+        self.fan = check_choice("fan", self.fan, ["fan_in", "fan_out"])
+        if self.pools is not None and len(self.pools) != len(self.channels):
+            raise ConfigError(
+                f"config key 'pools' marks each conv layer: expected {len(self.channels)} entries (one per "
+                f"channels entry), got {len(self.pools)}"
+            )
+        if any(len(p) != 2 for p in self.skips):
+            raise ConfigError(f"config key 'skips' lists [from, to] layer pairs, got {self.skips}")
         if min(self.channels, default=1) < 1 or min(self.hidden, default=1) < 1 or min(self.gains, default=1) <= 0:
             raise ConfigError(
                 f"channels and hidden must be >= 1 and gains > 0; got channels={self.channels}, "

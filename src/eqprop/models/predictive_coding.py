@@ -1,19 +1,18 @@
-"""Predictive-coding networks (PCN) trained by equilibrium propagation.
+"""Predictive-coding networks (PCN) trained by equilibrium propagation (Kerjan, Scellier, Hoier, arXiv 2606.03584).
 
-Energy E = 1/2 sum_k ||h_k - f_k(theta_k, h_{k-1})||^2 with h_0 = x, and total energy F = E + beta C(h_L, y).
-Each prediction f_k is one of ``conv_pool_relu`` (ReLU o maxpool o conv3x3), ``conv_relu``, ``linear_relu`` or
-``linear`` (the top layer), or a skip variant of the conv ones with a residual path (``conv_pool_skip_relu``,
-``conv_skip_relu``). At beta = 0 the minimum of F is the forward pass (E = 0 and dF/dtheta = 0 there),
-so only nudged phases are relaxed: asynchronous (even then odd layers) projected updates in pre-activation
-form, h_k <- ReLU(z_k + Delta_k) with z_k the pre-activation of f_k(h_{k-1}) and Delta_k = J_{k+1}^T eps_{k+1}
-the top-down error, and the output h_L <- a_L - beta dC/dh_L (exact for the squared error). Its fixed points
-are stationary points of F on units whose prediction and state are both positive; elsewhere the state is
-projected onto h >= 0 (the plain gradient form diverges on conv nets). To first order in beta the errors
-eps_k follow backprop's recursion either way, so the EP estimates below converge to the gradient. The update is
-local: dF/dtheta_k = -(eps_k * f_k') h_{k-1}^T with eps_k = h_k - f_k(h_{k-1}).
+Energy E = 1/2 sum_k ||h_k - f_k(theta_k, h_{k-1})||^2 with h_0 = x (eq. 10), total energy F = E + beta C(h_L, y)
+(eq. 12). Hidden predictions are ReLU(a_k) with the pre-activation a_k one of conv3x3, maxpool(conv3x3) or a
+matmul (eq. 13); the output f_L is a matmul (eq. 14). A skip connection j -> k adds a strided 1x1 convolution of
+h_j to a_k, so its prediction term enters eps_k (section 5.5, VGG10Skip). At beta = 0 the minimum of F is the
+forward pass (E = 0 and dF/dtheta = 0 there), so only nudged phases are relaxed, by the ``mod-pgd`` solver
+(eq. 20, the paper's choice) or the ``pgd`` one (eq. 19): asynchronous, even then odd layers, step size 1,
+h_k <- ReLU(a_k + Delta_k) (mod-PGD) or ReLU(ReLU(a_k) + Delta_k) (PGD) with Delta_k = -d(sum_c 1/2 ||eps_c||^2)/dh_k
+the top-down error from the layers c that read h_k, and the output h_L <- a_L - beta dC/dh_L(h_L, y) (eq. 18).
+A clamped phase (eq. 8) holds h_L at (1 - beta) h_L^0 + beta y and relaxes the hidden layers the same way.
+The update is local: dE/dtheta_k involves eps_k and the layers that feed a_k only.
 
-The nudged relaxation is the ``mod-pgd`` solver (:class:`ModPGDSolver`); the learning rules are in
-:mod:`eqprop.rules.predictive_coding`.
+The learning rules are in :mod:`eqprop.rules.predictive_coding`; the architectures of Tables 5-6 are
+:func:`vgg5`, :func:`vgg10` and :func:`vgg10_skip`.
 """
 
 from __future__ import annotations
@@ -26,9 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.interactions import max_pool_transpose, scaled_uniform_
-from ..core.layers import get_activation
-from ..core.nudging import Cost, EPNudge
+from ..core.nudging import ClampNudge, Cost, EPNudge
 from ..core.relaxation import RelaxResult, Solver, SolverSettings, even_odd_groups, get_solver, register_solver
+from ..errors import ConfigError
 from .base import image_input, register_model
 from .hopfield import _gains
 
@@ -36,19 +35,50 @@ __all__ = [
     "PCLayer",
     "PC_LAYERS",
     "register_pc_layer",
+    "SkipConnection",
     "PredictiveCodingNetwork",
     "pc_vgg",
+    "vgg5",
+    "vgg10",
+    "vgg10_skip",
+    "FAN_MODES",
+    "VGG5_CHANNELS",
+    "VGG5_POOLS",
+    "VGG10_CHANNELS",
+    "VGG10_POOLS",
+    "VGG10_HIDDEN",
+    "VGG10_SKIPS",
     "ModPGDSolver",
     "ModPGDAutogradSolver",
+    "PGDSolver",
+    "PGDAutogradSolver",
 ]
+
+FAN_MODES = ("fan_in", "fan_out")
+# Table 5 (VGG5) and Table 6 (VGG10): conv widths and which convs are followed by a 2x2 max-pool
+VGG5_CHANNELS, VGG5_POOLS = (128, 256, 512, 512, 512), (False, True, True, True, True)
+VGG10_CHANNELS = (64, 128, 256, 256, 512, 512, 512, 512)
+VGG10_POOLS = (True, True, False, True, False, True, False, True)
+VGG10_HIDDEN = (2048,)
+VGG10_SKIPS = ((2, 5), (5, 8))  # section 5.5: strided 1x1 conv skips from layer 2 to 5 and from 5 to 8
+
+
+def _fan(weight: Tensor, mode: str) -> int:
+    """Eq. (21)'s fan of a weight (C_out, C_in, kh, kw) or (n_out, n_in): fan_in = C_in kh kw, fan_out = C_out kh kw;
+    dense weights always use fan_in = n_in (appendix B.2)."""
+    if mode not in FAN_MODES:
+        raise ValueError(f"unknown fan mode {mode!r}; valid modes are {list(FAN_MODES)}")
+    if weight.dim() == 2 or mode == "fan_in":
+        return weight[0].numel()
+    return weight.shape[0] * weight[0, 0].numel()
 
 
 class PCLayer(nn.Module):
-    """One prediction f_k(h_{k-1}) = act(pre(h_{k-1})); ``pre`` gives the pre-activation z_k.
+    """One prediction f_k(h_{k-1}) = act(pre(h_{k-1})); ``pre`` gives the pre-activation a_k.
 
-    For the relaxation's explicit messages, ``pre_ctx`` also returns what ``vjp`` needs (pooling indices) and
-    ``vjp`` gives the top-down message J^T g; their defaults use ``pre`` and autograd, so a new prediction type
-    only has to define ``pre``."""
+    For the relaxation's explicit messages, ``pre_ctx`` also returns what ``message`` needs (pooling indices) and
+    ``message`` gives the top-down message J^T m of a masked error m = act'(a) * eps; the defaults use ``pre`` and
+    autograd, so a new prediction type only has to define ``pre``."""
 
     relu: bool = True
     weight: nn.Parameter
@@ -64,24 +94,26 @@ class PCLayer(nn.Module):
         return self.act(self.pre(h))
 
     def pre_ctx(self, h: Tensor) -> tuple[Tensor, Any]:
-        """z = pre(h) and the context :meth:`vjp` reuses while h is unchanged."""
-        return self.pre(h), None
+        """a = pre(h) and the context :meth:`message` reuses while h is unchanged."""
+        return self.pre(h), h
 
-    def vjp(self, h: Tensor, z: Tensor, ctx: Any, g: Tensor) -> Tensor:
-        """J^T g with J = d f(h) / dh (``z`` = pre(h)): the top-down message of a prediction error g."""
+    def message(self, ctx: Any, m: Tensor) -> Tensor:
+        """(d pre / dh)^T m: the top-down message of a masked error m (autograd by default; ``ctx`` = h)."""
         with torch.enable_grad():
-            hh = h.detach().requires_grad_(True)
-            (out,) = torch.autograd.grad(self(hh), hh, grad_outputs=g)
+            hh = ctx.detach().requires_grad_(True)
+            (out,) = torch.autograd.grad(self.pre(hh), hh, grad_outputs=m)
         return out
 
-    def _masked(self, z: Tensor, g: Tensor) -> Tensor:
-        return g * (z > 0) if self.relu else g  # ReLU'(z), 0 at z = 0 as in autograd
+    def masked(self, z: Tensor, g: Tensor) -> Tensor:
+        """act'(z) * g: ReLU'(z), 0 at z = 0 as in autograd."""
+        return g * (z > 0) if self.relu else g
 
-    def reset_parameters(self, gain: float) -> None:
-        """Uniform(-c, c) with c = gain / sqrt(fan_in), the scheme of eq. (102); biases zero."""
-        scaled_uniform_(self.weight, gain, self.weight[0].numel())
-        with torch.no_grad():
-            self.bias.zero_()
+    def reset_parameters(self, gain: float, fan: str = "fan_in") -> None:
+        """Eq. (21): weights U(-c, c), c = gain sqrt(1/fan). The paper does not state the bias init; we keep
+        PyTorch's default for its layers, U(+-1/sqrt(fan_in)) (zero biases put whole regions of units exactly at
+        the ReLU kink, where the forward pass is not differentiable)."""
+        scaled_uniform_(self.weight, gain, _fan(self.weight, fan))
+        scaled_uniform_(self.bias, 1.0, self.weight[0].numel())
 
 
 class _Conv(PCLayer):
@@ -102,50 +134,11 @@ class _Conv(PCLayer):
         pooled, idx = F.max_pool2d(z, 2, return_indices=True)
         return pooled, (idx, z)
 
-    def vjp(self, h: Tensor, z: Tensor, ctx: Any, g: Tensor) -> Tensor:
-        return self._conv_vjp(self._masked(z, g), ctx)
-
-    def _conv_vjp(self, g: Tensor, ctx: Any) -> Tensor:
+    def message(self, ctx: Any, m: Tensor) -> Tensor:
         if self.pool:  # unpool to the argmax of each window (max-pool's backward kernel)
             idx, conv = ctx
-            g = max_pool_transpose(g, conv, idx, 2)
-        return F.conv_transpose2d(g, self.weight, padding=1)
-
-
-class _ConvSkip(_Conv):
-    """The skip variant: f(h) = ReLU(P(conv3x3(h)) + A(S h)), a residual path around the convolution.
-
-    P is the 2x2 max-pool when the layer pools, A the 2x2 average pool then (identity otherwise), and S the
-    identity when the channel counts match, else a learned 1x1 convolution (no bias). The path is linear, so
-    the top-down message and the local update keep their form: eps_k and h_{k-1} still give dF/dtheta_k."""
-
-    def __init__(self, c_in: int, c_out: int, pool: bool) -> None:
-        super().__init__(c_in, c_out, pool)
-        self.shortcut = nn.Parameter(torch.empty(c_out, c_in, 1, 1)) if c_in != c_out else None
-
-    def _skip(self, h: Tensor) -> Tensor:
-        s = h if self.shortcut is None else F.conv2d(h, self.shortcut)
-        return F.avg_pool2d(s, 2) if self.pool else s
-
-    def pre(self, h: Tensor) -> Tensor:
-        return super().pre(h) + self._skip(h)
-
-    def pre_ctx(self, h: Tensor) -> tuple[Tensor, Any]:
-        z, ctx = super().pre_ctx(h)
-        return z + self._skip(h), ctx
-
-    def vjp(self, h: Tensor, z: Tensor, ctx: Any, g: Tensor) -> Tensor:
-        g = self._masked(z, g)
-        s = g.repeat_interleave(2, -2).repeat_interleave(2, -1) / 4 if self.pool else g  # average pool's transpose
-        if self.shortcut is not None:
-            s = F.conv_transpose2d(s, self.shortcut)
-        return self._conv_vjp(g, ctx) + s
-
-    def reset_parameters(self, gain: float) -> None:
-        """The convolution as in :meth:`PCLayer.reset_parameters`; the 1x1 shortcut Uniform(+-gain/sqrt(c_in))."""
-        super().reset_parameters(gain)
-        if self.shortcut is not None:
-            scaled_uniform_(self.shortcut, gain, self.shortcut.shape[1])
+            m = max_pool_transpose(m, conv, idx, 2)
+        return F.conv_transpose2d(m, self.weight, padding=1)
 
 
 class _Linear(PCLayer):
@@ -158,8 +151,11 @@ class _Linear(PCLayer):
     def pre(self, h: Tensor) -> Tensor:
         return F.linear(h.flatten(1), self.weight, self.bias)
 
-    def vjp(self, h: Tensor, z: Tensor, ctx: Any, g: Tensor) -> Tensor:
-        return (self._masked(z, g) @ self.weight).view_as(h)
+    def pre_ctx(self, h: Tensor) -> tuple[Tensor, Any]:
+        return self.pre(h), h.shape
+
+    def message(self, ctx: Any, m: Tensor) -> Tensor:
+        return (m @ self.weight).view(ctx)
 
 
 PC_LAYERS: dict[str, Callable[..., PCLayer]] = {}
@@ -172,24 +168,61 @@ def register_pc_layer(name: str, factory: Callable[..., PCLayer]) -> None:
 
 register_pc_layer("conv_pool_relu", lambda c_in, c_out: _Conv(c_in, c_out, pool=True))
 register_pc_layer("conv_relu", lambda c_in, c_out: _Conv(c_in, c_out, pool=False))
-register_pc_layer("conv_pool_skip_relu", lambda c_in, c_out: _ConvSkip(c_in, c_out, pool=True))
-register_pc_layer("conv_skip_relu", lambda c_in, c_out: _ConvSkip(c_in, c_out, pool=False))
 register_pc_layer("linear_relu", lambda n_in, n_out: _Linear(n_in, n_out, relu=True))
 register_pc_layer("linear", lambda n_in, n_out: _Linear(n_in, n_out, relu=False))
 
 
+class SkipConnection(nn.Module):
+    """A skip j -> k: a strided 1x1 convolution S (no bias) of h_j added to layer k's pre-activation a_k, so
+    eps_k = h_k - ReLU(a_k + S h_j) (section 5.5). The stride maps h_j's resolution onto a_k's."""
+
+    def __init__(self, source: int, target: int, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        if not 0 <= source < target - 1:
+            raise ValueError(f"a skip connection goes from a layer j to a layer k >= j + 2, got {source} -> {target}")
+        self.source, self.target, self.stride = source, target, stride
+        self.weight = nn.Parameter(torch.empty(c_out, c_in, 1, 1))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return F.conv2d(h, self.weight, stride=self.stride)
+
+    def message(self, m: Tensor, shape: torch.Size) -> Tensor:
+        """S^T m, shaped as h_j (the transposed strided convolution)."""
+        pad = shape[-1] - ((m.shape[-1] - 1) * self.stride + 1)
+        return F.conv_transpose2d(m, self.weight, stride=self.stride, output_padding=pad)
+
+    def reset_parameters(self, gain: float, fan: str = "fan_in") -> None:
+        scaled_uniform_(self.weight, gain, _fan(self.weight, fan))
+
+
 class PredictiveCodingNetwork(nn.Module):
-    """A stack of predictions f_1..f_L; states are lists [h_0 = x, h_1, ..., h_L]."""
+    """A stack of predictions f_1..f_L plus skip connections; states are lists [h_0 = x, h_1, ..., h_L]."""
 
     exact_free_phase = True  # the forward pass is the free equilibrium (a beta = 0 phase stays there)
 
     def __init__(
-        self, predictions: Sequence[PCLayer], num_classes: int, input_shape: tuple[int, ...] | None = None
+        self,
+        predictions: Sequence[PCLayer],
+        num_classes: int,
+        input_shape: tuple[int, ...] | None = None,
+        skips: Sequence[SkipConnection] = (),
     ) -> None:
         super().__init__()
         self.predictions = cast("Sequence[PCLayer]", nn.ModuleList(predictions))  # typed as what it holds
+        self.skips = cast("Sequence[SkipConnection]", nn.ModuleList(skips))
         self.num_classes = num_classes
         self._input_shape = input_shape
+        L = len(predictions)
+        for s in skips:
+            if s.target > L:
+                raise ValueError(f"skip {s.source} -> {s.target}: the network has layers 0..{L}")
+            if s.target == L:
+                raise ValueError(f"skip {s.source} -> {s.target}: the output layer is a matmul; skips end at a conv")
+        self._skips_into: dict[int, list[SkipConnection]] = {k: [] for k in range(1, L + 1)}
+        self._skips_from: dict[int, list[SkipConnection]] = {k: [] for k in range(L + 1)}
+        for s in skips:
+            self._skips_into[s.target].append(s)
+            self._skips_from[s.source].append(s)
 
     @property
     def input_shape(self) -> tuple[int, ...] | None:
@@ -201,22 +234,36 @@ class PredictiveCodingNetwork(nn.Module):
         return len(self.predictions)
 
     def layer_parameters(self) -> list[list[nn.Parameter]]:
-        """One parameter group per layer k = 1..L (for per-layer learning rates)."""
-        return [list(f.parameters()) for f in self.predictions]
+        """One parameter group per layer k = 1..L (for per-layer learning rates); a skip belongs to its target."""
+        groups = [list(f.parameters()) for f in self.predictions]
+        for s in self.skips:
+            groups[s.target - 1].append(s.weight)
+        return groups
+
+    def preactivation(self, k: int, states: Sequence[Tensor]) -> Tensor:
+        """a_k = pre_k(h_{k-1}) + sum of the skips into k."""
+        a = self.predictions[k - 1].pre(states[k - 1])
+        for s in self._skips_into[k]:
+            a = a + s(states[s.source])
+        return a
+
+    def prediction(self, k: int, states: Sequence[Tensor]) -> Tensor:
+        """f_k = act(a_k): what layer k predicts from the layers below."""
+        return self.predictions[k - 1].act(self.preactivation(k, states))
 
     def forward_pass(self, x: Tensor) -> list[Tensor]:
-        """The free equilibrium: h_k = f_k(h_{k-1}), where E = 0."""
+        """The free equilibrium: h_k = f_k(h_{k-1}, skips), where E = 0 (eq. 9)."""
         states = [x]
-        for f in self.predictions:
-            states.append(f(states[-1]))
+        for k in range(1, self.depth + 1):
+            states.append(self.prediction(k, states))
         return states
 
     def errors(self, states: Sequence[Tensor]) -> list[Tensor]:
-        """Prediction errors eps_k = h_k - f_k(h_{k-1}), k = 1..L."""
-        return [states[k] - f(states[k - 1]) for k, f in enumerate(self.predictions, start=1)]
+        """Prediction errors eps_k = h_k - f_k, k = 1..L (eq. 12)."""
+        return [states[k] - self.prediction(k, states) for k in range(1, self.depth + 1)]
 
     def energy(self, states: Sequence[Tensor]) -> Tensor:
-        """E per sample (eq. of the PCN energy): 1/2 sum_k ||eps_k||^2."""
+        """E per sample (eq. 10): 1/2 sum_k ||eps_k||^2."""
         errors = self.errors(states)
         total = 0.5 * errors[0].flatten(1).pow(2).sum(1)
         for e in errors[1:]:
@@ -229,10 +276,23 @@ class PredictiveCodingNetwork(nn.Module):
         with torch.enable_grad():
             return list(torch.autograd.grad(self.energy(states).mean(), list(self.parameters())))
 
-    def _top_down(self, k: int, states: Sequence[Tensor]) -> Tensor:
-        """Delta_k = J_{k+1}^T eps_{k+1} = -dE_{k+1}/dh_k, by autograd (the reference for the explicit messages)."""
-        f = self.predictions[k]
-        return PCLayer.vjp(f, states[k], f.pre(states[k]), None, (states[k + 1] - f(states[k])).detach())
+    def consumers(self, j: int) -> list[int]:
+        """The layers whose prediction reads h_j (j + 1 and the targets of skips from j)."""
+        return ([j + 1] if j < self.depth else []) + [s.target for s in self._skips_from[j]]
+
+    def inputs(self, k: int) -> list[int]:
+        """The layers layer k's prediction reads (k - 1 and the sources of skips into k)."""
+        return [k - 1] + [s.source for s in self._skips_into[k]]
+
+    def top_down(self, k: int, states: Sequence[Tensor]) -> Tensor:
+        """Delta_k = -d(sum over consumers c of 1/2 ||eps_c||^2)/dh_k = eps_k - dE/dh_k, by autograd (the reference
+        for the explicit messages)."""
+        hs = [s.detach() for s in states]
+        with torch.enable_grad():
+            hs[k] = hs[k].requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.energy(hs).sum(), hs[k])
+            eps_k = hs[k] - self.prediction(k, hs)
+        return (eps_k - grad).detach()
 
     def free_phase(self, x: Tensor, solver: Any = None, iterations: int = 0, init: str = "zeros") -> RelaxResult:
         """The free equilibrium is the forward pass (E = 0): no iterations, whatever the solver."""
@@ -248,26 +308,31 @@ class PredictiveCodingNetwork(nn.Module):
         iterations: int,
         first: str = "even",
         engine: str = "messages",
+        solver: str = "mod-pgd",
     ) -> list[Tensor]:
-        """K asynchronous iterations of the ``mod-pgd`` solver from ``states``, nudged by beta (the functional
-        form of :class:`ModPGDSolver`; ``engine="autograd"`` is its autograd reference)."""
+        """K asynchronous iterations of the ``mod-pgd`` (or ``pgd``) solver from ``states``, nudged by beta (the
+        functional form of :class:`ModPGDSolver`; ``engine="autograd"`` is its autograd reference)."""
         if engine not in ("messages", "autograd"):
             raise ValueError(f"unknown engine {engine!r}; valid engines are ['autograd', 'messages']")
-        solver = get_solver("mod-pgd" if engine == "messages" else "mod-pgd-autograd", SolverSettings(first=first))
-        return solver(self, list(states), iterations, EPNudge(cost, y, beta)).states
+        if solver not in ("mod-pgd", "pgd"):
+            raise ValueError(f"unknown PCN solver {solver!r}; valid solvers are ['mod-pgd', 'pgd']")
+        name = solver if engine == "messages" else f"{solver}-autograd"
+        relax = get_solver(name, SolverSettings(first=first))
+        return relax(self, list(states), iterations, EPNudge(cost, y, beta)).states
 
 
 @register_solver("mod-pgd", reference="mod-pgd-autograd")
 class ModPGDSolver(Solver):
-    """The PCN's nudged relaxation: projected updates in pre-activation form, h_k <- ReLU(z_k + Delta_k) with
-    Delta_k = J_{k+1}^T eps_{k+1}, and the output h_L <- a_L - beta dC/dh_L; even then odd layers (or the
+    """The PCN's nudged relaxation, mod-PGD (eq. 20): h_k <- ReLU(a_k + Delta_k); the output h_L <- a_L -
+    beta dC/dh_L(h_L, y) (eq. 18) or, clamped, (1 - beta) h_L^0 + beta y (eq. 8). Even then odd layers (or the
     reverse, ``first``; all at once for the synchronous schedule), step size 1.
 
-    The explicit-message form keeps each layer's pre-activation z_k = pre_k(h_{k-1}) (and its pooling indices)
-    until h_{k-1} changes and sends the top-down message through ``vjp``: one convolution and one transposed
-    convolution per layer and iteration."""
+    The explicit-message form keeps each layer's pre-activation a_k (and its pooling indices) until one of its
+    inputs changes and sends the top-down messages through ``message``: one convolution and one transposed
+    convolution per layer (and skip) and iteration."""
 
     engine = "messages"
+    projected_prediction = False  # PGD (eq. 19) adds Delta_k to ReLU(a_k) instead of a_k
 
     def __call__(self, network, states, iterations, nudge=None, record=False):
         s = self.settings
@@ -276,20 +341,39 @@ class ModPGDSolver(Solver):
                 f"the {self.name} solver runs a fixed number of iterations in the parameters' dtype: "
                 "tol, dtype, channels_last and record are not supported"
             )
-        if not isinstance(nudge, EPNudge):
-            raise ValueError(f"the {self.name} solver relaxes EP-nudged phases (an EPNudge), got {nudge!r}")
-        cost, y, beta = nudge.cost, nudge.y, nudge.beta
+        if not isinstance(nudge, (EPNudge, ClampNudge)):
+            raise ValueError(
+                f"the {self.name} solver relaxes EP-nudged (EPNudge) or clamped (ClampNudge) phases, got {nudge!r}"
+            )
         states = [t.detach().clone() for t in states]
         L = network.depth
-        order = even_odd_groups(range(1, L + 1), s.schedule, s.first)
-        identity = get_activation("identity")
+        clamped = isinstance(nudge, ClampNudge)
+        if isinstance(nudge, ClampNudge):
+            states[L] = nudge.target.to(states[L].dtype).view_as(states[L]).clone()
+        order = even_odd_groups(range(1, L if clamped else L + 1), s.schedule, s.first)
         preds = network.predictions
         z: list[Any] = [None] * (L + 1)
         ctx: list[Any] = [None] * (L + 1)
         explicit = self.engine == "messages"
 
-        def refresh(k: int) -> None:  # f_k's pre-activation at the current h_{k-1}
+        def refresh(k: int) -> None:  # a_k at the current inputs of layer k
             z[k], ctx[k] = preds[k - 1].pre_ctx(states[k - 1])
+            for sk in network._skips_into[k]:
+                z[k] = z[k] + sk(states[sk.source])
+
+        def delta(j: int) -> Tensor:  # the explicit top-down message into layer j
+            total = None
+            for c in network.consumers(j):
+                g = preds[c - 1]
+                m = g.masked(z[c], states[c] - g.act(z[c]))
+                if c == j + 1:
+                    msg = g.message(ctx[c], m)
+                else:
+                    (sk,) = [t for t in network._skips_into[c] if t.source == j]
+                    msg = sk.message(m, states[j].shape)
+                total = msg if total is None else total + msg
+            assert total is not None
+            return total
 
         with torch.no_grad():
             if explicit:
@@ -300,30 +384,42 @@ class ModPGDSolver(Solver):
                     new = {}
                     for k in group:
                         f = preds[k - 1]
-                        if not explicit:
-                            zk = f.pre(states[k - 1])
-                            delta = network._top_down(k, states) if k < L else None
-                        else:
-                            zk = z[k]
-                            if k < L:
-                                g = preds[k]
-                                delta = g.vjp(states[k], z[k + 1], ctx[k + 1], states[k + 1] - g.act(z[k + 1]))
-                        if k == L:
-                            new[k] = cost.nudged_output(f.act(zk), states[k], y, beta, identity)
-                        else:
-                            new[k] = f.act(zk + delta)
+                        zk = z[k] if explicit else network.preactivation(k, states)
+                        if k == L:  # eq. (18), explicit in h_L (never reached when the output is clamped)
+                            ep = cast(EPNudge, nudge)
+                            out = f.act(zk)
+                            if ep.beta != 0.0:
+                                out = out - ep.beta * ep.cost.grad(states[L], ep.y.to(out.dtype))
+                            new[k] = out
+                            continue
+                        d = delta(k) if explicit else network.top_down(k, states)
+                        new[k] = f.act((f.act(zk) if self.projected_prediction else zk) + d)
                     for k, v in new.items():
                         states[k] = v
                     if explicit:
-                        for k in group:
-                            if k < L:
-                                refresh(k + 1)
+                        for k in sorted({c for j in group for c in network.consumers(j)}):
+                            refresh(k)
         return RelaxResult(states, iterations)
 
 
 @register_solver("mod-pgd-autograd")
 class ModPGDAutogradSolver(ModPGDSolver):
     """:class:`ModPGDSolver` with the pre-activations and top-down errors recomputed by autograd (reference)."""
+
+    engine = "autograd"
+
+
+@register_solver("pgd", reference="pgd-autograd")
+class PGDSolver(ModPGDSolver):
+    """Projected gradient descent with step 1 (eq. 19): h_k <- ReLU(ReLU(a_k) + Delta_k); differs from mod-PGD
+    only where a_k < 0 and Delta_k > 0 (the paper's Figure 6)."""
+
+    projected_prediction = True
+
+
+@register_solver("pgd-autograd")
+class PGDAutogradSolver(PGDSolver):
+    """:class:`PGDSolver` with autograd top-down errors (reference)."""
 
     engine = "autograd"
 
@@ -335,37 +431,85 @@ def pc_vgg(
     channels: Sequence[int],
     hidden: Sequence[int] = (),
     pool_every: int = 1,
-    gains: float | Sequence[float] = 0.5,
-    skip: bool = False,
+    gains: float | Sequence[float] = 1.0,
+    pools: Sequence[bool] | None = None,
+    skips: Sequence[Sequence[int]] = (),
+    fan: str = "fan_in",
 ) -> PredictiveCodingNetwork:
-    """VGG-style PCN: conv3x3 predictions (max-pool after every ``pool_every``-th), ``linear_relu`` for each
-    width in ``hidden``, then a ``linear`` top layer. channels=(128, 256, 512, 512) is "VGG5". ``skip`` gives
-    every conv prediction a residual path (``conv_skip_relu`` / ``conv_pool_skip_relu``)."""
-    pools = sum(1 for i in range(len(channels)) if (i + 1) % pool_every == 0)
-    if input_size % (2**pools):
-        raise ValueError(
-            f"input_size={input_size} must be divisible by 2**{pools} (one 2x2 pooling per {pool_every} conv layer(s))"
-        )
+    """VGG-style PCN: conv3x3 predictions (a 2x2 max-pool after those marked in ``pools``, default every
+    ``pool_every``-th), ``linear_relu`` for each width in ``hidden``, then a ``linear`` top layer; ``skips`` lists
+    (j, k) pairs, each a strided 1x1 conv skip from layer j to the conv layer k. Weights by eq. (21) with ``fan``
+    ("fan_in" or "fan_out" for the convolutions) and one gain per prediction (one value: all)."""
+    if pools is None:
+        pools = [(i + 1) % pool_every == 0 for i in range(len(channels))]
+    pools = [bool(p) for p in pools]
+    if len(pools) != len(channels):
+        raise ValueError(f"pools must mark each of the {len(channels)} conv layers, got {len(pools)} entries")
+    if fan not in FAN_MODES:
+        raise ValueError(f"unknown fan mode {fan!r}; valid modes are {list(FAN_MODES)}")
+    if input_size % (2 ** sum(pools)):
+        raise ValueError(f"input_size={input_size} must be divisible by 2**{sum(pools)} (one 2x2 max-pool per pool)")
     alphas = _gains(gains, len(channels) + len(hidden) + 1, "pc_vgg")
     layers: list[PCLayer] = []
+    shapes = [(in_channels, input_size)]  # (channels, size) of each conv-stage state h_0..h_n
     c, size = in_channels, input_size
-    for i, width in enumerate(channels):
-        pool = (i + 1) % pool_every == 0
-        layers.append(PC_LAYERS[("conv_pool" if pool else "conv") + ("_skip_relu" if skip else "_relu")](c, width))
+    for width, pool in zip(channels, pools):
+        layers.append(PC_LAYERS["conv_pool_relu" if pool else "conv_relu"](c, width))
         c, size = width, size // 2 if pool else size
+        shapes.append((c, size))
     n_in = c * size * size
     for width in hidden:
         layers.append(PC_LAYERS["linear_relu"](n_in, width))
         n_in = width
     layers.append(PC_LAYERS["linear"](n_in, num_classes))
     for layer, gain in zip(layers, alphas):
-        layer.reset_parameters(gain)
-    return PredictiveCodingNetwork(layers, num_classes, (in_channels, input_size, input_size))
+        layer.reset_parameters(gain, fan)
+    connections = []
+    for pair in skips:
+        j, k = (int(v) for v in pair)
+        if not (0 <= j and j + 2 <= k <= len(channels)):
+            raise ValueError(
+                f"skip ({j}, {k}): skips go from a layer j >= 0 to a conv layer k in [j + 2, {len(channels)}]"
+            )
+        (c_j, s_j), (c_k, s_k) = shapes[j], shapes[k]
+        if s_j % s_k:
+            raise ValueError(f"skip ({j}, {k}): layer {j} is {s_j}x{s_j}, not a multiple of layer {k}'s {s_k}x{s_k}")
+        conn = SkipConnection(j, k, c_j, c_k, s_j // s_k)
+        conn.reset_parameters(1.0, fan)
+        connections.append(conn)
+    return PredictiveCodingNetwork(layers, num_classes, (in_channels, input_size, input_size), connections)
+
+
+def vgg5(in_channels: int, num_classes: int, output_gain: float = 1.0) -> PredictiveCodingNetwork:
+    """VGG5 (Table 5) on 32x32 inputs: conv 128, conv 256 + pool, conv 512 + pool, 512 + pool, 512 + pool, dense;
+    fan_in init (eq. 21), gain 1 (``output_gain`` 0.2 for ImageNet32 with the MSE)."""
+    gains = [1.0] * len(VGG5_CHANNELS) + [output_gain]
+    return pc_vgg(in_channels, num_classes, 32, VGG5_CHANNELS, pools=VGG5_POOLS, gains=gains, fan="fan_in")
+
+
+def vgg10(
+    num_classes: int = 1000, input_size: int = 224, skips: Sequence[Sequence[int]] = ()
+) -> PredictiveCodingNetwork:
+    """VGG10 (Table 6): eight convs (64+p, 128+p, 256, 256+p, 512, 512+p, 512, 512+p), dense 2048, dense out;
+    fan_out init for the convolutions (eq. 21)."""
+    return pc_vgg(
+        3, num_classes, input_size, VGG10_CHANNELS, VGG10_HIDDEN, pools=VGG10_POOLS, skips=skips, fan="fan_out"
+    )
+
+
+def vgg10_skip(num_classes: int = 1000, input_size: int = 224) -> PredictiveCodingNetwork:
+    """VGG10Skip (section 5.5): VGG10 plus strided 1x1 conv skips from layer 2 to 5 and from 5 to 8."""
+    return vgg10(num_classes, input_size, VGG10_SKIPS)
 
 
 def _build_pcn(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> PredictiveCodingNetwork:
     c, _, size = image_input("pcn", input_shape)
-    return pc_vgg(c, num_classes, size, cfg.channels, cfg.hidden, cfg.pool_every, cfg.gains, skip=cfg.skip)
+    try:
+        return pc_vgg(
+            c, num_classes, size, cfg.channels, cfg.hidden, cfg.pool_every, cfg.gains, cfg.pools, cfg.skips, cfg.fan
+        )
+    except ValueError as exc:
+        raise ConfigError(f"model=pcn: {exc}") from None
 
 
 register_model(
@@ -373,5 +517,5 @@ register_model(
     _build_pcn,
     "pcn",
     solver="mod-pgd",
-    description="VGG-style predictive-coding net (channels, hidden, pool_every, skip, gains)",
+    description="VGG-style predictive-coding net (channels, pools, hidden, skips, fan, gains)",
 )

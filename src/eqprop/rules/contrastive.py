@@ -84,7 +84,7 @@ class Contrastive(RelaxingAlgorithm):
     ) -> RelaxResult:
         """K iterations from the free state with nudging value ``beta`` (eq. 4 or eq. 7). At beta = 0 a model
         whose free phase is exact (``exact_free_phase``, e.g. a PCN's forward pass) is already there."""
-        if beta == 0.0 and self.mode == "ep" and getattr(model, "exact_free_phase", False):
+        if beta == 0.0 and getattr(model, "exact_free_phase", False):  # no nudge, or clamped to the free output
             return free
         return self.phases.nudged(model, free.states, self.nudge(beta, y, free, signal_targets))
 

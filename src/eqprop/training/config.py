@@ -157,10 +157,20 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"signals={kind!r} distil a conv teacher's block logits: use model={' or '.join(blocky)}")
 
 
+# keys that no longer exist, with what replaces them
+REMOVED = {
+    "skip": "config key 'skip' (a residual path around every PCN conv, our pre-paper guess) was removed: declare "
+    "the PCN paper's skip connections with skips, e.g. skips: [[2, 5], [5, 8]] for VGG10Skip",
+}
+
+
 def sectioned(values: Mapping[str, Any], where: str = "") -> dict[str, dict[str, Any]]:
     """A mapping of flat keys, ``section.key`` keys and section mappings, as {section: {field: value}}."""
     out: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     for key, value in values.items():
+        name = key.split(".", 1)[-1]
+        if name in REMOVED or (key in SECTIONS and isinstance(value, Mapping) and set(value) & set(REMOVED)):
+            raise ConfigError(where + REMOVED[name if name in REMOVED else sorted(set(value) & set(REMOVED))[0]])
         if key in SECTIONS and isinstance(value, Mapping):
             fields = {f.name for f in dataclasses.fields(SECTIONS[key])}
             for sub, v in value.items():

@@ -9,6 +9,8 @@ batches, so padding is black as in torchvision's ``RandomCrop``; normalisation c
 - ``mnist``, ``fashion_mnist``: IDX files (plain or .gz), padded to 32x32 by two pixels per side (appendix D).
 - ``svhn``: ``train_32x32.mat``/``test_32x32.mat``; ``cifar10``/``cifar100``: the python pickle batches.
   These three are read by torchvision's dataset classes; ``download=True`` fetches files through torchvision.
+- ``imagenet32``: the downsampled-ImageNet npz release; ``imagenet``: an ImageFolder tree, decoded lazily.
+- ``normalization=pcn`` swaps in the PCN paper's Table 4 (:data:`PCN_NORMALIZATION`).
 
 Register a new data set with :func:`register_dataset`.
 """
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..registry import canonical_name
 from ..settings import Section, check_choice, setting
 
@@ -53,6 +55,9 @@ __all__ = [
     "IMAGENET_STD",
     "DataSection",
     "epoch_batches",
+    "load_imagenet32",
+    "PCN_NORMALIZATION",
+    "normalize_as",
 ]
 
 
@@ -403,6 +408,87 @@ def load_cifar100(
     )
 
 
+# ---------------------------------------------------------------------------------------- ImageNet32
+def load_imagenet32(
+    data_dir: str | os.PathLike,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    download: bool = False,
+) -> ImageData:
+    """Downsampled ImageNet 32x32 (Chrabaszcz et al.'s npz release): ``train_data_batch_1..10.npz`` and
+    ``val_data.npz`` in ``data_dir`` (or its ``Imagenet32_train_npz/`` and ``Imagenet32_val_npz/`` folders), each
+    with ``data`` (N, 3072) uint8 in channel-major order and ``labels`` 1..1000. The val set is the test set."""
+    if download:
+        raise DataError("imagenet32 cannot be downloaded automatically; place its npz files in data_dir")
+    root = Path(data_dir)
+
+    def find(name: str, sub: str) -> Path | None:
+        return next((p for p in (root / name, root / sub / name) if p.exists()), None)
+
+    train_files = [find(f"train_data_batch_{i}.npz", "Imagenet32_train_npz") for i in range(1, 11)]
+    val_file = find("val_data.npz", "Imagenet32_val_npz")
+    missing = [f"train_data_batch_{i}.npz" for i, p in enumerate(train_files, 1) if p is None]
+    missing += [] if val_file is not None else ["val_data.npz"]
+    if missing:
+        raise FileNotFoundError(
+            f"imagenet32: files {missing} not found in {root.resolve()} (nor in its Imagenet32_train_npz/ and "
+            "Imagenet32_val_npz/ folders); point data_dir at the folder holding the npz release"
+        )
+
+    def read(paths: list[Path], limit: int | None) -> tuple[Tensor, Tensor]:
+        images, labels, n = [], [], 0
+        for path in paths:
+            if limit is not None and n >= limit:
+                break
+            try:
+                with np.load(path) as f:
+                    x, y = f["data"], np.asarray(f["labels"]).reshape(-1)
+            except (OSError, ValueError, KeyError, EOFError) as exc:
+                raise DataError(f"{path} is not an ImageNet32 npz file with 'data' and 'labels' ({exc})") from None
+            if x.ndim != 2 or x.shape[1] != 3072 or x.dtype != np.uint8:
+                raise DataError(f"{path}: 'data' must be (N, 3072) uint8, got {x.shape} {x.dtype}")
+            if len(y) != len(x):
+                raise DataError(f"{path}: {len(x)} images but {len(y)} labels")
+            if len(y) and (y.min() < 1 or y.max() > 1000):
+                raise DataError(f"{path}: labels must lie in 1..1000, got {int(y.min())}..{int(y.max())}")
+            images.append(x.reshape(-1, 3, 32, 32))
+            labels.append(y.astype(np.int64) - 1)
+            n += len(x)
+        xs, ys = np.concatenate(images)[:limit], np.concatenate(labels)[:limit]
+        return torch.from_numpy(np.ascontiguousarray(xs)), torch.from_numpy(ys)
+
+    train = read([p for p in train_files if p is not None], limit_train)
+    test = read([val_file], limit_test)  # type: ignore[list-item]
+    return ImageData("imagenet32", *train, *test, mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=1000, flip=True)
+
+
+# The PCN paper's Table 4 (its CIFAR-10 std is the usual one, a third of the comparative study's)
+PCN_NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "imagenet32": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+NORMALIZATIONS = ("dataset", "pcn")
+
+
+def normalize_as(data: ImageData, normalization: str) -> ImageData:
+    """Set the data set's mean and std: ``dataset`` keeps its own (the comparative study's Table 4 where it has
+    one), ``pcn`` takes the PCN paper's Table 4."""
+    if normalization == "dataset":
+        return data
+    if normalization != "pcn":
+        raise DataError(f"unknown normalization {normalization!r}; valid ones are {list(NORMALIZATIONS)}")
+    if data.name not in PCN_NORMALIZATION:
+        raise DataError(
+            f"the PCN paper's Table 4 has no statistics for {data.name}; it covers {sorted(PCN_NORMALIZATION)} "
+            "(use normalization=dataset)"
+        )
+    data.mean, data.std = PCN_NORMALIZATION[data.name]
+    return data
+
+
 # -------------------------------------------------------------------------------------------- registry
 
 
@@ -594,6 +680,7 @@ register_dataset(DatasetSpec("fashion_mnist", 1, 32, 10, _files(load_fashion_mni
 register_dataset(DatasetSpec("svhn", 3, 32, 10, _files(load_svhn, checksums=True)))
 register_dataset(DatasetSpec("cifar10", 3, 32, 10, _files(load_cifar10, checksums=True)))
 register_dataset(DatasetSpec("cifar100", 3, 32, 100, _files(load_cifar100, checksums=True)))
+register_dataset(DatasetSpec("imagenet32", 3, 32, 1000, _files(load_imagenet32, checksums=False)))
 
 
 def load_dataset(
@@ -638,10 +725,17 @@ class DataSection(Section):
     image_size: int = setting(16, "digits only: resize the 8x8 images to this size (file-based sets keep theirs)")
     flip: bool | None = setting(None, "random horizontal flips in training; null: the paper's choice per data set")
     crop_padding: int = setting(0, "random crops after padding by this many pixels; 0: off")
+    normalization: str = setting("dataset", "mean/std: dataset (the data set's own) or pcn (the PCN paper's Table 4)")
     limit_train: int | None = setting(None, "keep the first N training images (quick runs, tests)")
     limit_test: int | None = setting(None, "keep the first N test images")
 
     def validate(self) -> None:
         self.dataset = check_choice("dataset", self.dataset, dataset_names())
+        self.normalization = check_choice("normalization", self.normalization, list(NORMALIZATIONS))
+        if self.normalization == "pcn" and self.dataset not in PCN_NORMALIZATION:
+            raise ConfigError(
+                f"normalization=pcn: the PCN paper's Table 4 has no statistics for {self.dataset}; it covers "
+                f"{sorted(PCN_NORMALIZATION)}"
+            )
         self.at_least(1, "image_size", "limit_train", "limit_test")
         self.at_least(0, "crop_padding")

@@ -47,6 +47,16 @@ def read_run(run_dir: str | Path) -> Run:
     return Run(run_dir, config, [by_epoch[e] for e in sorted(by_epoch)])
 
 
+def _many_classes(dataset: str) -> bool:
+    """Whether top-5 error is reported for a data set (100 or more classes, as in the PCN paper's tables)."""
+    from .data import dataset_spec
+
+    try:
+        return dataset_spec(dataset).num_classes >= 100
+    except DataError:  # a data set registered by a plugin that is not loaded here: no top-5 column
+        return False
+
+
 def _save(fig: Any, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
@@ -104,7 +114,9 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
     runs = [read_run(d) for d in run_dirs]
     if not any(r.metrics for r in runs):
         raise DataError(f"no epoch metrics in {[str(r.path) for r in runs]}: nothing to plot")
-    fig, (ax_err, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    top5 = [r for r in runs if r.metrics and _many_classes(r.config["dataset"]) and "test_top5_error" in r.metrics[0]]
+    fig, axes = plt.subplots(1, 3 if top5 else 2, figsize=(16.5 if top5 else 11, 4))
+    ax_err, ax_loss = axes[0], axes[1]
     for k, run in enumerate(runs):
         if not run.metrics:
             continue
@@ -116,9 +128,17 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
         )
         ax_loss.plot(epochs, [m["test_loss"] for m in run.metrics], color=color, label=f"{run.label} test")
         ax_loss.plot(epochs, [m["train_loss"] for m in run.metrics], color=color, ls="--", label=f"{run.label} train")
-    ax_err.set(xlabel="epoch", ylabel="error rate (%)", title="error (solid: test, dashed: train)")
+    ax_err.set(xlabel="epoch", ylabel="error rate (%)", title="top-1 error (solid: test, dashed: train)")
     ax_loss.set(xlabel="epoch", ylabel="cost", title="loss (solid: test, dashed: train)")
-    for ax in (ax_err, ax_loss):
+    if top5:  # 100- and 1000-class sets: the top-5 test error the PCN paper reports
+        ax5 = axes[2]
+        for k, run in enumerate(runs):
+            if run in top5:
+                epochs = [m["epoch"] for m in run.metrics]
+                ax5.plot(epochs, [100 * m["test_top5_error"] for m in run.metrics], color=f"C{k % 10}", label=run.label)
+        ax5.set(xlabel="epoch", ylabel="top-5 error rate (%)", title="top-5 test error (100+ classes)")
+        ax5.legend(fontsize=7, loc="best")
+    for ax in axes:
         ax.grid(alpha=0.3)
     ax_err.set_yscale("log")
     ax_loss.legend(fontsize=7, loc="best")
@@ -135,8 +155,9 @@ def _cell(values: list[float]) -> str:
 
 
 def results_table(run_dirs: Sequence[str | Path], metric: str = "final") -> str:
-    """Markdown table in Table 1's layout: rows = algorithms, columns = (data set: test, train) error in %,
-    mean ± sample std over seeds, from each run's final epoch (``metric='best'``: its lowest test error)."""
+    """Markdown table in Table 1's layout: rows = algorithms, columns = (data set: test, train) error in % (plus
+    the top-5 test error for 100- and 1000-class sets), mean ± sample std over seeds, from each run's final epoch
+    (``metric='best'``: its lowest test error)."""
     from ..rules.base import algorithm_names
     from .data import dataset_names
 
@@ -148,21 +169,25 @@ def results_table(run_dirs: Sequence[str | Path], metric: str = "final") -> str:
         if not run.metrics:
             continue
         row = min(run.metrics, key=lambda m: m["test_error"]) if metric == "best" else run.final
-        cell = cells.setdefault((run.config["algorithm"], run.config["dataset"]), {"test": [], "train": []})
+        cell = cells.setdefault((run.config["algorithm"], run.config["dataset"]), {"test": [], "train": [], "top5": []})
         cell["test"].append(row["test_error"])
         cell["train"].append(row["train_error"])
+        if "test_top5_error" in row:
+            cell["top5"].append(row["test_top5_error"])
     if not cells:
         raise DataError("none of the runs has finished an epoch: nothing to tabulate")
     order_a, order_d = algorithm_names(), dataset_names()
     algos = sorted({a for a, _ in cells}, key=lambda a: order_a.index(a) if a in order_a else len(order_a))
     sets = sorted({d for _, d in cells}, key=lambda d: order_d.index(d) if d in order_d else len(order_d))
-    header = "| algorithm | " + " | ".join(f"{d} test | {d} train" for d in sets) + " |"
-    lines = [header, "|" + " --- |" * (1 + 2 * len(sets))]
+    top5 = {d for d in sets if _many_classes(d)}  # 100- and 1000-class sets also get a top-5 test column
+    columns = [f"{d} test | {d} top-5 test | {d} train" if d in top5 else f"{d} test | {d} train" for d in sets]
+    header = "| algorithm | " + " | ".join(columns) + " |"
+    lines = [header, "|" + " --- |" * (1 + 2 * len(sets) + len(top5))]
     for a in algos:
         parts = []
         for d in sets:
-            cell = cells.get((a, d), {"test": [], "train": []})
-            parts += [_cell(cell["test"]), _cell(cell["train"])]
+            cell = cells.get((a, d), {"test": [], "train": [], "top5": []})
+            parts += [_cell(cell["test"])] + ([_cell(cell["top5"])] if d in top5 else []) + [_cell(cell["train"])]
         lines.append(f"| {a} | " + " | ".join(parts) + " |")
     seeds = sorted({len(c["test"]) for c in cells.values()})
     lines.append("")

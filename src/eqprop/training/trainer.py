@@ -32,7 +32,7 @@ from ..rules.phases import Phases
 from ..rules.signals import KnowledgeDistillation, LocalError, WeightedKnowledgeDistillation
 from .callbacks import BatchFunction, Callback, Diagnostics, DivergenceError, DivergenceGuard, KappaSchedule
 from .config import ConfigError, TrainConfig, config_from_dict, parse_overrides
-from .data import ImageData, epoch_batches, load_dataset
+from .data import ImageData, epoch_batches, load_dataset, normalize_as
 from .optim import layer_rates, make_optimizer, make_scheduler
 from .run_directory import RunDirectory, restore_rng, rng_state
 from .teacher import ConvTeacher, TeacherFeatures, load_or_train_teacher
@@ -54,8 +54,8 @@ __all__ = [
 
 
 def load_data(cfg: TrainConfig) -> ImageData:
-    """The data set a config names, with its subset limits."""
-    return load_dataset(
+    """The data set a config names, with its subset limits and normalisation."""
+    data = load_dataset(
         cfg.dataset,
         cfg.data_dir,
         image_size=cfg.image_size,
@@ -65,6 +65,7 @@ def load_data(cfg: TrainConfig) -> ImageData:
         download=cfg.download,
         verify_checksums=cfg.verify_checksums,
     )
+    return normalize_as(data, cfg.normalization)
 
 
 def build_network(cfg: TrainConfig, in_shape: tuple[int, ...], num_classes: int) -> Any:

@@ -1,0 +1,49 @@
+"""Results: the top-5 test error reaches the tables and plots for 100- and 1000-class data sets (PCN paper)."""
+
+import json
+
+import pytest
+
+from eqprop.training.results import plot_runs, results_table
+
+
+def fake_run(root, name, dataset, errors):
+    d = root / name
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"algorithm": "PC-CEP", "dataset": dataset, "seed": 0}))
+    rows = [
+        dict(epoch=i + 1, test_error=e, test_top5_error=e / 3, train_error=e / 2, test_loss=1.0, train_loss=1.0)
+        for i, e in enumerate(errors)
+    ]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+
+def test_table_has_a_top5_column_for_100_and_1000_class_sets_only(tmp_path):
+    runs = [fake_run(tmp_path, "a", "cifar100", [0.5, 0.36]), fake_run(tmp_path, "b", "mnist", [0.1, 0.01])]
+    table = results_table(runs)
+    header = table.splitlines()[0]
+    assert header == "| algorithm | mnist test | mnist train | cifar100 test | cifar100 top-5 test | cifar100 train |"
+    assert "| PC-CEP | 1.00 | 0.50 | 36.00 | 12.00 | 18.00 |" in table
+    imagenet32 = results_table([fake_run(tmp_path, "c", "imagenet32", [0.6])])
+    assert "imagenet32 top-5 test" in imagenet32 and "| PC-CEP | 60.00 | 20.00 | 30.00 |" in imagenet32
+
+
+@pytest.mark.parametrize("dataset, panels", [("cifar100", 3), ("mnist", 2)])
+def test_plot_adds_a_top5_panel_for_many_classes(tmp_path, dataset, panels, monkeypatch):
+    seen = {}
+    import matplotlib.figure
+
+    original = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        seen["titles"] = [ax.get_title() for ax in fig.axes]
+        seen["lines"] = [len(ax.lines) for ax in fig.axes]
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    run = fake_run(tmp_path, "a", dataset, [0.5, 0.4])
+    out = plot_runs([run], tmp_path / "p.png")
+    assert out.read_bytes()[:4] == b"\x89PNG" and len(seen["titles"]) == panels
+    if panels == 3:
+        assert "top-5" in seen["titles"][2] and seen["lines"][2] == 1
