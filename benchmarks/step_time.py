@@ -25,103 +25,29 @@ from report import write_report
 
 from eqprop import dchn, get_algorithm, make_optimizer, set_fused_kernels
 
+SYNC32 = dict(schedule="synchronous", dtype=None, free_iterations=250, nudged_iterations=30)
+ASYNC16 = dict(schedule="asynchronous", dtype="bfloat16", free_iterations=60, nudged_iterations=15)
+FAST = dict(cuda_graphs=True, channels_last=True)  # CUDA graphs + channels-last (GPU only)
+DEVREF = dict(nudged_precision="deviation", refine_iterations=10)
 SETTINGS = {
-    "sync32": dict(schedule="synchronous", dtype=None, free_iterations=250, nudged_iterations=30),
-    "async16": dict(schedule="asynchronous", dtype="bfloat16", free_iterations=60, nudged_iterations=15),
-    "async32": dict(schedule="asynchronous", dtype=None, free_iterations=60, nudged_iterations=15),
-    # the same two settings with CUDA graphs + channels-last (GPU only)
-    "sync32_fast": dict(
-        schedule="synchronous",
-        dtype=None,
-        free_iterations=250,
-        nudged_iterations=30,
-        cuda_graphs=True,
-        channels_last=True,
-    ),
-    "async16_fast": dict(
-        schedule="asynchronous",
-        dtype="bfloat16",
-        free_iterations=60,
-        nudged_iterations=15,
-        cuda_graphs=True,
-        channels_last=True,
-    ),
-    "async16_cl": dict(
-        schedule="asynchronous", dtype="bfloat16", free_iterations=60, nudged_iterations=15, channels_last=True
-    ),
-    "async16_graphs": dict(
-        schedule="asynchronous", dtype="bfloat16", free_iterations=60, nudged_iterations=15, cuda_graphs=True
-    ),
+    "sync32": SYNC32,
+    "async16": ASYNC16,
+    "async32": dict(ASYNC16, dtype=None),
+    "sync32_fast": SYNC32 | FAST,
+    "async16_fast": ASYNC16 | FAST,
+    "async16_cl": dict(ASYNC16, channels_last=True),
+    "async16_graphs": dict(ASYNC16, cuda_graphs=True),
     # nudged phases in fp32, or in deviation mode (fp32 states, bf16 convolutions of s - s_free)
-    "async16_full_fast": dict(
-        schedule="asynchronous",
-        dtype="bfloat16",
-        free_iterations=60,
-        nudged_iterations=15,
-        cuda_graphs=True,
-        channels_last=True,
-        nudged_precision="full",
-    ),
-    "async16_devref_fast": dict(
-        schedule="asynchronous",
-        dtype="bfloat16",
-        free_iterations=60,
-        nudged_iterations=15,
-        cuda_graphs=True,
-        channels_last=True,
-        nudged_precision="deviation",
-        refine_iterations=10,
-    ),
+    "async16_full_fast": ASYNC16 | FAST | dict(nudged_precision="full"),
+    "async16_devref_fast": ASYNC16 | FAST | DEVREF,
     # the same with torch.compile'd 2x2 pooling kernels (int8 pooling codes)
-    "async16_fused": dict(
-        schedule="asynchronous",
-        dtype="bfloat16",
-        free_iterations=60,
-        nudged_iterations=15,
-        cuda_graphs=True,
-        channels_last=True,
-        fused=True,
-    ),
-    "async16_devref_fused": dict(
-        schedule="asynchronous",
-        dtype="bfloat16",
-        free_iterations=60,
-        nudged_iterations=15,
-        cuda_graphs=True,
-        channels_last=True,
-        nudged_precision="deviation",
-        refine_iterations=10,
-        fused=True,
-    ),
-    "sync32_fused": dict(
-        schedule="synchronous",
-        dtype=None,
-        free_iterations=250,
-        nudged_iterations=30,
-        cuda_graphs=True,
-        channels_last=True,
-        fused=True,
-    ),
-    "async16_dev_fast": dict(
-        schedule="asynchronous",
-        dtype="bfloat16",
-        free_iterations=60,
-        nudged_iterations=15,
-        cuda_graphs=True,
-        channels_last=True,
-        nudged_precision="deviation",
-    ),
+    "async16_fused": ASYNC16 | FAST | dict(fused=True),
+    "async16_devref_fused": ASYNC16 | FAST | DEVREF | dict(fused=True),
+    "sync32_fused": SYNC32 | FAST | dict(fused=True),
+    "async16_dev_fast": ASYNC16 | FAST | dict(nudged_precision="deviation"),
     # exact fp32 (TF32 off: PyTorch's cuDNN default turns TF32 on for "fp32" convolutions)
-    "sync32_exact": dict(schedule="synchronous", dtype=None, free_iterations=250, nudged_iterations=30, tf32=False),
-    "sync32_exact_fast": dict(
-        schedule="synchronous",
-        dtype=None,
-        free_iterations=250,
-        nudged_iterations=30,
-        cuda_graphs=True,
-        channels_last=True,
-        tf32=False,
-    ),
+    "sync32_exact": dict(SYNC32, tf32=False),
+    "sync32_exact_fast": SYNC32 | FAST | dict(tf32=False),
 }
 # dense tensor-core peaks in FLOP/s (vendor figures, no sparsity). "float32" convolutions run as TF32 under
 # PyTorch's default (torch.backends.cudnn.allow_tf32 = True), so their peak is the TF32 one.
