@@ -149,12 +149,13 @@ class ModelSection(Section):
     def validate(self) -> None:
         from ..core.layers import ACTIVATIONS
         from .hamiltonian import HRU_TYPES
+        from .predictive_coding import FAN_MODES
 
         self.kind = check_choice("model", self.kind, model_names())
         self.activation = check_choice("activation", self.activation, sorted(ACTIVATIONS))
         self.hru = check_choice("hru", self.hru, sorted(HRU_TYPES))
         self.at_least(1, "pool_every")
-        self.fan = check_choice("fan", self.fan, ["fan_in", "fan_out"])
+        self.fan = check_choice("fan", self.fan, list(FAN_MODES))
         if self.pools is not None and len(self.pools) != len(self.channels):
             raise ConfigError(
                 f"config key 'pools' marks each conv layer: expected {len(self.channels)} entries (one per "

@@ -280,10 +280,6 @@ class PredictiveCodingNetwork(nn.Module):
         """The layers whose prediction reads h_j (j + 1 and the targets of skips from j)."""
         return ([j + 1] if j < self.depth else []) + [s.target for s in self._skips_from[j]]
 
-    def inputs(self, k: int) -> list[int]:
-        """The layers layer k's prediction reads (k - 1 and the sources of skips into k)."""
-        return [k - 1] + [s.source for s in self._skips_into[k]]
-
     def top_down(self, k: int, states: Sequence[Tensor]) -> Tensor:
         """Delta_k = -d(sum over consumers c of 1/2 ||eps_c||^2)/dh_k = eps_k - dE/dh_k, by autograd (the reference
         for the explicit messages)."""
@@ -347,10 +343,9 @@ class ModPGDSolver(Solver):
             )
         states = [t.detach().clone() for t in states]
         L = network.depth
-        clamped = isinstance(nudge, ClampNudge)
-        if isinstance(nudge, ClampNudge):
+        if isinstance(nudge, ClampNudge):  # eq. (8): the output is held; only the hidden layers are relaxed
             states[L] = nudge.target.to(states[L].dtype).view_as(states[L]).clone()
-        order = even_odd_groups(range(1, L if clamped else L + 1), s.schedule, s.first)
+        order = even_odd_groups(range(1, L if isinstance(nudge, ClampNudge) else L + 1), s.schedule, s.first)
         preds = network.predictions
         z: list[Any] = [None] * (L + 1)
         ctx: list[Any] = [None] * (L + 1)
@@ -361,18 +356,14 @@ class ModPGDSolver(Solver):
             for sk in network._skips_into[k]:
                 z[k] = z[k] + sk(states[sk.source])
 
-        def delta(j: int) -> Tensor:  # the explicit top-down message into layer j
-            total = None
-            for c in network.consumers(j):
-                g = preds[c - 1]
-                m = g.masked(z[c], states[c] - g.act(z[c]))
-                if c == j + 1:
-                    msg = g.message(ctx[c], m)
-                else:
-                    (sk,) = [t for t in network._skips_into[c] if t.source == j]
-                    msg = sk.message(m, states[j].shape)
-                total = msg if total is None else total + msg
-            assert total is not None
+        def masked_error(c: int) -> Tensor:  # act'(a_c) * eps_c, what layer c sends down to its inputs
+            g = preds[c - 1]
+            return g.masked(z[c], states[c] - g.act(z[c]))
+
+        def delta(j: int) -> Tensor:  # the explicit top-down message into hidden layer j: from j + 1 and skips
+            total = preds[j].message(ctx[j + 1], masked_error(j + 1))
+            for sk in network._skips_from[j]:
+                total = total + sk.message(masked_error(sk.target), states[j].shape)
             return total
 
         with torch.no_grad():
@@ -445,8 +436,6 @@ def pc_vgg(
     pools = [bool(p) for p in pools]
     if len(pools) != len(channels):
         raise ValueError(f"pools must mark each of the {len(channels)} conv layers, got {len(pools)} entries")
-    if fan not in FAN_MODES:
-        raise ValueError(f"unknown fan mode {fan!r}; valid modes are {list(FAN_MODES)}")
     if input_size % (2 ** sum(pools)):
         raise ValueError(f"input_size={input_size} must be divisible by 2**{sum(pools)} (one 2x2 max-pool per pool)")
     alphas = _gains(gains, len(channels) + len(hidden) + 1, "pc_vgg")
