@@ -1,23 +1,24 @@
 """Command line: ``eqprop train | eval | plot | table | study``.
 
 ``eqprop train`` with no arguments trains a small DCHN with C-EP on scikit-learn's bundled digits.
-``eqprop train CONFIG.yaml key=value ...`` runs an experiment file with overrides; ``--resume RUN_DIR``
-continues a stopped run; ``--help-config`` lists every key, its type and default. Exit codes: 0 done,
-2 bad input (a :class:`~eqprop.errors.ConfigError`, :class:`~eqprop.errors.DataError` or a missing file; any other
-exception is a bug and surfaces with its traceback), 3 diverged, 130 interrupted (SIGINT), 143 terminated (SIGTERM);
-both leave a checkpoint.
+``eqprop train CONFIG.yaml key=value ...`` runs an experiment file with overrides (before or after the options);
+``--resume RUN_DIR`` continues a stopped run, ``--extend RUN_DIR epochs=N`` trains a finished one further as a new
+run; ``--help-config`` lists every key, its type and default. Exit codes: 0 done, 2 bad input (a
+:class:`~eqprop.errors.ConfigError`, :class:`~eqprop.errors.DataError`, :class:`~eqprop.errors.RunError` or a missing
+file; any other exception is a bug and surfaces with its traceback), 3 diverged, 130 interrupted (SIGINT),
+143 terminated (SIGTERM); both leave a checkpoint. Torch is imported only by the commands that need it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import ConfigError, DataError
-from .training.config import load_config
+from .errors import ConfigError, DataError, RunError
 
 __all__ = ["main"]
 
@@ -34,7 +35,21 @@ def _data_dir(args: argparse.Namespace) -> list[str]:
     return [f"data_dir={args.data_dir}"] if getattr(args, "data_dir", None) else []
 
 
+def _writing(path: str | Path) -> Path:
+    """``path`` (``~`` expanded) after checking that its folder can be written (a RunError saying so if not)."""
+    path = Path(path).expanduser()
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"cannot create {folder} for {path.name} ({exc.strerror}); choose a writable -o path") from None
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise RunError(f"cannot write {path} (permission denied); choose a writable -o path")
+    return path
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .training.config import load_config
     from .training.trainer import Trainer
 
     if args.help_config:
@@ -49,30 +64,40 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     config, overrides = _split_config(args.items)
     overrides += _data_dir(args)
+    mode = "overwrite" if args.overwrite else "new"
+    if args.resume and args.extend:
+        raise ConfigError("give --resume RUN_DIR (continue a stopped run) or --extend RUN_DIR (train more), not both")
+    if (args.resume or args.extend) and config is not None:
+        raise ConfigError(
+            f"--{'resume' if args.resume else 'extend'} takes the run's own config; give only key=value overrides "
+            f"(such as device=cpu), not {config!r}"
+        )
+    if args.checkpoint != "last" and not args.resume:
+        raise ConfigError("--checkpoint chooses the checkpoint that --resume continues from; it needs --resume")
     if args.resume:
-        if config is not None:
-            raise ConfigError(
-                "--resume takes the run's own config; give only key=value overrides "
-                f"(such as device=cpu), not {config!r}"
-            )
-        trainer = Trainer.resume(args.resume, overrides)
+        if args.overwrite:
+            raise ConfigError("--overwrite starts a run afresh; it cannot go with --resume")
+        trainer = Trainer.resume(Path(args.resume).expanduser(), overrides, checkpoint=args.checkpoint)
+    elif args.extend:
+        trainer = Trainer.extend(Path(args.extend).expanduser(), overrides, run_mode=mode)
     else:
         cfg = load_config(config, overrides)
         if cfg.out_dir is None:
-            cfg.out_dir = str(
-                Path("runs") / f"{cfg.dataset}_{cfg.algorithm}_seed{cfg.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
-            )
-        trainer = Trainer(cfg)
+            name = Path("runs") / f"{cfg.dataset}_{cfg.algorithm}_seed{cfg.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
+            out, n = name, 1
+            while out.exists():  # another run started in the same second
+                n += 1
+                out = name.with_name(f"{name.name}-{n}")
+            cfg.out_dir = str(out)
+        trainer = Trainer(cfg, run_mode=mode)
     trainer.fit()
-    if trainer.out:
-        print(f"eqprop: run directory {trainer.out}")
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .training.trainer import evaluate, load_run
 
-    trainer, state = load_run(args.run_dir, args.checkpoint, [*args.overrides, *_data_dir(args)])
+    trainer, state = load_run(Path(args.run_dir).expanduser(), args.checkpoint, [*args.overrides, *_data_dir(args)])
     res = evaluate(trainer.network, trainer.algorithm, trainer.data, trainer.device, flatten=trainer.flatten)
     print(
         f"{args.run_dir} ({args.checkpoint} checkpoint, epoch {state['epoch']}): test error "
@@ -85,16 +110,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .training.results import plot_runs
 
-    print(f"eqprop: wrote {plot_runs(args.run_dirs, args.output)}")
+    print(f"eqprop: wrote {plot_runs(args.run_dirs, _writing(args.output))}")
     return 0
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
     from .training.results import results_table
 
+    output = _writing(args.output) if args.output else None
     table = results_table(args.run_dirs, metric=args.metric)
-    if args.output:
-        Path(args.output).write_text(table + "\n")
+    if output is not None:
+        output.write_text(table + "\n")
     print(table)
     return 0
 
@@ -110,6 +136,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
         args.seeds,
         args.jobs,
         [*args.overrides, *_data_dir(args)],
+        overwrite=args.overwrite,
     )
     failed = [r for r in runs if r.returncode != 0]
     if failed:
@@ -134,6 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="an experiment YAML file, then overrides such as algorithm=NEP epochs=3",
     )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument(
+        "--checkpoint",
+        choices=["last", "best"],
+        default="last",
+        help="with --resume: the checkpoint to continue from (best: when the last one is damaged)",
+    )
+    p.add_argument(
+        "--extend",
+        metavar="RUN_DIR",
+        help="train the finished run in RUN_DIR for more epochs (epochs=N) as a new run from its last checkpoint",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="delete the earlier run in out_dir first (default: refuse to reuse it)"
+    )
     p.add_argument("--help-config", action="store_true", help="list the config keys, their types and defaults")
     p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
     p.set_defaults(func=_cmd_train)
@@ -164,29 +205,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int)
     p.add_argument("--jobs", type=int, help="runs at once, each its own process (default: the config's, or 1)")
     p.add_argument("--out", default="runs/study", help="the study directory (default: runs/study)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="re-run from scratch the runs whose saved config differs from this command's (default: refuse)",
+    )
     p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
     p.set_defaults(func=_cmd_study)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from .training.trainer import DivergenceError, Interrupted
+# the subcommands whose positional ``key=value`` overrides may also come after the options
+_OVERRIDES = {"train": "items", "eval": "overrides", "study": "overrides"}
 
-    args = build_parser().parse_args(argv)
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``key=value`` overrides accepted before and after the options."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    target = _OVERRIDES.get(args.command)
+    if target == "items" and extra and not args.items and not extra[0].startswith("-") and "=" not in extra[0]:
+        args.items, extra = [extra[0]], extra[1:]  # the experiment file, given after an option
+    stray = [e for e in extra if e.startswith("-") or "=" not in e]
+    if extra and (target is None or stray):
+        parser.parse_args(argv)  # argparse's own message for what it does not know, exit code 2
+    if extra:
+        setattr(args, target, [*getattr(args, target), *extra])  # type: ignore[arg-type]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileNotFoundError) as exc:  # bad input; anything else is a bug: traceback
+    except (ConfigError, DataError, RunError, FileNotFoundError) as exc:  # bad input; anything else is a bug
         print(f"eqprop: error: {exc}", file=sys.stderr)
         return 2
-    except DivergenceError as exc:
-        print(f"eqprop: {exc}", file=sys.stderr)
-        return 3
-    except Interrupted as exc:
-        print(f"eqprop: {exc}", file=sys.stderr)
-        return 143 if exc.signame == "SIGTERM" else 130
     except KeyboardInterrupt:
         print("eqprop: interrupted; the last checkpoint is kept", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from .training.trainer import DivergenceError, Interrupted
+
+        if isinstance(exc, DivergenceError):
+            print(f"eqprop: {exc}", file=sys.stderr)
+            return 3
+        if isinstance(exc, Interrupted):
+            print(f"eqprop: {exc}", file=sys.stderr)
+            return 143 if exc.signame == "SIGTERM" else 130
+        raise
 
 
 if __name__ == "__main__":

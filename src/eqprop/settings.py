@@ -1,7 +1,8 @@
 """Typed, validated config sections: the base class each owner module's section derives from.
 
 A section is a dataclass whose fields carry a one-line description (``setting(default, "doc")``). Values are
-checked against the field types (ints widen to floats, numbers must be finite) when the section is built, and
+checked against the field types (ints widen to floats, numbers must be finite; ``~`` and ``$VARS`` are expanded in
+path keys, declared with ``setting(..., path=True)``) when the section is built, and
 then by the section's own :meth:`Section.validate`, written in the module that owns the setting (the data sets,
 the model registry, the relaxation phases, the rule registry, the signals, the optimiser).
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,14 +21,24 @@ from typing import Any, ClassVar
 from .errors import ConfigError
 from .registry import canonical_name
 
-__all__ = ["Section", "setting", "check_type", "check_choice", "type_name"]
+__all__ = ["Section", "setting", "check_type", "check_choice", "type_name", "expand_path"]
 
 
-def setting(default: Any, doc: str) -> Any:
-    """A section field with its default and a one-line description (shown by ``--help-config``)."""
+def setting(default: Any, doc: str, path: bool = False) -> Any:
+    """A section field with its default and a one-line description (shown by ``--help-config``); ``path``: a file
+    or folder, in which ``~`` and environment variables are expanded."""
+    metadata = {"doc": doc, "path": path}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
-    return field(default=default, metadata={"doc": doc})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def expand_path(key: str, value: str) -> str:
+    """``~`` and ``$VAR``/``${VAR}`` expanded; an unset variable is a ConfigError naming the key."""
+    unset = [m for m in re.findall(r"\$\{?(\w+)\}?", value) if m not in os.environ]
+    if unset:
+        raise ConfigError(f"config key {key!r}: {value!r} uses the environment variable {unset[0]}, which is not set")
+    return os.path.expandvars(os.path.expanduser(value))
 
 
 def type_name(typ: Any) -> str:
@@ -83,7 +96,10 @@ class Section:
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            setattr(self, f.name, check_type(f.name, getattr(self, f.name), hints[f.name]))
+            value = check_type(f.name, getattr(self, f.name), hints[f.name])
+            if f.metadata.get("path") and isinstance(value, str):
+                value = expand_path(f.name, value)
+            setattr(self, f.name, value)
         self.validate()
 
     def validate(self) -> None:

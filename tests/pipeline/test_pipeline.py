@@ -419,7 +419,9 @@ def test_eval_plot_table_and_study(tmp_path, capsys):
     assert main(["plot", *map(str, runs), "-o", str(png)]) == 0 and png.stat().st_size > 10_000
     assert main(["table", *map(str, runs), "--metric", "best"]) == 0
     assert "| NEP |" in capsys.readouterr().out
-    assert results_table(runs).count("\n") == 5  # header, rule, 2 rows, blank, note
+    notes = results_table(runs).splitlines()[4:]  # after the header, rule and 2 rows
+    assert notes[0] == "" and notes[2] == "- digits: seeds per cell: NEP 2 (0, 1); CEP 2 (0, 1)"
+    assert notes[3] == f"- CEP on digits merges {runs[0]}, {runs[1]}" and len(notes) == 5
 
     # a second study call resumes the finished runs instead of redoing them
     before = (runs[0] / "metrics.jsonl").read_text()

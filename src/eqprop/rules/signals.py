@@ -209,7 +209,7 @@ class SignalsSection(Section):
     kappa_gamma: float = setting(0.02, "the exponential schedule's decay")
     tau: float = setting(4.0, "soft-target temperature")
     le_soft_labels: bool = setting(True, "LE target softmax(y / tau) as in eq. 7; false: the one-hot label")
-    teacher: str | None = setting(None, "KD teacher weights (teacher.pt of an earlier run); null: train one")
+    teacher: str | None = setting(None, "KD teacher weights (teacher.pt of an earlier run); null: train one", path=True)
     teacher_epochs: int = setting(10, "epochs of the KD teacher's backprop training")
 
     def validate(self) -> None:

@@ -55,12 +55,19 @@ class RunSection(Section):
     name: ClassVar[str] = "run"
     seed: int = setting(0, "seed of the initialisation, shuffling and augmentation")
     device: str = setting("auto", "auto (CUDA when present), cpu, cuda, cuda:N or mps")
-    out_dir: str | None = setting(None, "the run directory; null: runs/<dataset>_<algorithm>_seed<seed>_<time>")
+    out_dir: str | None = setting(
+        None, "the run directory; null: runs/<dataset>_<algorithm>_seed<seed>_<time>", path=True
+    )
     tensorboard: bool = setting(True, "write TensorBoard logs into the run directory")
     progress: bool = setting(True, "show progress bars")
     diagnostics: bool = setting(False, "per-epoch mean activation and update norm per layer (Figure 5)")
+    threads: int | None = setting(
+        None, "CPU threads (torch.set_num_threads); null: PyTorch's default (OMP_NUM_THREADS)"
+    )
+    deterministic: bool = setting(False, "deterministic kernels only (torch.use_deterministic_algorithms)")
 
     def validate(self) -> None:
+        self.at_least(1, "threads")
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ConfigError(f"config key 'device': {dev!r} is not valid; use auto, cpu, cuda, cuda:N or mps")

@@ -17,10 +17,13 @@ Register a new data set with :func:`register_dataset`.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import os
+import pickle
 import struct
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,8 +196,11 @@ def load_digits(image_size: int = 8, test_fraction: float = 0.2, seed: int = 0) 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (optionally gzip-compressed), the on-disk format of MNIST and Fashion-MNIST."""
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, OSError, zlib.error) as exc:  # a cut-off download: "Compressed file ended before ..."
+        raise DataError(f"{path} is truncated or damaged ({exc}); fetch the file again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{path} is not an IDX file (bad magic number)")
     dtypes: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -236,8 +242,9 @@ def _load_idx_set(
     if any(p is None for p in paths.values()) and download:
         import torchvision
 
-        getattr(torchvision.datasets, folder)(str(root), train=True, download=True)
-        getattr(torchvision.datasets, folder)(str(root), train=False, download=True)
+        with _download(title, root):
+            getattr(torchvision.datasets, folder)(str(root), train=True, download=True)
+            getattr(torchvision.datasets, folder)(str(root), train=False, download=True)
         paths = {k: find(v) for k, v in _IDX_STEMS.items()}
     missing = [_IDX_STEMS[k] for k, p in paths.items() if p is None]
     if missing:
@@ -249,11 +256,37 @@ def _load_idx_set(
     found = {k: p for k, p in paths.items() if p is not None}
     out = []
     for split, limit in (("train", limit_train), ("test", limit_test)):
-        images = torch.from_numpy(read_idx(found[f"{split}_x"])[:limit].copy()).unsqueeze(1)
+        x_path, y_path = found[f"{split}_x"], found[f"{split}_y"]
+        x, y = read_idx(x_path), read_idx(y_path)
+        _check_pair(x_path, len(x), y_path, len(y))
+        images = torch.from_numpy(x[:limit].copy()).unsqueeze(1)
         if pad_to_32:
             images = F.pad(images, (2, 2, 2, 2))
-        out += [images, torch.from_numpy(read_idx(found[f"{split}_y"])[:limit].astype(np.int64))]
+        out += [images, torch.from_numpy(y[:limit].astype(np.int64))]
     return out[0], out[1], out[2], out[3]
+
+
+def _check_pair(images: Path, n_images: int, labels: Path, n_labels: int) -> None:
+    """Images and labels must agree in count; the error names the short file."""
+    if n_images != n_labels:
+        short, other = (images, labels) if n_images < n_labels else (labels, images)
+        raise DataError(
+            f"{short} holds {min(n_images, n_labels)} entries but {other.name} holds {max(n_images, n_labels)}: "
+            f"{short.name} is short (a cut-off copy?); fetch it again"
+        )
+
+
+@contextlib.contextmanager
+def _download(title: str, root: Path) -> Iterator[None]:
+    """A failed download (no network, a refused or cut connection) as a DataError that says what to do."""
+    try:
+        yield
+    except OSError as exc:  # urllib's URLError and socket errors are OSErrors
+        reason = getattr(exc, "reason", None) or exc
+        raise DataError(
+            f"{title}: download into {root} failed ({reason}); without internet access, copy the files into "
+            "data_dir yourself and leave download=false"
+        ) from None
 
 
 def load_mnist(
@@ -330,20 +363,45 @@ def _torchvision_set(
     out = []
     for train, limit in ((True, limit_train), (False, limit_test)):
         try:
-            if cls_name == "SVHN":
-                ds = cls(str(root), split="train" if train else "test", download=download)
-                images, labels = ds.data, ds.labels  # (N, 3, 32, 32) uint8, labels with 10 -> 0
-            else:
-                ds = cls(str(root), train=train, download=download)
-                images, labels = ds.data.transpose(0, 3, 1, 2), ds.targets  # HWC -> CHW
+            with _download(title, root):
+                if cls_name == "SVHN":
+                    ds = cls(str(root), split="train" if train else "test", download=download)
+                    images, labels = ds.data, ds.labels  # (N, 3, 32, 32) uint8, labels with 10 -> 0
+                else:
+                    ds = cls(str(root), train=train, download=download)
+                    images, labels = ds.data.transpose(0, 3, 1, 2), ds.targets  # HWC -> CHW
         except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
             raise FileNotFoundError(
                 f"{title} in {root.resolve()}: {exc} (files with other contents than the "
                 "official release fail the checksum; verify_checksums=false skips it)"
             ) from None
+        except (EOFError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as exc:
+            raise DataError(f"{title}: {_damaged(root, expected)} ({type(exc).__name__}: {exc})") from None
+        if len(images) != len(labels):
+            raise DataError(
+                f"{title} in {root}: the {'training' if train else 'test'} files hold {len(images)} images but "
+                f"{len(labels)} labels; a file is damaged, fetch the set again"
+            )
         images = torch.from_numpy(np.ascontiguousarray(images[:limit]))
         out += [images, torch.as_tensor(np.asarray(labels[:limit]), dtype=torch.int64)]
     return out[0], out[1], out[2], out[3]
+
+
+def _damaged(root: Path, files: list[str]) -> str:
+    """Which of a set's files cannot be read (tried one by one after the reader failed)."""
+    import scipy.io
+
+    for name in files:
+        path = root / name
+        try:
+            if name.endswith(".mat"):
+                scipy.io.loadmat(path)
+            else:
+                with open(path, "rb") as f:
+                    pickle.load(f, encoding="latin1")
+        except Exception:  # any failure to read it marks the file
+            return f"{path} is truncated or damaged; fetch it again"
+    return f"a file in {root} is damaged; fetch the set again"
 
 
 def load_svhn(
@@ -719,7 +777,7 @@ class DataSection(Section):
 
     name: ClassVar[str] = "data"
     dataset: str = setting("digits", "the data set (DATASETS): digits, mnist, fashion_mnist, svhn, cifar10, ...")
-    data_dir: str | None = setting(None, "folder holding the data set's files (not needed for digits)")
+    data_dir: str | None = setting(None, "folder holding the data set's files (not needed for digits)", path=True)
     download: bool = setting(False, "fetch missing files through torchvision (needs internet)")
     verify_checksums: bool = setting(True, "check torchvision's checksums of the files")
     image_size: int = setting(16, "digits only: resize the 8x8 images to this size (file-based sets keep theirs)")

@@ -9,10 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ..errors import DataError, RunError
 from .config import flat_dict
 
-__all__ = ["Run", "read_run", "plot_runs", "results_table", "read_diagnostics", "plot_diagnostics"]
+__all__ = ["Run", "read_run", "plot_runs", "results_table", "read_diagnostics", "plot_diagnostics", "INCIDENTAL"]
+
+# settings that do not change a run's result: runs differing only in these (and the seed) share a table cell
+INCIDENTAL = ("out_dir", "progress", "tensorboard", "device", "data_dir", "download", "threads")
 
 
 @dataclass
@@ -62,9 +65,13 @@ def _save(fig: Any, path: str | Path) -> Path:
 
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    except OSError as exc:
+        raise RunError(f"cannot write {path} ({exc.strerror or exc}); choose a writable output path") from None
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -110,6 +117,7 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     runs = [read_run(d) for d in run_dirs]
     if not any(r.metrics for r in runs):
@@ -120,14 +128,12 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
     for k, run in enumerate(runs):
         if not run.metrics:
             continue
-        color = f"C{k % 10}"
+        style = {"color": f"C{k % 10}", "marker": "o" if len(run.metrics) <= 30 else None, "markersize": 3}
         epochs = [m["epoch"] for m in run.metrics]
-        ax_err.plot(epochs, [100 * m["test_error"] for m in run.metrics], color=color, label=f"{run.label} test")
-        ax_err.plot(
-            epochs, [100 * m["train_error"] for m in run.metrics], color=color, ls="--", label=f"{run.label} train"
-        )
-        ax_loss.plot(epochs, [m["test_loss"] for m in run.metrics], color=color, label=f"{run.label} test")
-        ax_loss.plot(epochs, [m["train_loss"] for m in run.metrics], color=color, ls="--", label=f"{run.label} train")
+        ax_err.plot(epochs, [100 * m["test_error"] for m in run.metrics], label=f"{run.label} test", **style)
+        ax_err.plot(epochs, [100 * m["train_error"] for m in run.metrics], ls="--", label=f"{run.label} train", **style)
+        ax_loss.plot(epochs, [m["test_loss"] for m in run.metrics], label=f"{run.label} test", **style)
+        ax_loss.plot(epochs, [m["train_loss"] for m in run.metrics], ls="--", label=f"{run.label} train", **style)
     ax_err.set(xlabel="epoch", ylabel="error rate (%)", title="top-1 error (solid: test, dashed: train)")
     ax_loss.set(xlabel="epoch", ylabel="cost", title="loss (solid: test, dashed: train)")
     if top5:  # 100- and 1000-class sets: the top-5 test error the PCN paper reports
@@ -135,12 +141,21 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
         for k, run in enumerate(runs):
             if run in top5:
                 epochs = [m["epoch"] for m in run.metrics]
-                ax5.plot(epochs, [100 * m["test_top5_error"] for m in run.metrics], color=f"C{k % 10}", label=run.label)
+                marker = "o" if len(run.metrics) <= 30 else None
+                ax5.plot(
+                    epochs,
+                    [100 * m["test_top5_error"] for m in run.metrics],
+                    color=f"C{k % 10}",
+                    marker=marker,
+                    markersize=3,
+                    label=run.label,
+                )
         ax5.set(xlabel="epoch", ylabel="top-5 error rate (%)", title="top-5 test error (100+ classes)")
         ax5.legend(fontsize=7, loc="best")
     for ax in axes:
         ax.grid(alpha=0.3)
-    ax_err.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    ax_err.set_yscale("symlog", linthresh=0.1)  # log above 0.1 %, linear below: a 0 % error stays on the plot
     ax_loss.legend(fontsize=7, loc="best")
     return _save(fig, path)
 
@@ -154,42 +169,80 @@ def _cell(values: list[float]) -> str:
     return f"{100 * mean:.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
+def _one_run_per_seed(runs: list[Run]) -> tuple[list[Run], list[str]]:
+    """The newest run of each (algorithm, data set, seed) and a note for each seed that ran more than once (a
+    repeated seed is not another sample)."""
+    by_seed: dict[tuple[str, str, int], list[Run]] = {}
+    for run in runs:
+        c = run.config
+        by_seed.setdefault((c["algorithm"], c["dataset"], int(c["seed"])), []).append(run)
+    kept, notes = [], []
+    for (a, d, seed), group in by_seed.items():
+        group.sort(key=lambda r: (r.path / "metrics.jsonl").stat().st_mtime)
+        kept.append(group[-1])
+        if len(group) > 1:
+            notes.append(
+                f"seed {seed} of {a} on {d} ran {len(group)} times ({', '.join(str(r.path) for r in group)}); "
+                f"the table counts it once, from the newest, {group[-1].path}"
+            )
+    return kept, notes
+
+
+def _differing_keys(runs: list[Run]) -> list[str]:
+    """Config keys (besides the seed and incidental ones) whose values differ among runs merged into one cell."""
+    keys = {k for r in runs for k in r.config} - set(INCIDENTAL) - {"seed"}
+    return sorted(k for k in keys if len({repr(r.config.get(k)) for r in runs}) > 1)
+
+
 def results_table(run_dirs: Sequence[str | Path], metric: str = "final") -> str:
     """Markdown table in Table 1's layout: rows = algorithms, columns = (data set: test, train) error in % (plus
     the top-5 test error for 100- and 1000-class sets), mean ± sample std over seeds, from each run's final epoch
-    (``metric='best'``: its lowest test error)."""
+    (``metric='best'``: its lowest test error). Each seed counts once (the newest of repeated runs); the notes
+    under the table say, per data set, how many seeds each cell has, which runs were merged, and any settings in
+    which merged runs differ."""
     from ..rules.base import algorithm_names
     from .data import dataset_names
 
     if metric not in ("final", "best"):
         raise ValueError(f"metric must be 'final' or 'best', got {metric!r}")
-    cells: dict[tuple[str, str], dict[str, list[float]]] = {}
-    for d in run_dirs:
-        run = read_run(d)
-        if not run.metrics:
-            continue
-        row = min(run.metrics, key=lambda m: m["test_error"]) if metric == "best" else run.final
-        cell = cells.setdefault((run.config["algorithm"], run.config["dataset"]), {"test": [], "train": [], "top5": []})
-        cell["test"].append(row["test_error"])
-        cell["train"].append(row["train_error"])
-        if "test_top5_error" in row:
-            cell["top5"].append(row["test_top5_error"])
-    if not cells:
+    runs, notes = _one_run_per_seed([r for r in (read_run(d) for d in run_dirs) if r.metrics])
+    if not runs:
         raise DataError("none of the runs has finished an epoch: nothing to tabulate")
+    cells: dict[tuple[str, str], list[Run]] = {}
+    for run in sorted(runs, key=lambda r: int(r.config["seed"])):
+        cells.setdefault((run.config["algorithm"], run.config["dataset"]), []).append(run)
     order_a, order_d = algorithm_names(), dataset_names()
     algos = sorted({a for a, _ in cells}, key=lambda a: order_a.index(a) if a in order_a else len(order_a))
     sets = sorted({d for _, d in cells}, key=lambda d: order_d.index(d) if d in order_d else len(order_d))
     top5 = {d for d in sets if _many_classes(d)}  # 100- and 1000-class sets also get a top-5 test column
     columns = [f"{d} test | {d} top-5 test | {d} train" if d in top5 else f"{d} test | {d} train" for d in sets]
-    header = "| algorithm | " + " | ".join(columns) + " |"
-    lines = [header, "|" + " --- |" * (1 + 2 * len(sets) + len(top5))]
+    lines = ["| algorithm | " + " | ".join(columns) + " |", "|" + " --- |" * (1 + 2 * len(sets) + len(top5))]
+
+    def values(group: list[Run], key: str) -> list[float]:
+        rows = [min(r.metrics, key=lambda m: m["test_error"]) if metric == "best" else r.final for r in group]
+        return [row[key] for row in rows if key in row]
+
     for a in algos:
         parts = []
         for d in sets:
-            cell = cells.get((a, d), {"test": [], "train": [], "top5": []})
-            parts += [_cell(cell["test"])] + ([_cell(cell["top5"])] if d in top5 else []) + [_cell(cell["train"])]
+            group = cells.get((a, d), [])
+            parts.append(_cell(values(group, "test_error")))
+            parts += [_cell(values(group, "test_top5_error"))] if d in top5 else []
+            parts.append(_cell(values(group, "train_error")))
         lines.append(f"| {a} | " + " | ".join(parts) + " |")
-    seeds = sorted({len(c["test"]) for c in cells.values()})
-    lines.append("")
-    lines.append(f"Error rates in % ({metric} epoch), mean ± sample std over {'/'.join(map(str, seeds))} seed(s).")
+    lines += ["", f"Error rates in % ({metric} epoch), mean ± sample std over the seeds of each cell."]
+    for d in sets:
+        counts = [
+            f"{a} {len(cells[a, d])} ({', '.join(str(r.config['seed']) for r in cells[a, d])})"
+            for a in algos
+            if (a, d) in cells
+        ]
+        lines.append(f"- {d}: seeds per cell: {'; '.join(counts)}")
+    for (a, d), group in sorted(cells.items()):
+        differ = _differing_keys(group)
+        if len(group) > 1:
+            lines.append(f"- {a} on {d} merges {', '.join(str(r.path) for r in group)}")
+        if differ:
+            lines.append(f"- warning: the runs merged for {a} on {d} differ in {differ}, not only in the seed")
+    lines += [f"- {note}" for note in notes]
     return "\n".join(lines)

@@ -5,13 +5,19 @@ It holds ``config.json`` (the resolved config, in sections), per-epoch metrics (
 (``checkpoint_last.pt``, ``checkpoint_best.pt``), each written atomically: a crash or a full disk mid-write leaves
 the previous checkpoint intact. :func:`rng_state` / :func:`restore_rng` capture every random generator a run
 draws from, so a checkpoint resumes exactly.
+
+A run directory belongs to one run: a new run refuses a directory that already holds files (``overwrite`` clears
+an earlier run's directory first), and every run holds an exclusive lock (``.lock``, released when the process
+ends, however it ends), so a second process cannot write into a directory in use.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import random
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["RunDirectory", "rng_state", "restore_rng", "atomic_save"]
+from ..errors import RunError
+
+__all__ = ["RunDirectory", "rng_state", "restore_rng", "atomic_save", "read_checkpoint", "lock_directory", "MODES"]
+
+MODES = ("new", "resume", "overwrite")
+# files a launcher may put into a run directory before the run starts (``eqprop study`` logs each run there)
+LAUNCHER_FILES = (".lock", "stdout.log")
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -27,6 +39,59 @@ def atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     tmp.replace(path)
+
+
+def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint's state; a file that is truncated or not an eqprop checkpoint is a :class:`RunError` naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise RunError(f"{path} does not exist (is {path.parent} a run directory?)")
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # unpickling a damaged file raises anything: EOFError, RuntimeError, UnpicklingError...
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RunError(f"{path} is damaged or not a checkpoint ({type(exc).__name__}: {reason})") from None
+    if not isinstance(state, dict) or not {"network", "epoch"} <= set(state):
+        raise RunError(f"{path} is not an eqprop checkpoint (it holds no network weights and epoch)")
+    return state
+
+
+def _lock(handle: Any) -> bool:
+    """Take an exclusive, non-blocking lock on an open file; False when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def lock_directory(path: Path, what: str = "eqprop process") -> Any:
+    """The open ``.lock`` file of ``path``, exclusively locked for this process (closing it unlocks); a RunError
+    naming the holder when another process has it."""
+    try:
+        handle = open(path / RunDirectory.LOCK, "a+")
+    except OSError as exc:
+        raise RunError(f"cannot write into {path} ({exc.strerror}); choose a writable directory") from None
+    if not _lock(handle):
+        handle.seek(0)
+        owner = handle.read().strip() or "pid unknown"
+        handle.close()
+        raise RunError(f"{path} is in use by another {what} ({owner}); wait for it to end, or choose another directory")
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -51,15 +116,77 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
 
 
 class RunDirectory:
-    """The files of one run in ``path`` (created if missing); ``tensorboard`` adds TensorBoard logs."""
+    """The files of one run in ``path`` (created if missing), locked for this process; ``tensorboard`` adds
+    TensorBoard logs. ``mode``: ``new`` (the directory must be empty), ``resume`` (it must hold a run) or
+    ``overwrite`` (an earlier run's files are deleted first)."""
 
-    LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
+    LAST, BEST, LOCK = "checkpoint_last.pt", "checkpoint_best.pt", ".lock"
 
-    def __init__(self, path: str | Path, tensorboard: bool = True, log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, path: str | Path, tensorboard: bool = True, log: Callable[[str], None] = print, mode: str = "new"
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
         self.tensorboard, self.log = tensorboard, log
         self._writer: Any = None
+        self._lock: Any = None
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(
+                f"cannot create the run directory {self.path} ({exc.strerror}); choose a writable out_dir"
+            ) from None
+        self.acquire()
+        try:
+            self._check(mode)
+        except BaseException:
+            self.release()
+            raise
+        for tmp in self.path.glob("*.tmp"):  # a checkpoint write that a crash or a full disk cut short
+            tmp.unlink()
+            self.log(f"eqprop: removed {tmp}, an unfinished checkpoint write; the previous checkpoint is intact")
+
+    def _check(self, mode: str) -> None:
+        held = sorted(p.name for p in self.path.iterdir() if p.name not in LAUNCHER_FILES)
+        is_run = (self.path / "config.json").exists()
+        if mode == "resume" and not is_run:
+            raise RunError(f"cannot resume: {self.path} holds no run (no config.json)")
+        if mode == "new" and held:
+            shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+            what = "an earlier run" if is_run else "other files"
+            raise RunError(
+                f"{self.path} already holds {what} ({shown}); a run directory belongs to one run: continue it with "
+                f"`eqprop train --resume {self.path}`, replace it with --overwrite, or choose another out_dir"
+            )
+        if mode == "overwrite" and held:
+            if not is_run:
+                raise RunError(
+                    f"--overwrite clears only run directories, and {self.path} holds no config.json; choose another "
+                    "out_dir"
+                )
+            for name in held:
+                target = self.path / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            self.log(f"eqprop: --overwrite: deleted the earlier run in {self.path}")
+
+    # ---- the lock ----------------------------------------------------------------------------------------
+    def acquire(self) -> None:
+        """Hold the directory's exclusive lock (a no-op when held); another process holding it is a RunError."""
+        if self._lock is None:
+            self._lock = lock_directory(self.path)
+
+    def release(self) -> None:
+        """Release the lock (closing the file releases it; the operating system does the same when a process
+        ends)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def close(self) -> None:
+        """Flush and close the logs and release the lock."""
+        self.close_logs()
+        self.release()
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -83,13 +210,23 @@ class RunDirectory:
         with open(self.path / name, "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def rewrite_metrics(self, history: list[dict[str, float]]) -> None:
+        """``metrics.jsonl`` and ``metrics.csv`` as exactly ``history`` (a resumed checkpoint's epochs)."""
+        with open(self.path / "metrics.jsonl", "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in history)
+        self._write_csv(history)
+
+    def _write_csv(self, history: list[dict[str, float]]) -> None:
+        with open(self.path / "metrics.csv", "w", newline="") as f:
+            if history:
+                writer = csv.DictWriter(f, fieldnames=list(history[0]))
+                writer.writeheader()
+                writer.writerows(history)
+
     def write_metrics(self, row: dict[str, float], history: list[dict[str, float]]) -> None:
         """Append an epoch's row to ``metrics.jsonl``, rewrite ``metrics.csv`` and log the row to TensorBoard."""
         self.append_jsonl("metrics.jsonl", row)
-        with open(self.path / "metrics.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(history[0]))
-            writer.writeheader()
-            writer.writerows(history)
+        self._write_csv(history)
         if self._writer is not None:
             for key, value in row.items():
                 if key != "epoch":
@@ -128,4 +265,4 @@ class RunDirectory:
     def load_checkpoint(self, which: str = "last", device: torch.device | str = "cpu") -> dict[str, Any]:
         """A checkpoint's state ("last" or "best"; "best" falls back to "last" where there is none)."""
         path = self.best if which == "best" and self.best.exists() else self.last
-        return torch.load(path, map_location=device, weights_only=False)
+        return read_checkpoint(path, device)

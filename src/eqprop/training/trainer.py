@@ -6,7 +6,9 @@ A checkpoint carries the optimiser, scheduler and RNG states, so :meth:`Trainer.
 exactly where it stopped, mid-epoch included. What is not the loop is a callback
 (:mod:`eqprop.training.callbacks`): a diverged run (NaN/inf in output, loss or weights) stops with
 :class:`DivergenceError` and keeps its last good checkpoint; the kappa schedule; the diagnostics.
-SIGINT/SIGTERM stop at the next batch boundary with a checkpoint (:class:`Interrupted`).
+SIGINT/SIGTERM stop at the next batch boundary with a checkpoint (:class:`Interrupted`). A damaged checkpoint,
+or one that no longer fits the network its config builds, is a :class:`~eqprop.errors.RunError` naming the file.
+:meth:`Trainer.extend` starts a new run from a finished one's checkpoint to train it for more epochs.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ..core.network import EnergyNetwork
+from ..errors import RunError
 from ..models.base import build_model, model_spec
 from ..rules.base import LearningAlgorithm, algorithm_options, get_algorithm
 from ..rules.contrastive import Contrastive
@@ -34,7 +39,7 @@ from .callbacks import BatchFunction, Callback, Diagnostics, DivergenceError, Di
 from .config import ConfigError, TrainConfig, config_from_dict, parse_overrides
 from .data import ImageData, epoch_batches, load_dataset, normalize_as
 from .optim import layer_rates, make_optimizer, make_scheduler
-from .run_directory import RunDirectory, restore_rng, rng_state
+from .run_directory import RunDirectory, read_checkpoint, restore_rng, rng_state
 from .teacher import ConvTeacher, TeacherFeatures, load_or_train_teacher
 
 __all__ = [
@@ -50,6 +55,7 @@ __all__ = [
     "topk_errors",
     "resolve_device",
     "load_run",
+    "read_run_config",
 ]
 
 
@@ -214,26 +220,41 @@ def _config_errors(what: str) -> Iterator[None]:
         raise ConfigError(f"{what}: {exc}") from exc
 
 
+def set_determinism(threads: int | None, deterministic: bool) -> None:
+    """Fix the CPU thread count (results at a fixed seed depend on it: float sums split differently) and, with
+    ``deterministic``, ask PyTorch for deterministic kernels only (process-wide settings)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
 class Trainer:
     """The epoch loop of one experiment: built from a config, writing into a :class:`RunDirectory` (when
-    ``out_dir`` is set), with :mod:`callbacks <eqprop.training.callbacks>` for everything besides the loop."""
+    ``out_dir`` is set), with :mod:`callbacks <eqprop.training.callbacks>` for everything besides the loop.
+    ``run_mode``: ``new`` refuses an ``out_dir`` that holds files, ``overwrite`` deletes an earlier run there."""
 
-    RESUMABLE_OVERRIDES = ("device", "progress", "tensorboard", "data_dir", "download")
+    RESUMABLE_OVERRIDES = ("device", "progress", "tensorboard", "data_dir", "download", "threads")
 
     def __init__(
         self,
         cfg: TrainConfig,
         log: Callable[[str], None] | None = None,
         callbacks: Sequence[Callback | Callable[[Trainer, int, int], None]] = (),
+        run_mode: str = "new",
     ) -> None:
         from tqdm.auto import tqdm
 
         self.cfg = cfg
         self.log = log or tqdm.write
+        set_determinism(cfg.threads, cfg.deterministic)
         torch.manual_seed(cfg.seed)
         self.device = resolve_device(cfg.device)
         if self.device.type == "cuda":  # fixed shapes all run long: let cuDNN time its algorithms once
-            torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+            torch.backends.cudnn.benchmark = cfg.cudnn_benchmark and not cfg.deterministic
         self.data = load_data(cfg)
         self.flatten = model_spec(cfg.model.kind).flat_input
         self.flip = self.data.flip if cfg.flip is None else cfg.flip
@@ -241,7 +262,7 @@ class Trainer:
         with _config_errors(f"model {cfg.model.kind}"):
             self.network = build_network(cfg, in_shape, self.data.num_classes).to(self.device)  # an EnergyModel
         self.algorithm = build_algorithm(cfg)
-        self.run_dir = RunDirectory(cfg.out_dir, cfg.tensorboard, self.log) if cfg.out_dir else None
+        self.run_dir = RunDirectory(cfg.out_dir, cfg.tensorboard, self.log, run_mode) if cfg.out_dir else None
         self.signals = build_signals(cfg, self.network, self.data, self.device, self.out, self.log)
         if len(self.signals):
             assert isinstance(self.algorithm, Contrastive)  # the config allows signals with P-/N-/C-EP only
@@ -265,8 +286,6 @@ class Trainer:
         ]
         self._partial: dict[str, Any] | None = None  # the unfinished epoch of a resumed, interrupted run
         self._stop: str | None = None
-        if self.run_dir:
-            self.run_dir.write_config(cfg.to_dict())
 
     @property
     def out(self) -> Path | None:
@@ -297,10 +316,10 @@ class Trainer:
         """Write ``checkpoint_last.pt`` atomically (and ``checkpoint_best.pt`` when ``best``)."""
         return self.run_dir.save_checkpoint(self.checkpoint_state(partial), best) if self.run_dir else None
 
-    def load_checkpoint(self, path: str | Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        self.network.load_state_dict(state["network"])
-        self.signals.load_state_dict(state.get("signals", {}))
+    def load_checkpoint(self, path: str | Path, state: dict[str, Any] | None = None) -> None:
+        """Continue from a checkpoint (read from ``path`` unless its ``state`` is given)."""
+        state = read_checkpoint(path, self.device) if state is None else state
+        self._load_weights(state, path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.history, self.best_error = state["history"], state["best_error"]
@@ -309,6 +328,18 @@ class Trainer:
             callback.load_state_dict(saved)
         restore_rng(state["rng"], self.generator)
 
+    def _load_weights(self, state: dict[str, Any], path: str | Path) -> None:
+        """The network's (and the signals') weights from a checkpoint that must fit the network built here."""
+        try:
+            self.network.load_state_dict(state["network"])
+            self.signals.load_state_dict(state.get("signals", {}))
+        except RuntimeError as exc:  # size mismatch, missing or unexpected keys
+            detail = " ".join(str(exc).split())
+            raise RunError(
+                f"{path} does not fit the network its run's config builds now (the model code or config.json "
+                f"changed since it was saved): {detail[:300]}"
+            ) from None
+
     @classmethod
     def resume(
         cls,
@@ -316,12 +347,14 @@ class Trainer:
         overrides: Sequence[str] = (),
         log: Callable[[str], None] | None = None,
         callbacks: Sequence[Callback | Callable[[Trainer, int, int], None]] = (),
+        checkpoint: str = "last",
     ) -> Trainer:
-        """Continue the run in ``run_dir`` from its last checkpoint with the same optimiser, scheduler and RNG."""
+        """Continue the run in ``run_dir`` from its last checkpoint (or its best, ``checkpoint="best"``) with the
+        same optimiser, scheduler and RNG; the metrics files are cut back to the checkpoint's epochs."""
         run_dir = Path(run_dir)
-        ckpt = run_dir / RunDirectory.LAST
-        if not ckpt.exists():
-            raise FileNotFoundError(f"cannot resume: {ckpt} does not exist (is {run_dir} a run directory?)")
+        if not (run_dir / "config.json").exists():
+            raise RunError(f"cannot resume: {run_dir} is not a run directory (no config.json)")
+        state, ckpt = read_run_checkpoint(run_dir, checkpoint, "resume")
         cfg = read_run_config(run_dir)
         changed = parse_overrides(overrides, cfg)
         bad = [
@@ -333,8 +366,66 @@ class Trainer:
                 f"keys that may change are {list(cls.RESUMABLE_OVERRIDES)}"
             )
         changed.out_dir = str(run_dir)
-        trainer = cls(changed, log=log, callbacks=callbacks)
-        trainer.load_checkpoint(ckpt)
+        trainer = cls(changed, log=log, callbacks=callbacks, run_mode="resume")
+        trainer.load_checkpoint(ckpt, state)
+        assert trainer.run_dir is not None
+        trainer.run_dir.rewrite_metrics(trainer.history)
+        return trainer
+
+    @classmethod
+    def extend(
+        cls,
+        run_dir: str | Path,
+        overrides: Sequence[str] = (),
+        log: Callable[[str], None] | None = None,
+        callbacks: Sequence[Callback | Callable[[Trainer, int, int], None]] = (),
+        run_mode: str = "new",
+    ) -> Trainer:
+        """A new run that continues the finished run in ``run_dir`` from its last checkpoint for more epochs
+        (``epochs=N`` among the overrides, N > the epochs trained). It keeps the weights, the optimiser's momentum,
+        the metrics so far and the RNG; the learning rates follow the new config's cosine schedule from the epoch
+        reached. The new run goes to ``out_dir`` (default: ``<run_dir>_extended_<N>ep``) and records where it came
+        from in ``extends.json``."""
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.json").exists():
+            raise RunError(f"cannot extend: {run_dir} is not a run directory (no config.json)")
+        state, ckpt = read_run_checkpoint(run_dir, "last", "extend")
+        if state["partial"] is not None:
+            raise RunError(
+                f"{run_dir} stopped inside epoch {state['epoch'] + 1}: finish it first with `eqprop train --resume "
+                f"{run_dir}`, then extend it"
+            )
+        old = read_run_config(run_dir)
+        cfg = parse_overrides(overrides, old)
+        if cfg.epochs <= state["epoch"]:
+            raise ConfigError(
+                f"--extend: config key 'epochs' must exceed the {state['epoch']} epochs {run_dir} has trained, got "
+                f"{cfg.epochs} (e.g. epochs={2 * state['epoch']})"
+            )
+        if cfg.out_dir is None or cfg.out_dir == old.out_dir or Path(cfg.out_dir).resolve() == run_dir.resolve():
+            cfg.out_dir = str(run_dir.parent / f"{run_dir.name}_extended_{cfg.epochs}ep")
+        trainer = cls(cfg, log=log, callbacks=callbacks, run_mode=run_mode)
+        trainer._load_weights(state, ckpt)
+        rates = [group["lr"] for group in trainer.optimizer.param_groups]
+        trainer.optimizer.load_state_dict(state["optimizer"])  # momentum buffers
+        for group, lr in zip(trainer.optimizer.param_groups, rates):
+            group["lr"] = group["initial_lr"] = lr
+        trainer.scheduler = make_scheduler(trainer.optimizer, cfg.epochs, cfg.eta_min)
+        with warnings.catch_warnings():  # stepping the schedule to the epoch reached, before any optimizer step
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(state["epoch"]):
+                trainer.scheduler.step()
+        trainer.history, trainer.best_error, trainer.epoch = list(state["history"]), state["best_error"], state["epoch"]
+        restore_rng(state["rng"], trainer.generator)
+        changed = {k: [v, cfg.flat()[k]] for k, v in old.flat().items() if cfg.flat()[k] != v and k != "out_dir"}
+        if trainer.run_dir:
+            trainer.run_dir.rewrite_metrics(trainer.history)
+            (trainer.run_dir / "extends.json").write_text(
+                json.dumps(
+                    {"extends": str(run_dir), "checkpoint": ckpt.name, "epoch": state["epoch"], "changed": changed},
+                    indent=2,
+                )
+            )
         return trainer
 
     # ------------------------------------------------------------------ the loop
@@ -416,6 +507,10 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
+        started = time.perf_counter()
+        if self.run_dir:  # the config is written once the run starts (a resume that fails leaves it as it was)
+            self.run_dir.acquire()
+            self.run_dir.write_config(cfg.to_dict())
         if self.epoch == 0 and self._partial is None:
             self.log(
                 f"eqprop: {cfg.algorithm} on {cfg.dataset} ({len(self.train_labels)} train / "
@@ -423,9 +518,9 @@ class Trainer:
                 f"algorithm={self.algorithm}" + (f", run dir {self.out}" if self.out else "")
             )
             self.save_checkpoint()
-        else:
+        elif not self.history or self._partial is not None or self.epoch < cfg.epochs:
             self.log(
-                f"eqprop: resuming {self.out} after epoch {self.epoch}"
+                f"eqprop: continuing {self.out} after epoch {self.epoch}"
                 + (f" (batch {self.resuming_batch} of epoch {self.epoch + 1})" if self._partial else "")
             )
         handlers = {}
@@ -457,8 +552,25 @@ class Trainer:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
             if self.run_dir:
-                self.run_dir.close_logs()
+                self.run_dir.close()
+        self.log(self.summary(time.perf_counter() - started))
         return self.history
+
+    def summary(self, wall: float | None = None) -> str:
+        """One line: best and final test error, the epoch of the best, wall time, run directory."""
+        if not self.history:
+            return "eqprop: no epoch finished"
+        best = min(self.history, key=lambda r: r["test_error"])
+        final = self.history[-1]
+        parts = [
+            f"eqprop: done after {final['epoch']:g} epochs: best test error {100 * best['test_error']:.2f}% "
+            f"(epoch {best['epoch']:g}), final {100 * final['test_error']:.2f}%"
+        ]
+        if wall is not None:
+            parts.append(f"wall time {wall:.1f} s")
+        if self.out:
+            parts.append(f"run directory {self.out}")
+        return ", ".join(parts)
 
     def _end_epoch(self, epoch: int, row: dict[str, float]) -> None:
         """Evaluate, let the callbacks add to the row, record it and checkpoint."""
@@ -500,7 +612,40 @@ def default_callbacks(cfg: TrainConfig) -> list[Callback]:
 
 def read_run_config(run_dir: str | Path) -> TrainConfig:
     """The resolved config a run directory was started with (``config.json``), validated."""
-    return config_from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
+    path = Path(run_dir) / "config.json"
+    try:
+        values = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{run_dir} is not a run directory (no config.json)") from None
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{path} is damaged ({exc})") from None
+    try:
+        return config_from_dict(values)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def read_run_checkpoint(run_dir: Path, which: str, action: str) -> tuple[dict[str, Any], Path]:
+    """``checkpoint_{which}.pt`` of a run (``best`` falls back to ``last`` where there is none); a damaged one is a
+    RunError that names it and, when the other checkpoint is intact, says how to ``action`` from that one."""
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    path = run_dir / f"checkpoint_{which}.pt"
+    if which == "best" and not path.exists():
+        which, path = "last", run_dir / "checkpoint_last.pt"
+    try:
+        return read_checkpoint(path), path
+    except RunError as exc:
+        other = "best" if which == "last" else "last"
+        try:
+            intact = read_checkpoint(run_dir / f"checkpoint_{other}.pt")
+        except RunError:
+            raise exc from None
+        how = {
+            "resume": f"resume from it with `eqprop train --resume {run_dir} --checkpoint {other}`",
+            "eval": f"evaluate it with `eqprop eval {run_dir} --checkpoint {other}`",
+        }.get(action, f"it is checkpoint_{other}.pt")
+        raise RunError(f"{exc}; checkpoint_{other}.pt (epoch {intact['epoch']}) is intact: {how}") from None
 
 
 def load_run(
@@ -508,18 +653,13 @@ def load_run(
 ) -> tuple[Trainer, dict[str, Any]]:
     """A run's trainer with the weights of ``checkpoint_{which}.pt`` loaded, and that checkpoint."""
     run_dir = Path(run_dir)
-    if which not in ("best", "last"):
-        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
-    path = run_dir / f"checkpoint_{which}.pt"
-    if which == "best" and not path.exists():
-        path = run_dir / "checkpoint_last.pt"
-    if not path.exists() or not (run_dir / "config.json").exists():
-        raise FileNotFoundError(f"{run_dir} is not a run directory: need config.json and {path.name}")
+    if not (run_dir / "config.json").exists():
+        raise RunError(f"{run_dir} is not a run directory (no config.json)")
+    state, path = read_run_checkpoint(run_dir, which, "eval")
     cfg = parse_overrides(overrides, read_run_config(run_dir))
     cfg.out_dir, cfg.tensorboard = None, False
     if device is not None:
         cfg.device = device
     trainer = Trainer(cfg, log=lambda s: None)
-    state = torch.load(path, map_location=trainer.device, weights_only=False)
-    trainer.network.load_state_dict(state["network"])
+    trainer._load_weights(state, path)
     return trainer, state
