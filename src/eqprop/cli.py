@@ -83,14 +83,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(config, overrides)
         if cfg.out_dir is None:
-            name = Path("runs") / f"{cfg.dataset}_{cfg.algorithm}_seed{cfg.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
-            out, n = name, 1
+            from .training import distributed
+
+            stem = Path("runs") / f"{cfg.dataset}_{cfg.algorithm}_seed{cfg.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
+            out, n = stem, 1
             while out.exists():  # another run started in the same second
                 n += 1
-                out = name.with_name(f"{name.name}-{n}")
-            cfg.out_dir = str(out)
+                out = stem.with_name(f"{stem.name}-{n}")
+            # under torchrun every rank must name the same directory: rank 0's name
+            cfg.out_dir = distributed.broadcast_object(str(out), distributed.setup(cfg.device, cfg.dist_timeout))
         trainer = Trainer(cfg, run_mode=mode)
     trainer.fit()
+    trainer.close()
     return 0
 
 
@@ -98,7 +102,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .training.trainer import evaluate, load_run
 
     trainer, state = load_run(Path(args.run_dir).expanduser(), args.checkpoint, [*args.overrides, *_data_dir(args)])
-    res = evaluate(trainer.network, trainer.algorithm, trainer.data, trainer.device, flatten=trainer.flatten)
+    res = evaluate(
+        trainer.network, trainer.algorithm, trainer.data, trainer.device, flatten=trainer.flatten, dtype=trainer.dtype
+    )
     print(
         f"{args.run_dir} ({args.checkpoint} checkpoint, epoch {state['epoch']}): test error "
         f"{100 * res['error']:.2f}%  top-5 {100 * res['top5_error']:.2f}%  test loss {res['loss']:.4f}  "

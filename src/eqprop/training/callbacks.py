@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..rules.signals import kappa_schedule
+from .distributed import any_rank
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -60,7 +61,8 @@ class DivergenceGuard(Callback):
         )
 
     def after_step(self, trainer, epoch, batch, result):
-        if not math.isfinite(float(result.loss.sum())) or not bool(torch.isfinite(result.output).all()):
+        bad = not math.isfinite(float(result.loss.sum())) or not bool(torch.isfinite(result.output).all())
+        if any_rank(bad, trainer.dist):  # every rank stops at the same batch, whichever rank saw it
             raise self._diverged(trainer, epoch, "loss or output state")
 
     def on_batch_end(self, trainer, epoch, batch, result):

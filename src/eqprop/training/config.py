@@ -28,7 +28,7 @@ from ..models.base import MODELS, ModelSection, model_spec
 from ..rules.base import ALGORITHMS, RuleSection, algorithm_families, algorithm_models
 from ..rules.phases import RelaxSection
 from ..rules.signals import SignalsSection
-from ..settings import Section, setting
+from ..settings import Section, check_choice, setting
 from .data import DataSection
 from .optim import OptimSection
 
@@ -65,9 +65,12 @@ class RunSection(Section):
         None, "CPU threads (torch.set_num_threads); null: PyTorch's default (OMP_NUM_THREADS)"
     )
     deterministic: bool = setting(False, "deterministic kernels only (torch.use_deterministic_algorithms)")
+    dist_timeout: float = setting(1800.0, "torchrun runs: seconds a collective waits for the other ranks")
+    precision: str = setting("float32", "dtype of parameters, inputs and states: float32 or float64 (for checks)")
 
     def validate(self) -> None:
-        self.at_least(1, "threads")
+        self.at_least(1, "threads", "dist_timeout")
+        self.precision = check_choice("precision", self.precision, ["float32", "float64"])
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ConfigError(f"config key 'device': {dev!r} is not valid; use auto, cpu, cuda, cuda:N or mps")
@@ -154,6 +157,8 @@ def validate(cfg: TrainConfig) -> None:
             f"{list(algorithm_models(cfg.rule.algorithm))}); algorithms for model {cfg.model.kind!r}: {fits}"
         )
     kind = cfg.signals.kind
+    if kind != "none" and cfg.run.precision != "float32":
+        raise ConfigError(f"signals={kind!r} run in float32 (the KD teacher and LE readouts); use precision=float32")
     if kind != "none":
         if cfg.rule.algorithm not in ("PEP", "NEP", "CEP"):
             raise ConfigError(

@@ -93,15 +93,18 @@ class ImageData:
         crop_padding: int = 0,
         generator: torch.Generator | None = None,
         flatten: bool = False,
+        rows: tuple[slice, int] | None = None,
     ) -> Tensor:
-        """Raw batch -> (augmented) normalised float batch; augmentation draws from ``generator``."""
+        """Raw batch -> (augmented) normalised float batch; augmentation draws from ``generator``. ``rows =
+        (part, total)``: the images are rows ``part`` of a batch of ``total`` (one rank's shard), and get the
+        augmentation those rows get in the whole batch."""
         x = images.float()
         if images.dtype == torch.uint8:
             x = x / 255.0
         if flip:
-            x = random_flip(x, generator)
+            x = random_flip(x, generator, rows)
         if crop_padding > 0:
-            x = random_crop(x, crop_padding, generator)
+            x = random_crop(x, crop_padding, generator, rows)
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         x = (x - mean) / std
@@ -129,37 +132,52 @@ def epoch_batches(
     flatten: bool = False,
     start: int = 0,
     resume_generator: Tensor | None = None,
+    shard: Callable[[int], slice] | None = None,
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
     """One shuffled epoch: (batch index, prepared batch, labels), shuffling and augmentation drawn from
     ``generator``. ``start`` and ``resume_generator`` (the generator's state when the epoch was interrupted)
-    continue an interrupted epoch exactly. The one data loop of the Trainer and the KD teacher."""
+    continue an interrupted epoch exactly. ``shard(n)``: the part of each batch of n samples this process takes
+    (data parallelism; every process draws the same permutation and augmentation, and loads only its part).
+    The one data loop of the Trainer and the KD teacher."""
     n = len(labels)
     perm = torch.randperm(n, generator=generator).to(labels.device)
     if resume_generator is not None and start > 0:
         generator.set_state(resume_generator)
     for b in range(start, math.ceil(n / batch_size)):
         idx = perm[b * batch_size : (b + 1) * batch_size]
-        x = data.prepare(images[idx], flip=flip, crop_padding=crop_padding, generator=generator, flatten=flatten)
-        yield b, x, labels[idx]
+        part = shard(len(idx)) if shard is not None else slice(0, len(idx))
+        x = data.prepare(
+            images[idx[part]],
+            flip=flip,
+            crop_padding=crop_padding,
+            generator=generator,
+            flatten=flatten,
+            rows=(part, len(idx)),
+        )
+        yield b, x, labels[idx[part]]
 
 
-def random_flip(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Flip each image horizontally with probability 1/2."""
-    mask = torch.rand(x.shape[0], generator=generator) < 0.5
+def random_flip(x: Tensor, generator: torch.Generator | None = None, rows: tuple[slice, int] | None = None) -> Tensor:
+    """Flip each image horizontally with probability 1/2 (``rows``: as rows ``part`` of a batch of ``total``)."""
+    part, total = rows or (slice(None), x.shape[0])
+    mask = (torch.rand(total, generator=generator) < 0.5)[part]
     return torch.where(mask.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
 
 
-def random_crop(x: Tensor, padding: int, generator: torch.Generator | None = None) -> Tensor:
+def random_crop(
+    x: Tensor, padding: int, generator: torch.Generator | None = None, rows: tuple[slice, int] | None = None
+) -> Tensor:
     """Pad each image by ``padding`` zero (black) pixels per side and crop it back at a random offset."""
     n, _, h, w = x.shape
+    part, total = rows or (slice(None), n)
     padded = F.pad(x, (padding, padding, padding, padding))
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
-    rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
-    cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+    dy = torch.randint(0, 2 * padding + 1, (total,), generator=generator)[part].to(x.device)
+    dx = torch.randint(0, 2 * padding + 1, (total,), generator=generator)[part].to(x.device)
+    ys = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+    xs = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
     batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
     chans = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
-    return padded[batch, chans, rows, cols]
+    return padded[batch, chans, ys, xs]
 
 
 # --------------------------------------------------------------------------------------------- loaders

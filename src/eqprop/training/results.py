@@ -15,7 +15,7 @@ from .config import flat_dict
 __all__ = ["Run", "read_run", "plot_runs", "results_table", "read_diagnostics", "plot_diagnostics", "INCIDENTAL"]
 
 # settings that do not change a run's result: runs differing only in these (and the seed) share a table cell
-INCIDENTAL = ("out_dir", "progress", "tensorboard", "device", "data_dir", "download", "threads")
+INCIDENTAL = ("out_dir", "progress", "tensorboard", "device", "data_dir", "download", "threads", "dist_timeout")
 
 
 @dataclass

@@ -35,6 +35,7 @@ from ..rules.base import LearningAlgorithm, algorithm_options, get_algorithm
 from ..rules.contrastive import Contrastive
 from ..rules.phases import Phases
 from ..rules.signals import KnowledgeDistillation, LocalError, WeightedKnowledgeDistillation
+from . import distributed
 from .callbacks import BatchFunction, Callback, Diagnostics, DivergenceError, DivergenceGuard, KappaSchedule
 from .config import ConfigError, TrainConfig, config_from_dict, parse_overrides
 from .data import ImageData, epoch_batches, load_dataset, normalize_as
@@ -156,12 +157,15 @@ def build_algorithm(cfg: TrainConfig) -> LearningAlgorithm:
         raise ConfigError(f"algorithm {cfg.algorithm}: {exc}") from None
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for an absent CUDA device is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device(name: str, ctx: distributed.Context | None = None) -> torch.device:
+    """``auto`` picks CUDA when present; asking for an absent CUDA device is a clear error. Under torchrun each
+    rank takes the GPU of its local rank."""
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available here; use device=cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if ctx is not None and ctx.enabled and name == "cuda":
+        return torch.device("cuda", ctx.local_rank)
     return torch.device(name)
 
 
@@ -190,21 +194,28 @@ def evaluate(
     batch_size: int = 512,
     flatten: bool = False,
     split: str = "test",
+    ctx: distributed.Context | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, float]:
-    """Free-phase top-1 and top-5 error rates and mean cost over a split (no augmentation)."""
+    """Free-phase top-1 and top-5 error rates and mean cost over a split (no augmentation); with several ranks,
+    each evaluates its part of the split and the counts are summed."""
+    ctx = ctx or distributed.Context()
     images, labels_all = (
         (data.test_images, data.test_labels) if split == "test" else (data.train_images, data.train_labels)
     )
-    wrong1 = wrong5 = 0
-    loss = 0.0
+    total = len(labels_all)
+    part = distributed.shard(total, ctx)
+    images, labels_all = images[part], labels_all[part]
+    wrong1 = wrong5 = loss = 0.0
     for start in range(0, len(labels_all), batch_size):
-        x = data.prepare(images[start : start + batch_size].to(device), flatten=flatten)
+        x = data.prepare(images[start : start + batch_size].to(device), flatten=flatten).to(dtype)
         labels = labels_all[start : start + batch_size].to(device)
         out = algorithm.free_phase(network, x).states[-1].float()
         loss += float(algorithm.cost(out, algorithm.targets(network, labels)).sum())
         errs = topk_errors(out, labels)
         wrong1, wrong5 = wrong1 + errs[1], wrong5 + errs[5]
-    n = max(len(labels_all), 1)
+    wrong1, wrong5, loss = distributed.all_sum([wrong1, wrong5, loss], ctx)
+    n = max(total, 1)
     return {"error": wrong1 / n, "top5_error": wrong5 / n, "loss": loss / n}
 
 
@@ -237,7 +248,7 @@ class Trainer:
     ``out_dir`` is set), with :mod:`callbacks <eqprop.training.callbacks>` for everything besides the loop.
     ``run_mode``: ``new`` refuses an ``out_dir`` that holds files, ``overwrite`` deletes an earlier run there."""
 
-    RESUMABLE_OVERRIDES = ("device", "progress", "tensorboard", "data_dir", "download", "threads")
+    RESUMABLE_OVERRIDES = ("device", "progress", "tensorboard", "data_dir", "download", "threads", "dist_timeout")
 
     def __init__(
         self,
@@ -249,10 +260,11 @@ class Trainer:
         from tqdm.auto import tqdm
 
         self.cfg = cfg
-        self.log = log or tqdm.write
+        self.dist = distributed.setup(cfg.device, cfg.dist_timeout)  # one rank unless torchrun started several
+        self.log = (log or tqdm.write) if self.dist.main else (lambda message: None)
         set_determinism(cfg.threads, cfg.deterministic)
         torch.manual_seed(cfg.seed)
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device, self.dist)
         if self.device.type == "cuda":  # fixed shapes all run long: let cuDNN time its algorithms once
             torch.backends.cudnn.benchmark = cfg.cudnn_benchmark and not cfg.deterministic
         self.data = load_data(cfg)
@@ -260,9 +272,14 @@ class Trainer:
         self.flip = self.data.flip if cfg.flip is None else cfg.flip
         in_shape = (math.prod(self.data.image_shape),) if self.flatten else self.data.image_shape
         with _config_errors(f"model {cfg.model.kind}"):
-            self.network = build_network(cfg, in_shape, self.data.num_classes).to(self.device)  # an EnergyModel
+            self.network = build_network(cfg, in_shape, self.data.num_classes)  # an EnergyModel
+        self.dtype = getattr(torch, cfg.precision)
+        self.network = self.network.to(self.device, self.dtype)
         self.algorithm = build_algorithm(cfg)
-        self.run_dir = RunDirectory(cfg.out_dir, cfg.tensorboard, self.log, run_mode) if cfg.out_dir else None
+        # only rank 0 writes the run directory
+        self.run_dir = (
+            RunDirectory(cfg.out_dir, cfg.tensorboard, self.log, run_mode) if cfg.out_dir and self.dist.main else None
+        )
         self.signals = build_signals(cfg, self.network, self.data, self.device, self.out, self.log)
         if len(self.signals):
             assert isinstance(self.algorithm, Contrastive)  # the config allows signals with P-/N-/C-EP only
@@ -275,6 +292,9 @@ class Trainer:
                 layer = int(sig.layer)  # type: ignore[arg-type]  # an IntermediateSignal's layer index
                 self.optimizer.add_param_group({"params": list(sig.parameters()), "lr": rates[layer - 1]})
         self.scheduler = make_scheduler(self.optimizer, cfg.epochs, cfg.eta_min)
+        distributed.broadcast_parameters(
+            [*self.network.state_dict().values(), *self.signals.state_dict().values()], self.dist
+        )
         self.generator = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation
         self.train_images = self.data.train_images.to(self.device)
         self.train_labels = self.data.train_labels.to(self.device)
@@ -368,8 +388,8 @@ class Trainer:
         changed.out_dir = str(run_dir)
         trainer = cls(changed, log=log, callbacks=callbacks, run_mode="resume")
         trainer.load_checkpoint(ckpt, state)
-        assert trainer.run_dir is not None
-        trainer.run_dir.rewrite_metrics(trainer.history)
+        if trainer.run_dir:
+            trainer.run_dir.rewrite_metrics(trainer.history)
         return trainer
 
     @classmethod
@@ -453,6 +473,7 @@ class Trainer:
         batches = math.ceil(n / cfg.batch_size)
         t0 = time.perf_counter() - partial["time"]
         self.network.train()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
         for b, x, labels in epoch_batches(
             self.data,
             self.train_images,
@@ -464,35 +485,44 @@ class Trainer:
             flatten=self.flatten,
             start=partial["batch"],
             resume_generator=partial.get("generator"),
+            shard=(lambda size: distributed.shard(size, self.dist)) if self.dist.enabled else None,
         ):
-            result = self.algorithm.step(self.network, x, labels)
+            result = self.algorithm.step(self.network, x.to(self.dtype), labels)
             for callback in self.callbacks:
                 callback.after_step(self, epoch, b, result)
+            global_batch = min(cfg.batch_size, n - b * cfg.batch_size)
+            distributed.average_gradients(params, len(labels), global_batch, self.dist)
             self.optimizer.step()
-            loss = float(result.loss.sum())
             errs = topk_errors(result.output.float(), labels)
+            for callback in self.callbacks:
+                callback.on_batch_end(self, epoch, b, result)
+            # one reduction per batch: the global batch's metrics, and whether any rank has been asked to stop
+            # (read once here, so every rank takes the same decision at the same batch)
+            requested = self._stop
+            loss, wrong1, wrong5, iters, stop = distributed.all_sum(
+                [float(result.loss.sum()), errs[1], errs[5], result.free.iterations, requested is not None],
+                self.dist,
+            )
             partial.update(
                 batch=b + 1,
-                wrong1=partial["wrong1"] + errs[1],
-                wrong5=partial["wrong5"] + errs[5],
+                wrong1=partial["wrong1"] + wrong1,
+                wrong5=partial["wrong5"] + wrong5,
                 loss=partial["loss"] + loss,
-                iters=partial["iters"] + result.free.iterations,
+                iters=partial["iters"] + iters / self.dist.world,
             )
             seen = min((b + 1) * cfg.batch_size, n)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{partial['loss'] / seen:.4f}", err=f"{100 * partial['wrong1'] / seen:.2f}%")
             if self.run_dir:
-                self.run_dir.scalar("batch/train_loss", loss / len(labels), (epoch - 1) * batches + b)
-            for callback in self.callbacks:
-                callback.on_batch_end(self, epoch, b, result)
-            if self._stop is not None and b + 1 < batches:
+                self.run_dir.scalar("batch/train_loss", loss / global_batch, (epoch - 1) * batches + b)
+            if stop and b + 1 < batches:
                 partial.update(
                     time=time.perf_counter() - t0,
                     generator=self.generator.get_state(),
                     callbacks=[c.state_dict() for c in self.callbacks],
                 )
-                raise Interrupted(self._stop, self.save_checkpoint(partial))
+                raise Interrupted(requested or "SIGTERM", self.save_checkpoint(partial))
         self.scheduler.step()
         return {
             "train_loss": partial["loss"] / n,
@@ -529,7 +559,7 @@ class Trainer:
                 handlers[sig] = signal.signal(sig, self._request_stop)
         if self.run_dir:
             self.run_dir.open_logs()
-        disable = None if cfg.progress else True
+        disable = None if cfg.progress and self.dist.main else True
         batches = math.ceil(len(self.train_labels) / cfg.batch_size)
         try:
             with tqdm(total=cfg.epochs, initial=self.epoch, desc="epochs", unit="epoch", disable=disable) as ebar:
@@ -546,8 +576,8 @@ class Trainer:
                     self._end_epoch(epoch, row)
                     ebar.update(1)
                     ebar.set_postfix(test_err=f"{100 * row['test_error']:.2f}%")
-                    if self._stop is not None and epoch < cfg.epochs:
-                        raise Interrupted(self._stop, self.run_dir.last if self.run_dir else None)
+                    if distributed.any_rank(self._stop is not None, self.dist) and epoch < cfg.epochs:
+                        raise Interrupted(self._stop or "SIGTERM", self.run_dir.last if self.run_dir else None)
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
@@ -555,6 +585,12 @@ class Trainer:
                 self.run_dir.close()
         self.log(self.summary(time.perf_counter() - started))
         return self.history
+
+    def close(self) -> None:
+        """Release the run directory and leave the process group (torchrun runs)."""
+        if self.run_dir:
+            self.run_dir.close()
+        distributed.finish(self.dist)
 
     def summary(self, wall: float | None = None) -> str:
         """One line: best and final test error, the epoch of the best, wall time, run directory."""
@@ -575,7 +611,9 @@ class Trainer:
     def _end_epoch(self, epoch: int, row: dict[str, float]) -> None:
         """Evaluate, let the callbacks add to the row, record it and checkpoint."""
         t_eval = time.perf_counter()
-        test = evaluate(self.network, self.algorithm, self.data, self.device, flatten=self.flatten)
+        test = evaluate(
+            self.network, self.algorithm, self.data, self.device, flatten=self.flatten, ctx=self.dist, dtype=self.dtype
+        )
         row.update(
             test_error=test["error"],
             test_top5_error=test["top5_error"],
