@@ -107,9 +107,7 @@ def test_two_ranks_follow_the_one_process_run_with_the_same_global_batch(two_ran
         for key in ("train_error", "test_error", "test_top5_error"):  # counts summed over the ranks
             assert mine[key] == theirs[key], (key, mine[key], theirs[key])
         for key in ("train_loss", "test_loss"):
-            assert mine[key] == pytest.approx(theirs[key], rel=1e-6), (
-                key
-            )  # the cost uses a float32 output
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-6), key  # the cost uses a float32 output
     assert not (root / name / "metrics.jsonl").read_text().count('"epoch": 1,') > 1  # rank 0 alone writes
 
 
