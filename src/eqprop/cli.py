@@ -155,6 +155,24 @@ def _cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .training.tune import run_tune
+
+    run_tune(
+        args.config,
+        args.space,
+        args.trials,
+        args.out,
+        storage=args.storage,
+        study_name=args.study_name,
+        pruner=args.pruner,
+        sampler_seed=args.seed,
+        overrides=[*args.overrides, *_data_dir(args)],
+        heartbeat=args.heartbeat or None,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eqprop", description="Energy-based learning with equilibrium propagation")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -218,11 +236,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
     p.set_defaults(func=_cmd_study)
+
+    p = sub.add_parser("tune", help="hyperparameter search on Optuna; workers on many machines share one storage")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key=value overrides for every trial")
+    p.add_argument("--space", required=True, help="YAML: config key -> {type: float|int|categorical, low, high, ...}")
+    p.add_argument("--trials", type=int, required=True, help="finished trials wanted, over all workers")
+    p.add_argument(
+        "--storage", help="sqlite:///FILE, postgresql://..., mysql://... or journal:FILE (default: OUT/tune.db)"
+    )
+    p.add_argument("--study-name", help="the study in the storage (default: the config's file name)")
+    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
+    p.add_argument("--seed", type=int, help="seed of the TPE sampler")
+    p.add_argument("--heartbeat", type=int, default=60, help="seconds between a trial's heartbeats (0: none)")
+    p.add_argument("--out", default="runs/tune", help="where the trials' run directories go (default: runs/tune)")
+    p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
+    p.set_defaults(func=_cmd_tune)
     return parser
 
 
 # the subcommands whose positional ``key=value`` overrides may also come after the options
-_OVERRIDES = {"train": "items", "eval": "overrides", "study": "overrides"}
+_OVERRIDES = {"train": "items", "eval": "overrides", "study": "overrides", "tune": "overrides"}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -18,6 +18,7 @@ Register a new data set with :func:`register_dataset`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import math
 import os
@@ -80,10 +81,44 @@ class ImageData:
     std: tuple[float, ...]
     num_classes: int
     flip: bool = False  # the paper's default for training (appendix D)
+    val_images: Tensor | None = None  # a held-out part of the training set (validation=...), or None
+    val_labels: Tensor | None = None
 
     @property
     def image_shape(self) -> tuple[int, ...]:
         return tuple(self.train_images.shape[1:])
+
+    def split(self, name: str) -> tuple[Tensor, Tensor]:
+        """The images and labels of ``train``, ``val`` or ``test``."""
+        if name == "val":
+            if self.val_images is None or self.val_labels is None:
+                raise DataError("no validation split: set validation to the fraction of training data to hold out")
+            return self.val_images, self.val_labels
+        if name not in ("train", "test"):
+            raise DataError(f"split must be 'train', 'val' or 'test', got {name!r}")
+        return (self.train_images, self.train_labels) if name == "train" else (self.test_images, self.test_labels)
+
+    def hold_out(self, fraction: float, seed: int) -> ImageData:
+        """A copy whose training set loses a seeded random ``fraction`` of its images to a validation split, so
+        that model selection and tuning never look at the test set."""
+        n = len(self.train_labels)
+        k = int(round(fraction * n))
+        if not 0 < k < n:
+            raise DataError(f"validation={fraction} of {n} training images leaves {n - k} to train and {k} to validate")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        keep, held = perm[k:].sort().values, perm[:k].sort().values
+        images = self.train_images
+
+        def take(ids: Tensor) -> Any:
+            return images.subset(ids) if isinstance(images, FolderImages) else images[ids]
+
+        return dataclasses.replace(
+            self,
+            train_images=take(keep),
+            train_labels=self.train_labels[keep],
+            val_images=take(held),
+            val_labels=self.train_labels[held],
+        )
 
     def prepare(
         self,
@@ -112,11 +147,7 @@ class ImageData:
 
     def normalized(self, split: str = "train", flatten: bool = False) -> TensorDataset:
         """The whole split, normalised and not augmented, as a ``TensorDataset``."""
-        if split not in ("train", "test"):
-            raise DataError(f"split must be 'train' or 'test', got {split!r}")
-        images, labels = (
-            (self.train_images, self.train_labels) if split == "train" else (self.test_images, self.test_labels)
-        )
+        images, labels = self.split(split)
         return TensorDataset(self.prepare(images, flatten=flatten), labels)
 
 
@@ -661,6 +692,10 @@ class FolderImages:
     def to(self, device: torch.device | str) -> FolderImages:
         return FolderImages(self.paths, self.size, device, self.workers)
 
+    def subset(self, ids: Tensor) -> FolderImages:
+        """The images at ``ids``, still undecoded."""
+        return FolderImages([self.paths[i] for i in ids.tolist()], self.size, self.device, self.workers)
+
     def _decode(self, path: str) -> Tensor:
         from PIL import Image
         from torchvision.transforms import functional as TF
@@ -804,6 +839,7 @@ class DataSection(Section):
     normalization: str = setting("dataset", "mean/std: dataset (the data set's own) or pcn (the PCN paper's Table 4)")
     limit_train: int | None = setting(None, "keep the first N training images (quick runs, tests)")
     limit_test: int | None = setting(None, "keep the first N test images")
+    validation: float = setting(0.0, "hold out this fraction of the training set (seeded) for validation; 0: none")
 
     def validate(self) -> None:
         self.dataset = check_choice("dataset", self.dataset, dataset_names())
@@ -815,3 +851,5 @@ class DataSection(Section):
             )
         self.at_least(1, "image_size", "limit_train", "limit_test")
         self.at_least(0, "crop_padding")
+        if not 0 <= self.validation < 1:
+            raise ConfigError(f"config key 'validation' must be a fraction in [0, 1), got {self.validation}")

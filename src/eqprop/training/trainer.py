@@ -72,7 +72,8 @@ def load_data(cfg: TrainConfig) -> ImageData:
         download=cfg.download,
         verify_checksums=cfg.verify_checksums,
     )
-    return normalize_as(data, cfg.normalization)
+    data = normalize_as(data, cfg.normalization)
+    return data.hold_out(cfg.validation, cfg.seed) if cfg.validation > 0 else data
 
 
 def build_network(cfg: TrainConfig, in_shape: tuple[int, ...], num_classes: int) -> Any:
@@ -197,19 +198,17 @@ def evaluate(
     ctx: distributed.Context | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, float]:
-    """Free-phase top-1 and top-5 error rates and mean cost over a split (no augmentation); with several ranks,
-    each evaluates its part of the split and the counts are summed."""
+    """Free-phase top-1 and top-5 error rates and mean cost over a split (``test``, ``val`` or ``train``; no
+    augmentation); with several ranks, each evaluates its part of the split and the counts are summed."""
     ctx = ctx or distributed.Context()
-    images, labels_all = (
-        (data.test_images, data.test_labels) if split == "test" else (data.train_images, data.train_labels)
-    )
+    images, labels_all = data.split(split)
     total = len(labels_all)
-    part = distributed.shard(total, ctx)
-    images, labels_all = images[part], labels_all[part]
+    part = distributed.shard(total, ctx)  # this rank's share (all of it on one rank)
     wrong1 = wrong5 = loss = 0.0
-    for start in range(0, len(labels_all), batch_size):
-        x = data.prepare(images[start : start + batch_size].to(device), flatten=flatten).to(dtype)
-        labels = labels_all[start : start + batch_size].to(device)
+    for start in range(part.start, part.stop, batch_size):
+        stop = min(start + batch_size, part.stop)
+        x = data.prepare(images[start:stop].to(device), flatten=flatten).to(dtype)
+        labels = labels_all[start:stop].to(device)
         out = algorithm.free_phase(network, x).states[-1].float()
         loss += float(algorithm.cost(out, algorithm.targets(network, labels)).sum())
         errs = topk_errors(out, labels)
@@ -596,12 +595,16 @@ class Trainer:
         """One line: best and final test error, the epoch of the best, wall time, run directory."""
         if not self.history:
             return "eqprop: no epoch finished"
-        best = min(self.history, key=lambda r: r["test_error"])
         final = self.history[-1]
+        key = "val_error" if "val_error" in final else "test_error"
+        best = min(self.history, key=lambda r: r[key])
+        what = "validation" if key == "val_error" else "test"
         parts = [
-            f"eqprop: done after {final['epoch']:g} epochs: best test error {100 * best['test_error']:.2f}% "
-            f"(epoch {best['epoch']:g}), final {100 * final['test_error']:.2f}%"
+            f"eqprop: done after {final['epoch']:g} epochs: best {what} error {100 * best[key]:.2f}% "
+            f"(epoch {best['epoch']:g}), final {100 * final[key]:.2f}%"
         ]
+        if key == "val_error":
+            parts.append(f"test error at that epoch {100 * best['test_error']:.2f}%")
         if wall is not None:
             parts.append(f"wall time {wall:.1f} s")
         if self.out:
@@ -620,17 +623,32 @@ class Trainer:
             test_loss=test["loss"],
             lr=self.optimizer.param_groups[0]["lr"],
         )
+        if self.data.val_images is not None:  # model selection on the held-out split, never on the test set
+            val = evaluate(
+                self.network,
+                self.algorithm,
+                self.data,
+                self.device,
+                flatten=self.flatten,
+                split="val",
+                ctx=self.dist,
+                dtype=self.dtype,
+            )
+            row.update(val_error=val["error"], val_top5_error=val["top5_error"], val_loss=val["loss"])
         row["time"] = row["train_time"] + time.perf_counter() - t_eval
         for callback in self.callbacks:
             callback.on_epoch_end(self, epoch, row)
         self.history.append(row)
         self.epoch = epoch
-        best = row["test_error"] < self.best_error
-        self.best_error = min(self.best_error, row["test_error"])
+        selected = row.get("val_error", row["test_error"])  # the checkpoint_best criterion
+        best = selected < self.best_error
+        self.best_error = min(self.best_error, selected)
         self.log(
             f"epoch {epoch:3d}  train loss {row['train_loss']:.4f}  train error "
             f"{100 * row['train_error']:6.2f}%  test error {100 * row['test_error']:6.2f}%  "
-            f"top-5 {100 * row['test_top5_error']:5.2f}%  ({row['time']:.1f}s)"
+            f"top-5 {100 * row['test_top5_error']:5.2f}%"
+            + (f"  val error {100 * row['val_error']:6.2f}%" if "val_error" in row else "")
+            + f"  ({row['time']:.1f}s)"
         )
         if self.run_dir:
             self.run_dir.write_metrics(row, self.history)

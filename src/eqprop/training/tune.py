@@ -1,0 +1,304 @@
+"""Hyperparameter search on Optuna (``pip install "eqprop[tune]"``): ``eqprop tune CONFIG --space SPACE.yaml``.
+
+The search space is a YAML mapping from config keys (flat or ``section.key``) to distributions::
+
+    beta: {type: float, low: 0.05, high: 0.5}
+    lrs: {type: float, low: 0.005, high: 0.2, log: true}     # a list key: one value for every layer group
+    batch_size: {type: int, low: 32, high: 256, log: true}
+    algorithm: {type: categorical, choices: [CEP, NEP]}
+
+Each trial is a normal run directory (``OUT/<study>/trial_0007``); a diverged trial is recorded as failed. The
+objective is the run's best validation error when the config holds out a validation split (``validation=0.1``), else
+its best test error (a warning says that the search then looks at the test set). Trials report every epoch, so a
+pruner (median or Hyperband) stops poor ones. Workers on any number of machines cooperate through the storage: a
+SQLite file locally, a PostgreSQL/MySQL URL, or Optuna's journal file (``journal:PATH``). With a database storage
+each running trial sends heartbeats; the trial of a worker that was killed is marked failed once its heartbeat is
+stale and is retried with the same parameters by the next worker (Optuna's retry callback). Optuna 5's
+journal storage has no heartbeat, so there a killed worker's trial stays RUNNING: use a database to get retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .config import FLAT, SECTIONS, load_config, parse_overrides, read_yaml
+
+__all__ = ["Distribution", "read_space", "make_storage", "run_tune", "objective_key", "retried_from"]
+
+KINDS = ("float", "int", "categorical")
+
+
+@dataclass
+class Distribution:
+    """One searched key: ``float``/``int`` between ``low`` and ``high`` (``log``: log-uniform; ``step``), or
+    ``categorical`` over ``choices``."""
+
+    key: str
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] = field(default_factory=list)
+
+    def suggest(self, trial: Any) -> Any:
+        if self.kind == "categorical":
+            return trial.suggest_categorical(self.key, self.choices)
+        if self.kind == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)  # type: ignore[arg-type]
+        return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
+
+    def extremes(self) -> list[Any]:
+        return list(self.choices) if self.kind == "categorical" else [self.low, self.high]
+
+
+def _known_key(key: str) -> bool:
+    if "." in key:
+        section, name = key.split(".", 1)
+        return section in SECTIONS and name in {f for f in SECTIONS[section].__dataclass_fields__}
+    return key in FLAT
+
+
+def read_space(path: str | Path, config: str | Path | None = None, overrides: Sequence[str] = ()) -> list[Distribution]:
+    """The search space of a YAML file, each key checked against the config (its name, its distribution, and
+    that the config builds at both ends of its range); a bad entry is a ConfigError naming the file and key."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"search space {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"search space {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"search space {path} must map config keys to distributions, e.g. beta: {{type: float, ...}}")
+    space = []
+    for key, spec in raw.items():
+        where = f"search space {path}, key {key!r}"
+        if not _known_key(str(key)):
+            raise ConfigError(f"{where}: not a config key (see eqprop train --help-config)")
+        if not isinstance(spec, dict) or spec.get("type") not in KINDS:
+            raise ConfigError(f"{where}: give a mapping with type one of {list(KINDS)}, got {spec!r}")
+        unknown = set(spec) - {"type", "low", "high", "log", "step", "choices"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown fields {sorted(unknown)}; valid: type, low, high, log, step, choices")
+        kind = spec["type"]
+        if kind == "categorical":
+            choices = spec.get("choices")
+            if not isinstance(choices, list) or not choices:
+                raise ConfigError(f"{where}: categorical needs a non-empty list of choices")
+            if not all(c is None or isinstance(c, (bool, int, float, str)) for c in choices):
+                raise ConfigError(f"{where}: categorical choices must be numbers, strings, booleans or null")
+            dist = Distribution(str(key), kind, choices=choices)
+        else:
+            bounds = spec.get("low"), spec.get("high")
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bounds):
+                raise ConfigError(
+                    f"{where}: needs finite numbers low < high, got low={bounds[0]!r}, high={bounds[1]!r}"
+                )
+            low, high = float(bounds[0]), float(bounds[1])  # type: ignore[arg-type]  # checked just above
+            if not low < high:
+                raise ConfigError(f"{where}: needs low < high, got low={low}, high={high}")
+            if spec.get("log") and low <= 0:
+                raise ConfigError(f"{where}: a log scale needs low > 0, got {low}")
+            if kind == "int" and not (low.is_integer() and high.is_integer()):
+                raise ConfigError(f"{where}: int bounds must be whole numbers, got {low}, {high}")
+            dist = Distribution(str(key), kind, low, high, bool(spec.get("log")), spec.get("step"))
+        for value in dist.extremes():  # the config must accept the whole range
+            try:
+                load_config(config, [*overrides, _override(dist.key, value, config, overrides)])
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: the value {value!r} is not valid here ({exc})") from None
+        space.append(dist)
+    return space
+
+
+def _override(key: str, value: Any, config: str | Path | None, overrides: Sequence[str]) -> str:
+    """``key=value``, one value broadcast to a list key (``lrs``: every layer group)."""
+    import json
+
+    current = getattr(load_config(config, overrides), key.split(".")[-1], None)
+    if isinstance(current, list) and not isinstance(value, list):
+        value = [value]
+    return f"{key}={json.dumps(value)}"
+
+
+def objective_key(validation: float) -> str:
+    """What a trial minimises: the best validation error, or the best test error without a validation split."""
+    return "val_error" if validation > 0 else "test_error"
+
+
+def make_storage(url: str, heartbeat: int | None = 60) -> Any:
+    """An Optuna storage: ``sqlite:///FILE``, a PostgreSQL/MySQL URL (with heartbeats and retries of the trials
+    of killed workers), or ``journal:FILE`` (a journal file, safe on shared file systems)."""
+    import optuna
+
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:") :]))
+    if "://" not in url:
+        raise ConfigError(f"--storage {url!r}: give sqlite:///FILE, postgresql://..., mysql://... or journal:FILE")
+    kwargs: dict[str, Any] = {}
+    if heartbeat:
+        kwargs = dict(heartbeat_interval=heartbeat, grace_period=2 * heartbeat)
+        if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # Optuna >= 4.9
+            kwargs["heartbeat_stale_trial_callback"] = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+        else:
+            kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=3)
+    with _creation_lock(url):
+        for attempt in range(5):
+            try:
+                return optuna.storages.RDBStorage(url, **kwargs)
+            except Exception as exc:  # a bad URL or an unreachable database: SQLAlchemy raises many kinds
+                racing = "already exists" in str(exc) or "UNIQUE constraint" in str(exc)
+                if racing and attempt < 4:  # another worker is creating the tables right now
+                    time.sleep(0.5 + attempt)
+                    continue
+                raise ConfigError(f"--storage {url!r} cannot be opened ({type(exc).__name__}: {exc})") from None
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _creation_lock(url: str) -> Iterator[None]:
+    """For a SQLite file, hold an exclusive lock beside it while the storage creates its tables (workers that
+    start together would otherwise race on the schema)."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    path = Path(url[len("sqlite:///") :]).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
+
+
+def retried_from(trial: Any) -> int | None:
+    """The number of the failed trial that ``trial`` retries (None for a first attempt)."""
+    import optuna
+
+    cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+    return cls.retried_trial_number(trial)
+
+
+def run_tune(
+    config: str | Path,
+    space_path: str | Path,
+    trials: int,
+    out: str | Path,
+    storage: str | None = None,
+    study_name: str | None = None,
+    pruner: str = "median",
+    sampler_seed: int | None = None,
+    overrides: Sequence[str] = (),
+    heartbeat: int | None = 60,
+    log: Callable[[str], None] = print,
+) -> Any:
+    """Work on the study until it has ``trials`` finished trials (counted over every worker sharing the storage);
+    returns the Optuna study."""
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError('eqprop tune needs Optuna: pip install "eqprop[tune]"') from None
+    from .trainer import DivergenceError, Trainer
+
+    if trials < 1:
+        raise ConfigError(f"--trials must be >= 1, got {trials}")
+    read_yaml(config)  # the experiment must exist and parse
+    base = load_config(config, overrides)
+    space = read_space(space_path, config, overrides)
+    key = objective_key(base.validation)
+    if key == "test_error":
+        warnings.warn(
+            "eqprop tune: the config holds out no validation split, so trials are ranked by test error; "
+            "set validation=0.1 (say) to tune without looking at the test set"
+        )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    storage_url = storage or f"sqlite:///{(out / 'tune.db').resolve()}"
+    pruners = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=base.epochs),
+        "none": lambda: optuna.pruners.NopPruner(),
+    }
+    if pruner not in pruners:
+        raise ConfigError(f"--pruner {pruner!r}: choose one of {list(pruners)}")
+    study = optuna.create_study(
+        study_name=study_name or Path(config).stem,
+        storage=make_storage(storage_url, heartbeat),
+        direction="minimize",
+        load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=sampler_seed),
+        pruner=pruners[pruner](),
+    )
+    budget_states = (
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.PRUNED,
+        optuna.trial.TrialState.RUNNING,
+        optuna.trial.TrialState.WAITING,
+    )
+
+    def counted(trial: Any) -> bool:
+        return trial.state in budget_states and not trial.user_attrs.get("surplus")
+
+    def objective(trial: Any) -> float:
+        ahead = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and counted(t)]
+        if len(ahead) >= trials:  # other workers took the last places while this one asked: not a trial of ours
+            trial.set_user_attr("surplus", True)
+            study.stop()
+            raise optuna.TrialPruned("the study already has its trials")
+        sampled = [_override(d.key, d.suggest(trial), config, overrides) for d in space]
+        run_dir = out / study.study_name / f"trial_{trial.number:04d}"
+        cfg = parse_overrides([*sampled, f"out_dir={run_dir}", "progress=false"], base)
+        trial.set_user_attr("run_dir", str(run_dir))
+
+        from .callbacks import Callback
+
+        class Report(Callback):
+            """Report each epoch's objective; a pruned trial stops before its next epoch, once the epoch just
+            finished is in its run directory."""
+
+            verdict: str | None = None
+
+            def on_epoch_end(self, trainer: Any, epoch: int, row: dict[str, Any]) -> None:
+                trial.report(row[key], epoch)
+                self.verdict = f"pruned after epoch {epoch}" if trial.should_prune() else None
+
+            def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+                if self.verdict:
+                    raise optuna.TrialPruned(self.verdict)
+
+        history = Trainer(cfg, log=lambda s: None, callbacks=[Report()]).fit()
+        best = min(row[key] for row in history)
+        log(f"eqprop tune: trial {trial.number} {trial.params} -> best {key} {100 * best:.2f}% ({run_dir})")
+        return best
+
+    def enough(study: Any, trial: Any) -> None:
+        if (
+            sum(counted(t) and t.state != optuna.trial.TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+            >= trials
+        ):
+            study.stop()
+
+    log(f"eqprop tune: {trials} trials of {[d.key for d in space]} minimising {key}, storage {storage_url}")
+    optuna.storages.fail_stale_trials(study)  # trials of killed workers: failed, and queued again to retry
+    waiting = optuna.trial.TrialState.WAITING  # queued (a retry): still to run
+    if sum(counted(t) and t.state != waiting for t in study.get_trials(deepcopy=False)) < trials:
+        study.optimize(objective, n_trials=None, callbacks=[enough], catch=(DivergenceError,))
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if finished:
+        best = study.best_trial
+        where = best.user_attrs.get("run_dir")
+        log(f"eqprop tune: best {key} {100 * (best.value or 0.0):.2f}% with {best.params} ({where})")
+    return study

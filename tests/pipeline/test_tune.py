@@ -1,0 +1,148 @@
+"""Sweeps on Optuna (``eqprop tune``): search-space validation, workers in separate processes sharing one storage,
+the retry of a killed worker's trial, and the validation split that keeps tuning off the test set."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from eqprop.errors import ConfigError
+from eqprop.training.config import parse_overrides
+from eqprop.training.trainer import Trainer
+from eqprop.training.tune import read_space, retried_from
+
+optuna = pytest.importorskip("optuna")
+
+EXPERIMENT = """\
+epochs: 2
+free_iterations: 4
+nudged_iterations: 2
+channels: [4, 8, 8]
+limit_train: 80
+limit_test: 40
+batch_size: 40
+validation: 0.25
+progress: false
+tensorboard: false
+"""
+SPACE = """\
+beta: {type: float, low: 0.05, high: 0.5}
+lrs: {type: float, low: 0.01, high: 0.2, log: true}
+"""
+
+
+@pytest.fixture
+def experiment(tmp_path):
+    (tmp_path / "exp.yaml").write_text(EXPERIMENT)
+    (tmp_path / "space.yaml").write_text(SPACE)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ("betta: {type: float, low: 0.1, high: 0.2}", "key 'betta': not a config key"),
+        ("beta: {type: uniform, low: 0.1, high: 0.2}", "key 'beta': give a mapping with type one of"),
+        ("beta: {type: float, low: 0.3, high: 0.2}", "key 'beta': needs low < high"),
+        ("lrs: {type: float, low: 0.0, high: 0.2, log: true}", "key 'lrs': a log scale needs low > 0"),
+        ("beta: {type: float, low: 0.1, hi: 0.2}", "key 'beta': unknown fields \\['hi'\\]"),
+        ("algorithm: {type: categorical, choices: [CEP, XEP]}", "key 'algorithm': the value 'XEP' is not valid"),
+        ("batch_size: {type: int, low: 0, high: 64}", "key 'batch_size': the value 0.0 is not valid"),
+        ("- beta", "must map config keys to distributions"),
+    ],
+)
+def test_a_bad_space_file_names_the_key(experiment, space, message):
+    path = experiment / "bad.yaml"
+    path.write_text(space + "\n")
+    with pytest.raises(ConfigError, match=message):
+        read_space(path, experiment / "exp.yaml")
+
+
+def _tune(experiment, trials, storage, heartbeat=60, wait=True):
+    cmd = [sys.executable, "-m", "eqprop", "tune", str(experiment / "exp.yaml"), "--space"]
+    cmd += [str(experiment / "space.yaml"), "--trials", str(trials), "--storage", storage, "--study-name", "s"]
+    cmd += ["--out", str(experiment / "out"), "--heartbeat", str(heartbeat)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    if not wait:
+        return proc
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-2000:] + err[-2000:]
+    return out
+
+
+def test_two_workers_share_one_sqlite_storage(experiment):
+    storage = f"sqlite:///{experiment / 'tune.db'}"
+    workers = [_tune(experiment, 5, storage, wait=False) for _ in range(2)]
+    for w in workers:
+        out, err = w.communicate(timeout=600)
+        assert w.returncode == 0, out[-2000:] + err[-2000:]
+    trials = optuna.load_study(study_name="s", storage=storage).get_trials()
+    real = [t for t in trials if not t.user_attrs.get("surplus")]
+    finished = [t for t in real if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(finished) == 5 and len(real) == 5  # none lost, none extra
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    dirs = [t.user_attrs["run_dir"] for t in finished]
+    assert len(set(dirs)) == 5 and len({t.number for t in finished}) == 5  # no duplicate
+    for t in finished:
+        assert (experiment / "out" / "s" / f"trial_{t.number:04d}" / "metrics.jsonl").exists()
+    for t in [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]:
+        rows = [__import__("json").loads(x) for x in open(f"{t.user_attrs['run_dir']}/metrics.jsonl")]
+        assert t.value == min(r["val_error"] for r in rows)  # the objective is the validation error
+
+
+@pytest.mark.slow
+def test_a_killed_workers_trial_is_marked_failed_and_retried(experiment):
+    (experiment / "exp.yaml").write_text(EXPERIMENT.replace("epochs: 2", "epochs: 200"))
+    storage = f"sqlite:///{experiment / 'tune.db'}"
+    victim = _tune(experiment, 1, storage, heartbeat=1, wait=False)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            running = optuna.load_study(study_name="s", storage=storage).get_trials(
+                states=(optuna.trial.TrialState.RUNNING,)
+            )
+        except KeyError:  # the study is not created yet
+            running = []
+        if running and (experiment / "out" / "s" / "trial_0000" / "metrics.jsonl").exists():
+            break
+        time.sleep(0.5)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    time.sleep(3)  # beyond the grace period (2 heartbeats)
+    (experiment / "exp.yaml").write_text(EXPERIMENT)
+    _tune(experiment, 1, storage, heartbeat=1)
+    trials = optuna.load_study(study_name="s", storage=storage).get_trials()
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    retried = [t for t in trials if retried_from(t) == 0]
+    assert len(retried) == 1 and retried[0].state == optuna.trial.TrialState.COMPLETE
+    assert retried[0].params == trials[0].params
+
+
+def test_validation_split_is_held_out_and_selects_the_best_checkpoint(tmp_path):
+    cfg = parse_overrides(
+        [
+            *[f"{k}={v}" for k, v in (line.split(": ") for line in EXPERIMENT.splitlines())],
+            f"out_dir={tmp_path}",
+            "epochs=3",
+        ]
+    )
+    trainer = Trainer(cfg, log=lambda s: None)
+    data = trainer.data
+    assert len(data.train_labels) == 60 and len(data.val_labels) == 20 and len(data.test_labels) == 40
+    train = {tuple(x.flatten().tolist()) for x in data.train_images}
+    assert not any(tuple(x.flatten().tolist()) in train for x in data.val_images)  # disjoint
+    again = Trainer(parse_overrides([*cfg_items(cfg), f"out_dir={tmp_path / 'again'}"]), log=lambda s: None).data
+    assert torch.equal(again.val_labels, data.val_labels)  # seeded
+    history = trainer.fit()
+    best = torch.load(tmp_path / "checkpoint_best.pt", weights_only=False)
+    assert best["epoch"] == min(history, key=lambda r: r["val_error"])["epoch"]
+    assert all("val_error" in r and "test_error" in r for r in history)
+
+
+def cfg_items(cfg):
+    return [f"{k}={v}" for k, v in (line.split(": ") for line in EXPERIMENT.splitlines())]
