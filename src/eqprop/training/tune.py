@@ -155,7 +155,8 @@ def make_storage(url: str, heartbeat: int | None = 60) -> Any:
             kwargs["heartbeat_stale_trial_callback"] = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
         else:
             kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=3)
-    with _creation_lock(url):
+    with _creation_lock(url), warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
         for attempt in range(5):
             try:
                 return optuna.storages.RDBStorage(url, **kwargs)
@@ -189,7 +190,9 @@ def retried_from(trial: Any) -> int | None:
     import optuna
 
     cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
-    return cls.retried_trial_number(trial)
+    with warnings.catch_warnings():  # Optuna marks the retry helpers experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return cls.retried_trial_number(trial)
 
 
 def run_tune(
