@@ -143,8 +143,10 @@ def _cmd_study(args: argparse.Namespace) -> int:
         args.jobs,
         [*args.overrides, *_data_dir(args)],
         overwrite=args.overwrite,
+        storage=args.storage,
+        study_name=args.study_name,
     )
-    failed = [r for r in runs if r.returncode != 0]
+    failed = [r for r in runs if r.returncode not in (0, None)]  # None: taken by another worker, still running
     if failed:
         print(
             f"eqprop study: {len(failed)} of {len(runs)} runs failed: {[r.out_dir.name for r in failed]} "
@@ -234,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="re-run from scratch the runs whose saved config differs from this command's (default: refuse)",
     )
+    p.add_argument(
+        "--storage",
+        help="share the grid with workers on other machines through this Optuna storage (as for eqprop tune)",
+    )
+    p.add_argument("--study-name", help="the grid's name in the storage (default: the --out folder's name)")
     p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
     p.set_defaults(func=_cmd_study)
 

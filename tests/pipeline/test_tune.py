@@ -12,6 +12,7 @@ import torch
 
 from eqprop.errors import ConfigError
 from eqprop.training.config import parse_overrides
+from eqprop.training.results import read_run
 from eqprop.training.trainer import Trainer
 from eqprop.training.tune import read_space, retried_from
 
@@ -146,3 +147,22 @@ def test_validation_split_is_held_out_and_selects_the_best_checkpoint(tmp_path):
 
 def cfg_items(cfg):
     return [f"{k}={v}" for k, v in (line.split(": ") for line in EXPERIMENT.splitlines())]
+
+
+def test_two_study_workers_share_one_grid(experiment):
+    (experiment / "grid.yaml").write_text(EXPERIMENT + "study:\n  seeds: [0, 1, 2]\n")
+    storage = f"sqlite:///{experiment / 'grid.db'}"
+    cmd = [sys.executable, "-m", "eqprop", "study", str(experiment / "grid.yaml"), "--storage", storage]
+    cmd += ["--out", str(experiment / "grid")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in "ab"]
+    for w in workers:
+        out, err = w.communicate(timeout=600)
+        assert w.returncode == 0, out[-2000:] + err[-2000:]
+    trials = optuna.load_study(study_name="grid", storage=storage).get_trials()
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(t.params["run"] for t in done) == [f"CEP_digits_seed{s}" for s in range(3)]  # each run once
+    for seed in range(3):
+        run = experiment / "grid" / f"CEP_digits_seed{seed}"
+        assert (run / "stdout.log").read_text().count("eqprop: CEP on digits") == 1  # started by one worker
+        assert [r["epoch"] for r in read_run(run).metrics] == [1, 2]

@@ -1,6 +1,10 @@
 """Studies: a grid of runs (algorithms x data sets x seeds) from one config, run as separate processes,
 summarised at the end by ``table.md`` (Table 1 layout) and ``curves.png``.
 
+With ``storage`` (an Optuna storage URL, as for ``eqprop tune``), ``eqprop study`` processes on any number of
+machines share one grid: each run is an enqueued trial that exactly one worker takes; the run of a killed worker is
+retried (and resumes from its checkpoint) by another. Without it one process runs the grid, ``jobs`` at a time.
+
 Re-running a study resumes its unfinished runs. A run already in the study directory under another config (say
 the command now has ``epochs=3``) is refused, or re-run from scratch with ``overwrite``: a run is never reported
 under a config it did not use. One study process at a time holds the study directory (``.lock``).
@@ -21,7 +25,7 @@ from typing import Any
 
 from ..errors import RunError
 from .config import ConfigError, TrainConfig, config_from_dict, load_config, parse_overrides, read_yaml
-from .results import INCIDENTAL, plot_runs, results_table
+from .results import INCIDENTAL, plot_runs, read_run, results_table
 from .run_directory import lock_directory
 
 __all__ = ["StudyRun", "plan_study", "run_study"]
@@ -97,6 +101,9 @@ def run_study(
     overrides: Sequence[str] = (),
     log: Callable[[str], None] = print,
     overwrite: bool = False,
+    storage: str | None = None,
+    study_name: str | None = None,
+    heartbeat: int | None = 60,
 ) -> list[StudyRun]:
     """Run every run of the grid (``jobs`` at a time, each in its own ``eqprop train`` process), resuming
     runs already in ``out_dir`` that have this command's config (``overwrite``: re-running those that do not;
@@ -110,6 +117,8 @@ def run_study(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunError(f"cannot create the study directory {out} ({exc.strerror}); choose a writable --out") from None
+    if storage:  # workers share the directory; each run's own lock keeps it to one process
+        return _run(runs, config, out, jobs, overrides, log, overwrite, (storage, study_name or out.name, heartbeat))
     lock = lock_directory(out, "eqprop study")
     try:
         return _run(runs, config, out, jobs, overrides, log, overwrite)
@@ -125,22 +134,17 @@ def _run(
     overrides: Sequence[str],
     log: Callable[[str], None],
     overwrite: bool,
+    shared: tuple[str, str, int | None] | None = None,
 ) -> list[StudyRun]:
-    fresh: set[Path] = set()  # runs to start afresh over what their directory holds
     changed = []
     for run in runs:
         saved = saved_config(run.out_dir)
-        if saved is None:
-            continue
         assert run.config is not None
-        diff = config_changes(saved, run.config)
+        diff = config_changes(saved, run.config) if saved is not None else {}
         if diff:
             changed.append(
                 f"{run.out_dir.name} (" + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items()) + ")"
             )
-            fresh.add(run.out_dir)
-        elif not (run.out_dir / "checkpoint_last.pt").exists():
-            fresh.add(run.out_dir)  # started with this config but stopped before its first checkpoint
     if changed and not overwrite:
         raise RunError(
             f"{out} holds runs made with another config than this command's: {'; '.join(changed[:3])}"
@@ -155,18 +159,26 @@ def _run(
 
     def launch(run: StudyRun) -> StudyRun:
         run.out_dir.mkdir(parents=True, exist_ok=True)
-        if (run.out_dir / "checkpoint_last.pt").exists() and run.out_dir not in fresh:
+        saved = saved_config(run.out_dir)  # decided now: another worker may have run it meanwhile
+        assert run.config is not None
+        fresh = saved is not None and (
+            bool(config_changes(saved, run.config)) or not (run.out_dir / "checkpoint_last.pt").exists()
+        )
+        if (run.out_dir / "checkpoint_last.pt").exists() and not fresh:
             cmd = [sys.executable, "-m", "eqprop", "train", "--resume", str(run.out_dir), "progress=false"]
         else:
             cmd = [sys.executable, "-m", "eqprop", "train", str(config), *overrides, *run.overrides, "progress=false"]
-            cmd += ["--overwrite"] if run.out_dir in fresh else []
-        with open(run.out_dir / "stdout.log", "w" if run.out_dir in fresh else "a") as logfile:
+            cmd += ["--overwrite"] if fresh else []
+        with open(run.out_dir / "stdout.log", "w" if fresh else "a") as logfile:
             run.returncode = subprocess.call(cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env)
         log(f"  {'done' if run.returncode == 0 else f'FAILED (exit {run.returncode})'}: {run.out_dir.name}")
         return run
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        runs = list(pool.map(launch, runs))
+    if shared is not None:
+        _take_runs_from_storage(runs, launch, jobs, *shared, log)
+    else:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            runs = list(pool.map(launch, runs))
     finished = [r.out_dir for r in runs if (r.out_dir / "metrics.jsonl").exists()]
     finished += _earlier_runs(out, runs)
     if finished:
@@ -174,6 +186,66 @@ def _run(
         plot_runs(finished, out / "curves.png")
         log(f"eqprop study: wrote {out / 'table.md'} and {out / 'curves.png'}")
     return runs
+
+
+def _take_runs_from_storage(
+    runs: list[StudyRun],
+    launch: Callable[[StudyRun], StudyRun],
+    jobs: int,
+    storage: str,
+    name: str,
+    heartbeat: int | None,
+    log: Callable[[str], None],
+) -> None:
+    """Work through the grid with the other workers of the storage: every run is an enqueued Optuna trial, taken
+    by one worker (its value: the run's final test error); stops when no run is left waiting."""
+    import optuna
+
+    from .tune import fail_stale_trials, make_storage, quiet_optuna
+
+    quiet_optuna()
+    by_name = {r.out_dir.name: r for r in runs}
+    names = sorted(by_name)
+    study = optuna.create_study(study_name=name, storage=make_storage(storage, heartbeat), load_if_exists=True)
+    fail_stale_trials(study)  # runs of killed workers: failed, queued again, resumed by us
+    taken = {t.params.get("run") for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.FAIL}
+    for run_name in names:
+        if run_name not in taken:
+            study.enqueue_trial({"run": run_name}, skip_if_exists=True)
+    waiting = (optuna.trial.TrialState.WAITING,)
+    log(f"eqprop study: taking runs of {name!r} from {storage} ({len(study.get_trials(states=waiting))} waiting)")
+
+    def objective(trial: Any) -> float:
+        frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+        if "fixed_params" not in frozen.system_attrs:  # not a queued run: the grid is done
+            trial.set_user_attr("surplus", True)
+            study.stop()
+            raise optuna.TrialPruned("no run of the grid is waiting")
+        run_name = trial.suggest_categorical("run", names)
+        busy = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING
+        earlier = [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.number < trial.number and t.params.get("run") == run_name and t.state in busy
+        ]
+        if earlier:  # queued twice by workers that started together: the earlier trial has it
+            trial.set_user_attr("surplus", True)
+            raise optuna.TrialPruned(f"{run_name} is trial {earlier[0].number}'s")
+        run = launch(by_name[run_name])
+        if run.returncode != 0:
+            raise RuntimeError(f"run {run_name} exited with {run.returncode} (see its stdout.log)")
+        final = read_run(run.out_dir).final
+        return float(final.get("test_error", float("nan")))
+
+    def done(study: Any, trial: Any) -> None:
+        if not study.get_trials(deepcopy=False, states=waiting):
+            study.stop()
+
+    if study.get_trials(deepcopy=False, states=waiting):
+        study.optimize(objective, n_jobs=jobs, callbacks=[done], catch=(RuntimeError,))
+    for run in runs:  # the runs other workers did, for the table
+        if run.returncode is None and (run.out_dir / "metrics.jsonl").exists():
+            run.returncode = 0
 
 
 def _earlier_runs(out: Path, runs: list[StudyRun]) -> list[Path]:

@@ -31,7 +31,16 @@ from typing import Any
 from ..errors import ConfigError
 from .config import FLAT, SECTIONS, load_config, parse_overrides, read_yaml
 
-__all__ = ["Distribution", "read_space", "make_storage", "run_tune", "objective_key", "retried_from"]
+__all__ = [
+    "Distribution",
+    "read_space",
+    "make_storage",
+    "run_tune",
+    "objective_key",
+    "retried_from",
+    "quiet_optuna",
+    "fail_stale_trials",
+]
 
 KINDS = ("float", "int", "categorical")
 
@@ -149,12 +158,15 @@ def make_storage(url: str, heartbeat: int | None = 60) -> Any:
     if "://" not in url:
         raise ConfigError(f"--storage {url!r}: give sqlite:///FILE, postgresql://..., mysql://... or journal:FILE")
     kwargs: dict[str, Any] = {}
-    if heartbeat:
-        kwargs = dict(heartbeat_interval=heartbeat, grace_period=2 * heartbeat)
-        if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # Optuna >= 4.9
-            kwargs["heartbeat_stale_trial_callback"] = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
-        else:
-            kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
+        if heartbeat:
+            kwargs = dict(heartbeat_interval=heartbeat, grace_period=2 * heartbeat)
+            if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # Optuna >= 4.9
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+                kwargs["heartbeat_stale_trial_callback"] = retry
+            else:
+                kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=3)
     with _creation_lock(url), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
         for attempt in range(5):
@@ -183,6 +195,23 @@ def _creation_lock(url: str) -> Iterator[None]:
     with open(path, "a") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         yield
+
+
+def fail_stale_trials(study: Any) -> None:
+    """Mark the trials whose heartbeat stopped (their worker was killed) failed; the retry callback queues them
+    again."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def quiet_optuna() -> None:
+    """Optuna's per-trial log lines off (eqprop prints its own), warnings kept."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def retried_from(trial: Any) -> int | None:
@@ -295,7 +324,7 @@ def run_tune(
             study.stop()
 
     log(f"eqprop tune: {trials} trials of {[d.key for d in space]} minimising {key}, storage {storage_url}")
-    optuna.storages.fail_stale_trials(study)  # trials of killed workers: failed, and queued again to retry
+    fail_stale_trials(study)  # trials of killed workers: failed, and queued again to retry
     waiting = optuna.trial.TrialState.WAITING  # queued (a retry): still to run
     if sum(counted(t) and t.state != waiting for t in study.get_trials(deepcopy=False)) < trials:
         study.optimize(objective, n_trials=None, callbacks=[enough], catch=(DivergenceError,))
