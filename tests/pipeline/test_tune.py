@@ -166,3 +166,25 @@ def test_two_study_workers_share_one_grid(experiment):
         run = experiment / "grid" / f"CEP_digits_seed{seed}"
         assert (run / "stdout.log").read_text().count("eqprop: CEP on digits") == 1  # started by one worker
         assert [r["epoch"] for r in read_run(run).metrics] == [1, 2]
+
+
+def test_a_journal_file_storage_and_the_hyperband_pruner(experiment):
+    from eqprop.training.tune import run_tune
+
+    journal = experiment / "tune.journal"
+    lines = []
+    study = run_tune(
+        experiment / "exp.yaml",
+        experiment / "space.yaml",
+        trials=3,
+        out=experiment / "out",
+        storage=f"journal:{journal}",
+        study_name="j",
+        pruner="hyperband",
+        sampler_seed=0,
+        log=lines.append,
+    )
+    states = [t.state for t in study.get_trials()]
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    assert len(states) == 3 and all(s in finished for s in states) and journal.stat().st_size > 0
+    assert isinstance(study.pruner, optuna.pruners.HyperbandPruner) and any("best val_error" in s for s in lines)
