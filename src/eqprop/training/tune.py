@@ -185,10 +185,13 @@ def make_storage(url: str, heartbeat: int | None = 60) -> Any:
 def _creation_lock(url: str) -> Iterator[None]:
     """For a SQLite file, hold an exclusive lock beside it while the storage creates its tables (workers that
     start together would otherwise race on the schema)."""
-    if not url.startswith("sqlite:///"):
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; the retries in make_storage remain
+        fcntl = None  # type: ignore[assignment]
+    if not url.startswith("sqlite:///") or fcntl is None:
         yield
         return
-    import fcntl
 
     path = Path(url[len("sqlite:///") :]).with_suffix(".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
