@@ -43,9 +43,13 @@ __all__ = [
     "flat_dict",
     "read_yaml",
     "STUDY_KEYS",
+    "INCIDENTAL",
 ]
 
 STUDY_KEYS = ("algorithms", "datasets", "seeds", "jobs")
+# settings that do not change what a run computes: a resume may change them, and runs that differ only in these
+# (and in out_dir and seed) are the same experiment
+INCIDENTAL = ("device", "progress", "tensorboard", "data_dir", "download", "threads", "dist_timeout")
 
 
 @dataclass

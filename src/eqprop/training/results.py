@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, RunError
+from .config import INCIDENTAL as RESULT_NEUTRAL
 from .config import flat_dict
 
 __all__ = ["Run", "read_run", "plot_runs", "results_table", "read_diagnostics", "plot_diagnostics", "INCIDENTAL"]
 
 # settings that do not change a run's result: runs differing only in these (and the seed) share a table cell
-INCIDENTAL = ("out_dir", "progress", "tensorboard", "device", "data_dir", "download", "threads", "dist_timeout")
+INCIDENTAL = ("out_dir", *RESULT_NEUTRAL)
 
 
 @dataclass

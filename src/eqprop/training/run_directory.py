@@ -27,7 +27,16 @@ import torch
 
 from ..errors import RunError
 
-__all__ = ["RunDirectory", "rng_state", "restore_rng", "atomic_save", "read_checkpoint", "lock_directory", "MODES"]
+__all__ = [
+    "RunDirectory",
+    "rng_state",
+    "restore_rng",
+    "atomic_save",
+    "read_checkpoint",
+    "lock_directory",
+    "lock_file",
+    "MODES",
+]
 
 MODES = ("new", "resume", "overwrite")
 # files a launcher may put into a run directory before the run starts (``eqprop study`` logs each run there)
@@ -56,20 +65,22 @@ def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
     return state
 
 
-def _lock(handle: Any) -> bool:
-    """Take an exclusive, non-blocking lock on an open file; False when another process holds it."""
+def lock_file(handle: Any, blocking: bool = False) -> bool:
+    """Take an exclusive lock on an open file (waiting for it when ``blocking``); False when another process holds
+    it. The operating system releases it when the file is closed or the process ends."""
     try:
         import fcntl
-    except ImportError:  # Windows
+    except ImportError:  # Windows (a blocking lock there gives up after about 10 s)
         import msvcrt
 
+        mode = msvcrt.LK_LOCK if blocking else msvcrt.LK_NBLCK  # type: ignore[attr-defined]
         try:
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+            msvcrt.locking(handle.fileno(), mode, 1)  # type: ignore[attr-defined]
         except OSError:
             return False
         return True
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
     except OSError:
         return False
     return True
@@ -82,7 +93,7 @@ def lock_directory(path: Path, what: str = "eqprop process") -> Any:
         handle = open(path / RunDirectory.LOCK, "a+")
     except OSError as exc:
         raise RunError(f"cannot write into {path} ({exc.strerror}); choose a writable directory") from None
-    if not _lock(handle):
+    if not lock_file(handle):
         handle.seek(0)
         owner = handle.read().strip() or "pid unknown"
         handle.close()

@@ -37,7 +37,7 @@ from ..rules.phases import Phases
 from ..rules.signals import KnowledgeDistillation, LocalError, WeightedKnowledgeDistillation
 from . import distributed
 from .callbacks import BatchFunction, Callback, Diagnostics, DivergenceError, DivergenceGuard, KappaSchedule
-from .config import ConfigError, TrainConfig, config_from_dict, parse_overrides
+from .config import INCIDENTAL, ConfigError, TrainConfig, config_from_dict, parse_overrides
 from .data import ImageData, epoch_batches, load_dataset, normalize_as
 from .optim import layer_rates, make_optimizer, make_scheduler
 from .run_directory import RunDirectory, read_checkpoint, restore_rng, rng_state
@@ -247,7 +247,7 @@ class Trainer:
     ``out_dir`` is set), with :mod:`callbacks <eqprop.training.callbacks>` for everything besides the loop.
     ``run_mode``: ``new`` refuses an ``out_dir`` that holds files, ``overwrite`` deletes an earlier run there."""
 
-    RESUMABLE_OVERRIDES = ("device", "progress", "tensorboard", "data_dir", "download", "threads", "dist_timeout")
+    RESUMABLE_OVERRIDES = INCIDENTAL
 
     def __init__(
         self,
@@ -371,10 +371,8 @@ class Trainer:
         """Continue the run in ``run_dir`` from its last checkpoint (or its best, ``checkpoint="best"``) with the
         same optimiser, scheduler and RNG; the metrics files are cut back to the checkpoint's epochs."""
         run_dir = Path(run_dir)
-        if not (run_dir / "config.json").exists():
-            raise RunError(f"cannot resume: {run_dir} is not a run directory (no config.json)")
+        cfg = read_run_config(run_dir)  # a RunError when run_dir holds no run
         state, ckpt = read_run_checkpoint(run_dir, checkpoint, "resume")
-        cfg = read_run_config(run_dir)
         changed = parse_overrides(overrides, cfg)
         bad = [
             k for k in TrainConfig.keys() if getattr(changed, k) != getattr(cfg, k) and k not in cls.RESUMABLE_OVERRIDES
@@ -406,15 +404,13 @@ class Trainer:
         reached. The new run goes to ``out_dir`` (default: ``<run_dir>_extended_<N>ep``) and records where it came
         from in ``extends.json``."""
         run_dir = Path(run_dir)
-        if not (run_dir / "config.json").exists():
-            raise RunError(f"cannot extend: {run_dir} is not a run directory (no config.json)")
+        old = read_run_config(run_dir)  # a RunError when run_dir holds no run
         state, ckpt = read_run_checkpoint(run_dir, "last", "extend")
         if state["partial"] is not None:
             raise RunError(
                 f"{run_dir} stopped inside epoch {state['epoch'] + 1}: finish it first with `eqprop train --resume "
                 f"{run_dir}`, then extend it"
             )
-        old = read_run_config(run_dir)
         cfg = parse_overrides(overrides, old)
         if cfg.epochs <= state["epoch"]:
             raise ConfigError(
@@ -436,7 +432,8 @@ class Trainer:
                 trainer.scheduler.step()
         trainer.history, trainer.best_error, trainer.epoch = list(state["history"]), state["best_error"], state["epoch"]
         restore_rng(state["rng"], trainer.generator)
-        changed = {k: [v, cfg.flat()[k]] for k, v in old.flat().items() if cfg.flat()[k] != v and k != "out_dir"}
+        new = cfg.flat()
+        changed = {k: [v, new[k]] for k, v in old.flat().items() if new[k] != v and k != "out_dir"}
         if trainer.run_dir:
             trainer.run_dir.rewrite_metrics(trainer.history)
             (trainer.run_dir / "extends.json").write_text(
@@ -709,10 +706,9 @@ def load_run(
 ) -> tuple[Trainer, dict[str, Any]]:
     """A run's trainer with the weights of ``checkpoint_{which}.pt`` loaded, and that checkpoint."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise RunError(f"{run_dir} is not a run directory (no config.json)")
+    saved = read_run_config(run_dir)  # a RunError when run_dir holds no run
     state, path = read_run_checkpoint(run_dir, which, "eval")
-    cfg = parse_overrides(overrides, read_run_config(run_dir))
+    cfg = parse_overrides(overrides, saved)
     cfg.out_dir, cfg.tensorboard = None, False
     if device is not None:
         cfg.device = device

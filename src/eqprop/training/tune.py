@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .config import FLAT, SECTIONS, load_config, parse_overrides, read_yaml
+from .config import FLAT, SECTIONS, TrainConfig, load_config, parse_overrides
+from .run_directory import lock_file
 
 __all__ = [
     "Distribution",
@@ -90,6 +91,7 @@ def read_space(path: str | Path, config: str | Path | None = None, overrides: Se
         raise ConfigError(f"search space {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"search space {path} must map config keys to distributions, e.g. beta: {{type: float, ...}}")
+    base = load_config(config, overrides)
     space = []
     for key, spec in raw.items():
         where = f"search space {path}, key {key!r}"
@@ -124,18 +126,18 @@ def read_space(path: str | Path, config: str | Path | None = None, overrides: Se
             dist = Distribution(str(key), kind, low, high, bool(spec.get("log")), spec.get("step"))
         for value in dist.extremes():  # the config must accept the whole range
             try:
-                load_config(config, [*overrides, _override(dist.key, value, config, overrides)])
+                parse_overrides([_override(dist.key, value, base)], base)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: the value {value!r} is not valid here ({exc})") from None
         space.append(dist)
     return space
 
 
-def _override(key: str, value: Any, config: str | Path | None, overrides: Sequence[str]) -> str:
-    """``key=value``, one value broadcast to a list key (``lrs``: every layer group)."""
+def _override(key: str, value: Any, base: TrainConfig) -> str:
+    """``key=value``, one value broadcast to a list key of ``base`` (``lrs``: every layer group)."""
     import json
 
-    current = getattr(load_config(config, overrides), key.split(".")[-1], None)
+    current = getattr(base, key.split(".")[-1], None)
     if isinstance(current, list) and not isinstance(value, list):
         value = [value]
     return f"{key}={json.dumps(value)}"
@@ -184,19 +186,14 @@ def make_storage(url: str, heartbeat: int | None = 60) -> Any:
 @contextlib.contextmanager
 def _creation_lock(url: str) -> Iterator[None]:
     """For a SQLite file, hold an exclusive lock beside it while the storage creates its tables (workers that
-    start together would otherwise race on the schema)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; the retries in make_storage remain
-        fcntl = None  # type: ignore[assignment]
-    if not url.startswith("sqlite:///") or fcntl is None:
+    start together would otherwise race on the schema; should the lock fail, the retries in make_storage remain)."""
+    if not url.startswith("sqlite:///"):
         yield
         return
-
     path = Path(url[len("sqlite:///") :]).with_suffix(".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        lock_file(handle, blocking=True)
         yield
 
 
@@ -250,7 +247,6 @@ def run_tune(
 
     if trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {trials}")
-    read_yaml(config)  # the experiment must exist and parse
     base = load_config(config, overrides)
     space = read_space(space_path, config, overrides)
     key = objective_key(base.validation)
@@ -293,7 +289,7 @@ def run_tune(
             trial.set_user_attr("surplus", True)
             study.stop()
             raise optuna.TrialPruned("the study already has its trials")
-        sampled = [_override(d.key, d.suggest(trial), config, overrides) for d in space]
+        sampled = [_override(d.key, d.suggest(trial), base) for d in space]
         run_dir = out / study.study_name / f"trial_{trial.number:04d}"
         cfg = parse_overrides([*sampled, f"out_dir={run_dir}", "progress=false"], base)
         trial.set_user_attr("run_dir", str(run_dir))
