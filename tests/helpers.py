@@ -155,7 +155,7 @@ def iterations_to(net, x, schedule, tol):
 
 
 def free_loss(net, alg, x, y):
-    return float(alg.cost(alg.free_phase(net, x).states[-1], alg.targets(net, y)).mean())
+    return float(alg.cost(net.output(alg.free_phase(net, x).states), alg.targets(net, y)).detach().mean())
 
 
 ALL = ["CL", "PEP", "NEP", "CEP", "PCpL", "NCpL", "CCpL", "TBP", "RBP", "BPTT"]

@@ -125,3 +125,17 @@ def test_bf16_states_on_gpu_and_update_close_to_fp32(true_fp32):
     # The C-EP contrast of the first layers is below bf16 resolution at init; the
     # issue's per-tensor >= 0.99 is NOT met there. Assert what holds: the top layers agree.
     assert min(cos[-4:]) > 0.99
+
+
+@pytest.mark.parametrize("options", [{}, {"cuda_graphs": True}])
+def test_holomorphic_ep_on_cuda_equals_cpu_in_float64(options):
+    """Complex phases on the GPU (batched, real parameters on complex states) give the CPU numbers in float64;
+    with CUDA graphs the real phases replay captured graphs and the complex ones run eagerly."""
+    torch.manual_seed(0)
+    net = dchn(3, 10, 16, channels=[8, 8], gains=1.732, activation="holo_hard_sigmoid", pooling="softmax", readout=True)
+    net = net.double()
+    x, y = torch.randn(8, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (8,))
+    kw = dict(beta=1.0, points=5, cost="cross_entropy", free_iterations=30, nudged_iterations=20)
+    cpu = get_algorithm("HEP", **kw).step(net, x, y).grads
+    gpu = get_algorithm("HEP", **kw, **options).step(net.cuda(), x.cuda(), y.cuda()).grads
+    assert max(float((a - b.cpu()).abs().max() / a.abs().max()) for a, b in zip(cpu, gpu)) < 1e-9

@@ -31,6 +31,26 @@ def test_each_algorithm_lowers_the_training_loss_on_digits(name, digits):
     assert error < 0.2, f"{name}: training error {error:.1%} after 3 epochs (chance: 90%)"
 
 
+@pytest.mark.parametrize("points", [2, 4])
+def test_holomorphic_ep_with_a_readout_lowers_the_training_loss_on_digits(points, digits):
+    x, y = digits
+    torch.manual_seed(0)
+    net = hopfield_mlp((64, 32, 10), gains=(1.5, 1.0), activation="holo_hard_sigmoid", readout=True)
+    alg = get_algorithm("HEP", beta=1.0, points=points, free_iterations=15, nudged_iterations=6, cost="cross_entropy")
+    opt = make_optimizer(net, [0.3, 0.1], momentum=0.9)
+    before = free_loss(net, alg, x, y)
+    for _ in range(3):
+        for i in range(0, len(x), 32):
+            opt.zero_grad()
+            alg.step(net, x[i : i + 32], y[i : i + 32])
+            opt.step()
+    after = free_loss(net, alg, x, y)
+    # measured (seed 0, N = 4): the loss falls from 2.30 to 0.54 and the training error to 8.6%
+    assert after < 0.55 * before, f"HEP N={points}: loss {before:.3f} -> {after:.3f}"
+    error = float((net.output(alg.free_phase(net, x).states).argmax(1) != y).float().mean())
+    assert error < 0.2, f"HEP N={points}: training error {error:.1%} after 3 epochs (chance: 90%)"
+
+
 def test_cross_entropy_cost_trains_with_cep(digits):
     x, y = digits
     net = hopfield_mlp((64, 32, 10), gains=(0.8, 0.5))

@@ -37,6 +37,7 @@ def test_registry_names_and_aliases():
             "PC-BP",
             "RHEL",
             "HSSM-BPTT",
+            "HEP",
         ]
     )
     assert get_algorithm("pc_cep").name == "PC-CEP" and get_algorithm("hssm_bptt").name == "HSSM-BPTT"

@@ -117,6 +117,26 @@ def test_shipped_configs_validate_and_build_table5_networks(path):
         if name.startswith("vgg"):
             assert net.num_layers - 1 == int(name[3:])
         assert net.layers[-1].shape == (spec.num_classes,)
+    elif path.parent.name == "holomorphic":  # the HEP code's logged runs: softmax pooling, readout of 512x1x1
+        assert net.readout is not None and net.num_classes == spec.num_classes
+        assert net.non_holomorphic() == [] and cfg.algorithm == "HEP" and cfg.cost == "cross_entropy"
+        if cfg.dataset != "digits":
+            assert [tuple(layer.shape) for layer in net.layers] == [
+                (3, 32, 32),
+                (128, 16, 16),
+                (256, 8, 8),
+                (512, 4, 4),
+                (512, 1, 1),
+            ]
+            assert (cfg.beta, cfg.free_iterations, cfg.nudged_iterations, cfg.epochs, cfg.batch_size) == (
+                1.0,
+                250,
+                60,
+                90,
+                128,
+            )
+            assert cfg.lrs == [0.25, 0.15, 0.1, 0.08, 0.05] and cfg.decoupled_weight_decay
+            assert cfg.weight_decay == (2e-3 if cfg.dataset == "cifar10" else 1e-2)
     elif cfg.model.kind == "pcn":  # the Table 7 / Table 8 structure is checked in test_pcn_configs.py
         out = net.forward_pass(torch.zeros(1, spec.in_channels, size, size))[-1]
         assert out.shape == (1, spec.num_classes)

@@ -13,6 +13,11 @@ Both are compositions of four parts, ``linear`` (A), ``linear_t`` (A^T), ``pool`
 ``unpool`` (P^T), which the deviation mode of the relaxation uses separately. ``phi`` itself is written with
 ordinary differentiable ops and is the autograd reference used in tests. Register a new energy term with
 :func:`register_interaction`; overriding ``forward``/``backward`` alone is enough for the default relaxation.
+
+Complex states (holomorphic EP): parameters stay real and :func:`real_linear` applies a real linear map to the
+real and imaginary parts in one call. A term is ``holomorphic`` when its messages extend to complex states:
+dense and convolution terms do, max-pooling does not (``pooling="softmax"`` is the holomorphic pooling of the
+holomorphic-EP paper: sum_i z_i e^{z_i/T} / sum_i e^{z_i/T} over each window).
 """
 
 from __future__ import annotations
@@ -36,7 +41,12 @@ __all__ = [
     "register_interaction",
     "scaled_uniform_",
     "max_pool_transpose",
+    "real_linear",
+    "softmax_pool",
+    "POOLINGS",
 ]
+
+POOLINGS = ("max", "softmax")
 
 INTERACTIONS: dict[str, type[Interaction]] = {}
 
@@ -74,10 +84,53 @@ def _per_sample_dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).flatten(1).sum(1)
 
 
+def real_linear(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``fn`` (a real linear map: a convolution, a matrix product with real weights) applied to ``x``; for a
+    complex ``x``, to its real and imaginary parts stacked along the batch, in one call."""
+    if not x.is_complex():
+        return fn(x)
+    y = fn(torch.cat((x.real, x.imag), 0))
+    re, im = y.chunk(2, 0)
+    return torch.complex(re, im)
+
+
+def _windows(z: Tensor, size: int) -> Tensor:
+    """(B, C, H, W) -> (B, C, H/size, W/size, size*size): the non-overlapping pooling windows of ``z``."""
+    b, c, h, w = z.shape
+    return (
+        z.view(b, c, h // size, size, w // size, size).permute(0, 1, 2, 4, 3, 5).reshape(b, c, h // size, w // size, -1)
+    )
+
+
+def _softmax_weights(win: Tensor, temperature: float) -> Tensor:
+    """softmax(win / T) over the last axis; complex windows are shifted by their largest real part (the
+    shift cancels), so the exponentials stay bounded."""
+    a = win / temperature
+    shift = (a.real if a.is_complex() else a).amax(-1, keepdim=True).detach()
+    e = torch.exp(a - shift)
+    return e / e.sum(-1, keepdim=True)
+
+
+def softmax_pool(z: Tensor, size: int, temperature: float = 1.0) -> Tensor:
+    """Softmax pooling sum_i z_i e^{z_i/T} / sum_i e^{z_i/T} over non-overlapping ``size`` x ``size`` windows:
+    a smooth, holomorphic stand-in for max-pooling (T -> 0) used by the holomorphic-EP paper's networks."""
+    win = _windows(z, size)
+    return (win * _softmax_weights(win, temperature)).sum(-1)
+
+
+def _softmax_pool_transpose(post: Tensor, win: Tensor, weights: Tensor, size: int, temperature: float) -> Tensor:
+    """J^T post, J the Jacobian of softmax pooling at the windows ``win``: d out / d z_i = w_i (1 + (z_i - out)/T)."""
+    out = (win * weights).sum(-1, keepdim=True)
+    g = post.unsqueeze(-1) * weights * (1.0 + (win - out) / temperature)
+    b, c, h, w, _ = g.shape
+    return g.view(b, c, h, w, size, size).permute(0, 1, 2, 4, 3, 5).reshape(b, c, h * size, w * size)
+
+
 class Interaction(nn.Module):
     """Base class of an energy term phi(pre, post) of Phi; subclasses implement the four methods below."""
 
     kind = "interaction"
+    holomorphic = True  # the messages extend to complex states (holomorphic EP); False for max-pooling
 
     def __init__(self, pre: int | None, post: int) -> None:
         super().__init__()
@@ -136,20 +189,21 @@ class Dense(Interaction):
 
     def phi(self, pre: Tensor | None, post: Tensor) -> Tensor:
         assert pre is not None
-        return _per_sample_dot(post.flatten(1) @ self.weight, pre.flatten(1))
+        return _per_sample_dot(real_linear(lambda t: t @ self.weight, post.flatten(1)), pre.flatten(1))
 
     def linear(self, pre, params):
         (w,) = params
-        return (pre.flatten(1) @ w.t()).view(pre.shape[0], *self.post_shape)
+        return real_linear(lambda t: t.flatten(1) @ w.t(), pre).view(pre.shape[0], *self.post_shape)
 
     def linear_t(self, u, params):
         (w,) = params
-        return (u.flatten(1) @ w).view(u.shape[0], *self.pre_shape)
+        return real_linear(lambda t: t.flatten(1) @ w, u).view(u.shape[0], *self.pre_shape)
 
 
 @register_interaction("conv_pool")
 class ConvPool(Interaction):
-    """Convolution then max-pooling: s_post . P(w * s_pre) (eq. 19); ``pool=1`` means no pooling."""
+    """Convolution then pooling: s_post . P(w * s_pre) (eq. 19); ``pool=1`` means no pooling. ``pooling`` is
+    ``"max"`` (the comparative study) or ``"softmax"`` at ``temperature`` (holomorphic, :func:`softmax_pool`)."""
 
     def __init__(
         self,
@@ -161,9 +215,17 @@ class ConvPool(Interaction):
         padding: int = 1,
         pool: int = 2,
         gain: float = 0.5,
+        pooling: str = "max",
+        temperature: float = 1.0,
     ):
         super().__init__(pre, post)
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; valid poolings are {list(POOLINGS)}")
+        if not temperature > 0:
+            raise ValueError(f"the softmax pooling temperature must be > 0, got {temperature}")
         self.padding, self.pool_size = padding, pool
+        self.pooling, self.temperature = pooling, float(temperature)
+        self.holomorphic = pool == 1 or pooling == "softmax"
         self.fused = False  # set_fused_kernels
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.reset_parameters(gain)
@@ -172,8 +234,12 @@ class ConvPool(Interaction):
         scaled_uniform_(self.weight, gain, self.weight[0].numel())
 
     def _pooled(self, pre: Tensor, w: Tensor) -> Tensor:
-        z = F.conv2d(pre, w, padding=self.padding)
-        return F.max_pool2d(z, self.pool_size) if self.pool_size > 1 else z
+        z = self.linear(pre, (w,))
+        if self.pool_size == 1:
+            return z
+        if self.pooling == "softmax":
+            return softmax_pool(z, self.pool_size, self.temperature)
+        return F.max_pool2d(z, self.pool_size)
 
     def phi(self, pre: Tensor | None, post: Tensor) -> Tensor:
         assert pre is not None
@@ -181,15 +247,21 @@ class ConvPool(Interaction):
 
     def linear(self, pre, params):
         (w,) = params
-        return F.conv2d(pre, w, padding=self.padding)
+        return real_linear(lambda t: F.conv2d(t, w, padding=self.padding), pre)
 
     def linear_t(self, u, params):
         (w,) = params
-        return F.conv_transpose2d(u, w, padding=self.padding)
+        return real_linear(lambda t: F.conv_transpose2d(t, w, padding=self.padding), u)
 
     def pool(self, z):
         if self.pool_size == 1:
             return z, None
+        if self.pooling == "softmax":
+            win = _windows(z, self.pool_size)
+            weights = _softmax_weights(win, self.temperature)
+            return (win * weights).sum(-1), ("softmax", win, weights)
+        if z.is_complex():
+            raise ValueError("max-pooling has no complex (holomorphic) form; use pooling='softmax'")
         if (
             self.fused
             and z.is_cuda
@@ -206,6 +278,8 @@ class ConvPool(Interaction):
     def unpool(self, post, ctx):
         if self.pool_size == 1:
             return post
+        if isinstance(ctx[0], str):  # ("softmax", windows, weights)
+            return _softmax_pool_transpose(post, ctx[1], ctx[2], self.pool_size, self.temperature)
         if len(ctx) == 1:  # the fused kernels' int8 code
             return compiled("unpool")(post, ctx[0])
         idx, z = ctx

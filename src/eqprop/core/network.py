@@ -2,7 +2,8 @@
 
 A network is a list of :class:`~eqprop.layers.Layer` (layer 0 is the clamped input x = s_0) and a dict of
 named :class:`~eqprop.interactions.Interaction` terms. States are lists ``[x, s_1, ..., s_L]`` so that
-list index = layer index of the paper; the last layer is the output o.
+list index = layer index of the paper; the last layer is the output o, or, with a
+:class:`~eqprop.core.readout.Readout`, the layer the readout's logits are read from (:meth:`output`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 
 from .interactions import Interaction
 from .layers import Layer
+from .readout import Readout
 
 __all__ = ["EnergyNetwork", "State"]
 
@@ -26,7 +28,9 @@ class EnergyNetwork(nn.Module):
 
     block_ends: list[int] | None = None  # VGG CRNNs: the last layer of each conv block (where KD/LE signals attach)
 
-    def __init__(self, layers: Sequence[Layer], interactions: Mapping[str, Interaction]) -> None:
+    def __init__(
+        self, layers: Sequence[Layer], interactions: Mapping[str, Interaction], readout: Readout | None = None
+    ) -> None:
         super().__init__()
         if len(layers) < 2:
             raise ValueError("a network needs an input layer and at least one free layer")
@@ -50,6 +54,12 @@ class EnergyNetwork(nn.Module):
             self.into[inter.post].append(name)
             if inter.pre is not None:
                 self.out_of[inter.pre].append(name)
+        if readout is not None and tuple(readout.in_shape) != self.layers[-1].shape:
+            raise ValueError(
+                f"the readout reads states of shape {readout.in_shape} but the last layer's shape is "
+                f"{self.layers[-1].shape}"
+            )
+        self.readout = readout  # registered as a submodule when given: its parameters come last
         self._check_shapes()
 
     # ---- structure -------------------------------------------------------------------------------------
@@ -64,8 +74,22 @@ class EnergyNetwork(nn.Module):
 
     @property
     def num_classes(self) -> int:
-        """Units of the output layer."""
-        return self.layers[-1].size
+        """Units of the output layer (classes of the readout, when there is one)."""
+        return self.readout.num_classes if self.readout is not None else self.layers[-1].size
+
+    def output(self, states: State) -> Tensor:
+        """The prediction read from ``states``: the last layer's state, or the readout's logits of it."""
+        return states[-1] if self.readout is None else self.readout(states[-1])
+
+    def non_holomorphic(self) -> list[str]:
+        """The parts whose dynamics have no complex extension (holomorphic EP cannot relax them), described."""
+        bad = [
+            f"layer {k} ({layer.name!r}) uses {layer.activation!r}"
+            for k, layer in enumerate(self.layers[1:], 1)
+            if not layer.sigma.holomorphic
+        ]
+        bad += [f"interaction {name!r} max-pools" for name, inter in self.terms.items() if not inter.holomorphic]
+        return bad
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -102,6 +126,8 @@ class EnergyNetwork(nn.Module):
         for name in self.interactions:
             inter = self.terms[name]
             groups[inter.post - 1].extend(inter.parameters())
+        if self.readout is not None:  # the readout learns at its own rate, after the layers
+            groups.append(list(self.readout.parameters()))
         return groups
 
     # ---- states ----------------------------------------------------------------------------------------
@@ -178,22 +204,34 @@ class EnergyNetwork(nn.Module):
                 total[inter.pre] = back if have is None else have + back
         return [None] + [m if m is None else m.expand_as(s) for m, s in zip(total[1:], states[1:])]
 
-    def energy_param_grads(self, states: State) -> list[Tensor]:
-        """dE/dtheta at ``states`` (batch mean), in ``self.parameters()`` order; states are treated as constants."""
+    def energy_param_grads(self, states: State, nudge: Any = None) -> list[Tensor]:
+        """dE/dtheta at ``states`` (batch mean), in ``self.parameters()`` order; states are treated as constants.
+
+        With a ``nudge``, d(E + nudging energy)/dtheta: the term beta C depends on the parameters through a
+        readout (the estimate for the readout's weights comes from it)."""
         params = list(self.parameters())
         fixed = [s.detach().to(params[0].dtype) for s in states]
         with torch.enable_grad():
-            e = self.energy(fixed).mean()
-            return list(torch.autograd.grad(e, params, allow_unused=True))
+            e = self.energy(fixed)
+            if nudge is not None and self.readout is not None:
+                e = e + nudge.extra_energy(fixed[-1])
+            return list(torch.autograd.grad(e.mean(), params, allow_unused=True))
 
     @torch.no_grad()
-    def fixed_point_residual(self, states: State) -> Tensor:
-        """Per-sample ||s - sigma(dPhi/ds)|| over all free layers: zero exactly at a fixed point (eq. 98)."""
+    def fixed_point_residual(self, states: State, nudge: Any = None) -> Tensor:
+        """Per-sample ||s - sigma(dPhi/ds)|| over all free layers (with a ``nudge``: the nudged phase's update;
+        complex states: the modulus): zero exactly at a fixed point (eq. 98)."""
         msgs = self.messages(states)
-        sq = torch.zeros(states[0].shape[0], dtype=states[-1].dtype, device=states[0].device)
+        sq = torch.zeros(states[0].shape[0], dtype=states[-1].real.dtype, device=states[0].device)
         for k in range(1, self.num_layers):
             m = msgs[k]
             assert m is not None, f"layer {k} receives no message"
-            target = self.layers[k].sigma.project(m)
-            sq = sq + (states[k] - target).flatten(1).pow(2).sum(1)
+            sigma = self.layers[k].sigma
+            if nudge is not None and k == self.output_index:
+                target = nudge.output_update(m, states[k], sigma)
+            elif nudge is not None and k in nudge.hidden_layers:
+                target = sigma.project(m - nudge.layer_force(k, states[k]))
+            else:
+                target = sigma.project(m)
+            sq = sq + (states[k] - target).abs().flatten(1).pow(2).sum(1)
         return sq.sqrt()

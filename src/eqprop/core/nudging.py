@@ -3,6 +3,10 @@
 - EP nudging adds beta * C(o, y) to the energy (paper eq. 4);
 - CpL clamps the output to (1 - beta) o_* + beta y and relaxes the hidden layers (eq. 7);
 - CL clamps the output to y, i.e. CpL with beta = 1 (eq. 2).
+
+Holomorphic EP nudges with complex beta (a Python complex, or one value per sample as a tensor when phases are
+batched); the costs' formulas are holomorphic in the output and in beta, so the same code serves. With a
+:class:`~eqprop.core.readout.Readout` the cost reads the logits W o + b instead of the output state o.
 """
 
 from __future__ import annotations
@@ -32,6 +36,36 @@ __all__ = [
 ]
 
 
+Beta = float | complex | Tensor  # a nudging value; a tensor holds one value per sample (batched complex phases)
+
+
+def per_sample(beta: Beta, t: Tensor) -> Beta:
+    """``beta`` shaped to broadcast against ``t`` (batch first): a 1-D tensor of per-sample values gets
+    singleton axes; numbers are returned as they are."""
+    if isinstance(beta, Tensor) and beta.dim() == 1:
+        return beta.view(-1, *([1] * (t.dim() - 1)))
+    return beta
+
+
+def _is_real_number(beta: Beta) -> bool:
+    return isinstance(beta, (int, float))
+
+
+def log_softmax(o: Tensor) -> Tensor:
+    """log softmax over the units of each sample; complex outputs use the holomorphic formula o - logsumexp(o)
+    (shifted by the largest real part, which cancels)."""
+    o = o.flatten(1)
+    if not o.is_complex():
+        return torch.log_softmax(o, dim=1)
+    shift = o.real.amax(1, keepdim=True).detach()
+    return o - shift - torch.log(torch.exp(o - shift).sum(1, keepdim=True))
+
+
+def softmax(o: Tensor) -> Tensor:
+    """softmax over the units of each sample (holomorphic for complex outputs, as :func:`log_softmax`)."""
+    return torch.exp(log_softmax(o))
+
+
 def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """One-hot code of integer labels (the target y of the squared error)."""
     if labels.dim() != 1:
@@ -54,9 +88,9 @@ class Cost:
     def grad(self, o: Tensor, y: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def nudged_output(self, m: Tensor, o: Tensor, y: Tensor, beta: float, sigma: Activation) -> Tensor:
+    def nudged_output(self, m: Tensor, o: Tensor, y: Tensor, beta: Beta, sigma: Activation) -> Tensor:
         """Output update under the nudged energy E + beta*C: sigma(dPhi/do - beta dC/do) by default."""
-        return sigma.project(m - beta * self.grad(o, y))
+        return sigma.project(m - per_sample(beta, o) * self.grad(o, y))
 
 
 class SquaredError(Cost):
@@ -70,14 +104,17 @@ class SquaredError(Cost):
     def grad(self, o: Tensor, y: Tensor) -> Tensor:
         return 2.0 * (o - y)
 
-    def nudged_output(self, m: Tensor, o: Tensor, y: Tensor, beta: float, sigma: Activation) -> Tensor:
+    def nudged_output(self, m: Tensor, o: Tensor, y: Tensor, beta: Beta, sigma: Activation) -> Tensor:
         # The output's energy 1/2 o^2 - m o + beta (o - y)^2 is a separable 1-D quadratic with curvature
         # 1 + 2 beta, so its exact minimiser on the state space is sigma((m + 2 beta y) / (1 + 2 beta)).
-        if 1.0 + 2.0 * beta <= 0.0:
+        if not sigma.projection:  # a smooth activation: the nudged fixed point o = sigma(m - beta dC/do)
+            return super().nudged_output(m, o, y, beta, sigma)
+        if isinstance(beta, (int, float)) and 1.0 + 2.0 * beta <= 0.0:
             raise ValueError(
                 f"beta={beta} makes E + beta*||o-y||^2 unbounded below in o; "
                 "the squared-error nudging needs beta > -0.5"
             )
+        beta = per_sample(beta, o)
         return sigma.project((m + 2.0 * beta * y) / (1.0 + 2.0 * beta))
 
 
@@ -93,12 +130,15 @@ class HalfSquaredError(Cost):
     def grad(self, o: Tensor, y: Tensor) -> Tensor:
         return o - y
 
-    def nudged_output(self, m: Tensor, o: Tensor, y: Tensor, beta: float, sigma: Activation) -> Tensor:
+    def nudged_output(self, m: Tensor, o: Tensor, y: Tensor, beta: Beta, sigma: Activation) -> Tensor:
         # 1/2 o^2 - m o + beta/2 (o - y)^2 has curvature 1 + beta: its exact minimiser is (m + beta y) / (1 + beta)
-        if 1.0 + beta <= 0.0:
+        if not sigma.projection:
+            return super().nudged_output(m, o, y, beta, sigma)
+        if isinstance(beta, (int, float)) and 1.0 + beta <= 0.0:
             raise ValueError(
                 f"beta={beta} makes E + beta/2 ||o-y||^2 unbounded below in o; the half squared error needs beta > -1"
             )
+        beta = per_sample(beta, o)
         return sigma.project((m + beta * y) / (1.0 + beta))
 
 
@@ -108,10 +148,10 @@ class CrossEntropy(Cost):
     name = "cross_entropy"
 
     def __call__(self, o: Tensor, y: Tensor) -> Tensor:
-        return -(y * torch.log_softmax(o.flatten(1), dim=1)).sum(1)
+        return -(y.flatten(1) * log_softmax(o)).sum(1)
 
     def grad(self, o: Tensor, y: Tensor) -> Tensor:
-        return (torch.softmax(o.flatten(1), dim=1) - y.flatten(1)).view_as(o)
+        return (softmax(o) - y.flatten(1)).view_as(o)
 
 
 COSTS: dict[str, Callable[[], Cost]] = {
@@ -167,31 +207,39 @@ class Nudge:
 
 @dataclass
 class EPNudge(Nudge):
-    """EP nudging: minimise E + beta * C(o, y) (eq. 4)."""
+    """EP nudging: minimise E + beta * C(o, y) (eq. 4); with a ``readout``, E + beta * C(W o + b, y)."""
 
     cost: Cost
     y: Tensor
-    beta: float
+    beta: Beta
+    readout: Any = None  # a Readout (core/readout.py) or None: the cost reads the output state itself
 
     def output_update(self, m: Tensor | None, o: Tensor, sigma: Activation) -> Tensor:
         if m is None:
             raise ValueError("EP nudging updates the output from its incoming message; got none")
-        if self.beta == 0.0:
+        if _is_real_number(self.beta) and self.beta == 0.0:
             return sigma.project(m)
-        return self.cost.nudged_output(m, o, self.y.to(m.dtype), self.beta, sigma)
+        if self.readout is not None:  # the force -beta W^T dC/dlogits on the last layer
+            logits = self.readout(o)
+            force = self.readout.transpose(self.cost.grad(logits, self.y.to(logits.real.dtype)))
+            return sigma.project(m - per_sample(self.beta, o) * force)
+        return self.cost.nudged_output(m, o, self.y.to(m.real.dtype), self.beta, sigma)
 
     def extra_energy(self, o: Tensor) -> Tensor:
-        return self.beta * self.cost(o, self.y.to(o.dtype))
+        out = o if self.readout is None else self.readout(o)
+        return self.beta * self.cost(out, self.y.to(out.real.dtype))
 
     def capture_key(self) -> tuple:
-        return ("ep", self.beta, type(self.cost).__name__)
+        if isinstance(self.beta, Tensor):
+            raise ValueError("a phase with per-sample nudging values cannot be captured as a CUDA graph")
+        return ("ep", self.beta, type(self.cost).__name__, self.readout is not None)
 
     @property
     def tensor(self) -> Tensor:
         return self.y
 
     def with_tensor(self, tensor: Tensor) -> EPNudge:
-        return EPNudge(self.cost, tensor, self.beta)
+        return EPNudge(self.cost, tensor, self.beta, self.readout)
 
 
 @dataclass

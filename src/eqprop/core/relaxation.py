@@ -63,6 +63,7 @@ __all__ = [
     "even_odd_groups",
     "layer_groups",
     "resolve_dtype",
+    "complex_dtype",
 ]
 
 SCHEDULES = ("asynchronous", "synchronous")
@@ -157,25 +158,24 @@ def layer_groups(
 
 
 def _diagnostics(network: EnergyNetwork, states: State, nudge: Nudge | None) -> tuple[float, Tensor]:
+    """The batch-mean energy (E + nudging terms; its real part for complex states) and per-sample residuals."""
     with torch.no_grad():
-        dtype = next(network.parameters()).dtype
-        s32 = [s.to(dtype) for s in states]
+        dtype = complex_dtype(next(network.parameters()).dtype) if states[-1].is_complex() else None
+        s32 = [s.to(dtype or next(network.parameters()).dtype) for s in states]
         e = network.energy(s32)
         if nudge is not None:
             e = e + nudge.extra_energy(s32[-1]) + nudge.hidden_energy(s32)
-        msgs = network.messages(s32)
-        sq = torch.zeros(s32[0].shape[0], dtype=dtype, device=s32[0].device)
-        for k in range(1, network.num_layers):
-            m = msgs[k]
-            assert m is not None
-            if k == network.output_index and nudge is not None:
-                target = nudge.output_update(m, s32[k], network.layers[k].sigma)
-            elif nudge is not None and k in nudge.hidden_layers:
-                target = network.layers[k].sigma.project(m - nudge.layer_force(k, s32[k]))
-            else:
-                target = network.layers[k].sigma.project(m)
-            sq = sq + (s32[k] - target).flatten(1).pow(2).sum(1)
-        return float(e.mean()), sq.sqrt()
+        return float(e.real.mean()), network.fixed_point_residual(s32, nudge)
+
+
+def complex_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The complex dtype whose parts have ``dtype``'s precision."""
+    table = {torch.float64: torch.complex128, torch.float32: torch.complex64, torch.float16: torch.complex32}
+    if dtype.is_complex:
+        return dtype
+    if dtype not in table:
+        raise ValueError(f"complex states need float16, float32 or float64 precision, not {dtype}")
+    return table[dtype]
 
 
 def _iterate(
@@ -195,7 +195,13 @@ def _iterate(
     channels_last = settings.channels_last
     pdtype = next(network.parameters()).dtype
     state_dtype = pdtype if deviation or dtype is None else dtype
-    states = [s if state_dtype is None else s.to(state_dtype) for s in states]
+    if any(s.is_complex() for s in states[1:]):  # holomorphic EP: complex states, real parameters
+        if deviation or engine == "autograd":
+            raise ValueError("complex states (holomorphic EP) are relaxed by the messages solver only")
+        state_dtype = complex_dtype(state_dtype)
+    states = [states[0].to(state_dtype.to_real() if state_dtype.is_complex else state_dtype)] + [
+        s.to(state_dtype) for s in states[1:]
+    ]
     if channels_last:
         states = [s.contiguous(memory_format=torch.channels_last) if s.dim() == 4 else s for s in states]
     clamp = nudge is not None and nudge.clamps_output
@@ -230,6 +236,7 @@ def _iterate(
         engine == "messages"
         and getattr(network, "fused_kernels", False)
         and states[-1].is_cuda
+        and not states[-1].is_complex()
         and not torch.is_grad_enabled()
     )
 
@@ -408,6 +415,7 @@ class GraphedSolver(Solver):
             or record
             or not isinstance(self.inner, MessagesSolver)
             or (nudge is not None and nudge.hidden_layers)
+            or any(s.is_complex() for s in states)
         ):
             return self.inner(network, states, iterations, nudge, record)
         return self._replay(network, states, iterations, nudge)

@@ -21,6 +21,7 @@ from ..registry import canonical_name
 from ..settings import Section, check_choice, setting
 
 __all__ = [
+    "model_output",
     "LayeredModel",
     "EnergyModel",
     "ModelSpec",
@@ -52,8 +53,9 @@ class EnergyModel(LayeredModel, Protocol):
       state is the output (a Hopfield net relaxes; a PCN returns its forward pass);
     - ``energy_param_grads(states)``: dE/dtheta at fixed states (batch mean), in ``parameters()`` order.
 
-    Optional: ``init_state(x, init)`` (the start of the relaxation, needed by BPTT) and ``exact_free_phase``
-    (True where the free phase is an exact equilibrium, so a beta = 0 phase need not be relaxed).
+    Optional: ``init_state(x, init)`` (the start of the relaxation, needed by BPTT), ``exact_free_phase``
+    (True where the free phase is an exact equilibrium, so a beta = 0 phase need not be relaxed) and
+    ``output(states)`` (the prediction read from the states; the last state by default, :func:`model_output`).
     """
 
     num_classes: int
@@ -64,6 +66,13 @@ class EnergyModel(LayeredModel, Protocol):
     def free_phase(self, x: Tensor, solver: Any, iterations: int, init: str = "zeros") -> RelaxResult: ...
 
     def energy_param_grads(self, states: list[Tensor]) -> list[Tensor]: ...
+
+
+def model_output(model: Any, states: list[Tensor]) -> Tensor:
+    """The prediction a model reads from its states: ``model.output(states)`` where it defines one (a readout),
+    else the last state."""
+    output = getattr(model, "output", None)
+    return output(states) if callable(output) else states[-1]
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,10 @@ class ModelSection(Section):
     hidden: list[int] = setting([256], "mlp/vgg/pcn: dense hidden widths; hssm: the unit sizes")
     gains: list[float] = setting([0.8, 0.8, 0.8, 0.8], "init gain per weight layer (eq. 102; one value: all)")
     activation: str = setting("hard_sigmoid", "Hopfield nets: the hidden layers' state space")
+    readout: bool = setting(False, "Hopfield nets: classes read by a linear readout outside the dynamics")
+    pooling: str = setting("max", "dchn/vgg: 2x2 pooling, max or softmax (holomorphic)")
+    pool_temperature: float = setting(1.0, "dchn/vgg: the softmax pooling's temperature T")
+    paddings: list[int] | None = setting(None, "dchn: padding per conv layer (null: 1 each)")
     pool_every: int = setting(1, "pcn: a 2x2 max-pool after every n-th conv prediction (when pools is null)")
     pools: list[bool] | None = setting(None, "pcn: per conv prediction, whether a 2x2 max-pool follows it")
     skips: list[list[int]] = setting([], "pcn: skip connections [j, k]: a strided 1x1 conv of h_j into layer k")
@@ -147,6 +160,7 @@ class ModelSection(Section):
     dt: float = setting(0.1, "hssm: leapfrog time step")
 
     def validate(self) -> None:
+        from ..core.interactions import POOLINGS
         from ..core.layers import ACTIVATIONS
         from .hamiltonian import HRU_TYPES
         from .predictive_coding import FAN_MODES
@@ -154,6 +168,14 @@ class ModelSection(Section):
         self.kind = check_choice("model", self.kind, model_names())
         self.activation = check_choice("activation", self.activation, sorted(ACTIVATIONS))
         self.hru = check_choice("hru", self.hru, sorted(HRU_TYPES))
+        self.pooling = check_choice("pooling", self.pooling, list(POOLINGS))
+        if not self.pool_temperature > 0:
+            raise ConfigError(f"config key 'pool_temperature' must be > 0, got {self.pool_temperature}")
+        if self.paddings is not None and (len(self.paddings) != len(self.channels) or min(self.paddings) < 0):
+            raise ConfigError(
+                f"config key 'paddings' gives one padding >= 0 per conv layer: expected {len(self.channels)} "
+                f"entries (one per channels entry), got {self.paddings}"
+            )
         self.at_least(1, "pool_every")
         self.fan = check_choice("fan", self.fan, list(FAN_MODES))
         if self.pools is not None and len(self.pools) != len(self.channels):

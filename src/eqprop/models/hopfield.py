@@ -10,6 +10,7 @@ from ..core.interactions import Bias, ConvPool, Dense, Interaction
 from ..core.kernels import set_fused_kernels
 from ..core.layers import Layer
 from ..core.network import EnergyNetwork
+from ..core.readout import Readout
 from ..errors import ConfigError
 from .base import image_input, register_model
 
@@ -38,28 +39,48 @@ def dchn(
     gains: float | Sequence[float] = 0.5,
     activation: str = "hard_sigmoid",
     output_activation: str = "identity",
+    pooling: str = "max",
+    temperature: float = 1.0,
+    paddings: Sequence[int] | None = None,
+    readout: bool = False,
 ) -> EnergyNetwork:
-    """DCHN: conv3x3/pad1 + 2x2 max-pool interactions, then a dense interaction to the output (Table 5).
+    """DCHN: conv3x3 + 2x2 pooling interactions, then a dense interaction to the output (Table 5).
 
     Defaults give n_in x 32 x 32 -> 128x16x16 -> 256x8x8 -> 512x4x4 -> 512x2x2 -> n_out.
-    ``channel_multiplier`` scales the widths (e.g. 0.125 for CPU work); ``input_size`` must be divisible
-    by 2**len(channels). ``gains`` are the per-layer alpha of eq. (102).
+    ``channel_multiplier`` scales the widths (e.g. 0.125 for CPU work); ``paddings`` (default 1 per conv) must
+    leave an even size before each pooling. ``gains`` are the per-layer alpha of eq. (102). ``pooling="softmax"``
+    at ``temperature`` is the holomorphic pooling; ``readout=True`` replaces the dense output layer by a
+    :class:`~eqprop.core.readout.Readout` of the last conv layer outside the dynamics (the holomorphic-EP
+    paper's network: softmax pooling, paddings 1, 1, 1, 0, readout of 512x1x1).
     """
     widths = [max(1, int(round(c * channel_multiplier))) for c in channels]
-    if input_size % (2 ** len(widths)) != 0:
+    if paddings is None and input_size % (2 ** len(widths)) != 0:
         raise ValueError(
             f"input_size={input_size} must be divisible by 2**{len(widths)} (one 2x2 pooling per conv layer)"
         )
+    pads = [1] * len(widths) if paddings is None else [int(p) for p in paddings]
+    if len(pads) != len(widths) or min(pads, default=0) < 0:
+        raise ValueError(f"paddings must give one value >= 0 per conv layer ({len(widths)}), got {list(pads)}")
     alphas = _gains(gains, len(widths) + 1, "dchn")
     layers = [Layer("s0", (in_channels, input_size, input_size), None)]
     inters: dict[str, Interaction] = {}
     size, c_in = input_size, in_channels
-    for k, c in enumerate(widths, start=1):
-        size //= 2
+    for k, (c, pad) in enumerate(zip(widths, pads), start=1):
+        conv = size + 2 * pad - 2
+        if conv < 2 or conv % 2:
+            raise ValueError(
+                f"conv layer {k} sees a {size}x{size} input and gives {conv}x{conv} with padding {pad}: the 2x2 "
+                f"pooling needs an even size >= 2 (input_size={input_size}, paddings={pads})"
+            )
+        size = conv // 2
         layers.append(Layer(f"s{k}", (c, size, size), activation))
-        inters[f"conv{k}"] = ConvPool(k - 1, k, c_in, c, gain=alphas[k - 1])
+        inters[f"conv{k}"] = ConvPool(
+            k - 1, k, c_in, c, padding=pad, gain=alphas[k - 1], pooling=pooling, temperature=temperature
+        )
         inters[f"bias{k}"] = Bias(k, (c, size, size))
         c_in = c
+    if readout:
+        return EnergyNetwork(layers, inters, Readout(layers[-1].shape, num_classes, gain=alphas[-1]))
     out = len(widths) + 1
     layers.append(Layer(f"s{out}", (num_classes,), output_activation))
     inters[f"dense{out}"] = Dense(out - 1, out, layers[out - 1].shape, (num_classes,), gain=alphas[-1])
@@ -72,19 +93,28 @@ def hopfield_mlp(
     gains: float | Sequence[float] = 0.5,
     activation: str = "hard_sigmoid",
     output_activation: str = "identity",
+    readout: bool = False,
 ) -> EnergyNetwork:
-    """A layered, fully connected Hopfield network, e.g. 784-500-10, with dense interactions and biases."""
-    if len(sizes) < 2 or any(int(n) <= 0 for n in sizes):
-        raise ValueError(f"sizes must list at least two positive layer sizes, got {list(sizes)}")
+    """A layered, fully connected Hopfield network, e.g. 784-500-10, with dense interactions and biases.
+
+    ``readout=True``: the last size is the number of classes of a :class:`~eqprop.core.readout.Readout` of the
+    last hidden layer, outside the dynamics (784-500-10 then relaxes 784-500 and reads 10 logits)."""
+    if len(sizes) < 2 + int(readout) or any(int(n) <= 0 for n in sizes):
+        raise ValueError(
+            f"sizes must list at least {2 + int(readout)} positive layer sizes (input, "
+            f"{'hidden, classes' if readout else 'output'}), got {list(sizes)}"
+        )
     alphas = _gains(gains, len(sizes) - 1, "hopfield_mlp")
+    free = len(sizes) - 1 - int(readout)  # relaxed layers
     layers = [Layer("s0", (int(sizes[0]),), None)]
     inters: dict[str, Interaction] = {}
-    for k in range(1, len(sizes)):
+    for k in range(1, free + 1):
         act = output_activation if k == len(sizes) - 1 else activation
         layers.append(Layer(f"s{k}", (int(sizes[k]),), act))
         inters[f"dense{k}"] = Dense(k - 1, k, layers[k - 1].shape, layers[k].shape, gain=alphas[k - 1])
         inters[f"bias{k}"] = Bias(k, layers[k].shape)
-    return EnergyNetwork(layers, inters)
+    head = Readout(layers[-1].shape, int(sizes[-1]), gain=alphas[-1]) if readout else None
+    return EnergyNetwork(layers, inters, head)
 
 
 # Appendix C / Table 4 of the scalable-EP paper: conv3 widths per block (each block ends in a 2x2 max-pool)
@@ -111,6 +141,9 @@ def vgg_crnn(
     fc_activation: str = "hard_sigmoid",
     output_activation: str = "identity",
     channel_multiplier: float = 1.0,
+    pooling: str = "max",
+    temperature: float = 1.0,
+    readout: bool = False,
 ) -> EnergyNetwork:
     """A VGG-style convergent RNN (scalable-EP paper, eq. 1 and Table 4): conv3x3/pad 1 layers grouped in blocks,
     the last conv of each block followed by a 2x2 max-pool inside the energy, then dense layers and the output.
@@ -118,6 +151,8 @@ def vgg_crnn(
     ``gains`` scale the Kaiming-uniform bound 1/sqrt(fan_in) per weight layer (the paper's "scaled by 0.5" is
     0.5). ``activation`` is the conv layers' state space (hard sigmoid, or ReLU for VGG-12-KD). The network's
     ``block_ends`` lists the layer index of the last conv layer of each block (where KD/LE signals attach).
+    ``pooling``/``temperature`` as in :func:`dchn`; ``readout=True`` reads the classes from the last FC layer
+    (or the last block) by a :class:`~eqprop.core.readout.Readout` outside the dynamics.
     """
     if not blocks or any(not b for b in blocks):
         raise ValueError(f"blocks must be a non-empty list of non-empty lists of conv widths, got {blocks}")
@@ -137,17 +172,20 @@ def vgg_crnn(
             last = j == len(block) - 1
             size = size // 2 if last else size
             layers.append(Layer(f"s{k}", (c, size, size), activation))
-            inters[f"conv{k}"] = ConvPool(k - 1, k, c_in, c, pool=2 if last else 1, gain=alphas[k - 1])
+            inters[f"conv{k}"] = ConvPool(
+                k - 1, k, c_in, c, pool=2 if last else 1, gain=alphas[k - 1], pooling=pooling, temperature=temperature
+            )
             inters[f"bias{k}"] = Bias(k, (c, size, size))
             c_in = c
         block_ends.append(k)
-    for n in list(fc) + [num_classes]:
+    for n in list(fc) + ([] if readout else [num_classes]):
         k += 1
         act = output_activation if k == n_weights else fc_activation
         layers.append(Layer(f"s{k}", (n,), act))
         inters[f"dense{k}"] = Dense(k - 1, k, layers[k - 1].shape, (n,), gain=alphas[k - 1])
         inters[f"bias{k}"] = Bias(k, (n,))
-    net = EnergyNetwork(layers, inters)
+    head = Readout(layers[-1].shape, num_classes, gain=alphas[-1]) if readout else None
+    net = EnergyNetwork(layers, inters, head)
     net.block_ends = block_ends
     return net
 
@@ -155,14 +193,25 @@ def vgg_crnn(
 # ---- registrations (config ``model=...``) ---------------------------------------------------------------------
 def _build_dchn(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> EnergyNetwork:
     c, _, size = image_input("dchn", input_shape)
-    net = dchn(c, num_classes, input_size=size, channels=cfg.channels, gains=cfg.gains, activation=cfg.activation)
+    net = dchn(
+        c,
+        num_classes,
+        input_size=size,
+        channels=cfg.channels,
+        gains=cfg.gains,
+        activation=cfg.activation,
+        pooling=cfg.pooling,
+        temperature=cfg.pool_temperature,
+        paddings=cfg.paddings,
+        readout=cfg.readout,
+    )
     set_fused_kernels(net, cfg.fused_kernels)
     return net
 
 
 def _build_mlp(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> EnergyNetwork:
     sizes = [math.prod(input_shape)] + list(cfg.hidden) + [num_classes]
-    return hopfield_mlp(sizes, gains=cfg.gains, activation=cfg.activation)
+    return hopfield_mlp(sizes, gains=cfg.gains, activation=cfg.activation, readout=cfg.readout)
 
 
 def _build_vgg(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> EnergyNetwork:
@@ -172,7 +221,18 @@ def _build_vgg(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> Ener
             f"model 'vgg': {len(cfg.blocks)} blocks pool the {size}x{size} input "
             f"{len(cfg.blocks)} times; the size must be divisible by {2 ** len(cfg.blocks)}"
         )
-    net = vgg_crnn(c, num_classes, size, cfg.blocks, cfg.hidden, cfg.gains, cfg.activation)
+    net = vgg_crnn(
+        c,
+        num_classes,
+        size,
+        cfg.blocks,
+        cfg.hidden,
+        cfg.gains,
+        cfg.activation,
+        pooling=cfg.pooling,
+        temperature=cfg.pool_temperature,
+        readout=cfg.readout,
+    )
     set_fused_kernels(net, cfg.fused_kernels)
     return net
 

@@ -5,6 +5,7 @@ baselines (TBP, RBP, BPTT, PC-BP), Hamiltonian echo learning (RHEL) and intermed
 # isort: off
 from .contrastive import Contrastive
 from .backprop import BackpropThroughTime, RecurrentBackprop, TruncatedBackprop, implicit_gradient
+from .holomorphic import HolomorphicEP
 from .predictive_coding import PCBackprop
 from .echo_learning import EchoLearning, SequenceBPTT, bptt_gradients, echo, rhel_gradients
 
@@ -34,6 +35,7 @@ __all__ = [
     "Scheme",
     "contrast",
     "Contrastive",
+    "HolomorphicEP",
     "BackpropThroughTime",
     "RecurrentBackprop",
     "TruncatedBackprop",

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..core.network import State
+from ..models.base import model_output
 from .base import RelaxingAlgorithm, StepResult, register_algorithm, write_grads
 
 __all__ = ["TruncatedBackprop", "RecurrentBackprop", "BackpropThroughTime", "implicit_gradient", "conjugate_gradient"]
@@ -24,7 +25,7 @@ class TruncatedBackprop(RelaxingAlgorithm):
         params = list(model.parameters())
         with torch.enable_grad():
             start = [s.detach() for s in free.states]
-            out = self.phases.unrolled(model, start, self.phases.nudged_iterations).states[-1]
+            out = model_output(model, self.phases.unrolled(model, start, self.phases.nudged_iterations).states)
             loss = self.cost(out.float(), y).mean()
             return list(torch.autograd.grad(loss, params, allow_unused=True))
 
@@ -39,7 +40,7 @@ class BackpropThroughTime(RelaxingAlgorithm):
         params = list(model.parameters())
         with torch.enable_grad():
             free = self.phases.unrolled(model, model.init_state(x, self.phases.init), self.phases.free_iterations)
-            o = free.states[-1].float()
+            o = model_output(model, free.states).float()
             loss = self.cost(o, y)
             grads = list(torch.autograd.grad(loss.mean(), params, allow_unused=True))
         free.states = [s.detach() for s in free.states]
@@ -81,9 +82,10 @@ def conjugate_gradient(
 class RecurrentBackprop(RelaxingAlgorithm):
     """RBP: implicit differentiation of C(o_*) at the free state s_* = sigma(dPhi/ds(s_*)).
 
-    With D = diag(sigma'(dPhi/ds)) (1 on unsaturated units) and H the Hessian of Phi, the adjoint
-    mu solves (I - D H D) mu = D dC/ds on the unsaturated units (symmetric positive definite at a strict
-    minimum), solved by conjugate gradient; then dC/dtheta = mu . d(dPhi/ds)/dtheta.
+    With D = diag(sigma'(dPhi/ds)) (for the hard sigmoid: 1 on unsaturated units, 0 elsewhere) and H the Hessian
+    of Phi, ds_*/dtheta = (I - D H)^{-1} D d(dPhi/ds)/dtheta. Written with the symmetric positive definite
+    A = I - D^{1/2} H D^{1/2} (at a strict minimum), the adjoint is mu = D^{1/2} A^{-1} D^{1/2} dC/ds, solved by
+    conjugate gradient; then dC/dtheta = mu . d(dPhi/ds)/dtheta plus C's direct dependence (a readout).
     """
 
     name = "RBP"
@@ -95,7 +97,11 @@ class RecurrentBackprop(RelaxingAlgorithm):
 
     def gradients(self, network, x, y, free):
         grads, self.last_cg_iterations = implicit_gradient(
-            network, free.states, lambda s: self.cost(s[-1], y.to(s[-1].dtype)).mean(), self.cg_iterations, self.cg_tol
+            network,
+            free.states,
+            lambda s: self.cost(model_output(network, s), y.to(s[-1].dtype)).mean(),
+            self.cg_iterations,
+            self.cg_tol,
         )
         return grads
 
@@ -103,25 +109,31 @@ class RecurrentBackprop(RelaxingAlgorithm):
 def implicit_gradient(
     network: Any, states: State, loss: Callable[[State], Tensor], cg_iterations: int = 200, cg_tol: float = 1e-8
 ) -> tuple[list[Tensor | None], int]:
-    """dL/dtheta of a loss L(s_*) (a scalar; any layers) through the fixed point s_* = sigma(dPhi/ds(s_*)) by
-    implicit differentiation (RBP's adjoint solve, see :class:`RecurrentBackprop`); returns (grads, CG steps)."""
+    """dL/dtheta of a loss L(s_*, theta) (a scalar; any layers; theta may enter directly, as a readout's weights
+    do) through the fixed point s_* = sigma(dPhi/ds(s_*)) by implicit differentiation (RBP's adjoint solve, see
+    :class:`RecurrentBackprop`); returns (grads, CG steps)."""
     params = list(network.parameters())
     dtype = params[0].dtype
     with torch.enable_grad():
         s = [t.detach().to(dtype) for t in states]
         vars_ = [t.clone().requires_grad_(True) for t in s[1:]]
         m = torch.autograd.grad(network.phi([s[0]] + vars_).sum(), vars_, create_graph=True)
-        masks = [network.layers[k].sigma.active(m[k - 1].detach()).to(dtype) for k in range(1, len(s))]
-        dl = torch.autograd.grad(loss([s[0]] + vars_), vars_, allow_unused=True)
-        rhs = [torch.zeros_like(v) if g is None else g * d for v, g, d in zip(vars_, dl, masks)]
+        roots = [network.layers[k].sigma.slope(m[k - 1].detach()).clamp(min=0).sqrt() for k in range(1, len(s))]
+        value = loss([s[0]] + vars_)
+        dl = torch.autograd.grad(value, vars_, allow_unused=True, retain_graph=True)
+        direct = torch.autograd.grad(value, params, allow_unused=True)
+        rhs = [torch.zeros_like(v) if g is None else g * d for v, g, d in zip(vars_, dl, roots)]
 
         def apply_a(v: list[Tensor]) -> list[Tensor]:
-            dv = [vi * di for vi, di in zip(v, masks)]
+            dv = [vi * di for vi, di in zip(v, roots)]
             hv = torch.autograd.grad(m, vars_, grad_outputs=dv, retain_graph=True, allow_unused=True)
-            return [vi - di * (torch.zeros_like(vi) if h is None else h) for vi, di, h in zip(v, masks, hv)]
+            return [vi - di * (torch.zeros_like(vi) if h is None else h) for vi, di, h in zip(v, roots, hv)]
 
-        mu, used = conjugate_gradient(apply_a, rhs, cg_iterations, cg_tol)
-        return list(torch.autograd.grad(m, params, grad_outputs=mu, allow_unused=True)), used
+        z, used = conjugate_gradient(apply_a, rhs, cg_iterations, cg_tol)
+        mu = [zi * di for zi, di in zip(z, roots)]
+        through = torch.autograd.grad(m, params, grad_outputs=mu, allow_unused=True)
+        grads = [a if b is None else b if a is None else a + b for a, b in zip(through, direct)]
+        return list(grads), used
 
 
 register_algorithm("TBP", TruncatedBackprop)

@@ -19,6 +19,7 @@ from torch import Tensor
 from ..core.nudging import Cost, get_cost, one_hot
 from ..core.relaxation import RelaxResult
 from ..errors import ConfigError
+from ..models.base import model_output
 from ..registry import canonical_name
 from ..settings import Section, check_choice, setting
 from .phases import Phases
@@ -70,6 +71,9 @@ class LearningAlgorithm:
         """The model's prediction for ``x``; its last state is the output."""
         raise NotImplementedError
 
+    def check_model(self, model: Any) -> None:
+        """Raise ValueError, saying what to change, if this rule cannot train ``model`` (checked at build time)."""
+
     def targets(self, model: Any, labels: Tensor) -> Tensor:
         """The one-hot targets y of integer labels."""
         return one_hot(labels, model.num_classes).to(labels.device)
@@ -84,7 +88,7 @@ class LearningAlgorithm:
         free = self.free_phase(model, x)
         grads = self.gradients(model, x, y, free)
         write_grads(model, grads)
-        o = free.states[-1].float()
+        o = model_output(model, free.states).float()
         return StepResult(self.cost(o, y).detach(), o.detach(), free, grads)
 
     def __repr__(self) -> str:
@@ -131,7 +135,7 @@ def register_algorithm(
 ) -> None:
     """Register a learning algorithm factory under ``name`` (looked up case-insensitively, '-' ignored), with
     the model families it trains (see :func:`eqprop.models.register_model`) and the keywords the Trainer
-    builds it with (from ``cost``, ``phases``, ``beta``, ``seed``, ``epsilon``, ``loss_at``, ``stack``)."""
+    builds it with (from ``cost``, ``phases``, ``beta``, ``points``, ``seed``, ``epsilon``, ``loss_at``, ``stack``)."""
     ALGORITHMS[name] = factory
     ALGORITHM_FAMILIES[name] = tuple(families)
     ALGORITHM_OPTIONS[name] = tuple(options)
@@ -177,12 +181,15 @@ class RuleSection(Section):
     """The ``rule`` section: the learning rule, its cost and nudging strength (RHEL: its echo settings)."""
 
     name: ClassVar[str] = "rule"
-    algorithm: str = setting("CEP", "learning rule (ALGORITHMS): CL, PEP, NEP, CEP, PCpL, ..., TBP, RBP, RHEL, ...")
+    algorithm: str = setting(
+        "CEP", "learning rule (ALGORITHMS): CL, PEP, NEP, CEP, HEP, PCpL, ..., TBP, RBP, RHEL, ..."
+    )
     beta: float = setting(0.1, "nudging strength |beta|")
     cost: str = setting("squared_error", "cost C(o, y): squared_error or cross_entropy")
     epsilon: float = setting(0.01, "RHEL: echo nudging strength, relative to the largest incoming loss gradient")
     loss_at: str = setting("last", "hssm: the loss reads the last step's readout, or the mean over every step")
     echo_stack: str = setting("lockstep", "RHEL on stacks: all units echo together, or one after another")
+    points: int = setting(4, "HEP: N nudged phases at beta_k = |beta| exp(2 pi i k/N) (N = 2: centered EP)")
 
     def validate(self) -> None:
         from ..core.nudging import COSTS
@@ -193,5 +200,6 @@ class RuleSection(Section):
         self.loss_at = check_choice("loss_at", self.loss_at, list(LOSS_AT))
         self.echo_stack = check_choice("echo_stack", self.echo_stack, list(STACK_ECHOES))
         self.at_least(0, "beta")
+        self.at_least(2, "points")
         if not self.epsilon > 0:
             raise ConfigError(f"config key 'epsilon' must be > 0, got {self.epsilon}")

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor
 
-__all__ = ["SCHEMES", "SCHEME_ALIASES", "Scheme", "contrast"]
+from ..core.nudging import Beta, Cost, EPNudge
+
+__all__ = ["SCHEMES", "SCHEME_ALIASES", "Scheme", "contrast", "nudged_energy_grads"]
 
 # the nudging values as multiples of beta; None: drawn per step
 SCHEMES: dict[str, tuple[float, float] | None] = {
@@ -66,3 +69,12 @@ def contrast(
     if beta_1 == beta_2:
         raise ValueError(f"the two nudging values must differ, got beta_1 = beta_2 = {beta_1}")
     return [None if a is None or b is None else (b - a) / (beta_2 - beta_1) for a, b in zip(g1, g2)]
+
+
+def nudged_energy_grads(model: Any, cost: Cost, y: Tensor, states: list[Tensor], beta: Beta) -> list[Tensor]:
+    """dF/dtheta at a nudged state, F = E + beta C (batch mean): beta C depends on theta only through a readout
+    outside the dynamics, so without one this is dE/dtheta."""
+    readout = getattr(model, "readout", None)
+    if readout is None:
+        return model.energy_param_grads(states)
+    return model.energy_param_grads(states, EPNudge(cost, y, beta, readout))

@@ -18,7 +18,7 @@ from torch import Tensor
 from ..core.nudging import AugmentedNudge, ClampNudge, Cost, EPNudge, Nudge
 from ..core.relaxation import RelaxResult
 from .base import RelaxingAlgorithm, register_algorithm
-from .contrast import Scheme, contrast
+from .contrast import Scheme, contrast, nudged_energy_grads
 from .phases import Phases
 
 __all__ = ["Contrastive", "MODES"]
@@ -72,12 +72,19 @@ class Contrastive(RelaxingAlgorithm):
         """The nudging values of the next step (drawn for the random scheme)."""
         return self.scheme.next_betas()
 
-    def nudge(self, beta: float, y: Tensor, free: RelaxResult, signal_targets: Sequence[Tensor] = ()) -> Nudge:
+    def nudge(
+        self, beta: float, y: Tensor, free: RelaxResult, signal_targets: Sequence[Tensor] = (), readout: Any = None
+    ) -> Nudge:
         if self.mode == "clamp":
+            if readout is not None:
+                raise ValueError(
+                    f"{self.name} clamps the output layer, but this network reads its output through a readout "
+                    "outside the dynamics; use an EP rule (PEP, NEP, CEP, HEP) or a network without readout"
+                )
             return ClampNudge.coupled(free.states[-1], y, beta)
         if self.signals and self.kappa != 0.0:  # eq. 10: beta (L_EP + kappa sum_i L_Aug,i)
-            return AugmentedNudge(EPNudge(self.cost, y, beta), self.signals, signal_targets, self.kappa)
-        return EPNudge(self.cost, y, beta)
+            return AugmentedNudge(EPNudge(self.cost, y, beta, readout), self.signals, signal_targets, self.kappa)
+        return EPNudge(self.cost, y, beta, readout)
 
     def nudged_phase(
         self, model: Any, y: Tensor, free: RelaxResult, beta: float, signal_targets: Sequence[Tensor] = ()
@@ -86,14 +93,16 @@ class Contrastive(RelaxingAlgorithm):
         whose free phase is exact (``exact_free_phase``, e.g. a PCN's forward pass) is already there."""
         if beta == 0.0 and getattr(model, "exact_free_phase", False):  # no nudge, or clamped to the free output
             return free
-        return self.phases.nudged(model, free.states, self.nudge(beta, y, free, signal_targets))
+        nudge = self.nudge(beta, y, free, signal_targets, getattr(model, "readout", None))
+        return self.phases.nudged(model, free.states, nudge)
 
     def gradients(self, model, x, y, free):
         b1, b2 = self.next_betas()
         targets = [sig.target(x, y) for sig in self.signals] if self.kappa != 0.0 else []  # no teacher pass when off
         s1 = self.nudged_phase(model, y, free, b1, targets).states
         s2 = self.nudged_phase(model, y, free, b2, targets).states
-        grads = contrast(model.energy_param_grads(s1), model.energy_param_grads(s2), b1, b2)
+        g1, g2 = (nudged_energy_grads(model, self.cost, y, s, b) for s, b in ((s1, b1), (s2, b2)))
+        grads = contrast(g1, g2, b1, b2)
         self._signal_grads(y, free, targets, (b1, s1), (b2, s2))
         return grads
 

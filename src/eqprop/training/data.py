@@ -10,7 +10,8 @@ batches, so padding is black as in torchvision's ``RandomCrop``; normalisation c
 - ``svhn``: ``train_32x32.mat``/``test_32x32.mat``; ``cifar10``/``cifar100``: the python pickle batches.
   These three are read by torchvision's dataset classes; ``download=True`` fetches files through torchvision.
 - ``imagenet32``: the downsampled-ImageNet npz release; ``imagenet``: an ImageFolder tree, decoded lazily.
-- ``normalization=pcn`` swaps in the PCN paper's Table 4 (:data:`PCN_NORMALIZATION`).
+- ``normalization=pcn`` swaps in the PCN paper's Table 4 (:data:`PCN_NORMALIZATION`), ``normalization=hep`` the
+  holomorphic-EP code's statistics (:data:`HEP_NORMALIZATION`).
 
 Register a new data set with :func:`register_dataset`.
 """
@@ -61,6 +62,7 @@ __all__ = [
     "epoch_batches",
     "load_imagenet32",
     "PCN_NORMALIZATION",
+    "HEP_NORMALIZATION",
     "normalize_as",
 ]
 
@@ -577,22 +579,40 @@ PCN_NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "imagenet32": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
-NORMALIZATIONS = ("dataset", "pcn")
+_CIFAR10_HEP = ((0.4914, 0.4822, 0.4465), (1.5 * 0.2023, 1.5 * 0.1994, 1.5 * 0.2010))
+# The holomorphic-EP code's inputs: CIFAR-10's mean and 1.5 x its std, for CIFAR-100 too; ImageNet's, 1.5 x std
+HEP_NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": _CIFAR10_HEP,
+    "cifar100": _CIFAR10_HEP,
+    "imagenet32": ((0.485, 0.456, 0.406), (1.5 * 0.229, 1.5 * 0.224, 1.5 * 0.225)),
+}
+NORMALIZATION_TABLES = {
+    "pcn": ("the PCN paper's Table 4", PCN_NORMALIZATION),
+    "hep": ("the HEP code", HEP_NORMALIZATION),
+}
+NORMALIZATIONS = ("dataset", "pcn", "hep")
+
+
+def normalization_error(normalization: str, dataset: str) -> str | None:
+    """Why ``normalization`` cannot serve ``dataset`` (None when it can)."""
+    if normalization == "dataset":
+        return None
+    if normalization not in NORMALIZATION_TABLES:
+        return f"unknown normalization {normalization!r}; valid ones are {list(NORMALIZATIONS)}"
+    source, table = NORMALIZATION_TABLES[normalization]
+    if dataset not in table:
+        return f"{source} has no statistics for {dataset}; it covers {sorted(table)} (use normalization=dataset)"
+    return None
 
 
 def normalize_as(data: ImageData, normalization: str) -> ImageData:
     """Set the data set's mean and std: ``dataset`` keeps its own (the comparative study's Table 4 where it has
-    one), ``pcn`` takes the PCN paper's Table 4."""
-    if normalization == "dataset":
-        return data
-    if normalization != "pcn":
-        raise DataError(f"unknown normalization {normalization!r}; valid ones are {list(NORMALIZATIONS)}")
-    if data.name not in PCN_NORMALIZATION:
-        raise DataError(
-            f"the PCN paper's Table 4 has no statistics for {data.name}; it covers {sorted(PCN_NORMALIZATION)} "
-            "(use normalization=dataset)"
-        )
-    data.mean, data.std = PCN_NORMALIZATION[data.name]
+    one), ``pcn`` takes the PCN paper's Table 4, ``hep`` the holomorphic-EP code's statistics."""
+    problem = normalization_error(normalization, data.name)
+    if problem:
+        raise DataError(problem)
+    if normalization != "dataset":
+        data.mean, data.std = NORMALIZATION_TABLES[normalization][1][data.name]
     return data
 
 
@@ -836,7 +856,7 @@ class DataSection(Section):
     image_size: int = setting(16, "digits only: resize the 8x8 images to this size (file-based sets keep theirs)")
     flip: bool | None = setting(None, "random horizontal flips in training; null: the paper's choice per data set")
     crop_padding: int = setting(0, "random crops after padding by this many pixels; 0: off")
-    normalization: str = setting("dataset", "mean/std: dataset (the data set's own) or pcn (the PCN paper's Table 4)")
+    normalization: str = setting("dataset", "mean/std: dataset (its own), pcn (PCN paper's Table 4), hep (HEP code)")
     limit_train: int | None = setting(None, "keep the first N training images (quick runs, tests)")
     limit_test: int | None = setting(None, "keep the first N test images")
     validation: float = setting(0.0, "hold out this fraction of the training set (seeded) for validation; 0: none")
@@ -844,11 +864,9 @@ class DataSection(Section):
     def validate(self) -> None:
         self.dataset = check_choice("dataset", self.dataset, dataset_names())
         self.normalization = check_choice("normalization", self.normalization, list(NORMALIZATIONS))
-        if self.normalization == "pcn" and self.dataset not in PCN_NORMALIZATION:
-            raise ConfigError(
-                f"normalization=pcn: the PCN paper's Table 4 has no statistics for {self.dataset}; it covers "
-                f"{sorted(PCN_NORMALIZATION)}"
-            )
+        problem = normalization_error(self.normalization, self.dataset)
+        if problem:
+            raise ConfigError(f"normalization={self.normalization}: {problem}")
         self.at_least(1, "image_size", "limit_train", "limit_test")
         self.at_least(0, "crop_padding")
         if not 0 <= self.validation < 1:

@@ -22,13 +22,27 @@ def make_optimizer(
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     nesterov: bool = False,
+    decoupled: bool = False,
 ) -> torch.optim.SGD:
     """SGD with one parameter group per entry of ``network.layer_parameters()`` (for an energy network:
-    layer k = 1..L, the weights into layer k and its bias)."""
+    layer k = 1..L, the weights into layer k and its bias). ``decoupled``: the weight decay shrinks the
+    parameters, theta <- (1 - lr wd) theta, before each step instead of entering the momentum as wd theta
+    (the holomorphic-EP code's SGD)."""
     groups = network.layer_parameters()
     lrs = layer_rates(lrs, len(groups))
     param_groups = [{"params": g, "lr": lr} for g, lr in zip(groups, lrs) if g]
-    return torch.optim.SGD(param_groups, lr=lrs[0], momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    coupled = 0.0 if decoupled else weight_decay
+    opt = torch.optim.SGD(param_groups, lr=lrs[0], momentum=momentum, weight_decay=coupled, nesterov=nesterov)
+    if decoupled and weight_decay:
+
+        def shrink(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+            with torch.no_grad():
+                for group in optimizer.param_groups:
+                    for p in group["params"]:
+                        p.mul_(1.0 - group["lr"] * weight_decay)
+
+        opt.register_step_pre_hook(shrink)
+    return opt
 
 
 def layer_rates(lrs: float | Sequence[float], groups: int) -> list[float]:
@@ -60,6 +74,7 @@ class OptimSection(Section):
     momentum: float = setting(0.9, "SGD momentum")
     nesterov: bool = setting(False, "Nesterov momentum")
     weight_decay: float = setting(3e-4, "L2 weight decay")
+    decoupled_weight_decay: bool = setting(False, "shrink theta by (1 - lr wd) per step, outside the momentum")
     epochs: int = setting(20, "training epochs (also the cosine schedule's T_max)")
     batch_size: int = setting(64, "mini-batch size")
     eta_min: float = setting(2e-6, "final learning rate of the cosine schedule")

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..core.network import EnergyNetwork
 from ..errors import RunError
-from ..models.base import build_model, model_spec
+from ..models.base import build_model, model_output, model_spec
 from ..rules.base import LearningAlgorithm, algorithm_options, get_algorithm
 from ..rules.contrastive import Contrastive
 from ..rules.phases import Phases
@@ -148,6 +148,7 @@ def build_algorithm(cfg: TrainConfig) -> LearningAlgorithm:
         "epsilon": cfg.epsilon,
         "loss_at": cfg.loss_at,
         "stack": cfg.echo_stack,
+        "points": cfg.points,
     }
     options = algorithm_options(cfg.algorithm)
     if "phases" in options:
@@ -209,7 +210,7 @@ def evaluate(
         stop = min(start + batch_size, part.stop)
         x = data.prepare(images[start:stop].to(device), flatten=flatten).to(dtype)
         labels = labels_all[start:stop].to(device)
-        out = algorithm.free_phase(network, x).states[-1].float()
+        out = model_output(network, algorithm.free_phase(network, x).states).float()
         loss += float(algorithm.cost(out, algorithm.targets(network, labels)).sum())
         errs = topk_errors(out, labels)
         wrong1, wrong5 = wrong1 + errs[1], wrong5 + errs[5]
@@ -275,6 +276,8 @@ class Trainer:
         self.dtype = getattr(torch, cfg.precision)
         self.network = self.network.to(self.device, self.dtype)
         self.algorithm = build_algorithm(cfg)
+        with _config_errors(f"algorithm {cfg.algorithm}"):
+            self.algorithm.check_model(self.network)
         # only rank 0 writes the run directory
         self.run_dir = (
             RunDirectory(cfg.out_dir, cfg.tensorboard, self.log, run_mode) if cfg.out_dir and self.dist.main else None
@@ -284,7 +287,9 @@ class Trainer:
             assert isinstance(self.algorithm, Contrastive)  # the config allows signals with P-/N-/C-EP only
             self.algorithm.signals = list(self.signals)
         with _config_errors("lrs"):
-            self.optimizer = make_optimizer(self.network, cfg.lrs, cfg.momentum, cfg.weight_decay, cfg.nesterov)
+            self.optimizer = make_optimizer(
+                self.network, cfg.lrs, cfg.momentum, cfg.weight_decay, cfg.nesterov, cfg.decoupled_weight_decay
+            )
             rates = layer_rates(cfg.lrs, len(self.network.layer_parameters()))
         for sig in self.signals:  # KDW maps learn at the rate of the layer they read
             if list(sig.parameters()):

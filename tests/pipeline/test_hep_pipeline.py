@@ -1,0 +1,61 @@
+"""Holomorphic EP through the interface: configs, the CLI's run directory, resume, and config errors."""
+
+import os
+import signal
+
+import pytest
+import torch
+
+from eqprop.cli import main
+from eqprop.training.config import ConfigError, parse_overrides
+from eqprop.training.results import read_run
+from eqprop.training.trainer import Interrupted, Trainer
+
+HEP_TINY = [
+    "model=mlp",
+    "hidden=[16]",
+    "gains=[1.5,1.0]",
+    "activation=holo_hard_sigmoid",
+    "readout=true",
+    "algorithm=HEP",
+    "points=3",
+    "beta=1.0",
+    "cost=cross_entropy",
+    "free_iterations=8",
+    "nudged_iterations=4",
+    "lrs=[0.2,0.05]",
+    "limit_train=128",
+    "limit_test=64",
+    "batch_size=32",
+    "progress=false",
+]
+
+
+def test_cli_trains_hep_and_an_interrupted_run_resumes_exactly(tmp_path):
+    assert main(["train", *HEP_TINY, "epochs=2", f"out_dir={tmp_path / 'a'}"]) == 0
+    run = read_run(tmp_path / "a")
+    assert [r["epoch"] for r in run.metrics] == [1, 2] and run.config["points"] == 3
+
+    def sigterm_in_epoch_2(trainer, epoch, batch):
+        if epoch == 2 and batch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    cfg = parse_overrides([*HEP_TINY, "epochs=2", f"out_dir={tmp_path / 'b'}"])
+    with pytest.raises(Interrupted):
+        Trainer(cfg, log=lambda s: None, callbacks=[sigterm_in_epoch_2]).fit()
+    resumed = Trainer.resume(tmp_path / "b", log=lambda s: None)
+    resumed.fit()
+    straight = torch.load(tmp_path / "a" / "checkpoint_last.pt", weights_only=False)["network"]
+    for key, value in straight.items():
+        assert torch.equal(value, resumed.network.state_dict()[key]), key
+
+
+def test_config_errors_name_what_to_change(tmp_path):
+    with pytest.raises(ConfigError, match="hard_sigmoid.*holo_hard_sigmoid"):
+        Trainer(parse_overrides([*HEP_TINY, "activation=hard_sigmoid", "out_dir=none"]), log=lambda s: None)
+    with pytest.raises(ConfigError, match="points"):
+        parse_overrides([*HEP_TINY, "points=1"])
+    with pytest.raises(ConfigError, match="pooling"):
+        parse_overrides(["pooling=average"])
+    with pytest.raises(ConfigError, match="paddings"):
+        parse_overrides(["channels=[8,8]", "paddings=[1]"])
