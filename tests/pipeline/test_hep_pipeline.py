@@ -6,6 +6,7 @@ import signal
 import pytest
 import torch
 
+from eqprop import hopfield_mlp, make_optimizer
 from eqprop.cli import main
 from eqprop.training.config import ConfigError, parse_overrides
 from eqprop.training.results import read_run
@@ -59,3 +60,28 @@ def test_config_errors_name_what_to_change(tmp_path):
         parse_overrides(["pooling=average"])
     with pytest.raises(ConfigError, match="paddings"):
         parse_overrides(["channels=[8,8]", "paddings=[1]"])
+
+
+def test_decoupled_weight_decay_shrinks_before_the_momentum_step():
+    """The HEP code's SGD: v <- mu v + g; theta <- (1 - lr wd) theta - lr v (weight decay outside the momentum)."""
+    torch.manual_seed(0)
+    net = hopfield_mlp([4, 3, 2], gains=1.0)
+    theta = [p.detach().clone() for p in net.parameters()]
+    grads = [torch.randn_like(p) for p in net.parameters()]
+    opt = make_optimizer(net, [0.1, 0.2], momentum=0.9, weight_decay=0.05, decoupled=True)
+    lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    for _ in range(2):
+        for p, g in zip(net.parameters(), grads):
+            p.grad = g.clone()
+        opt.step()
+    for p, t, g in zip(net.parameters(), theta, grads):
+        lr = lrs[id(p)]
+        once = (1 - lr * 0.05) * t - lr * g
+        twice = (1 - lr * 0.05) * once - lr * (0.9 * g + g)
+        assert torch.allclose(p.detach(), twice, atol=1e-6)
+
+
+def test_hep_normalization_covers_the_papers_data_sets_only():
+    assert parse_overrides(["dataset=cifar100", "normalization=hep"]).normalization == "hep"
+    with pytest.raises(ConfigError, match="HEP code has no statistics for digits"):
+        parse_overrides(["dataset=digits", "normalization=hep"])
