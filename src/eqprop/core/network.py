@@ -204,17 +204,21 @@ class EnergyNetwork(nn.Module):
                 total[inter.pre] = back if have is None else have + back
         return [None] + [m if m is None else m.expand_as(s) for m, s in zip(total[1:], states[1:])]
 
+    def nudged_energy(self, states: State, nudge: Any = None) -> Tensor:
+        """F = E + beta C (eq. 4) per sample, with a nudge's hidden-layer terms; E alone without a ``nudge``.
+        Complex states give the holomorphic continuation of F."""
+        e = self.energy(states)
+        return e if nudge is None else e + nudge.extra_energy(states[-1]) + nudge.hidden_energy(states)
+
     def energy_param_grads(self, states: State, nudge: Any = None) -> list[Tensor]:
         """dE/dtheta at ``states`` (batch mean), in ``self.parameters()`` order; states are treated as constants.
 
-        With a ``nudge``, d(E + nudging energy)/dtheta: the term beta C depends on the parameters through a
+        With a ``nudge``, dF/dtheta of the nudged energy: the term beta C depends on the parameters through a
         readout (the estimate for the readout's weights comes from it)."""
         params = list(self.parameters())
         fixed = [s.detach().to(params[0].dtype) for s in states]
         with torch.enable_grad():
-            e = self.energy(fixed)
-            if nudge is not None and self.readout is not None:
-                e = e + nudge.extra_energy(fixed[-1])
+            e = self.nudged_energy(fixed, nudge)
             return list(torch.autograd.grad(e.mean(), params, allow_unused=True))
 
     @torch.no_grad()

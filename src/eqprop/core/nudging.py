@@ -47,10 +47,6 @@ def per_sample(beta: Beta, t: Tensor) -> Beta:
     return beta
 
 
-def _is_real_number(beta: Beta) -> bool:
-    return isinstance(beta, (int, float))
-
-
 def log_softmax(o: Tensor) -> Tensor:
     """log softmax over the units of each sample; complex outputs use the holomorphic formula o - logsumexp(o)
     (shifted by the largest real part, which cancels)."""
@@ -217,7 +213,7 @@ class EPNudge(Nudge):
     def output_update(self, m: Tensor | None, o: Tensor, sigma: Activation) -> Tensor:
         if m is None:
             raise ValueError("EP nudging updates the output from its incoming message; got none")
-        if _is_real_number(self.beta) and self.beta == 0.0:
+        if isinstance(self.beta, (int, float)) and self.beta == 0.0:
             return sigma.project(m)
         if self.readout is not None:  # the force -beta W^T dC/dlogits on the last layer
             logits = self.readout(o)

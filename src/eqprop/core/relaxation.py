@@ -160,12 +160,9 @@ def layer_groups(
 def _diagnostics(network: EnergyNetwork, states: State, nudge: Nudge | None) -> tuple[float, Tensor]:
     """The batch-mean energy (E + nudging terms; its real part for complex states) and per-sample residuals."""
     with torch.no_grad():
-        dtype = complex_dtype(next(network.parameters()).dtype) if states[-1].is_complex() else None
-        s32 = [s.to(dtype or next(network.parameters()).dtype) for s in states]
-        e = network.energy(s32)
-        if nudge is not None:
-            e = e + nudge.extra_energy(s32[-1]) + nudge.hidden_energy(s32)
-        return float(e.real.mean()), network.fixed_point_residual(s32, nudge)
+        dtype = next(network.parameters()).dtype
+        s32 = [s.to(complex_dtype(dtype) if states[-1].is_complex() else dtype) for s in states]
+        return float(network.nudged_energy(s32, nudge).real.mean()), network.fixed_point_residual(s32, nudge)
 
 
 def complex_dtype(dtype: torch.dtype) -> torch.dtype:

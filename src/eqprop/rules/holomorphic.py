@@ -73,8 +73,10 @@ class HolomorphicEP(RelaxingAlgorithm):
 
     def check_model(self, model: Any) -> None:
         """Refuse dynamics without a complex extension when complex phases are needed (N > 2)."""
+        if self.points == 2:  # both phases real
+            return
         bad = model.non_holomorphic() if hasattr(model, "non_holomorphic") else []
-        if self.points > 2 and bad:
+        if bad:
             raise ValueError(
                 f"HEP with points={self.points} relaxes complex states, which needs holomorphic dynamics, but "
                 f"{'; '.join(bad)}. Use a holomorphic activation (e.g. holo_hard_sigmoid, sigmoid, tanh) and "
@@ -134,13 +136,8 @@ class HolomorphicEP(RelaxingAlgorithm):
         with torch.enable_grad():
             objective = torch.zeros((), dtype=params[0].dtype, device=y.device)
             for states, beta, target in runs:
-                fixed = [s.detach() for s in states]
-                f = model.energy(fixed)
-                if readout is not None:
-                    f = f + EPNudge(self.cost, target, beta, readout).extra_energy(fixed[-1])
-                objective = objective + (f / (beta.to(f.dtype) if isinstance(beta, Tensor) else beta)).real.sum() * (
-                    2.0 / batch
-                )
+                f = model.nudged_energy([s.detach() for s in states], EPNudge(self.cost, target, beta, readout))
+                objective = objective + (f / beta).real.sum() * (2.0 / batch)
             return list(torch.autograd.grad(objective, params, allow_unused=True))
 
     def __repr__(self) -> str:
