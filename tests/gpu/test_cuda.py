@@ -139,3 +139,34 @@ def test_holomorphic_ep_on_cuda_equals_cpu_in_float64(options):
     cpu = get_algorithm("HEP", **kw).step(net, x, y).grads
     gpu = get_algorithm("HEP", **kw, **options).step(net.cuda(), x.cuda(), y.cuda()).grads
     assert max(float((a - b.cpu()).abs().max() / a.abs().max()) for a, b in zip(cpu, gpu)) < 1e-9
+
+
+@pytest.mark.parametrize("options", [{}, {"cuda_graphs": True}])
+def test_public_code_conventions_on_cuda_equal_cpu_in_float64(options):
+    """The public code's conventions (odd first, persistent start, iterated output, 1/2 cost) on the GPU, eager and
+    with captured graphs (whose static buffers must not alias the carried state), give the CPU steps in float64."""
+    from eqprop.core.nudging import get_cost
+
+    torch.manual_seed(0)
+    cpu_net = dchn(3, 10, 16, channels=[8, 16], gains=1.0).double()
+    cpu_net.uniform_biases_(0.5)
+    gpu_net = dchn(3, 10, 16, channels=[8, 16], gains=1.0).double().cuda()
+    gpu_net.load_state_dict(cpu_net.state_dict())
+
+    def rule(**extra):
+        cost = get_cost("half_squared_error", "iterate")
+        kw = dict(beta=0.3, free_iterations=8, nudged_iterations=4, first="odd", init="persistent")
+        return get_algorithm("CEP", cost=cost, **kw, **extra)
+
+    cpu_rule, gpu_rule = rule(), rule(**options)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        x = torch.randn(8, 3, 16, 16, dtype=torch.float64, generator=gen)
+        y = torch.randint(0, 10, (8,), generator=gen)
+        a = cpu_rule.step(cpu_net, x, y).grads
+        b = gpu_rule.step(gpu_net, x.cuda(), y.cuda()).grads
+        assert max(float((u - v.cpu()).abs().max() / u.abs().max()) for u, v in zip(a, b)) < 1e-9
+        with torch.no_grad():
+            for net in (cpu_net, gpu_net):
+                for p in net.parameters():
+                    p -= 0.1 * p.grad

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -319,6 +320,39 @@ def test_interrupted_run_resumes_exactly(tmp_path):
     assert [r["epoch"] for r in read_run(tmp_path / "b").metrics] == [1, 2, 3]
     with pytest.raises(ConfigError, match="cannot change \\['beta'\\] when resuming"):
         Trainer.resume(tmp_path / "b", ["beta=0.5"])
+
+
+PUBLIC_CODE = ["cost=half_squared_error", "first=odd", "init=persistent", "bias_init=uniform", "nudged_output=iterate"]
+
+
+def test_a_persistent_start_is_checkpointed_and_resumes_exactly(tmp_path):
+    """The public code's conventions: the carried free-phase start is in the checkpoint (one batch of states),
+    so a run stopped inside epoch 2 resumes to the same weights; dropping it (start from zeros) does not."""
+    extra = ["epochs=2", "limit_train=192", *PUBLIC_CODE]
+    straight = Trainer(tiny(tmp_path / "a", *extra), log=lambda s: None)
+    straight.fit()
+
+    def sigterm_in_epoch_2(trainer, epoch, batch):
+        if epoch == 2 and batch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped = Trainer(tiny(tmp_path / "b", *extra), log=lambda s: None, callbacks=[sigterm_in_epoch_2])
+    with pytest.raises(Interrupted):
+        stopped.fit()
+    ckpt = torch.load(tmp_path / "b" / "checkpoint_last.pt", weights_only=False)
+    carried = ckpt["algorithm"]["phases"]["carried"]
+    assert [tuple(t.shape) for t in carried] == [(64, 8, 8, 8), (64, 16, 4, 4), (64, 16, 2, 2), (64, 10)]
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
+    resumed = Trainer.resume(tmp_path / "b", log=lambda s: None)
+    resumed.fit()
+    for key, value in _final_state(straight).items():
+        assert torch.equal(value, resumed.network.state_dict()[key]), key
+    forgetful = Trainer.resume(tmp_path / "c", log=lambda s: None)
+    forgetful.algorithm.phases.carried.clear()
+    forgetful.fit()
+    assert any(not torch.equal(v, forgetful.network.state_dict()[k]) for k, v in _final_state(straight).items())
+    biases = [v for k, v in straight.network.state_dict().items() if k.endswith("bias")]
+    assert all(float(b.abs().min()) > 0 for b in biases)
 
 
 @pytest.mark.slow

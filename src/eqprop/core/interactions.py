@@ -137,6 +137,11 @@ class Interaction(nn.Module):
         self.pre = pre
         self.post = post
 
+    @property
+    def fan_in(self) -> int | None:
+        """Inputs per unit of the post layer that this term's weights read (None for a term without weights)."""
+        return None
+
     def relaxation_params(self, dtype: torch.dtype | None = None) -> tuple[Tensor, ...]:
         """Parameters as used by the relaxation, cast to ``dtype`` (differentiable cast, no copy if same)."""
         return tuple(p if dtype is None or p.dtype == dtype else p.to(dtype) for p in self.parameters(recurse=False))
@@ -184,8 +189,12 @@ class Dense(Interaction):
         self.weight = nn.Parameter(torch.empty(math.prod(post_shape), math.prod(pre_shape)))
         self.reset_parameters(gain)
 
+    @property
+    def fan_in(self) -> int:
+        return self.weight.shape[1]
+
     def reset_parameters(self, gain: float) -> None:
-        scaled_uniform_(self.weight, gain, self.weight.shape[1])
+        scaled_uniform_(self.weight, gain, self.fan_in)
 
     def phi(self, pre: Tensor | None, post: Tensor) -> Tensor:
         assert pre is not None
@@ -230,8 +239,12 @@ class ConvPool(Interaction):
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.reset_parameters(gain)
 
+    @property
+    def fan_in(self) -> int:
+        return self.weight[0].numel()
+
     def reset_parameters(self, gain: float) -> None:
-        scaled_uniform_(self.weight, gain, self.weight[0].numel())
+        scaled_uniform_(self.weight, gain, self.fan_in)
 
     def _pooled(self, pre: Tensor, w: Tensor) -> Tensor:
         z = self.linear(pre, (w,))

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .interactions import Interaction
+from .interactions import Bias, Interaction, scaled_uniform_
 from .layers import Layer
 from .readout import Readout
 
@@ -129,6 +129,18 @@ class EnergyNetwork(nn.Module):
         if self.readout is not None:  # the readout learns at its own rate, after the layers
             groups.append(list(self.readout.parameters()))
         return groups
+
+    def uniform_biases_(self, scale: float = 0.5) -> None:
+        """Draw every bias of layer k from U(-c, c), c = scale / sqrt(fan_in_k), fan_in_k the inputs per unit of
+        the weights into k (the comparative study's public code: scale 0.5; our default init keeps zeros)."""
+        for name, term in self.terms.items():
+            if not isinstance(term, Bias):
+                continue
+            fans = [self.terms[n].fan_in for n in self.into[term.post]]
+            fan_in = sum(f for f in fans if f is not None)
+            if fan_in < 1:
+                raise ValueError(f"bias {name!r} of layer {term.post} has no incoming weights to take a fan-in from")
+            scaled_uniform_(term.bias, scale, fan_in)
 
     # ---- states ----------------------------------------------------------------------------------------
     def check_input(self, x: Tensor) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "HalfSquaredError",
     "CrossEntropy",
     "COSTS",
+    "NUDGED_OUTPUTS",
     "get_cost",
     "Nudge",
     "EPNudge",
@@ -73,10 +74,39 @@ def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32
     return F.one_hot(labels.long(), num_classes).to(dtype)
 
 
+NUDGED_OUTPUTS = ("exact", "iterate")
+
+
 class Cost:
-    """A cost C(o, y) per sample, with its gradient dC/do; ``y`` is a one-hot target."""
+    """A cost C(o, y) per sample, with its gradient dC/do; ``y`` is a one-hot target.
+
+    ``nudged_output`` says how a nudged phase updates the output: ``"exact"`` jumps to the exact minimiser of the
+    nudged energy over o where the cost has a closed form (the squared errors), ``"iterate"`` takes the
+    fixed-point step o <- sigma(dPhi/do - beta dC/do) (the comparative study's public code). Both have the same
+    fixed points; the paths, and sometimes the fixed point reached, differ."""
 
     name = "cost"
+    curvature: float | None = None  # d^2C/do^2 where it is a constant (the squared errors)
+
+    def __init__(self, nudged_output: str = "exact") -> None:
+        if nudged_output not in NUDGED_OUTPUTS:
+            raise ValueError(f"unknown nudged_output {nudged_output!r}; valid values are {list(NUDGED_OUTPUTS)}")
+        self.nudged_output_mode = nudged_output
+
+    @property
+    def exact_output(self) -> bool:
+        """Whether nudged phases jump to the exact output minimiser (where the cost has one)."""
+        return self.nudged_output_mode == "exact"
+
+    def check_iterate(self, beta: Beta) -> None:
+        """The iterated output o <- m - beta dC/do is a contraction only while |beta| * curvature < 1."""
+        if self.exact_output or self.curvature is None or not isinstance(beta, (int, float)):
+            return
+        if abs(beta) * self.curvature >= 1.0:
+            raise ValueError(
+                f"nudged_output='iterate' with the {self.name} needs |beta| < {1.0 / self.curvature:g} (the step "
+                f"o <- m - beta dC/do diverges otherwise), got beta={beta}; use nudged_output='exact'"
+            )
 
     def __call__(self, o: Tensor, y: Tensor) -> Tensor:
         raise NotImplementedError
@@ -93,6 +123,7 @@ class SquaredError(Cost):
     """C(o, y) = ||o - y||^2, the cost of the comparative study (section 3)."""
 
     name = "squared_error"
+    curvature = 2.0
 
     def __call__(self, o: Tensor, y: Tensor) -> Tensor:
         return (o - y).flatten(1).pow(2).sum(1)
@@ -103,6 +134,9 @@ class SquaredError(Cost):
     def nudged_output(self, m: Tensor, o: Tensor, y: Tensor, beta: Beta, sigma: Activation) -> Tensor:
         # The output's energy 1/2 o^2 - m o + beta (o - y)^2 is a separable 1-D quadratic with curvature
         # 1 + 2 beta, so its exact minimiser on the state space is sigma((m + 2 beta y) / (1 + 2 beta)).
+        if not self.exact_output:
+            self.check_iterate(beta)
+            return super().nudged_output(m, o, y, beta, sigma)
         if not sigma.projection:  # a smooth activation: the nudged fixed point o = sigma(m - beta dC/do)
             return super().nudged_output(m, o, y, beta, sigma)
         if isinstance(beta, (int, float)) and 1.0 + 2.0 * beta <= 0.0:
@@ -119,6 +153,7 @@ class HalfSquaredError(Cost):
     1/2, the convention of eq. 10's energy, is our reading) and the cost of the comparative study's public code."""
 
     name = "half_squared_error"
+    curvature = 1.0
 
     def __call__(self, o: Tensor, y: Tensor) -> Tensor:
         return 0.5 * (o - y).flatten(1).pow(2).sum(1)
@@ -128,6 +163,9 @@ class HalfSquaredError(Cost):
 
     def nudged_output(self, m: Tensor, o: Tensor, y: Tensor, beta: Beta, sigma: Activation) -> Tensor:
         # 1/2 o^2 - m o + beta/2 (o - y)^2 has curvature 1 + beta: its exact minimiser is (m + beta y) / (1 + beta)
+        if not self.exact_output:
+            self.check_iterate(beta)
+            return super().nudged_output(m, o, y, beta, sigma)
         if not sigma.projection:
             return super().nudged_output(m, o, y, beta, sigma)
         if isinstance(beta, (int, float)) and 1.0 + beta <= 0.0:
@@ -150,19 +188,18 @@ class CrossEntropy(Cost):
         return (softmax(o) - y.flatten(1)).view_as(o)
 
 
-COSTS: dict[str, Callable[[], Cost]] = {
+COSTS: dict[str, Callable[..., Cost]] = {
     "squared_error": SquaredError,
     "half_squared_error": HalfSquaredError,
     "cross_entropy": CrossEntropy,
 }
 
 
-def get_cost(name: str) -> Cost:
-    """A cost by name; an unknown name lists the valid ones."""
-    try:
-        return COSTS[name]()
-    except KeyError:
-        raise ValueError(f"unknown cost {name!r}; valid costs are {sorted(COSTS)}") from None
+def get_cost(name: str, nudged_output: str = "exact") -> Cost:
+    """A cost by name (``nudged_output``: see :class:`Cost`); an unknown name lists the valid ones."""
+    if name not in COSTS:
+        raise ValueError(f"unknown cost {name!r}; valid costs are {sorted(COSTS)}")
+    return COSTS[name](nudged_output)
 
 
 class Nudge:
@@ -228,7 +265,7 @@ class EPNudge(Nudge):
     def capture_key(self) -> tuple:
         if isinstance(self.beta, Tensor):
             raise ValueError("a phase with per-sample nudging values cannot be captured as a CUDA graph")
-        return ("ep", self.beta, type(self.cost).__name__, self.readout is not None)
+        return ("ep", self.beta, type(self.cost).__name__, self.cost.exact_output, self.readout is not None)
 
     @property
     def tensor(self) -> Tensor:

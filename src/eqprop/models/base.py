@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, cast, runtime_checkable
 
 from torch import Tensor, nn
 
@@ -21,6 +21,7 @@ from ..registry import canonical_name
 from ..settings import Section, check_choice, setting
 
 __all__ = [
+    "BIAS_INITS",
     "model_output",
     "LayeredModel",
     "EnergyModel",
@@ -32,6 +33,8 @@ __all__ = [
     "build_model",
     "ModelSection",
 ]
+
+BIAS_INITS = ("zeros", "uniform")
 
 
 @runtime_checkable
@@ -124,8 +127,12 @@ def model_spec(name: str) -> ModelSpec:
 
 
 def build_model(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """The model ``cfg.model`` names, built for inputs of ``input_shape`` (flattened if the model asks)."""
-    return model_spec(cfg.model.kind).builder(cfg, input_shape, num_classes)
+    """The model ``cfg.model`` names, built for inputs of ``input_shape`` (flattened if the model asks), its
+    biases drawn as ``cfg.bias_init`` says (Hopfield networks)."""
+    model = model_spec(cfg.model.kind).builder(cfg, input_shape, num_classes)
+    if cfg.model.bias_init == "uniform":  # ModelSection.validate allows it for Hopfield networks only
+        cast(Any, model).uniform_biases_(cfg.model.bias_scale)
+    return model
 
 
 def image_input(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -148,6 +155,8 @@ class ModelSection(Section):
     gains: list[float] = setting([0.8, 0.8, 0.8, 0.8], "init gain per weight layer (eq. 102; one value: all)")
     activation: str = setting("hard_sigmoid", "Hopfield nets: the hidden layers' state space")
     readout: bool = setting(False, "Hopfield nets: classes read by a linear readout outside the dynamics")
+    bias_init: str = setting("zeros", "Hopfield nets: biases start at zeros, or uniform U(+-bias_scale/sqrt(fan_in))")
+    bias_scale: float = setting(0.5, "bias_init=uniform: the bound's scale (the comparative study's code: 0.5)")
     pooling: str = setting("max", "dchn/vgg: 2x2 pooling, max or softmax (holomorphic)")
     pool_temperature: float = setting(1.0, "dchn/vgg: the softmax pooling's temperature T")
     paddings: list[int] | None = setting(None, "dchn: padding per conv layer (null: 1 each)")
@@ -169,6 +178,15 @@ class ModelSection(Section):
         self.activation = check_choice("activation", self.activation, sorted(ACTIVATIONS))
         self.hru = check_choice("hru", self.hru, sorted(HRU_TYPES))
         self.pooling = check_choice("pooling", self.pooling, list(POOLINGS))
+        self.bias_init = check_choice("bias_init", self.bias_init, list(BIAS_INITS))
+        if not self.bias_scale > 0:
+            raise ConfigError(f"config key 'bias_scale' must be > 0, got {self.bias_scale}")
+        if self.bias_init != "zeros" and MODELS[self.kind].family != "hopfield":
+            hopfield = [m for m, spec in MODELS.items() if spec.family == "hopfield"]
+            raise ConfigError(
+                f"config key 'bias_init={self.bias_init}' draws the biases of Hopfield networks ({hopfield}); "
+                f"model {self.kind!r} has its own bias init"
+            )
         if not self.pool_temperature > 0:
             raise ConfigError(f"config key 'pool_temperature' must be > 0, got {self.pool_temperature}")
         if self.paddings is not None and (len(self.paddings) != len(self.channels) or min(self.paddings) < 0):

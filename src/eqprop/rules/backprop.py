@@ -39,11 +39,13 @@ class BackpropThroughTime(RelaxingAlgorithm):
         y = self.targets(model, labels)
         params = list(model.parameters())
         with torch.enable_grad():
-            free = self.phases.unrolled(model, model.init_state(x, self.phases.init), self.phases.free_iterations)
+            start = self.phases.initial_state(model, x)
+            free = self.phases.unrolled(model, start, self.phases.free_iterations)
             o = model_output(model, free.states).float()
             loss = self.cost(o, y)
             grads = list(torch.autograd.grad(loss.mean(), params, allow_unused=True))
         free.states = [s.detach() for s in free.states]
+        self.phases.carry(model, free.states)
         write_grads(model, grads)
         return StepResult(loss.detach(), o.detach(), free, grads)
 

@@ -91,6 +91,14 @@ class LearningAlgorithm:
         o = model_output(model, free.states).float()
         return StepResult(self.cost(o, y).detach(), o.detach(), free, grads)
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must keep of the rule besides the model (carried states, random draws); a rule
+        without such state returns {}."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
     def __repr__(self) -> str:
         return f"{self.name}(cost={self.cost.name})"
 
@@ -116,6 +124,13 @@ class RelaxingAlgorithm(LearningAlgorithm):
 
     def free_phase(self, model: Any, x: Tensor) -> RelaxResult:
         return self.phases.free(model, x)
+
+    def state_dict(self) -> dict[str, Any]:
+        phases = self.phases.state_dict()
+        return {"phases": phases} if phases else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.phases.load_state_dict(state.get("phases", {}))
 
     def __repr__(self) -> str:
         return f"{self.name}({self.phases.describe()}, cost={self.cost.name})"
@@ -185,18 +200,26 @@ class RuleSection(Section):
         "CEP", "learning rule (ALGORITHMS): CL, PEP, NEP, CEP, HEP, PCpL, ..., TBP, RBP, RHEL, ..."
     )
     beta: float = setting(0.1, "nudging strength |beta|")
-    cost: str = setting("squared_error", "cost C(o, y): squared_error or cross_entropy")
+    cost: str = setting("squared_error", "cost C(o, y): squared_error, half_squared_error or cross_entropy")
+    nudged_output: str = setting(
+        "exact", "nudged phases: the output jumps to its exact minimiser, or iterates o <- sigma(m - beta dC/do)"
+    )
     epsilon: float = setting(0.01, "RHEL: echo nudging strength, relative to the largest incoming loss gradient")
     loss_at: str = setting("last", "hssm: the loss reads the last step's readout, or the mean over every step")
     echo_stack: str = setting("lockstep", "RHEL on stacks: all units echo together, or one after another")
     points: int = setting(4, "HEP: N nudged phases at beta_k = |beta| exp(2 pi i k/N) (N = 2: centered EP)")
 
     def validate(self) -> None:
-        from ..core.nudging import COSTS
+        from ..core.nudging import COSTS, NUDGED_OUTPUTS
         from .echo_learning import LOSS_AT, STACK_ECHOES
 
         self.algorithm = check_choice("algorithm", self.algorithm, algorithm_names())
         self.cost = check_choice("cost", self.cost, sorted(COSTS))
+        self.nudged_output = check_choice("nudged_output", self.nudged_output, list(NUDGED_OUTPUTS))
+        try:
+            get_cost(self.cost, self.nudged_output).check_iterate(self.beta)
+        except ValueError as exc:
+            raise ConfigError(f"config key 'beta': {exc}") from None
         self.loss_at = check_choice("loss_at", self.loss_at, list(LOSS_AT))
         self.echo_stack = check_choice("echo_stack", self.echo_stack, list(STACK_ECHOES))
         self.at_least(0, "beta")

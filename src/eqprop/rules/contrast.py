@@ -55,6 +55,13 @@ class Scheme:
             raise ValueError("the random scheme draws its nudging values per step: use next_betas()")
         return signs[0] * self.beta, signs[1] * self.beta
 
+    def rng_state(self) -> Any:
+        """The random scheme's generator state (what a checkpoint keeps to draw the same signs on resume)."""
+        return self._rng.getstate()
+
+    def set_rng_state(self, state: Any) -> None:
+        self._rng.setstate(state)
+
     def next_betas(self) -> tuple[float, float]:
         """The nudging values of the next step (a fresh sign for the random scheme)."""
         if self.name == "random":

@@ -127,6 +127,17 @@ class Contrastive(RelaxingAlgorithm):
         for p, g in zip(params, contrast(g1, g2, b1, b2)):
             p.grad = None if g is None else g.detach()
 
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.scheme.name == "random":  # the signs still to be drawn
+            state["scheme_rng"] = self.scheme.rng_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "scheme_rng" in state:
+            self.scheme.set_rng_state(state["scheme_rng"])
+
     def __repr__(self) -> str:
         b1_b2 = "random" if self.scheme.name == "random" else self.betas
         return f"{self.name}(betas={b1_b2}, {self.phases.describe()}, cost={self.cost.name})"

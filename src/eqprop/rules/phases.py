@@ -5,6 +5,12 @@ phases of K iterations from the free state, each run by a relaxation solver.
 solver runs a phase follows from the settings: the nudged phases run in the parameters' precision
 (``nudged_precision="full"``) or in deviation mode around the free state (``"deviation"``), a refinement of
 a 16-bit free state runs in deviation mode, and ``cuda_graphs`` replays captured graphs on GPUs.
+
+Initial state of the free phase (``init``): zeros, uniform in [0, 1], or ``"persistent"``: while the model is
+in training mode, each free phase starts from the last state the previous training step relaxed to (its last
+nudged phase), as the comparative study's public code does; the first step, a batch of another size and
+evaluation (``model.eval()``) start from zeros. The carried state is part of :meth:`Phases.state_dict`, so a
+resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ __all__ = ["Phases", "NUDGED_PRECISIONS", "INITS", "RelaxSection"]
 # Precision of the nudged phases: "same" as the free phase; "full": the parameters' precision; "deviation":
 # states in the parameters' precision, convolutions of the deviation from the free state in ``dtype``.
 NUDGED_PRECISIONS = ("same", "full", "deviation")
-INITS = ("zeros", "uniform")
+INITS = ("zeros", "uniform", "persistent")
 _SETTINGS = ("schedule", "first", "tol", "dtype", "channels_last")
 
 
@@ -50,6 +56,7 @@ class Phases:
     nudged_precision: str = "same"
     refine_iterations: int = 0
     cuda_graphs: bool = False
+    carried: list[Tensor] = field(default_factory=list, compare=False, repr=False)  # init="persistent": s_1..s_L
 
     def __post_init__(self) -> None:
         if self.free_iterations < 1 or self.nudged_iterations < 1:
@@ -97,19 +104,52 @@ class Phases:
         solver = get_solver(name, settings)
         return GraphedSolver(settings, inner=solver) if self.cuda_graphs else solver
 
+    def _persists(self, model: Any) -> bool:
+        """Whether this phase carries its state to the next step: ``init="persistent"``, a model in training mode
+        whose free phase is a relaxation (not an exact forward pass)."""
+        return self.init == "persistent" and model.training and not getattr(model, "exact_free_phase", False)
+
+    def carry(self, model: Any, states: list[Tensor]) -> None:
+        """Remember ``states`` as the next training step's initial state (``init="persistent"``; else a no-op)."""
+        if self._persists(model) and not states[-1].is_complex():
+            self.carried[:] = [s.detach().clone() for s in states[1:]]
+
+    def initial_state(self, model: Any, x: Tensor) -> list[Tensor]:
+        """The free phase's initial state [x, s_1..s_L]: the carried state when it fits ``x`` (persistent
+        init, training mode), else the model's ``init_state`` (zeros for a persistent init without one)."""
+        carried = self.carried if self._persists(model) else []
+        if carried and carried[0].shape[0] == x.shape[0] and carried[0].device == x.device:
+            return [x] + list(carried)
+        return model.init_state(x, "zeros" if self.init == "persistent" else self.init)
+
     def free(self, model: Any, x: Tensor) -> RelaxResult:
         """The free phase (no nudging): the model's free equilibrium, refined in deviation mode if asked."""
         with torch.no_grad():
-            free = model.free_phase(x, self.solver_for("free"), self.free_iterations, self.init)
-            if not self.refine_iterations:
-                return free
-            refined = self.solver_for("refine")(model, [x] + list(free.states[1:]), self.refine_iterations)
-            return RelaxResult(refined.states, free.iterations + refined.iterations, free.trajectory, refined.stats)
+            if self._persists(model):
+                free = self.solver_for("free")(model, self.initial_state(model, x), self.free_iterations)
+            else:
+                init = "zeros" if self.init == "persistent" else self.init
+                free = model.free_phase(x, self.solver_for("free"), self.free_iterations, init)
+            if self.refine_iterations:
+                refined = self.solver_for("refine")(model, [x] + list(free.states[1:]), self.refine_iterations)
+                free = RelaxResult(refined.states, free.iterations + refined.iterations, free.trajectory, refined.stats)
+            self.carry(model, free.states)
+            return free
 
     def nudged(self, model: Any, states: list[Tensor], nudge: Nudge) -> RelaxResult:
-        """A nudged phase of K iterations from ``states`` (the free state)."""
+        """A nudged phase of K iterations from ``states`` (the free state); with ``init="persistent"`` its
+        result is what the next training step starts from."""
         with torch.no_grad():
-            return self.solver_for("nudged")(model, list(states), self.nudged_iterations, nudge)
+            result = self.solver_for("nudged")(model, list(states), self.nudged_iterations, nudge)
+            self.carry(model, result.states)
+            return result
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the phases: the carried state of a persistent init (empty otherwise)."""
+        return {"carried": list(self.carried)} if self.carried else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.carried[:] = list(state.get("carried", []))
 
     def unrolled(self, model: Any, states: list[Tensor], iterations: int) -> RelaxResult:
         """``iterations`` of the free-phase solver with autograd on (truncated backprop and BPTT)."""
@@ -118,9 +158,11 @@ class Phases:
 
     def describe(self) -> str:
         s = self.settings
+        order = f" ({s.first} first)" if s.schedule == "asynchronous" and s.first != "even" else ""
+        start = f", init={self.init}" if self.init != "zeros" else ""
         return (
             f"T={self.free_iterations}, K={self.nudged_iterations}, solver={self.solver}, "
-            f"schedule={s.schedule}, dtype={s.dtype}"
+            f"schedule={s.schedule}{order}, dtype={s.dtype}{start}"
         )
 
 
@@ -139,7 +181,7 @@ class RelaxSection(Section):
     nudged_precision: str = setting("same", "nudged phases: same (as dtype), full (float32), deviation (16-bit d)")
     refine_iterations: int = setting(0, "deviation-mode iterations refining a 16-bit free state")
     tol: float | None = setting(None, "stop a phase once no state unit moves more than this in an iteration")
-    init: str = setting("zeros", "initial state of the free phase: zeros or uniform")
+    init: str = setting("zeros", "free phase start: zeros, uniform, or persistent (the last training step's state)")
     cuda_graphs: bool = setting(False, "replay each phase as a captured CUDA graph")
     channels_last: bool = setting(False, "channels-last states and conv weights (faster cuDNN)")
     fused_kernels: bool = setting(False, "torch.compile'd pooling and layer-update kernels on CUDA")

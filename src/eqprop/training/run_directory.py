@@ -39,8 +39,9 @@ __all__ = [
 ]
 
 MODES = ("new", "resume", "overwrite")
-# files a launcher may put into a run directory before the run starts (``eqprop study`` logs each run there)
-LAUNCHER_FILES = (".lock", "stdout.log")
+# files a launcher may put into a run directory before the run starts (``eqprop study`` logs each run there;
+# benchmarks/resumable_run.py also keeps the pid of the training process)
+LAUNCHER_FILES = (".lock", "stdout.log", "launcher.pid")
 
 
 def atomic_save(obj: Any, path: Path) -> None:

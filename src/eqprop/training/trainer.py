@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ..core.network import EnergyNetwork
+from ..core.nudging import get_cost
 from ..errors import RunError
 from ..models.base import build_model, model_output, model_spec
 from ..rules.base import LearningAlgorithm, algorithm_options, get_algorithm
@@ -142,7 +143,7 @@ def build_phases(cfg: TrainConfig) -> Phases | None:
 def build_algorithm(cfg: TrainConfig) -> LearningAlgorithm:
     """The learning rule a config describes, given the keywords its registration asks for."""
     values = {
-        "cost": cfg.cost,
+        "cost": get_cost(cfg.cost, cfg.nudged_output),
         "beta": cfg.beta,
         "seed": cfg.seed,
         "epsilon": cfg.epsilon,
@@ -200,7 +201,27 @@ def evaluate(
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, float]:
     """Free-phase top-1 and top-5 error rates and mean cost over a split (``test``, ``val`` or ``train``; no
-    augmentation); with several ranks, each evaluates its part of the split and the counts are summed."""
+    augmentation); with several ranks, each evaluates its part of the split and the counts are summed. The model
+    is in eval mode meanwhile (free phases from the configured start, never from a carried training state)."""
+    training = network.training
+    network.eval()
+    try:
+        return _evaluate(network, algorithm, data, device, batch_size, flatten, split, ctx, dtype)
+    finally:
+        network.train(training)
+
+
+def _evaluate(
+    network: Any,
+    algorithm: LearningAlgorithm,
+    data: ImageData,
+    device: torch.device,
+    batch_size: int,
+    flatten: bool,
+    split: str,
+    ctx: distributed.Context | None,
+    dtype: torch.dtype,
+) -> dict[str, float]:
     ctx = ctx or distributed.Context()
     images, labels_all = data.split(split)
     total = len(labels_all)
@@ -333,6 +354,7 @@ class Trainer:
             "history": self.history,
             "best_error": self.best_error,
             "rng": rng_state(self.generator),
+            "algorithm": self.algorithm.state_dict(),
             "config": self.cfg.to_dict(),
         }
 
@@ -351,6 +373,7 @@ class Trainer:
         for callback, saved in zip(self.callbacks, (self._partial or {}).get("callbacks", [])):
             callback.load_state_dict(saved)
         restore_rng(state["rng"], self.generator)
+        self.algorithm.load_state_dict(state.get("algorithm", {}))
 
     def _load_weights(self, state: dict[str, Any], path: str | Path) -> None:
         """The network's (and the signals') weights from a checkpoint that must fit the network built here."""

@@ -1,0 +1,231 @@
+"""The comparative study's public code, written out here as a reference, against the library set to its five
+conventions (issue 19): C = 1/2 ||o - y||^2, odd layers relaxed first, each training free phase started from the
+previous step's last nudged state, biases drawn from U(+-0.5/sqrt(fan_in)), and the nudged output iterated as
+o <- dPhi/do - beta (o - y). The reference is a small DCHN whose Phi is written with conv2d / max_pool2d and
+relaxed by a hand loop (dPhi/ds by autograd of that Phi), trained for three C-EP steps in float64; each
+convention switched back to the library's default must break the agreement (negative controls)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from eqprop import dchn, get_algorithm
+from eqprop.core.nudging import get_cost
+from eqprop.errors import ConfigError
+from eqprop.training.config import TrainConfig
+from eqprop.training.data import ImageData
+from eqprop.training.trainer import evaluate
+from helpers import rel_error
+
+F64 = torch.float64
+BETA, T, K, LR = 0.3, 4, 3, 0.1
+
+
+class PublicCodeReference:
+    """A DCHN 3x8x8 -> 4x4x4 -> 6x2x2 -> 10 in the public code's conventions. The state lives in the object,
+    as in the code: a training step relaxes from whatever state the previous step left."""
+
+    def __init__(self, params):
+        self.w1, self.b1, self.w2, self.b2, self.w3, self.b3 = [p.detach().clone() for p in params]
+        self.state = None
+
+    def params(self):
+        return [self.w1, self.b1, self.w2, self.b2, self.w3, self.b3]
+
+    def phi(self, x, s1, s2, o, params=None):
+        w1, b1, w2, b2, w3, b3 = params or self.params()
+        p1 = F.max_pool2d(F.conv2d(x, w1, padding=1), 2)
+        p2 = F.max_pool2d(F.conv2d(s1, w2, padding=1), 2)
+        return (
+            (s1 * p1).flatten(1).sum(1)
+            + (s1 * b1.view(1, -1, 1, 1)).flatten(1).sum(1)
+            + (s2 * p2).flatten(1).sum(1)
+            + (s2 * b2.view(1, -1, 1, 1)).flatten(1).sum(1)
+            + ((s2.flatten(1) @ w3.t()) * o).sum(1)
+            + (o * b3).sum(1)
+        )
+
+    def dphi(self, x, s):
+        free = [t.detach().requires_grad_(True) for t in s]
+        with torch.enable_grad():
+            return torch.autograd.grad(self.phi(x, *free).sum(), free)
+
+    def relax(self, x, s, iterations, beta=0.0, y=None):
+        """Odd layers (s1 and the output) from the current state, then the even layer s2 from the fresh odd ones;
+        hidden units clip(dPhi/ds, 0, 1), the output dPhi/do - beta (o - y) (dPhi/do in the free phase)."""
+        s = list(s)
+        for _ in range(iterations):
+            g = self.dphi(x, s)
+            s[0] = g[0].clamp(0, 1)
+            s[2] = g[2] if y is None else g[2] - beta * (s[2] - y)
+            g = self.dphi(x, s)
+            s[1] = g[1].clamp(0, 1)
+        return s
+
+    def dE_dtheta(self, x, s):
+        params = [p.clone().requires_grad_(True) for p in self.params()]
+        with torch.enable_grad():
+            energy = 0.5 * sum(t.flatten(1).pow(2).sum(1) for t in s) - self.phi(x, *s, params=params)
+            return torch.autograd.grad(energy.mean(), params)
+
+    def zeros(self, n):
+        return [torch.zeros(n, 4, 4, 4, dtype=F64), torch.zeros(n, 6, 2, 2, dtype=F64), torch.zeros(n, 10, dtype=F64)]
+
+    def train_step(self, x, y):
+        """Free phase from the carried state, nudged phases at -beta then +beta from the free state (the +beta
+        state is what stays in the network), C-EP estimate, plain SGD step; returns (free state, estimate)."""
+        start = self.state if self.state is not None and self.state[0].shape[0] == len(x) else self.zeros(len(x))
+        free = self.relax(x, start, T)
+        minus = self.relax(x, free, K, -BETA, y)
+        plus = self.relax(x, free, K, BETA, y)
+        self.state = plus
+        grads = [(a - b) / (2 * BETA) for a, b in zip(self.dE_dtheta(x, plus), self.dE_dtheta(x, minus))]
+        for p, g in zip(self.params(), grads):
+            p -= LR * g
+        return free, grads
+
+    def predict(self, x):
+        return self.relax(x, self.zeros(len(x)), T)[2]
+
+
+def _library(cost="half_squared_error", nudged_output="iterate", first="odd", init="persistent"):
+    torch.manual_seed(3)
+    net = dchn(3, 10, input_size=8, channels=(4, 6), gains=(1.0, 1.0, 0.9)).double()
+    net.uniform_biases_(0.5)
+    rule = get_algorithm(
+        "CEP",
+        cost=get_cost(cost, nudged_output),
+        beta=BETA,
+        free_iterations=T,
+        nudged_iterations=K,
+        schedule="asynchronous",
+        first=first,
+        init=init,
+    )
+    return net, rule
+
+
+def _batches():
+    gen = torch.Generator().manual_seed(5)
+    xs = [torch.randn(6, 3, 8, 8, generator=gen, dtype=F64) for _ in range(3)]
+    labels = [torch.randint(0, 10, (6,), generator=gen) for _ in range(3)]
+    return xs, labels
+
+
+def _train(net, rule, reference=None, between=None):
+    """Three C-EP steps with plain SGD; the library's and (if given) the reference's free states and estimates."""
+    xs, labels = _batches()
+    net.train()
+    out = []
+    for x, lab in zip(xs, labels):
+        result = rule.step(net, x, lab)
+        grads = [p.grad.clone() for p in net.parameters()]
+        with torch.no_grad():
+            for p in net.parameters():
+                p -= LR * p.grad
+        ref = reference.train_step(x, F.one_hot(lab, 10).to(F64)) if reference is not None else None
+        out.append((result.free.states[1:], grads, ref))
+        if between is not None:
+            between()
+    return out
+
+
+def test_the_library_in_the_public_code_conventions_follows_the_reference_step_by_step():
+    net, rule = _library()
+    reference = PublicCodeReference(list(net.parameters()))
+    steps = _train(net, rule, reference)
+    for i, (free, grads, (ref_free, ref_grads)) in enumerate(steps):
+        assert max(float((a - b).abs().max()) for a, b in zip(free, ref_free)) < 1e-12, f"free state, step {i}"
+        assert rel_error(grads, ref_grads) < 1e-10, f"C-EP estimate, step {i}"
+    # the carried start mattered: step 2's free phase from zeros lands elsewhere after T = 4 iterations
+    x2 = _batches()[0][1]
+    from_zeros = reference.relax(x2, reference.zeros(6), T)
+    assert max(float((a - b).abs().max()) for a, b in zip(steps[1][0], from_zeros)) > 1e-3
+    # evaluation starts from zeros in both
+    net.eval()
+    x = torch.randn(5, 3, 8, 8, dtype=F64)
+    assert float((rule.free_phase(net, x).states[-1] - reference.predict(x)).abs().max()) < 1e-12
+
+
+def test_evaluation_between_steps_leaves_the_carried_state_alone():
+    net, rule = _library()
+    reference = PublicCodeReference(list(net.parameters()))
+    xs, labels = _batches()
+    data = ImageData("probe", xs[0].float(), labels[0], xs[2].float(), labels[2], (0.0,), (1.0,), 10)
+    steps = _train(net, rule, reference, between=lambda: evaluate(net, rule, data, torch.device("cpu"), dtype=F64))
+    assert net.training
+    for free, grads, (ref_free, ref_grads) in steps:
+        assert max(float((a - b).abs().max()) for a, b in zip(free, ref_free)) < 1e-12
+        assert rel_error(grads, ref_grads) < 1e-10
+
+
+@pytest.mark.parametrize(
+    "default",
+    [{"cost": "squared_error"}, {"first": "even"}, {"init": "zeros"}, {"nudged_output": "exact"}],
+    ids=["cost", "order", "start", "output"],
+)
+def test_each_convention_at_the_library_default_breaks_the_agreement(default):
+    net, rule = _library(**default)
+    reference = PublicCodeReference(list(net.parameters()))
+    steps = _train(net, rule, reference)
+    worst = max(rel_error(grads, ref_grads) for _, grads, (_, ref_grads) in steps)
+    assert worst > 1e-4, default
+
+
+def test_uniform_biases_are_drawn_within_half_over_sqrt_fan_in():
+    torch.manual_seed(0)
+    net = dchn(3, 10)  # Table 5's widths
+    assert all(float(p.detach().abs().max()) == 0 for n, p in net.named_parameters() if n.endswith("bias"))
+    net.uniform_biases_(0.5)
+    fans = {1: 3 * 9, 2: 128 * 9, 3: 256 * 9, 4: 512 * 9, 5: 512 * 2 * 2}
+    for k, fan in fans.items():
+        b = net.interactions[f"bias{k}"].bias.detach()
+        bound = 0.5 / math.sqrt(fan)
+        assert float(b.abs().max()) <= bound
+        if b.numel() >= 128:  # P(max |b| < 0.9 bound) = 0.9^128 < 2e-6
+            assert float(b.abs().max()) > 0.9 * bound
+            assert abs(float(b.mean())) < 4 * bound / math.sqrt(3 * b.numel())
+        assert float(b.std()) > 0.3 * bound  # U(-c, c) has std c / sqrt(3) = 0.58 c
+    cfg = TrainConfig(bias_init="uniform", bias_scale=0.25)
+    assert cfg.model.bias_init == "uniform" and cfg.model.bias_scale == 0.25
+
+
+@pytest.mark.parametrize("cost", ["squared_error", "half_squared_error"])
+@torch.no_grad()
+def test_iterated_and_exact_nudged_outputs_reach_the_same_fixed_point(cost):
+    """Same fixed points, different paths: on a dense net (unique equilibrium) both output updates end at one
+    state, a fixed point of the nudged dynamics; after one iteration they still differ."""
+    from eqprop import EPNudge, hopfield_mlp, relax
+
+    torch.manual_seed(1)
+    net = hopfield_mlp((12, 9, 5), gains=(0.6, 0.6)).double()
+    x = torch.rand(4, 12, dtype=F64)
+    y = F.one_hot(torch.tensor([0, 1, 2, 3]), 5).to(F64)
+    free = relax(net, net.init_state(x), 200).states
+    ends = {}
+    for mode in ("exact", "iterate"):
+        nudge = EPNudge(get_cost(cost, mode), y, 0.4)
+        one = relax(net, free, 1, nudge=nudge).states
+        ends[mode] = (one, relax(net, free, 400, nudge=nudge).states)
+        assert float(net.fixed_point_residual(ends[mode][1], nudge).max()) < 1e-10
+    assert max(float((a - b).abs().max()) for a, b in zip(ends["exact"][1], ends["iterate"][1])) < 1e-10
+    assert max(float((a - b).abs().max()) for a, b in zip(ends["exact"][0], ends["iterate"][0])) > 1e-3
+
+
+def test_iterated_output_refuses_a_beta_it_cannot_converge_at():
+    from eqprop import EPNudge, hopfield_mlp, relax
+
+    net = hopfield_mlp((6, 4, 3)).double()
+    x = torch.rand(2, 6, dtype=F64)
+    y = F.one_hot(torch.tensor([0, 1]), 3).to(F64)
+    with pytest.raises(ValueError, match="needs \\|beta\\| < 1.*nudged_output='exact'"):
+        relax(net, net.init_state(x), 3, nudge=EPNudge(get_cost("half_squared_error", "iterate"), y, 1.5))
+    with pytest.raises(ValueError, match="needs \\|beta\\| < 0.5"):
+        relax(net, net.init_state(x), 3, nudge=EPNudge(get_cost("squared_error", "iterate"), y, 0.5))
+    with pytest.raises(ValueError, match="valid values are \\['exact', 'iterate'\\]"):
+        get_cost("squared_error", "jump")
+    with pytest.raises(ConfigError, match="config key 'beta'.*needs \\|beta\\| < 0.5"):
+        TrainConfig(nudged_output="iterate", beta=0.6)
+    assert TrainConfig(nudged_output="iterate", beta=0.6, cost="half_squared_error").beta == 0.6

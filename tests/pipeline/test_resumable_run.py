@@ -1,0 +1,125 @@
+"""benchmarks/resumable_run.py, the procedure of docs/reproductions.md: CIFAR-10 staged from .xz batches, a run
+moved as checkpoint parts of bounded size and resumed from them exactly, a background run stopped and resumed."""
+
+import importlib.util
+import json
+import lzma
+import os
+import pickle
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from eqprop.training.config import parse_overrides
+from eqprop.training.data import load_dataset
+from eqprop.training.trainer import Interrupted, Trainer
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("resumable_run", ROOT / "benchmarks" / "resumable_run.py")
+rr = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(rr)
+
+TINY = ["free_iterations=4", "nudged_iterations=2", "channels=[8,16,16]", "limit_train=192", "limit_test=64"]
+TINY += ["progress=false", "batch_size=64", "tensorboard=false", "init=persistent", "bias_init=uniform"]
+
+
+def _xz_cifar(root, n=3):
+    """CIFAR-10's python-pickle batches of ``n`` random images each, xz-compressed as in ../shared/data."""
+    rng = np.random.default_rng(0)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    labels = {}
+    for name in rr.CIFAR_FILES[:-1]:
+        x = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        labels[name] = rng.integers(0, 10, size=n).tolist()
+        with lzma.open(folder / f"{name}.xz", "wb") as f:
+            pickle.dump({"data": x, "labels": labels[name], "batch_label": name}, f, protocol=2)
+    with open(folder / "batches.meta", "wb") as f:  # the meta file is stored plain
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f, protocol=2)
+    return labels
+
+
+def test_stage_cifar_decompresses_the_xz_batches_into_the_layout_the_loader_reads(tmp_path):
+    labels = _xz_cifar(tmp_path / "src")
+    assert rr.main(["stage-cifar", str(tmp_path / "src"), str(tmp_path / "data")]) == 0
+    data = load_dataset("cifar10", tmp_path / "data", verify_checksums=False)
+    assert data.train_labels.tolist() == sum((labels[f"data_batch_{i}"] for i in range(1, 6)), [])
+    assert data.test_labels.tolist() == labels["test_batch"]
+    (tmp_path / "src" / "cifar-10-batches-py" / "test_batch.xz").unlink()
+    with pytest.raises(rr.StretchError, match="lacks \\['test_batch'\\]"):
+        rr.stage_cifar(tmp_path / "src", tmp_path / "other")
+
+
+def _interrupted_run(out):
+    def sigterm_in_epoch_2(trainer, epoch, batch):
+        if epoch == 2 and batch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    cfg = parse_overrides([*TINY, "epochs=3", f"out_dir={out}"])
+    trainer = Trainer(cfg, log=lambda s: None, callbacks=[sigterm_in_epoch_2])
+    with pytest.raises(Interrupted):
+        trainer.fit()
+
+
+def test_a_run_packed_into_small_parts_unpacks_and_resumes_exactly(tmp_path):
+    straight = Trainer(parse_overrides([*TINY, "epochs=3", f"out_dir={tmp_path / 'straight'}"]), log=lambda s: None)
+    straight.fit()
+    _interrupted_run(tmp_path / "run")
+    chunk = 64 << 10
+    manifest = rr.pack(tmp_path / "run", tmp_path / "moved", chunk)
+    parts = manifest["checkpoints"]["checkpoint_last.pt"]["parts"]
+    assert len(parts) > 1 and all((tmp_path / "moved" / p["name"]).stat().st_size <= chunk for p in parts)
+    assert {"config.json", "metrics.jsonl"} <= set(manifest["files"])
+    assert "checkpoint_best.pt" not in manifest["checkpoints"]
+    assert len(list((tmp_path / "moved").iterdir())) == len(parts) + 2  # the parts, run_files.tar, manifest.json
+    assert rr.main(["unpack", str(tmp_path / "moved"), str(tmp_path / "again")]) == 0
+    resumed = Trainer.resume(tmp_path / "again", log=lambda s: None)
+    resumed.fit()
+    for key, value in straight.network.state_dict().items():
+        assert torch.equal(value, resumed.network.state_dict()[key]), key
+    # a damaged or missing part is named, and nothing is rebuilt from it
+    part = tmp_path / "moved" / parts[1]["name"]
+    part.write_bytes(part.read_bytes()[:-1] + b"\0")
+    with pytest.raises(rr.StretchError, match=f"{parts[1]['name']} is damaged"):
+        rr.unpack(tmp_path / "moved", tmp_path / "third")
+    part.unlink()
+    with pytest.raises(rr.StretchError, match=f"{parts[1]['name']} is missing"):
+        rr.unpack(tmp_path / "moved", tmp_path / "third")
+    assert not (tmp_path / "third").exists()
+    assert rr.main(["pack", str(tmp_path / "nothing"), str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.slow
+def test_a_background_run_is_stopped_with_a_checkpoint_and_resumed_to_the_end(tmp_path):
+    run = tmp_path / "run"
+    epochs = 30
+    began = time.time()
+    (tmp_path / "tiny.yaml").write_text(f"epochs: {epochs}\n")
+    rr.start(run, str(tmp_path / "tiny.yaml"), TINY)
+    with pytest.raises(rr.StretchError, match="already being trained"):
+        rr.start(run, None, [])
+    deadline = time.monotonic() + 120
+    while rr.status(run)["epochs_done"] < 2:
+        assert time.monotonic() < deadline, (run / "stdout.log").read_text()
+        time.sleep(0.2)
+    assert rr.stop(run)
+    state = rr.status(run)
+    assert not state["running"] and 2 <= state["epochs_done"] < epochs
+    assert (run / "checkpoint_last.pt").exists()
+    rr.start(run, None, [])
+    deadline = time.monotonic() + 240
+    while rr.status(run)["running"]:
+        assert time.monotonic() < deadline, (run / "stdout.log").read_text()
+        time.sleep(0.2)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
+    log = (run / "stdout.log").read_text()
+    assert "continuing" in log and "done after 30 epochs" in log
+    starts = [line for line in log.splitlines() if line.startswith("# ") and line.split()[3] == "start"]
+    ends = [line for line in log.splitlines() if line.startswith("# ") and line.split()[3] == "end"]
+    assert len(starts) == len(ends) == 2 and ends[-1].endswith("(exit status 0)")
+    assert 0 < rr.status(run)["wall_clock_s"] <= time.time() - began
