@@ -229,3 +229,22 @@ def test_iterated_output_refuses_a_beta_it_cannot_converge_at():
     with pytest.raises(ConfigError, match="config key 'beta'.*needs \\|beta\\| < 0.5"):
         TrainConfig(nudged_output="iterate", beta=0.6)
     assert TrainConfig(nudged_output="iterate", beta=0.6, cost="half_squared_error").beta == 0.6
+
+
+@torch.no_grad()
+def test_the_two_asynchronous_orders_settle_in_different_exact_fixed_points():
+    """Even-first and odd-first relaxations of one DCHN from zeros both end at exact fixed points (residual by
+    autograd of Phi below 1e-12) that differ by far more than rounding: the order picks the equilibrium, it does not
+    only change the early iterates (issue 19's finding, which corrected our docs)."""
+    from eqprop import relax
+
+    torch.manual_seed(0)
+    net = dchn(3, 10, input_size=16, channels=(16, 32), gains=(1.2, 1.2, 1.0)).double()
+    net.uniform_biases_(0.5)
+    x = torch.randn(16, 3, 16, 16, dtype=F64)
+    ends = {first: relax(net, net.init_state(x), 300, first=first).states for first in ("even", "odd")}
+    for states in ends.values():
+        grads = net.grad_phi(states)  # autograd of Phi, not the explicit messages
+        residual = [s - (g if k == len(grads) else g.clamp(0, 1)) for k, (s, g) in enumerate(zip(states[1:], grads), 1)]
+        assert max(float(r.abs().max()) for r in residual) < 1e-12
+    assert max(float((a - b).abs().max()) for a, b in zip(ends["even"][1:], ends["odd"][1:])) > 0.1

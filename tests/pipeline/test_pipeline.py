@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from eqprop import ConvPool
+from eqprop import ConvPool, get_algorithm
 from eqprop.cli import main
 from eqprop.training.config import ConfigError, TrainConfig, load_config, parse_overrides
 from eqprop.training.data import dataset_spec
@@ -231,6 +231,47 @@ def test_shipped_configs_carry_table5_values():
     assert (fast.schedule, fast.dtype, fast.free_iterations) == ("asynchronous", "bfloat16", 60)
 
 
+def _flat_differences(a, b):
+    da, db = a.to_dict(), b.to_dict()
+    return {(sec, k): db[sec][k] for sec in da for k in da[sec] if da[sec][k] != db[sec][k]}
+
+
+CONVENTIONS = {
+    ("rule", "cost"): "half_squared_error",
+    ("relax", "first"): "odd",
+    ("relax", "init"): "persistent",
+    ("model", "bias_init"): "uniform",
+    ("rule", "nudged_output"): "iterate",
+}
+
+
+@pytest.mark.parametrize(
+    "name, base, extra",
+    [
+        ("cifar10_100", "table3/async16_60", {}),
+        ("cifar10_100_precise", "table3/async16_60_precise", {}),
+        ("cifar10_100_fp32", "table3/async16_60", {("relax", "dtype"): "float32"}),
+        (
+            "cifar10_sync32_250",
+            "table3/sync32_250",
+            {("relax", "channels_last"): True, ("relax", "fused_kernels"): True},
+        ),
+        (
+            "mnist_100",
+            "table2/mnist_100",
+            {("relax", "cuda_graphs"): True, ("relax", "channels_last"): True, ("relax", "fused_kernels"): True},
+        ),
+    ],
+)
+def test_public_code_configs_are_the_table_configs_plus_the_five_conventions(name, base, extra):
+    """Each public_code config differs from the Table 2/3 config of the same run in the five conventions (and
+    the named speed or precision keys) only: beta, rates, gains, T, K, epochs stay the tables' values."""
+    ours = load_config(ROOT / f"configs/comparative_study/public_code/{name}.yaml")
+    table = load_config(ROOT / f"configs/comparative_study/{base}.yaml")
+    assert _flat_differences(table, ours) == {**CONVENTIONS, **extra}
+    assert ours.bias_scale == 0.5
+
+
 # ----------------------------------------------------------------------------------------------- runs
 
 
@@ -353,6 +394,22 @@ def test_a_persistent_start_is_checkpointed_and_resumes_exactly(tmp_path):
     assert any(not torch.equal(v, forgetful.network.state_dict()[k]) for k, v in _final_state(straight).items())
     biases = [v for k, v in straight.network.state_dict().items() if k.endswith("bias")]
     assert all(float(b.abs().min()) > 0 for b in biases)
+
+
+def test_the_random_schemes_signs_continue_after_a_checkpoint():
+    """PC-REP draws a nudging sign per step: its generator state is part of the rule's state_dict, so a resumed
+    run draws the signs the uninterrupted one would have drawn (a fresh rule repeats the first ones instead)."""
+    rule = get_algorithm("PC-REP", beta=0.1, seed=4)
+    for _ in range(5):
+        rule.next_betas()
+    saved = rule.state_dict()
+    ahead = [rule.next_betas() for _ in range(20)]
+    again = get_algorithm("PC-REP", beta=0.1, seed=4)
+    again.load_state_dict(saved)
+    assert [again.next_betas() for _ in range(20)] == ahead
+    fresh = get_algorithm("PC-REP", beta=0.1, seed=4)
+    assert [fresh.next_betas() for _ in range(20)] != ahead
+    assert get_algorithm("CEP").state_dict() == {}
 
 
 @pytest.mark.slow

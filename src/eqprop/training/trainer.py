@@ -2,8 +2,9 @@
 
 With ``out_dir`` the run writes into a :class:`~eqprop.training.run_directory.RunDirectory` (config, per-epoch
 metrics with train loss, train/test top-1 and top-5 error, time and iterations, TensorBoard logs, checkpoints).
-A checkpoint carries the optimiser, scheduler and RNG states, so :meth:`Trainer.resume` continues a run
-exactly where it stopped, mid-epoch included. What is not the loop is a callback
+A checkpoint carries the optimiser, scheduler and RNG states and the rule's own state (a persistent free-phase
+start, the random scheme's draws), so :meth:`Trainer.resume` continues a run exactly where it stopped, mid-epoch
+included. What is not the loop is a callback
 (:mod:`eqprop.training.callbacks`): a diverged run (NaN/inf in output, loss or weights) stops with
 :class:`DivergenceError` and keeps its last good checkpoint; the kappa schedule; the diagnostics.
 SIGINT/SIGTERM stop at the next batch boundary with a checkpoint (:class:`Interrupted`). A damaged checkpoint,
