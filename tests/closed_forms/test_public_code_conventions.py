@@ -2,8 +2,8 @@
 conventions (issue 19): C = 1/2 ||o - y||^2, odd layers relaxed first, each training free phase started from the
 previous step's last nudged state, biases drawn from U(+-0.5/sqrt(fan_in)), and the nudged output iterated as
 o <- dPhi/do - beta (o - y). The reference is a small DCHN whose Phi is written with conv2d / max_pool2d and
-relaxed by a hand loop (dPhi/ds by autograd of that Phi), trained for three C-EP steps in float64; each
-convention switched back to the library's default must break the agreement (negative controls)."""
+relaxed by a hand loop (dPhi/ds by autograd of that Phi), trained for three steps of each of the seven rules in
+float64; each convention switched back to the library's default must break the agreement (negative controls)."""
 
 import math
 
@@ -21,6 +21,16 @@ from helpers import rel_error
 
 F64 = torch.float64
 BETA, T, K, LR = 0.3, 4, 3, 0.1
+# the nudging values (beta_1, beta_2) of each rule (eqs. 3, 5, 6, 8, 9); CL clamps the output to y
+RULES = {
+    "CEP": (-BETA, BETA),
+    "PEP": (0.0, BETA),
+    "NEP": (0.0, -BETA),
+    "CCpL": (-BETA, BETA),
+    "PCpL": (0.0, BETA),
+    "NCpL": (0.0, -BETA),
+    "CL": (0.0, 1.0),
+}
 
 
 class PublicCodeReference:
@@ -52,14 +62,18 @@ class PublicCodeReference:
         with torch.enable_grad():
             return torch.autograd.grad(self.phi(x, *free).sum(), free)
 
-    def relax(self, x, s, iterations, beta=0.0, y=None):
+    def relax(self, x, s, iterations, beta=0.0, y=None, clamp=None):
         """Odd layers (s1 and the output) from the current state, then the even layer s2 from the fresh odd ones;
-        hidden units clip(dPhi/ds, 0, 1), the output dPhi/do - beta (o - y) (dPhi/do in the free phase)."""
+        hidden units clip(dPhi/ds, 0, 1), the output dPhi/do - beta (o - y) (dPhi/do in the free phase), or held
+        at ``clamp`` (coupled and contrastive learning)."""
         s = list(s)
+        if clamp is not None:
+            s[2] = clamp
         for _ in range(iterations):
             g = self.dphi(x, s)
             s[0] = g[0].clamp(0, 1)
-            s[2] = g[2] if y is None else g[2] - beta * (s[2] - y)
+            if clamp is None:
+                s[2] = g[2] if y is None else g[2] - beta * (s[2] - y)
             g = self.dphi(x, s)
             s[1] = g[1].clamp(0, 1)
         return s
@@ -73,15 +87,20 @@ class PublicCodeReference:
     def zeros(self, n):
         return [torch.zeros(n, 4, 4, 4, dtype=F64), torch.zeros(n, 6, 2, 2, dtype=F64), torch.zeros(n, 10, dtype=F64)]
 
-    def train_step(self, x, y):
-        """Free phase from the carried state, nudged phases at -beta then +beta from the free state (the +beta
-        state is what stays in the network), C-EP estimate, plain SGD step; returns (free state, estimate)."""
+    def train_step(self, x, y, rule="CEP"):
+        """Free phase from the carried state; the rule's two second phases from the free state (EP: nudged at
+        beta_1 then beta_2; CpL and CL: output clamped to (1 - beta) o_* + beta y, hidden layers relaxed), the
+        second of which stays in the network; the contrast (dE(s_2) - dE(s_1)) / (beta_2 - beta_1); a plain SGD
+        step. Returns (free state, estimate)."""
         start = self.state if self.state is not None and self.state[0].shape[0] == len(x) else self.zeros(len(x))
         free = self.relax(x, start, T)
-        minus = self.relax(x, free, K, -BETA, y)
-        plus = self.relax(x, free, K, BETA, y)
-        self.state = plus
-        grads = [(a - b) / (2 * BETA) for a, b in zip(self.dE_dtheta(x, plus), self.dE_dtheta(x, minus))]
+        b1, b2 = RULES[rule]
+        if rule.endswith("EP"):
+            s1, s2 = (self.relax(x, free, K, b, y) for b in (b1, b2))
+        else:
+            s1, s2 = (self.relax(x, free, K, clamp=(1 - b) * free[2] + b * y) for b in (b1, b2))
+        self.state = s2
+        grads = [(a - b) / (b2 - b1) for a, b in zip(self.dE_dtheta(x, s2), self.dE_dtheta(x, s1))]
         for p, g in zip(self.params(), grads):
             p -= LR * g
         return free, grads
@@ -90,14 +109,15 @@ class PublicCodeReference:
         return self.relax(x, self.zeros(len(x)), T)[2]
 
 
-def _library(cost="half_squared_error", nudged_output="iterate", first="odd", init="persistent"):
+def _library(cost="half_squared_error", nudged_output="iterate", first="odd", init="persistent", rule="CEP"):
     torch.manual_seed(3)
     net = dchn(3, 10, input_size=8, channels=(4, 6), gains=(1.0, 1.0, 0.9)).double()
     net.uniform_biases_(0.5)
+    options = {} if rule == "CL" else {"beta": BETA}
     rule = get_algorithm(
-        "CEP",
+        rule,
         cost=get_cost(cost, nudged_output),
-        beta=BETA,
+        **options,
         free_iterations=T,
         nudged_iterations=K,
         schedule="asynchronous",
@@ -115,7 +135,7 @@ def _batches():
 
 
 def _train(net, rule, reference=None, between=None):
-    """Three C-EP steps with plain SGD; the library's and (if given) the reference's free states and estimates."""
+    """Three steps with plain SGD; the library's and (if given) the reference's free states and estimates."""
     xs, labels = _batches()
     net.train()
     out = []
@@ -125,20 +145,21 @@ def _train(net, rule, reference=None, between=None):
         with torch.no_grad():
             for p in net.parameters():
                 p -= LR * p.grad
-        ref = reference.train_step(x, F.one_hot(lab, 10).to(F64)) if reference is not None else None
+        ref = reference.train_step(x, F.one_hot(lab, 10).to(F64), rule.name) if reference is not None else None
         out.append((result.free.states[1:], grads, ref))
         if between is not None:
             between()
     return out
 
 
-def test_the_library_in_the_public_code_conventions_follows_the_reference_step_by_step():
-    net, rule = _library()
+@pytest.mark.parametrize("name", list(RULES))
+def test_the_library_in_the_public_code_conventions_follows_the_reference_step_by_step(name):
+    net, rule = _library(rule=name)
     reference = PublicCodeReference(list(net.parameters()))
     steps = _train(net, rule, reference)
     for i, (free, grads, (ref_free, ref_grads)) in enumerate(steps):
         assert max(float((a - b).abs().max()) for a, b in zip(free, ref_free)) < 1e-12, f"free state, step {i}"
-        assert rel_error(grads, ref_grads) < 1e-10, f"C-EP estimate, step {i}"
+        assert rel_error(grads, ref_grads) < 1e-10, f"{name} estimate, step {i}"
     # the carried start mattered: step 2's free phase from zeros lands elsewhere after T = 4 iterations
     x2 = _batches()[0][1]
     from_zeros = reference.relax(x2, reference.zeros(6), T)

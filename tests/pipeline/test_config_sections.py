@@ -48,6 +48,15 @@ def test_each_section_validates_its_own_keys(tmp_path):
             parse_overrides([f"{key}=.nan"])
     with pytest.raises(ConfigError, match="'tau'.*finite"):
         TrainConfig(tau=math.inf)
+    # the public code's conventions: only where they mean something
+    with pytest.raises(ConfigError, match="'init=persistent'.*'pcn' does not relax.*dchn, mlp, vgg"):
+        parse_overrides(["model=pcn", "algorithm=PC-CEP", "init=persistent"])
+    with pytest.raises(ConfigError, match="'bias_init=uniform'.*'pcn' has its own bias init"):
+        parse_overrides(["model=pcn", "algorithm=PC-CEP", "bias_init=uniform"])
+    with pytest.raises(ConfigError, match="'bias_scale' must be > 0"):
+        parse_overrides(["bias_init=uniform", "bias_scale=0"])
+    with pytest.raises(ConfigError, match="'nudged_output'.*'jump'.*exact"):
+        parse_overrides(["nudged_output=jump"])
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):

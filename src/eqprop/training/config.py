@@ -160,6 +160,12 @@ def validate(cfg: TrainConfig) -> None:
             f"algorithm {cfg.rule.algorithm!r} does not train model {cfg.model.kind!r} (it trains "
             f"{list(algorithm_models(cfg.rule.algorithm))}); algorithms for model {cfg.model.kind!r}: {fits}"
         )
+    if cfg.relax.init == "persistent" and spec.family != "hopfield":
+        hopfield = [m for m, sp in MODELS.items() if sp.family == "hopfield"]
+        raise ConfigError(
+            f"config key 'init=persistent' carries a relaxed state between training steps; model "
+            f"{cfg.model.kind!r} does not relax its free phase (use a Hopfield model: {', '.join(hopfield)})"
+        )
     kind = cfg.signals.kind
     if kind != "none" and cfg.run.precision != "float32":
         raise ConfigError(f"signals={kind!r} run in float32 (the KD teacher and LE readouts); use precision=float32")
