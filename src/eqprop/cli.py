@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -48,9 +49,27 @@ def _writing(path: str | Path) -> Path:
     return path
 
 
+def _stop_with_launcher() -> None:
+    """A run launched by ``eqprop study`` gets SIGTERM (so it checkpoints and stops) when the study process dies,
+    even by SIGKILL, instead of training on as an orphan that holds its run directory (Linux; elsewhere a no-op)."""
+    from .training.run_directory import PARENT_PID_VAR
+
+    parent = os.environ.pop(PARENT_PID_VAR, None)  # not inherited further
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != int(parent):  # the launcher died before the request was in place
+        raise RunError(f"the eqprop study process {parent} that launched this run has exited; not starting it")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training.config import load_config
     from .training.trainer import Trainer
+
+    _stop_with_launcher()
 
     if args.help_config:
         from .training.config import SECTIONS

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -188,3 +189,44 @@ def test_a_journal_file_storage_and_the_hyperband_pruner(experiment):
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     assert len(states) == 3 and all(s in finished for s in states) and journal.stat().st_size > 0
     assert isinstance(study.pruner, optuna.pruners.HyperbandPruner) and any("best val_error" in s for s in lines)
+
+
+def _processes_running(marker):
+    """Pids of live processes whose command line mentions ``marker`` (Linux /proc)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if marker in cmdline and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_killed_study_process_leaves_no_run_training_on(experiment):
+    """SIGKILL to `eqprop study` (no chance to clean up): the run it launched gets SIGTERM from the kernel,
+    checkpoints and stops, instead of training on as an orphan that holds its run directory."""
+    (experiment / "long.yaml").write_text(EXPERIMENT.replace("epochs: 2", "epochs: 500") + "study:\n  seeds: [0]\n")
+    out = experiment / "long"
+    cmd = [sys.executable, "-m", "eqprop", "study", str(experiment / "long.yaml"), "--out", str(out)]
+    study = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = out / "CEP_digits_seed0"
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").exists():
+        assert time.monotonic() < deadline and study.poll() is None, "the study's run did not start"
+        time.sleep(0.2)
+    assert _processes_running(str(experiment / "long.yaml"))  # the run, a child of the study process
+    study.kill()
+    study.wait()
+    deadline = time.monotonic() + 60
+    while _processes_running(str(experiment / "long.yaml")):
+        assert time.monotonic() < deadline, "the run outlived its study process"
+        time.sleep(0.2)
+    assert "interrupted by SIGTERM" in (run / "stdout.log").read_text()
+    assert (run / "checkpoint_last.pt").exists()

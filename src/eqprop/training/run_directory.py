@@ -42,6 +42,8 @@ MODES = ("new", "resume", "overwrite")
 # files a launcher may put into a run directory before the run starts (``eqprop study`` logs each run there;
 # benchmarks/resumable_run.py also keeps the pid of the training process)
 LAUNCHER_FILES = (".lock", "stdout.log", "launcher.pid")
+# set by ``eqprop study`` for the runs it launches: its pid, so that a run stops if the study process dies
+PARENT_PID_VAR = "EQPROP_PARENT_PID"
 
 
 def atomic_save(obj: Any, path: Path) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 from ..errors import RunError
 from .config import ConfigError, TrainConfig, config_from_dict, load_config, parse_overrides, read_yaml
 from .results import INCIDENTAL, plot_runs, read_run, results_table
-from .run_directory import lock_directory
+from .run_directory import PARENT_PID_VAR, lock_directory
 
 __all__ = ["StudyRun", "plan_study", "run_study"]
 
@@ -154,6 +154,7 @@ def _run(
     log(f"eqprop study: {len(runs)} runs, {jobs} at a time, in {out}")
 
     env = dict(os.environ)
+    env[PARENT_PID_VAR] = str(os.getpid())  # the runs stop (with a checkpoint) if this worker is killed
     if jobs > 1 and "OMP_NUM_THREADS" not in env:  # share the cores instead of oversubscribing them
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
 
