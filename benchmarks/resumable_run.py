@@ -164,14 +164,19 @@ def supervise(run_dir: Path, cmd: list[str]) -> int:
 
 
 def status(run_dir: Path) -> dict:
-    """Whether the run is training, its completed epochs, its last metrics row and its wall clock so far."""
+    """Whether the run is training, its completed epochs, its wall clock so far, where each stretch ran (from
+    ``provenance.jsonl``: start time, epoch, git commit, device) and its last metrics row."""
     rows = []
     if (run_dir / "metrics.jsonl").exists():
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    starts = []
+    if (run_dir / "provenance.jsonl").exists():
+        starts = [json.loads(line) for line in (run_dir / "provenance.jsonl").read_text().splitlines() if line]
     return {
         "running": _pid(run_dir) is not None,
         "epochs_done": len(rows),
         "wall_clock_s": round(wall_clock(run_dir), 1),
+        "stretches": [{k: p.get(k) for k in ("started", "epoch", "commit", "device_name")} for p in starts],
         "last": rows[-1] if rows else None,
     }
 

@@ -359,6 +359,13 @@ def test_interrupted_run_resumes_exactly(tmp_path):
         {k: v for k, v in r.items() if k not in drop} for r in resumed.history
     ]
     assert [r["epoch"] for r in read_run(tmp_path / "b").metrics] == [1, 2, 3]
+    # one provenance line per start: the fresh start at epoch 0, the resume after epoch 1
+    starts = [json.loads(line) for line in (tmp_path / "b" / "provenance.jsonl").read_text().splitlines()]
+    assert [p["epoch"] for p in starts] == [0, 1] and {p["device"] for p in starts} == {"cpu"}
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # running from the checkout: the commit is recorded (marked +dirty if edited)
+        assert starts[0]["commit"].split("+")[0] == head.stdout.strip()
+    assert starts[0]["torch"] == torch.__version__
     with pytest.raises(ConfigError, match="cannot change \\['beta'\\] when resuming"):
         Trainer.resume(tmp_path / "b", ["beta=0.5"])
 

@@ -122,4 +122,6 @@ def test_a_background_run_is_stopped_with_a_checkpoint_and_resumed_to_the_end(tm
     starts = [line for line in log.splitlines() if line.startswith("# ") and line.split()[3] == "start"]
     ends = [line for line in log.splitlines() if line.startswith("# ") and line.split()[3] == "end"]
     assert len(starts) == len(ends) == 2 and ends[-1].endswith("(exit status 0)")
-    assert 0 < rr.status(run)["wall_clock_s"] <= time.time() - began
+    state = rr.status(run)
+    assert 0 < state["wall_clock_s"] <= time.time() - began
+    assert [s["epoch"] for s in state["stretches"]][0] == 0 and len(state["stretches"]) == 2

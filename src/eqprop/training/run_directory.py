@@ -1,6 +1,7 @@
 """A run directory: everything one run writes, and nothing the training loop needs to know about files.
 
-It holds ``config.json`` (the resolved config, in sections), per-epoch metrics (``metrics.jsonl`` and
+It holds ``config.json`` (the resolved config, in sections), ``provenance.jsonl`` (per start or resume: command,
+versions, git commit, host, device), per-epoch metrics (``metrics.jsonl`` and
 ``metrics.csv``), TensorBoard logs (``tensorboard/``), diagnostics (``diagnostics.jsonl``) and checkpoints
 (``checkpoint_last.pt``, ``checkpoint_best.pt``), each written atomically: a crash or a full disk mid-write leaves
 the previous checkpoint intact. :func:`rng_state` / :func:`restore_rng` capture every random generator a run
@@ -14,10 +15,14 @@ ends, however it ends), so a second process cannot write into a directory in use
 from __future__ import annotations
 
 import csv
+import datetime
 import json
 import os
+import platform
 import random
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +49,48 @@ MODES = ("new", "resume", "overwrite")
 LAUNCHER_FILES = (".lock", "stdout.log", "launcher.pid")
 # set by ``eqprop study`` for the runs it launches: its pid, so that a run stops if the study process dies
 PARENT_PID_VAR = "EQPROP_PARENT_PID"
+
+
+def git_commit() -> str | None:
+    """The git commit of the checkout this package runs from, "+dirty" when it has uncommitted changes; None for
+    an installed copy (no git, or a repository that does not track this package's files)."""
+    where = str(Path(__file__).resolve().parents[1])  # the eqprop package folder
+    try:
+        tracked = subprocess.run(
+            ["git", "-C", where, "ls-files", "--error-unmatch", "__init__.py"], capture_output=True, timeout=10
+        )
+        head = subprocess.run(["git", "-C", where, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if tracked.returncode != 0 or head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", where, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    """Where and with what a run (or one stretch of it) is running: time, command, versions, git commit, host and
+    device. One line of the run directory's ``provenance.jsonl`` per start or resume."""
+    from .. import __version__
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    return {
+        "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "argv": list(sys.argv),
+        "eqprop": __version__,
+        "commit": git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "host": platform.node(),
+        "device": str(device),
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def atomic_save(obj: Any, path: Path) -> None:

@@ -42,7 +42,7 @@ from .callbacks import BatchFunction, Callback, Diagnostics, DivergenceError, Di
 from .config import INCIDENTAL, ConfigError, TrainConfig, config_from_dict, parse_overrides
 from .data import ImageData, epoch_batches, load_dataset, normalize_as
 from .optim import layer_rates, make_optimizer, make_scheduler
-from .run_directory import RunDirectory, read_checkpoint, restore_rng, rng_state
+from .run_directory import RunDirectory, provenance, read_checkpoint, restore_rng, rng_state
 from .teacher import ConvTeacher, TeacherFeatures, load_or_train_teacher
 
 __all__ = [
@@ -566,6 +566,7 @@ class Trainer:
         if self.run_dir:  # the config is written once the run starts (a resume that fails leaves it as it was)
             self.run_dir.acquire()
             self.run_dir.write_config(cfg.to_dict())
+            self.run_dir.append_jsonl("provenance.jsonl", {**provenance(self.device), "epoch": self.epoch})
         if self.epoch == 0 and self._partial is None:
             self.log(
                 f"eqprop: {cfg.algorithm} on {cfg.dataset} ({len(self.train_labels)} train / "
