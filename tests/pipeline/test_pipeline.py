@@ -401,6 +401,9 @@ def test_a_persistent_start_is_checkpointed_and_resumes_exactly(tmp_path):
     assert any(not torch.equal(v, forgetful.network.state_dict()[k]) for k, v in _final_state(straight).items())
     biases = [v for k, v in straight.network.state_dict().items() if k.endswith("bias")]
     assert all(float(b.abs().min()) > 0 for b in biases)
+    extended = Trainer.extend(tmp_path / "a", ["epochs=3"], log=lambda s: None)  # --extend keeps the carried state
+    carried = straight.algorithm.phases.carried
+    assert len(carried) == 4 and all(torch.equal(a, b) for a, b in zip(carried, extended.algorithm.phases.carried))
 
 
 def test_the_random_schemes_signs_continue_after_a_checkpoint():

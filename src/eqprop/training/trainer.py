@@ -429,7 +429,7 @@ class Trainer:
     ) -> Trainer:
         """A new run that continues the finished run in ``run_dir`` from its last checkpoint for more epochs
         (``epochs=N`` among the overrides, N > the epochs trained). It keeps the weights, the optimiser's momentum,
-        the metrics so far and the RNG; the learning rates follow the new config's cosine schedule from the epoch
+        the metrics so far, the RNG and the rule's state; the learning rates follow the new config's cosine schedule from the epoch
         reached. The new run goes to ``out_dir`` (default: ``<run_dir>_extended_<N>ep``) and records where it came
         from in ``extends.json``."""
         run_dir = Path(run_dir)
@@ -461,6 +461,7 @@ class Trainer:
                 trainer.scheduler.step()
         trainer.history, trainer.best_error, trainer.epoch = list(state["history"]), state["best_error"], state["epoch"]
         restore_rng(state["rng"], trainer.generator)
+        trainer.algorithm.load_state_dict(state.get("algorithm", {}))  # e.g. a persistent free-phase start
         new = cfg.flat()
         changed = {k: [v, new[k]] for k, v in old.flat().items() if new[k] != v and k != "out_dir"}
         if trainer.run_dir:
