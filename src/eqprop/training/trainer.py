@@ -429,9 +429,9 @@ class Trainer:
     ) -> Trainer:
         """A new run that continues the finished run in ``run_dir`` from its last checkpoint for more epochs
         (``epochs=N`` among the overrides, N > the epochs trained). It keeps the weights, the optimiser's momentum,
-        the metrics so far, the RNG and the rule's state; the learning rates follow the new config's cosine schedule from the epoch
-        reached. The new run goes to ``out_dir`` (default: ``<run_dir>_extended_<N>ep``) and records where it came
-        from in ``extends.json``."""
+        the metrics so far, the RNG and the rule's state; the learning rates follow the new config's cosine schedule
+        from the epoch reached. The new run goes to ``out_dir`` (default: ``<run_dir>_extended_<N>ep``) and records
+        where it came from in ``extends.json``."""
         run_dir = Path(run_dir)
         old = read_run_config(run_dir)  # a RunError when run_dir holds no run
         state, ckpt = read_run_checkpoint(run_dir, "last", "extend")
