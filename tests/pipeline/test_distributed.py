@@ -87,7 +87,10 @@ def two_rank_runs(tmp_path_factory):
     """One torchrun launch: the three families, a 3-epoch run, and the same run stopped in epoch 2 by rank 1."""
     root = tmp_path_factory.mktemp("ddp")
     jobs = [job(name, root / name) for name in JOBS]
-    long = [*JOBS["cep"][:-1], "epochs=3", *COMMON]
+    # the public code's conventions: the persistent start's carried state must survive a resume under any number
+    # of ranks (the checkpoint holds the global batch's state, each rank takes its rows back)
+    public_code = ["init=persistent", "first=odd", "bias_init=uniform", "nudged_output=iterate"]
+    long = [*JOBS["cep"][:-1], "epochs=3", *public_code, *COMMON]
     jobs.append({"overrides": [*long, f"out_dir={root / 'straight'}"]})
     jobs.append({"overrides": [*long, f"out_dir={root / 'stopped'}"], "stop": [2, 0, 1]})
     done = torchrun(jobs)
@@ -116,6 +119,7 @@ def test_a_stop_on_one_rank_stops_both_and_resume_matches_an_uninterrupted_run(t
     assert "rank 0: interrupted by SIGTERM" in stdout and "rank 1: interrupted by SIGTERM" in stdout
     ckpt = torch.load(root / "stopped" / "checkpoint_last.pt", weights_only=False)
     assert ckpt["epoch"] == 1 and ckpt["partial"]["batch"] == 1  # both stopped after batch 0 of epoch 2
+    assert [t.shape[0] for t in ckpt["algorithm"]["batch"]] == [32] * 4  # both ranks' 16 rows: the global batch
 
     # the number of ranks may change on resume: one process continues the 2-rank checkpoint
     single = shutil.copytree(root / "stopped", tmp_path / "single")

@@ -388,7 +388,7 @@ def test_a_persistent_start_is_checkpointed_and_resumes_exactly(tmp_path):
     with pytest.raises(Interrupted):
         stopped.fit()
     ckpt = torch.load(tmp_path / "b" / "checkpoint_last.pt", weights_only=False)
-    carried = ckpt["algorithm"]["phases"]["carried"]
+    carried = ckpt["algorithm"]["batch"]
     assert [tuple(t.shape) for t in carried] == [(64, 8, 8, 8), (64, 16, 4, 4), (64, 16, 2, 2), (64, 10)]
     shutil.copytree(tmp_path / "b", tmp_path / "c")
     resumed = Trainer.resume(tmp_path / "b", log=lambda s: None)

@@ -93,7 +93,8 @@ class LearningAlgorithm:
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint must keep of the rule besides the model (carried states, random draws); a rule
-        without such state returns {}."""
+        without such state returns {}. Tensors whose first axis is the training batch go under ``"batch"``: with
+        several ranks the Trainer stores the global batch and gives each rank its own rows back."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -126,11 +127,11 @@ class RelaxingAlgorithm(LearningAlgorithm):
         return self.phases.free(model, x)
 
     def state_dict(self) -> dict[str, Any]:
-        phases = self.phases.state_dict()
-        return {"phases": phases} if phases else {}
+        carried = self.phases.state_dict().get("carried", [])
+        return {"batch": carried} if carried else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.phases.load_state_dict(state.get("phases", {}))
+        self.phases.load_state_dict({"carried": state.get("batch", [])})
 
     def __repr__(self) -> str:
         return f"{self.name}({self.phases.describe()}, cost={self.cost.name})"

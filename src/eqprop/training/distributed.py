@@ -119,6 +119,26 @@ def broadcast_object(obj: Any, ctx: Context) -> Any:
     return box[0]
 
 
+def gather_batch(tensors: Sequence[torch.Tensor], ctx: Context) -> list[torch.Tensor]:
+    """Every rank's shard of batch-first ``tensors``, concatenated in rank order: the global batch, on every rank
+    (a collective; returned unchanged on one rank). The inverse of :func:`shard_batch`."""
+    if not ctx.enabled:
+        return list(tensors)
+    parts: list[Any] = [None] * ctx.world
+    dist.all_gather_object(parts, [t.detach().cpu() for t in tensors])
+    if len({len(p) for p in parts}) != 1:
+        raise RuntimeError(f"ranks hold different numbers of batch tensors: {[len(p) for p in parts]}")
+    return [torch.cat([p[i] for p in parts]).to(t.device) for i, t in enumerate(tensors)]
+
+
+def shard_batch(tensors: Sequence[torch.Tensor], ctx: Context) -> list[torch.Tensor]:
+    """This rank's rows of global-batch ``tensors`` (the shard :func:`shard` gives it)."""
+    if not ctx.enabled or not tensors:
+        return list(tensors)
+    part = shard(tensors[0].shape[0], ctx)
+    return [t[part] for t in tensors]
+
+
 def broadcast_parameters(tensors: Iterable[torch.Tensor], ctx: Context) -> None:
     """Rank 0's values of ``tensors`` (parameters and buffers) on every rank."""
     if ctx.enabled:

@@ -344,7 +344,18 @@ class Trainer:
         return self._partial["batch"] if self._partial else 0
 
     # ------------------------------------------------------------------ checkpoints and resume
-    def checkpoint_state(self, partial: dict[str, Any] | None = None) -> dict[str, Any]:
+    def rule_state(self) -> dict[str, Any]:
+        """The rule's state for a checkpoint, its batch tensors gathered into the global batch under several ranks
+        (a collective: every rank calls it)."""
+        state = dict(self.algorithm.state_dict())
+        if self.dist.enabled:
+            state["batch"] = distributed.gather_batch(state.get("batch", []), self.dist)
+        return {k: v for k, v in state.items() if not (k == "batch" and not v)}
+
+    def checkpoint_state(
+        self, partial: dict[str, Any] | None = None, rule: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Everything a checkpoint holds; ``rule`` is :meth:`rule_state` (this rank's rule state when omitted)."""
         return {
             "epoch": self.epoch,
             "partial": partial,
@@ -355,13 +366,15 @@ class Trainer:
             "history": self.history,
             "best_error": self.best_error,
             "rng": rng_state(self.generator),
-            "algorithm": self.algorithm.state_dict(),
+            "algorithm": self.algorithm.state_dict() if rule is None else rule,
             "config": self.cfg.to_dict(),
         }
 
     def save_checkpoint(self, partial: dict[str, Any] | None = None, best: bool = False) -> Path | None:
-        """Write ``checkpoint_last.pt`` atomically (and ``checkpoint_best.pt`` when ``best``)."""
-        return self.run_dir.save_checkpoint(self.checkpoint_state(partial), best) if self.run_dir else None
+        """Write ``checkpoint_last.pt`` atomically (and ``checkpoint_best.pt`` when ``best``). Every rank calls it
+        (the rule's batch state is gathered); rank 0 writes."""
+        rule = self.rule_state()
+        return self.run_dir.save_checkpoint(self.checkpoint_state(partial, rule), best) if self.run_dir else None
 
     def load_checkpoint(self, path: str | Path, state: dict[str, Any] | None = None) -> None:
         """Continue from a checkpoint (read from ``path`` unless its ``state`` is given)."""
@@ -374,7 +387,14 @@ class Trainer:
         for callback, saved in zip(self.callbacks, (self._partial or {}).get("callbacks", [])):
             callback.load_state_dict(saved)
         restore_rng(state["rng"], self.generator)
-        self.algorithm.load_state_dict(state.get("algorithm", {}))
+        self._load_rule_state(state)
+
+    def _load_rule_state(self, state: dict[str, Any]) -> None:
+        """The rule's state from a checkpoint, each rank taking its rows of the global batch tensors."""
+        rule = dict(state.get("algorithm", {}))
+        if rule.get("batch"):
+            rule["batch"] = distributed.shard_batch([t.to(self.device) for t in rule["batch"]], self.dist)
+        self.algorithm.load_state_dict(rule)
 
     def _load_weights(self, state: dict[str, Any], path: str | Path) -> None:
         """The network's (and the signals') weights from a checkpoint that must fit the network built here."""
@@ -461,7 +481,7 @@ class Trainer:
                 trainer.scheduler.step()
         trainer.history, trainer.best_error, trainer.epoch = list(state["history"]), state["best_error"], state["epoch"]
         restore_rng(state["rng"], trainer.generator)
-        trainer.algorithm.load_state_dict(state.get("algorithm", {}))  # e.g. a persistent free-phase start
+        trainer._load_rule_state(state)  # e.g. a persistent free-phase start
         new = cfg.flat()
         changed = {k: [v, new[k]] for k, v in old.flat().items() if new[k] != v and k != "out_dir"}
         if trainer.run_dir:
@@ -680,7 +700,7 @@ class Trainer:
         )
         if self.run_dir:
             self.run_dir.write_metrics(row, self.history)
-            self.save_checkpoint(best=best)
+        self.save_checkpoint(best=best)  # on every rank: the rule's batch state is gathered
 
 
 def default_callbacks(cfg: TrainConfig) -> list[Callback]:
