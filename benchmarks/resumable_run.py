@@ -95,10 +95,16 @@ def _pid(run_dir: Path) -> int | None:
         return pid
 
 
+def _refuse_while_training(run_dir: Path, action: str) -> None:
+    """A StretchError when a process still trains ``run_dir``: ``action`` must wait for `stop`."""
+    pid = _pid(run_dir)
+    if pid is not None:
+        raise StretchError(f"{run_dir} is already being trained by pid {pid}; `stop` it before {action}")
+
+
 def start(run_dir: Path, config: str | None, overrides: list[str]) -> int:
     """Launch (or resume) the run in its own session; returns the pid."""
-    if _pid(run_dir) is not None:
-        raise StretchError(f"{run_dir} is already being trained by pid {_pid(run_dir)}; `stop` it first")
+    _refuse_while_training(run_dir, "starting it again")
     resuming = (run_dir / "config.json").exists()
     if resuming:
         if config is not None or overrides:
@@ -152,12 +158,7 @@ def supervise(run_dir: Path, cmd: list[str]) -> int:
     trainer still gets the default action until it installs its own)."""
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     proc = subprocess.Popen(cmd)
-    while True:
-        try:
-            code = proc.wait()
-            break
-        except InterruptedError:  # pragma: no cover - PEP 475 retries wait() itself
-            continue
+    code = proc.wait()  # a signal to this process does not interrupt the wait (PEP 475)
     with (run_dir / "stdout.log").open("a") as log:
         log.write(f"{_marker('end', f' (exit status {code})')}\n")
     return code
@@ -202,8 +203,7 @@ def pack(run_dir: Path, dest: Path, chunk_bytes: int = 15 << 20, best: bool = Fa
     ``manifest.json`` (sizes and SHA-256 of every part and whole file): few files, each small enough to move."""
     if not (run_dir / "config.json").exists():
         raise StretchError(f"{run_dir} is not a run directory (no config.json)")
-    if _pid(run_dir) is not None:
-        raise StretchError(f"{run_dir} is still training (pid {_pid(run_dir)}): `stop` it first")
+    _refuse_while_training(run_dir, "packing it")
     if chunk_bytes < 1:
         raise StretchError(f"the chunk size must be positive, got {chunk_bytes} bytes")
     dest.mkdir(parents=True, exist_ok=True)
@@ -241,8 +241,7 @@ def unpack(src: Path, run_dir: Path) -> dict:
         manifest = json.loads((src / "manifest.json").read_text())
     except FileNotFoundError:
         raise StretchError(f"{src} holds no manifest.json: it is not the output of `pack`") from None
-    if _pid(run_dir) is not None:
-        raise StretchError(f"{run_dir} is being trained (pid {_pid(run_dir)}): `stop` it before unpacking into it")
+    _refuse_while_training(run_dir, "unpacking into it")
     tar_path = src / FILES_TAR
     if not tar_path.exists() or _sha256(tar_path) != manifest["files_sha256"]:
         raise StretchError(f"{tar_path} is missing or damaged (SHA-256 differs from the manifest); copy it again")

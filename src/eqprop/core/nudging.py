@@ -86,7 +86,7 @@ class Cost:
     fixed points; the paths, and sometimes the fixed point reached, differ."""
 
     name = "cost"
-    curvature: float | None = None  # d^2C/do^2 where it is a constant (the squared errors)
+    curvature: float | None = None  # c where C = c/2 ||o - y||^2 (the squared errors); None for other costs
 
     def __init__(self, nudged_output: str = "exact") -> None:
         if nudged_output not in NUDGED_OUTPUTS:
@@ -115,7 +115,20 @@ class Cost:
         raise NotImplementedError
 
     def nudged_output(self, m: Tensor, o: Tensor, y: Tensor, beta: Beta, sigma: Activation) -> Tensor:
-        """Output update under the nudged energy E + beta*C: sigma(dPhi/do - beta dC/do) by default."""
+        """Output update under the nudged energy E + beta*C. For C = c/2 ||o - y||^2 in exact mode on a projecting
+        state space: the output's energy 1/2 o^2 - m o + beta c/2 (o - y)^2 is a separable 1-D quadratic with
+        curvature 1 + c beta, so its exact minimiser is sigma((m + c beta y) / (1 + c beta)). Otherwise the step
+        sigma(dPhi/do - beta dC/do), whose fixed point is the same."""
+        if self.curvature is not None and self.exact_output and sigma.projection:
+            c = self.curvature
+            if isinstance(beta, (int, float)) and 1.0 + c * beta <= 0.0:
+                raise ValueError(
+                    f"beta={beta} makes E + beta*C unbounded below in o; the {self.name} nudging needs "
+                    f"beta > {-1.0 / c:g}"
+                )
+            b = per_sample(beta, o)
+            return sigma.project((m + c * b * y) / (1.0 + c * b))
+        self.check_iterate(beta)
         return sigma.project(m - per_sample(beta, o) * self.grad(o, y))
 
 
@@ -131,22 +144,6 @@ class SquaredError(Cost):
     def grad(self, o: Tensor, y: Tensor) -> Tensor:
         return 2.0 * (o - y)
 
-    def nudged_output(self, m: Tensor, o: Tensor, y: Tensor, beta: Beta, sigma: Activation) -> Tensor:
-        # The output's energy 1/2 o^2 - m o + beta (o - y)^2 is a separable 1-D quadratic with curvature
-        # 1 + 2 beta, so its exact minimiser on the state space is sigma((m + 2 beta y) / (1 + 2 beta)).
-        if not self.exact_output:
-            self.check_iterate(beta)
-            return super().nudged_output(m, o, y, beta, sigma)
-        if not sigma.projection:  # a smooth activation: the nudged fixed point o = sigma(m - beta dC/do)
-            return super().nudged_output(m, o, y, beta, sigma)
-        if isinstance(beta, (int, float)) and 1.0 + 2.0 * beta <= 0.0:
-            raise ValueError(
-                f"beta={beta} makes E + beta*||o-y||^2 unbounded below in o; "
-                "the squared-error nudging needs beta > -0.5"
-            )
-        beta = per_sample(beta, o)
-        return sigma.project((m + 2.0 * beta * y) / (1.0 + 2.0 * beta))
-
 
 class HalfSquaredError(Cost):
     """C(o, y) = 1/2 ||o - y||^2: the "MSE" of the PCN configs (the PCN paper does not state its normalisation;
@@ -160,20 +157,6 @@ class HalfSquaredError(Cost):
 
     def grad(self, o: Tensor, y: Tensor) -> Tensor:
         return o - y
-
-    def nudged_output(self, m: Tensor, o: Tensor, y: Tensor, beta: Beta, sigma: Activation) -> Tensor:
-        # 1/2 o^2 - m o + beta/2 (o - y)^2 has curvature 1 + beta: its exact minimiser is (m + beta y) / (1 + beta)
-        if not self.exact_output:
-            self.check_iterate(beta)
-            return super().nudged_output(m, o, y, beta, sigma)
-        if not sigma.projection:
-            return super().nudged_output(m, o, y, beta, sigma)
-        if isinstance(beta, (int, float)) and 1.0 + beta <= 0.0:
-            raise ValueError(
-                f"beta={beta} makes E + beta/2 ||o-y||^2 unbounded below in o; the half squared error needs beta > -1"
-            )
-        beta = per_sample(beta, o)
-        return sigma.project((m + beta * y) / (1.0 + beta))
 
 
 class CrossEntropy(Cost):

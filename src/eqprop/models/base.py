@@ -114,8 +114,9 @@ def register_model(
     return spec
 
 
-def model_names() -> list[str]:
-    return list(MODELS)
+def model_names(family: str | None = None) -> list[str]:
+    """The registered models (of ``family`` only, when given)."""
+    return [name for name, spec in MODELS.items() if family is None or spec.family == family]
 
 
 def model_spec(name: str) -> ModelSpec:
@@ -182,9 +183,9 @@ class ModelSection(Section):
         if not self.bias_scale > 0:
             raise ConfigError(f"config key 'bias_scale' must be > 0, got {self.bias_scale}")
         if self.bias_init != "zeros" and MODELS[self.kind].family != "hopfield":
-            hopfield = [m for m, spec in MODELS.items() if spec.family == "hopfield"]
             raise ConfigError(
-                f"config key 'bias_init={self.bias_init}' draws the biases of Hopfield networks ({hopfield}); "
+                f"config key 'bias_init={self.bias_init}' draws the biases of Hopfield networks "
+                f"({model_names('hopfield')}); "
                 f"model {self.kind!r} has its own bias init"
             )
         if not self.pool_temperature > 0:

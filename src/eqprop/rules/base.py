@@ -127,11 +127,11 @@ class RelaxingAlgorithm(LearningAlgorithm):
         return self.phases.free(model, x)
 
     def state_dict(self) -> dict[str, Any]:
-        carried = self.phases.state_dict().get("carried", [])
-        return {"batch": carried} if carried else {}
+        """The persistent init's carried state (batch-first tensors), if any."""
+        return {"batch": list(self.phases.carried)} if self.phases.carried else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.phases.load_state_dict({"carried": state.get("batch", [])})
+        self.phases.carried[:] = list(state.get("batch", []))
 
     def __repr__(self) -> str:
         return f"{self.name}({self.phases.describe()}, cost={self.cost.name})"

@@ -9,8 +9,8 @@ a 16-bit free state runs in deviation mode, and ``cuda_graphs`` replays captured
 Initial state of the free phase (``init``): zeros, uniform in [0, 1], or ``"persistent"``: while the model is
 in training mode, each free phase starts from the last state the previous training step relaxed to (its last
 nudged phase), as the comparative study's public code does; the first step, a batch of another size and
-evaluation (``model.eval()``) start from zeros. The carried state is part of :meth:`Phases.state_dict`, so a
-resumed run continues exactly.
+evaluation (``model.eval()``) start from zeros. The carried state (``Phases.carried``) is part of the rule's
+``state_dict``, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -104,6 +104,11 @@ class Phases:
         solver = get_solver(name, settings)
         return GraphedSolver(settings, inner=solver) if self.cuda_graphs else solver
 
+    @property
+    def _start(self) -> str:
+        """The initial state mode when no carried state applies (a persistent init starts from zeros)."""
+        return "zeros" if self.init == "persistent" else self.init
+
     def _persists(self, model: Any) -> bool:
         """Whether this phase carries its state to the next step: ``init="persistent"``, a model in training mode
         whose free phase is a relaxation (not an exact forward pass)."""
@@ -120,7 +125,7 @@ class Phases:
         carried = self.carried if self._persists(model) else []
         if carried and carried[0].shape[0] == x.shape[0] and carried[0].device == x.device:
             return [x] + list(carried)
-        return model.init_state(x, "zeros" if self.init == "persistent" else self.init)
+        return model.init_state(x, self._start)
 
     def free(self, model: Any, x: Tensor) -> RelaxResult:
         """The free phase (no nudging): the model's free equilibrium, refined in deviation mode if asked."""
@@ -128,8 +133,7 @@ class Phases:
             if self._persists(model):
                 free = self.solver_for("free")(model, self.initial_state(model, x), self.free_iterations)
             else:
-                init = "zeros" if self.init == "persistent" else self.init
-                free = model.free_phase(x, self.solver_for("free"), self.free_iterations, init)
+                free = model.free_phase(x, self.solver_for("free"), self.free_iterations, self._start)
             if self.refine_iterations:
                 refined = self.solver_for("refine")(model, [x] + list(free.states[1:]), self.refine_iterations)
                 free = RelaxResult(refined.states, free.iterations + refined.iterations, free.trajectory, refined.stats)
@@ -143,13 +147,6 @@ class Phases:
             result = self.solver_for("nudged")(model, list(states), self.nudged_iterations, nudge)
             self.carry(model, result.states)
             return result
-
-    def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint keeps of the phases: the carried state of a persistent init (empty otherwise)."""
-        return {"carried": list(self.carried)} if self.carried else {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.carried[:] = list(state.get("carried", []))
 
     def unrolled(self, model: Any, states: list[Tensor], iterations: int) -> RelaxResult:
         """``iterations`` of the free-phase solver with autograd on (truncated backprop and BPTT)."""

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import ConfigError
-from ..models.base import MODELS, ModelSection, model_spec
+from ..models.base import MODELS, ModelSection, model_names, model_spec
 from ..rules.base import ALGORITHMS, RuleSection, algorithm_families, algorithm_models
 from ..rules.phases import RelaxSection
 from ..rules.signals import SignalsSection
@@ -161,10 +161,10 @@ def validate(cfg: TrainConfig) -> None:
             f"{list(algorithm_models(cfg.rule.algorithm))}); algorithms for model {cfg.model.kind!r}: {fits}"
         )
     if cfg.relax.init == "persistent" and spec.family != "hopfield":
-        hopfield = [m for m, sp in MODELS.items() if sp.family == "hopfield"]
         raise ConfigError(
             f"config key 'init=persistent' carries a relaxed state between training steps; model "
-            f"{cfg.model.kind!r} does not relax its free phase (use a Hopfield model: {', '.join(hopfield)})"
+            f"{cfg.model.kind!r} does not relax its free phase (use a Hopfield model: "
+            f"{', '.join(model_names('hopfield'))})"
         )
     kind = cfg.signals.kind
     if kind != "none" and cfg.run.precision != "float32":

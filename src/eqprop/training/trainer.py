@@ -349,13 +349,13 @@ class Trainer:
         (a collective: every rank calls it)."""
         state = dict(self.algorithm.state_dict())
         if self.dist.enabled:
-            state["batch"] = distributed.gather_batch(state.get("batch", []), self.dist)
-        return {k: v for k, v in state.items() if not (k == "batch" and not v)}
+            batch = distributed.gather_batch(state.pop("batch", []), self.dist)
+            if batch:
+                state["batch"] = batch
+        return state
 
-    def checkpoint_state(
-        self, partial: dict[str, Any] | None = None, rule: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """Everything a checkpoint holds; ``rule`` is :meth:`rule_state` (this rank's rule state when omitted)."""
+    def checkpoint_state(self, partial: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Everything a checkpoint holds (a collective under several ranks: see :meth:`rule_state`)."""
         return {
             "epoch": self.epoch,
             "partial": partial,
@@ -366,15 +366,15 @@ class Trainer:
             "history": self.history,
             "best_error": self.best_error,
             "rng": rng_state(self.generator),
-            "algorithm": self.algorithm.state_dict() if rule is None else rule,
+            "algorithm": self.rule_state(),
             "config": self.cfg.to_dict(),
         }
 
     def save_checkpoint(self, partial: dict[str, Any] | None = None, best: bool = False) -> Path | None:
         """Write ``checkpoint_last.pt`` atomically (and ``checkpoint_best.pt`` when ``best``). Every rank calls it
         (the rule's batch state is gathered); rank 0 writes."""
-        rule = self.rule_state()
-        return self.run_dir.save_checkpoint(self.checkpoint_state(partial, rule), best) if self.run_dir else None
+        state = self.checkpoint_state(partial)
+        return self.run_dir.save_checkpoint(state, best) if self.run_dir else None
 
     def load_checkpoint(self, path: str | Path, state: dict[str, Any] | None = None) -> None:
         """Continue from a checkpoint (read from ``path`` unless its ``state`` is given)."""
