@@ -1,6 +1,8 @@
 """Small float64 networks and comparison helpers shared by the tests."""
 
 import math
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +181,13 @@ SIGNAL_TINY = [
 
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def sigterm_at(epoch, batch):
+    """A Trainer callback that sends this process SIGTERM after ``batch`` of ``epoch`` (a stop mid-run)."""
+
+    def callback(trainer, at_epoch, at_batch):
+        if (at_epoch, at_batch) == (epoch, batch):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return callback

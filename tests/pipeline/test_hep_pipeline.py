@@ -1,8 +1,5 @@
 """Holomorphic EP through the interface: configs, the CLI's run directory, resume, and config errors."""
 
-import os
-import signal
-
 import pytest
 import torch
 
@@ -11,6 +8,7 @@ from eqprop.cli import main
 from eqprop.training.config import ConfigError, parse_overrides
 from eqprop.training.results import read_run
 from eqprop.training.trainer import Interrupted, Trainer
+from helpers import sigterm_at
 
 HEP_TINY = [
     "model=mlp",
@@ -37,13 +35,9 @@ def test_cli_trains_hep_and_an_interrupted_run_resumes_exactly(tmp_path):
     run = read_run(tmp_path / "a")
     assert [r["epoch"] for r in run.metrics] == [1, 2] and run.config["points"] == 3
 
-    def sigterm_in_epoch_2(trainer, epoch, batch):
-        if epoch == 2 and batch == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-
     cfg = parse_overrides([*HEP_TINY, "epochs=2", f"out_dir={tmp_path / 'b'}"])
     with pytest.raises(Interrupted):
-        Trainer(cfg, log=lambda s: None, callbacks=[sigterm_in_epoch_2]).fit()
+        Trainer(cfg, log=lambda s: None, callbacks=[sigterm_at(2, 1)]).fit()
     resumed = Trainer.resume(tmp_path / "b", log=lambda s: None)
     resumed.fit()
     straight = torch.load(tmp_path / "a" / "checkpoint_last.pt", weights_only=False)["network"]

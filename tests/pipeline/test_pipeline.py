@@ -18,7 +18,7 @@ from eqprop.training.data import dataset_spec
 from eqprop.training.optim import make_optimizer
 from eqprop.training.results import read_run, results_table
 from eqprop.training.trainer import DivergenceError, Interrupted, Trainer, build_algorithm, build_network, topk_errors
-from helpers import ROOT
+from helpers import ROOT, sigterm_at
 
 TINY = [
     "free_iterations=6",
@@ -341,11 +341,7 @@ def test_interrupted_run_resumes_exactly(tmp_path):
     straight = Trainer(tiny(tmp_path / "a", *extra), log=lambda s: None)
     straight.fit()
 
-    def sigterm_in_epoch_2(trainer, epoch, batch):
-        if epoch == 2 and batch == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    stopped = Trainer(tiny(tmp_path / "b", *extra), log=lambda s: None, callbacks=[sigterm_in_epoch_2])
+    stopped = Trainer(tiny(tmp_path / "b", *extra), log=lambda s: None, callbacks=[sigterm_at(2, 1)])
     with pytest.raises(Interrupted, match="SIGTERM.*--resume"):
         stopped.fit()
     ckpt = torch.load(tmp_path / "b" / "checkpoint_last.pt", weights_only=False)
@@ -380,11 +376,7 @@ def test_a_persistent_start_is_checkpointed_and_resumes_exactly(tmp_path):
     straight = Trainer(tiny(tmp_path / "a", *extra), log=lambda s: None)
     straight.fit()
 
-    def sigterm_in_epoch_2(trainer, epoch, batch):
-        if epoch == 2 and batch == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    stopped = Trainer(tiny(tmp_path / "b", *extra), log=lambda s: None, callbacks=[sigterm_in_epoch_2])
+    stopped = Trainer(tiny(tmp_path / "b", *extra), log=lambda s: None, callbacks=[sigterm_at(2, 1)])
     with pytest.raises(Interrupted):
         stopped.fit()
     ckpt = torch.load(tmp_path / "b" / "checkpoint_last.pt", weights_only=False)

@@ -4,9 +4,7 @@ moved as checkpoint parts of bounded size and resumed from them exactly, a backg
 import importlib.util
 import json
 import lzma
-import os
 import pickle
-import signal
 import time
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import torch
 from eqprop.training.config import parse_overrides
 from eqprop.training.data import load_dataset
 from eqprop.training.trainer import Interrupted, Trainer
+from helpers import sigterm_at
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("resumable_run", ROOT / "benchmarks" / "resumable_run.py")
@@ -55,12 +54,8 @@ def test_stage_cifar_decompresses_the_xz_batches_into_the_layout_the_loader_read
 
 
 def _interrupted_run(out):
-    def sigterm_in_epoch_2(trainer, epoch, batch):
-        if epoch == 2 and batch == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-
     cfg = parse_overrides([*TINY, "epochs=3", f"out_dir={out}"])
-    trainer = Trainer(cfg, log=lambda s: None, callbacks=[sigterm_in_epoch_2])
+    trainer = Trainer(cfg, log=lambda s: None, callbacks=[sigterm_at(2, 1)])
     with pytest.raises(Interrupted):
         trainer.fit()
 
