@@ -2,8 +2,10 @@
 conventions (issue 19): C = 1/2 ||o - y||^2, odd layers relaxed first, each training free phase started from the
 previous step's last nudged state, biases drawn from U(+-0.5/sqrt(fan_in)), and the nudged output iterated as
 o <- dPhi/do - beta (o - y). The reference is a small DCHN whose Phi is written with conv2d / max_pool2d and
-relaxed by a hand loop (dPhi/ds by autograd of that Phi), trained for three steps of each of the seven rules in
-float64; each convention switched back to the library's default must break the agreement (negative controls)."""
+relaxed by a hand loop (dPhi/ds by autograd of that Phi), trained for three steps of each of the seven rules and
+TBP in float64. As in the code, each rule's second phase is the state carried to the next step (N-EP and N-CpL
+relax at -beta, then at 0; TBP carries the state after its K unrolled iterations). Each convention switched back
+to the library's default must break the agreement (negative controls)."""
 
 import math
 
@@ -21,15 +23,17 @@ from helpers import rel_error
 
 F64 = torch.float64
 BETA, T, K, LR = 0.3, 4, 3, 0.1
-# the nudging values (beta_1, beta_2) of each rule (eqs. 3, 5, 6, 8, 9); CL clamps the output to y
+# the nudging values (beta_1, beta_2) of each rule (eqs. 3, 5, 6, 8, 9) in the code's order of the phases
+# (training/sgd.py: "negative" is -beta then 0); CL clamps the output to y; TBP has no nudging
 RULES = {
     "CEP": (-BETA, BETA),
     "PEP": (0.0, BETA),
-    "NEP": (0.0, -BETA),
+    "NEP": (-BETA, 0.0),
     "CCpL": (-BETA, BETA),
     "PCpL": (0.0, BETA),
-    "NCpL": (0.0, -BETA),
+    "NCpL": (-BETA, 0.0),
     "CL": (0.0, 1.0),
+    "TBP": None,
 }
 
 
@@ -57,12 +61,18 @@ class PublicCodeReference:
             + (o * b3).sum(1)
         )
 
-    def dphi(self, x, s):
-        free = [t.detach().requires_grad_(True) for t in s]
+    def dphi(self, x, s, params=None):
+        """dPhi/ds; with ``params`` (leaves requiring grad) differentiable in them and in ``s`` (for TBP): the
+        partial derivatives by torch.func.grad, which treats the layers as independent inputs (autograd.grad
+        at intermediate states would add the paths between them)."""
+        if params is None:
+            free = [t.detach().requires_grad_(True) for t in s]
+            with torch.enable_grad():
+                return torch.autograd.grad(self.phi(x, *free).sum(), free)
         with torch.enable_grad():
-            return torch.autograd.grad(self.phi(x, *free).sum(), free)
+            return torch.func.grad(lambda *t: self.phi(x, *t, params=params).sum(), argnums=(0, 1, 2))(*s)
 
-    def relax(self, x, s, iterations, beta=0.0, y=None, clamp=None):
+    def relax(self, x, s, iterations, beta=0.0, y=None, clamp=None, params=None):
         """Odd layers (s1 and the output) from the current state, then the even layer s2 from the fresh odd ones;
         hidden units clip(dPhi/ds, 0, 1), the output dPhi/do - beta (o - y) (dPhi/do in the free phase), or held
         at ``clamp`` (coupled and contrastive learning)."""
@@ -70,11 +80,11 @@ class PublicCodeReference:
         if clamp is not None:
             s[2] = clamp
         for _ in range(iterations):
-            g = self.dphi(x, s)
+            g = self.dphi(x, s, params)
             s[0] = g[0].clamp(0, 1)
             if clamp is None:
                 s[2] = g[2] if y is None else g[2] - beta * (s[2] - y)
-            g = self.dphi(x, s)
+            g = self.dphi(x, s, params)
             s[1] = g[1].clamp(0, 1)
         return s
 
@@ -94,6 +104,15 @@ class PublicCodeReference:
         step. Returns (free state, estimate)."""
         start = self.state if self.state is not None and self.state[0].shape[0] == len(x) else self.zeros(len(x))
         free = self.relax(x, start, T)
+        if rule == "TBP":  # K more iterations from the free state, backprop through them; they stay in the network
+            params = [p.clone().requires_grad_(True) for p in self.params()]
+            with torch.enable_grad():
+                s = self.relax(x, free, K, params=params)
+                grads = torch.autograd.grad(0.5 * (s[2] - y).pow(2).sum(1).mean(), params)
+            self.state = [t.detach() for t in s]
+            for p, g in zip(self.params(), grads):
+                p -= LR * g
+            return free, grads
         b1, b2 = RULES[rule]
         if rule.endswith("EP"):
             s1, s2 = (self.relax(x, free, K, b, y) for b in (b1, b2))
@@ -113,7 +132,7 @@ def _library(cost="half_squared_error", nudged_output="iterate", first="odd", in
     torch.manual_seed(3)
     net = dchn(3, 10, input_size=8, channels=(4, 6), gains=(1.0, 1.0, 0.9)).double()
     net.uniform_biases_(0.5)
-    options = {} if rule == "CL" else {"beta": BETA}
+    options = {} if rule in ("CL", "TBP") else {"beta": BETA}
     rule = get_algorithm(
         rule,
         cost=get_cost(cost, nudged_output),
@@ -168,6 +187,37 @@ def test_the_library_in_the_public_code_conventions_follows_the_reference_step_b
     net.eval()
     x = torch.randn(5, 3, 8, 8, dtype=F64)
     assert float((rule.free_phase(net, x).states[-1] - reference.predict(x)).abs().max()) < 1e-12
+
+
+def test_the_reference_tbp_gradient_is_the_finite_difference_of_its_own_loss():
+    """The reference's TBP (autograd through its own K iterations, torch.func partials) checked by central
+    differences of the loss after K hand iterations, on a few coordinates of every parameter."""
+    net, _ = _library(rule="TBP")
+    ref = PublicCodeReference(list(net.parameters()))
+    xs, labels = _batches()
+    x, y = xs[0], F.one_hot(labels[0], 10).to(F64)
+    free = ref.relax(x, ref.zeros(6), T)
+
+    def loss(params):
+        saved = ref.params()
+        ref.w1, ref.b1, ref.w2, ref.b2, ref.w3, ref.b3 = params
+        s = ref.relax(x, free, K)
+        ref.w1, ref.b1, ref.w2, ref.b2, ref.w3, ref.b3 = saved
+        return float(0.5 * (s[2] - y).pow(2).sum(1).mean())
+
+    params = [p.clone().requires_grad_(True) for p in ref.params()]
+    with torch.enable_grad():
+        s = ref.relax(x, free, K, params=params)
+        grads = torch.autograd.grad(0.5 * (s[2] - y).pow(2).sum(1).mean(), params)
+    eps, worst = 1e-6, 0.0
+    for i, p in enumerate(ref.params()):
+        for j in range(0, p.numel(), max(1, p.numel() // 4)):
+            plus, minus = [q.clone() for q in ref.params()], [q.clone() for q in ref.params()]
+            plus[i].view(-1)[j] += eps
+            minus[i].view(-1)[j] -= eps
+            fd = (loss(plus) - loss(minus)) / (2 * eps)
+            worst = max(worst, abs(fd - float(grads[i].view(-1)[j])))
+    assert worst < 1e-7, worst
 
 
 def test_evaluation_between_steps_leaves_the_carried_state_alone():

@@ -44,7 +44,7 @@ def test_registry_names_and_aliases():
     assert algorithm_models("C-EP") == ("dchn", "mlp", "vgg") and algorithm_models("rhel") == ("hssm",)
     assert get_algorithm("C-EP").name == "CEP" and get_algorithm("ncpl").name == "NCpL"
     assert get_algorithm("CEP", beta=0.3).betas == (-0.3, 0.3)
-    assert get_algorithm("NEP", beta=0.3).betas == (0.0, -0.3)
+    assert get_algorithm("NEP", beta=0.3).betas == (-0.3, 0.0)
     assert get_algorithm("CL").betas == (0.0, 1.0)
     with pytest.raises(ValueError, match=r"valid algorithms are \['CL', 'PEP'"):
         get_algorithm("XEP")

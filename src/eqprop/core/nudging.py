@@ -33,6 +33,7 @@ __all__ = [
     "EPNudge",
     "ClampNudge",
     "one_hot",
+    "cost_precision",
     "AugmentedNudge",
 ]
 
@@ -61,6 +62,12 @@ def log_softmax(o: Tensor) -> Tensor:
 def softmax(o: Tensor) -> Tensor:
     """softmax over the units of each sample (holomorphic for complex outputs, as :func:`log_softmax`)."""
     return torch.exp(log_softmax(o))
+
+
+def cost_precision(o: Tensor) -> Tensor:
+    """The output in the precision a cost is computed in: a 16-bit output in float32; float32, float64 and
+    complex outputs as they are (a float64 model keeps its gradients exact to float64)."""
+    return o.float() if o.dtype in (torch.float16, torch.bfloat16) else o
 
 
 def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..core.network import State
+from ..core.nudging import cost_precision
 from ..models.base import model_output
 from .base import RelaxingAlgorithm, StepResult, register_algorithm, write_grads
 
@@ -17,7 +18,8 @@ __all__ = ["TruncatedBackprop", "RecurrentBackprop", "BackpropThroughTime", "imp
 
 
 class TruncatedBackprop(RelaxingAlgorithm):
-    """TBP: backprop through the last K iterations from the free state, not through the free phase."""
+    """TBP: backprop through K more iterations from the free state, not through the free phase. With
+    ``init="persistent"`` the state after those K iterations starts the next step, as in the public code."""
 
     name = "TBP"
 
@@ -25,9 +27,11 @@ class TruncatedBackprop(RelaxingAlgorithm):
         params = list(model.parameters())
         with torch.enable_grad():
             start = [s.detach() for s in free.states]
-            out = model_output(model, self.phases.unrolled(model, start, self.phases.nudged_iterations).states)
-            loss = self.cost(out.float(), y).mean()
-            return list(torch.autograd.grad(loss, params, allow_unused=True))
+            unrolled = self.phases.unrolled(model, start, self.phases.nudged_iterations).states
+            loss = self.cost(cost_precision(model_output(model, unrolled)), y).mean()
+            grads = list(torch.autograd.grad(loss, params, allow_unused=True))
+        self.phases.carry(model, [s.detach() for s in unrolled])
+        return grads
 
 
 class BackpropThroughTime(RelaxingAlgorithm):
@@ -41,7 +45,7 @@ class BackpropThroughTime(RelaxingAlgorithm):
         with torch.enable_grad():
             start = self.phases.initial_state(model, x)
             free = self.phases.unrolled(model, start, self.phases.free_iterations)
-            o = model_output(model, free.states).float()
+            o = cost_precision(model_output(model, free.states))
             loss = self.cost(o, y)
             grads = list(torch.autograd.grad(loss.mean(), params, allow_unused=True))
         free.states = [s.detach() for s in free.states]

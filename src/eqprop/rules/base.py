@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..core.nudging import Cost, get_cost, one_hot
+from ..core.nudging import Cost, cost_precision, get_cost, one_hot
 from ..core.relaxation import RelaxResult
 from ..errors import ConfigError
 from ..models.base import model_output
@@ -88,7 +88,7 @@ class LearningAlgorithm:
         free = self.free_phase(model, x)
         grads = self.gradients(model, x, y, free)
         write_grads(model, grads)
-        o = model_output(model, free.states).float()
+        o = cost_precision(model_output(model, free.states))
         return StepResult(self.cost(o, y).detach(), o.detach(), free, grads)
 
     def state_dict(self) -> dict[str, Any]:

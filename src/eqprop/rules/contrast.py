@@ -3,9 +3,11 @@ the nudging schemes and the contrast of two equilibria.
 
 The estimate of dC/dtheta from two nudged equilibria s_{beta_1}, s_{beta_2} is
     g = (dE/dtheta(s_{beta_2}) - dE/dtheta(s_{beta_1})) / (beta_2 - beta_1),
-eq. (3) for CL (beta = 0, 1 with clamping), eq. (5) for P-/N-EP (0, +-beta), eq. (6) for C-EP (-beta, +beta),
-eqs. (8)-(9) for the CpL variants. The random scheme draws the sign of a one-sided estimate per step, which
-removes its first-order bias in expectation (the PCN paper's "random" finite difference).
+eq. (3) for CL (beta = 0, 1 with clamping), eq. (5) for P-EP (0, beta) and N-EP (-beta, 0), eq. (6) for C-EP
+(-beta, +beta), eqs. (8)-(9) for the CpL variants. The phases run in that order, the comparative study's public
+code's, so the second is the state a persistent free-phase start carries to the next step. The random scheme
+draws the sign of a one-sided estimate per step, which removes its first-order bias in expectation (the PCN
+paper's "random" finite difference).
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from ..core.nudging import Beta, Cost, EPNudge
 
 __all__ = ["SCHEMES", "SCHEME_ALIASES", "Scheme", "contrast", "nudged_energy_grads"]
 
-# the nudging values as multiples of beta; None: drawn per step
+# the nudging values as multiples of beta, in the order the phases run; None: drawn per step
 SCHEMES: dict[str, tuple[float, float] | None] = {
     "positive": (0.0, 1.0),
-    "negative": (0.0, -1.0),
+    "negative": (-1.0, 0.0),
     "centered": (-1.0, 1.0),
     "random": None,
 }
