@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from eqprop.errors import DataError
-from eqprop.training.data import dataset_spec, load_dataset, random_crop, random_flip, read_idx
+from eqprop.training.data import Augmentation, dataset_spec, load_dataset, random_crop, random_flip, read_idx
 
 MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 
@@ -176,6 +176,40 @@ def test_random_flip_and_crop_are_per_image_and_seeded():
         offsets.add(match[0])
     assert len(offsets) > 5
     assert torch.equal(random_crop(x, 2, torch.Generator().manual_seed(1)), cropped)
+
+
+@pytest.mark.parametrize("mode", ["edge", "reflect"])
+def test_crops_pad_as_torchvision_does(mode):
+    """Oracle: torchvision's pad in the same padding_mode (RandomCrop(padding_mode=...) pads with it). Every
+    crop is a window of torchvision's padded image; black padding (control) does not explain the crops."""
+    from torchvision.transforms.v2 import functional as TF
+
+    x = torch.rand(40, 3, 6, 7) + 0.5  # no zero pixels, so any black padding would show
+    cropped = Augmentation(crop_padding=3, padding_mode=mode)(x, torch.Generator().manual_seed(2))
+    oracle = TF.pad(x, [3], padding_mode=mode)
+    black = torch.nn.functional.pad(x, (3, 3, 3, 3))
+    offsets, off_centre = set(), 0
+    for i in range(len(x)):
+        windows = [(dy, dx) for dy in range(7) for dx in range(7)]
+        match = [(dy, dx) for dy, dx in windows if torch.equal(cropped[i], oracle[i, :, dy : dy + 6, dx : dx + 7])]
+        assert match, f"crop {i} is not a window of torchvision's {mode}-padded image"
+        offsets.add(match[0])
+        if match[0] != (3, 3):
+            off_centre += 1
+            assert not any(torch.equal(cropped[i], black[i, :, dy : dy + 6, dx : dx + 7]) for dy, dx in windows)
+    assert len(offsets) > 15 and off_centre > 30
+
+
+def test_augmentation_refuses_bad_settings():
+    with pytest.raises(ValueError, match="valid modes are"):
+        Augmentation(crop_padding=2, padding_mode="wrap")
+    with pytest.raises(ValueError, match="crop_padding must be >= 0"):
+        Augmentation(crop_padding=-1)
+    from eqprop.errors import ConfigError
+    from eqprop.training.config import load_config
+
+    with pytest.raises(ConfigError, match="crop_padding_mode"):
+        load_config("configs/default.yaml", ["crop_padding_mode=wrap"])
 
 
 def write_image_folder(root, classes=("n01", "n02", "n03"), per_class=(6, 3), seed=0):

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from eqprop.training.config import load_config
-from eqprop.training.data import epoch_batches, load_digits
+from eqprop.training.data import Augmentation, epoch_batches, load_digits
 from eqprop.training.distributed import Context, shard
 from eqprop.training.results import read_run
 from eqprop.training.trainer import Trainer
@@ -146,7 +146,7 @@ def test_the_shards_of_a_batch_are_the_batch():
     batches exactly (flips and crops included), for batches that do not divide evenly."""
     data = load_digits(image_size=8)
     images, labels = data.train_images[:70], data.train_labels[:70]
-    kw = dict(flip=True, crop_padding=2)
+    kw = dict(augment=Augmentation(flip=True, crop_padding=2, padding_mode="edge"))
     whole = list(epoch_batches(data, images, labels, 32, torch.Generator().manual_seed(3), **kw))
     parts = [
         list(

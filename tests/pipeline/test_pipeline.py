@@ -243,29 +243,39 @@ CONVENTIONS = {
     ("model", "bias_init"): "uniform",
     ("rule", "nudged_output"): "iterate",
 }
+# the code's datasets.py: CIFAR-10 RandomCrop(32, padding=4, padding_mode="edge") after the flip; MNIST padded to
+# 32x32 by two black pixels, then RandomCrop(32, padding=2, padding_mode="edge")
+CIFAR_CROPS = {("data", "crop_padding"): 4, ("data", "crop_padding_mode"): "edge"}
+MNIST_CROPS = {("data", "crop_padding"): 2, ("data", "crop_padding_mode"): "edge"}
 
 
 @pytest.mark.parametrize(
     "name, base, extra",
     [
-        ("cifar10_100", "table3/async16_60", {}),
-        ("cifar10_100_precise", "table3/async16_60_precise", {}),
-        ("cifar10_100_fp32", "table3/async16_60", {("relax", "dtype"): "float32"}),
+        ("cifar10_100", "table3/async16_60", CIFAR_CROPS),
+        ("cifar10_100_precise", "table3/async16_60_precise", CIFAR_CROPS),
+        ("cifar10_100_fp32", "table3/async16_60", {**CIFAR_CROPS, ("relax", "dtype"): "float32"}),
         (
             "cifar10_sync32_250",
             "table3/sync32_250",
-            {("relax", "channels_last"): True, ("relax", "fused_kernels"): True},
+            {**CIFAR_CROPS, ("relax", "channels_last"): True, ("relax", "fused_kernels"): True},
         ),
         (
             "mnist_100",
             "table2/mnist_100",
-            {("relax", "cuda_graphs"): True, ("relax", "channels_last"): True, ("relax", "fused_kernels"): True},
+            {
+                **MNIST_CROPS,
+                ("relax", "cuda_graphs"): True,
+                ("relax", "channels_last"): True,
+                ("relax", "fused_kernels"): True,
+            },
         ),
     ],
 )
-def test_public_code_configs_are_the_table_configs_plus_the_five_conventions(name, base, extra):
-    """Each public_code config differs from the Table 2/3 config of the same run in the five conventions (and
-    the named speed or precision keys) only: beta, rates, gains, T, K, epochs stay the tables' values."""
+def test_public_code_configs_are_the_table_configs_plus_the_code_conventions(name, base, extra):
+    """Each public_code config differs from the Table 2/3 config of the same run in the five conventions, the
+    code's random crops (and the named speed or precision keys) only: beta, rates, gains, T, K, epochs stay the
+    tables' values."""
     ours = load_config(ROOT / f"configs/comparative_study/public_code/{name}.yaml")
     table = load_config(ROOT / f"configs/comparative_study/{base}.yaml")
     assert _flat_differences(table, ours) == {**CONVENTIONS, **extra}
@@ -337,7 +347,7 @@ def _final_state(trainer):
 def test_interrupted_run_resumes_exactly(tmp_path):
     """SIGTERM in the middle of epoch 2 leaves a checkpoint; resuming gives the same weights and metrics
     as the run that was never interrupted (optimiser, scheduler, shuffling and augmentation RNG restored)."""
-    extra = ["epochs=3", "crop_padding=1", "flip=true", "init=uniform"]
+    extra = ["epochs=3", "crop_padding=1", "crop_padding_mode=edge", "flip=true", "init=uniform"]
     straight = Trainer(tiny(tmp_path / "a", *extra), log=lambda s: None)
     straight.fit()
 

@@ -2,8 +2,9 @@
 
 ``load_dataset(name, ...)`` returns an :class:`ImageData`: raw train/test images (uint8, or float in [0, 1])
 with labels, the data set's normalisation (Table 4) and its augmentation defaults (appendix D: random
-horizontal flips on Fashion-MNIST, CIFAR-10 and CIFAR-100). Augmentation (flip, random crop) runs on raw
-batches, so padding is black as in torchvision's ``RandomCrop``; normalisation comes last.
+horizontal flips on Fashion-MNIST, CIFAR-10 and CIFAR-100). Augmentation (:class:`Augmentation`: flip, then
+random crop) runs on raw batches, so a crop's padding is black, or repeats the border pixels
+(``padding_mode="edge"``, torchvision's ``RandomCrop(padding_mode="edge")``); normalisation comes last.
 
 - ``digits``: scikit-learn's bundled 8x8 digits (1797 images, no download), seeded stratified split, resized.
 - ``mnist``, ``fashion_mnist``: IDX files (plain or .gz), padded to 32x32 by two pixels per side (appendix D).
@@ -52,6 +53,8 @@ __all__ = [
     "load_digits",
     "load_mnist",
     "read_idx",
+    "Augmentation",
+    "PADDING_MODES",
     "random_flip",
     "random_crop",
     "FolderImages",
@@ -126,8 +129,7 @@ class ImageData:
         self,
         images: Tensor,
         *,
-        flip: bool = False,
-        crop_padding: int = 0,
+        augment: Augmentation | None = None,
         generator: torch.Generator | None = None,
         flatten: bool = False,
         rows: tuple[slice, int] | None = None,
@@ -138,10 +140,8 @@ class ImageData:
         x = images.float()
         if images.dtype == torch.uint8:
             x = x / 255.0
-        if flip:
-            x = random_flip(x, generator, rows)
-        if crop_padding > 0:
-            x = random_crop(x, crop_padding, generator, rows)
+        if augment is not None:
+            x = augment(x, generator, rows)
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         x = (x - mean) / std
@@ -160,8 +160,7 @@ def epoch_batches(
     batch_size: int,
     generator: torch.Generator,
     *,
-    flip: bool = False,
-    crop_padding: int = 0,
+    augment: Augmentation | None = None,
     flatten: bool = False,
     start: int = 0,
     resume_generator: Tensor | None = None,
@@ -181,8 +180,7 @@ def epoch_batches(
         part = shard(len(idx)) if shard is not None else slice(0, len(idx))
         x = data.prepare(
             images[idx[part]],
-            flip=flip,
-            crop_padding=crop_padding,
+            augment=augment,
             generator=generator,
             flatten=flatten,
             rows=(part, len(idx)),
@@ -197,13 +195,24 @@ def random_flip(x: Tensor, generator: torch.Generator | None = None, rows: tuple
     return torch.where(mask.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
 
 
+# torchvision's RandomCrop padding modes -> torch.nn.functional.pad modes
+PADDING_MODES = {"constant": "constant", "edge": "replicate", "reflect": "reflect"}
+
+
 def random_crop(
-    x: Tensor, padding: int, generator: torch.Generator | None = None, rows: tuple[slice, int] | None = None
+    x: Tensor,
+    padding: int,
+    generator: torch.Generator | None = None,
+    rows: tuple[slice, int] | None = None,
+    padding_mode: str = "constant",
 ) -> Tensor:
-    """Pad each image by ``padding`` zero (black) pixels per side and crop it back at a random offset."""
+    """Pad each image by ``padding`` pixels per side and crop it back at a random offset. The padding is black
+    (``"constant"``), repeats the border pixels (``"edge"``) or mirrors the image (``"reflect"``)."""
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"unknown padding_mode {padding_mode!r}; valid modes are {list(PADDING_MODES)}")
     n, _, h, w = x.shape
     part, total = rows or (slice(None), n)
-    padded = F.pad(x, (padding, padding, padding, padding))
+    padded = F.pad(x, (padding, padding, padding, padding), mode=PADDING_MODES[padding_mode])
     dy = torch.randint(0, 2 * padding + 1, (total,), generator=generator)[part].to(x.device)
     dx = torch.randint(0, 2 * padding + 1, (total,), generator=generator)[part].to(x.device)
     ys = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
@@ -211,6 +220,31 @@ def random_crop(
     batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
     chans = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
     return padded[batch, chans, ys, xs]
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Training-time augmentation of raw batches (appendix D): random horizontal flips, then random crops
+    after padding by ``crop_padding`` pixels per side in ``padding_mode``; the identity by default."""
+
+    flip: bool = False
+    crop_padding: int = 0
+    padding_mode: str = "constant"
+
+    def __post_init__(self) -> None:
+        if self.crop_padding < 0:
+            raise ValueError(f"crop_padding must be >= 0, got {self.crop_padding}")
+        if self.padding_mode not in PADDING_MODES:
+            raise ValueError(f"unknown padding_mode {self.padding_mode!r}; valid modes are {list(PADDING_MODES)}")
+
+    def __call__(
+        self, x: Tensor, generator: torch.Generator | None = None, rows: tuple[slice, int] | None = None
+    ) -> Tensor:
+        if self.flip:
+            x = random_flip(x, generator, rows)
+        if self.crop_padding > 0:
+            x = random_crop(x, self.crop_padding, generator, rows, self.padding_mode)
+        return x
 
 
 # --------------------------------------------------------------------------------------------- loaders
@@ -856,6 +890,7 @@ class DataSection(Section):
     image_size: int = setting(16, "digits only: resize the 8x8 images to this size (file-based sets keep theirs)")
     flip: bool | None = setting(None, "random horizontal flips in training; null: the paper's choice per data set")
     crop_padding: int = setting(0, "random crops after padding by this many pixels; 0: off")
+    crop_padding_mode: str = setting("constant", "the crops' padding: constant (black), edge (border pixels), reflect")
     normalization: str = setting("dataset", "mean/std: dataset (its own), pcn (PCN paper's Table 4), hep (HEP code)")
     limit_train: int | None = setting(None, "keep the first N training images (quick runs, tests)")
     limit_test: int | None = setting(None, "keep the first N test images")
@@ -869,5 +904,6 @@ class DataSection(Section):
             raise ConfigError(f"normalization={self.normalization}: {problem}")
         self.at_least(1, "image_size", "limit_train", "limit_test")
         self.at_least(0, "crop_padding")
+        self.crop_padding_mode = check_choice("crop_padding_mode", self.crop_padding_mode, list(PADDING_MODES))
         if not 0 <= self.validation < 1:
             raise ConfigError(f"config key 'validation' must be a fraction in [0, 1), got {self.validation}")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import ImageData, epoch_batches
+from .data import Augmentation, ImageData, epoch_batches
 
 __all__ = ["ConvTeacher", "TeacherFeatures", "train_teacher", "load_or_train_teacher"]
 
@@ -97,8 +97,7 @@ def train_teacher(
     lr: float = 0.05,
     weight_decay: float = 5e-4,
     seed: int = 0,
-    flip: bool = False,
-    crop_padding: int = 0,
+    augment: Augmentation | None = None,
     log: Callable[[str], None] = print,
 ) -> float:
     """Train by backprop (SGD, Nesterov momentum, cosine annealing); returns the test error."""
@@ -110,7 +109,7 @@ def train_teacher(
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         teacher.train()
-        for _, x, y in epoch_batches(data, images, labels, batch_size, gen, flip=flip, crop_padding=crop_padding):
+        for _, x, y in epoch_batches(data, images, labels, batch_size, gen, augment=augment):
             loss = F.cross_entropy(teacher(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -139,8 +138,7 @@ def load_or_train_teacher(
     epochs: int,
     device: torch.device,
     seed: int,
-    flip: bool,
-    crop_padding: int,
+    augment: Augmentation,
     log: Callable[[str], None],
 ) -> ConvTeacher:
     """The teacher at ``path`` (a state dict saved by a previous run), else the run's own ``teacher.pt``,
@@ -155,7 +153,7 @@ def load_or_train_teacher(
     if path is not None:
         raise FileNotFoundError(f"teacher checkpoint {path} does not exist; leave teacher unset to train one")
     log(f"eqprop: training the KD teacher by backprop for {epochs} epochs")
-    err = train_teacher(teacher, data, epochs, device, seed=seed, flip=flip, crop_padding=crop_padding, log=log)
+    err = train_teacher(teacher, data, epochs, device, seed=seed, augment=augment, log=log)
     log(f"eqprop: KD teacher test error {100 * err:.2f}%")
     if run_teacher is not None:
         torch.save(teacher.state_dict(), run_teacher)

@@ -40,7 +40,7 @@ from ..rules.signals import KnowledgeDistillation, LocalError, WeightedKnowledge
 from . import distributed
 from .callbacks import BatchFunction, Callback, Diagnostics, DivergenceError, DivergenceGuard, KappaSchedule
 from .config import INCIDENTAL, ConfigError, TrainConfig, config_from_dict, parse_overrides
-from .data import ImageData, epoch_batches, load_dataset, normalize_as
+from .data import Augmentation, ImageData, epoch_batches, load_dataset, normalize_as
 from .optim import layer_rates, make_optimizer, make_scheduler
 from .run_directory import RunDirectory, provenance, read_checkpoint, restore_rng, rng_state
 from .teacher import ConvTeacher, TeacherFeatures, load_or_train_teacher
@@ -76,6 +76,13 @@ def load_data(cfg: TrainConfig) -> ImageData:
     )
     data = normalize_as(data, cfg.normalization)
     return data.hold_out(cfg.validation, cfg.seed) if cfg.validation > 0 else data
+
+
+def training_augmentation(cfg: TrainConfig, data: ImageData) -> Augmentation:
+    """The training batches' augmentation: flips (the data set's default from appendix D unless ``flip`` says)
+    and random crops (``crop_padding``, ``crop_padding_mode``)."""
+    flip = data.flip if cfg.flip is None else cfg.flip
+    return Augmentation(flip, cfg.crop_padding, cfg.crop_padding_mode)
 
 
 def build_network(cfg: TrainConfig, in_shape: tuple[int, ...], num_classes: int) -> Any:
@@ -122,8 +129,7 @@ def build_signals(
         cfg.teacher_epochs,
         device,
         cfg.seed,
-        data.flip if cfg.flip is None else cfg.flip,
-        cfg.crop_padding,
+        training_augmentation(cfg, data),
         log,
     )
     features = TeacherFeatures(teacher)
@@ -291,7 +297,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = cfg.cudnn_benchmark and not cfg.deterministic
         self.data = load_data(cfg)
         self.flatten = model_spec(cfg.model.kind).flat_input
-        self.flip = self.data.flip if cfg.flip is None else cfg.flip
+        self.augment = training_augmentation(cfg, self.data)
         in_shape = (math.prod(self.data.image_shape),) if self.flatten else self.data.image_shape
         with _config_errors(f"model {cfg.model.kind}"):
             self.network = build_network(cfg, in_shape, self.data.num_classes)  # an EnergyModel
@@ -526,8 +532,7 @@ class Trainer:
             self.train_labels,
             cfg.batch_size,
             self.generator,
-            flip=self.flip,
-            crop_padding=cfg.crop_padding,
+            augment=self.augment,
             flatten=self.flatten,
             start=partial["batch"],
             resume_generator=partial.get("generator"),
