@@ -54,6 +54,18 @@ def test_config_errors_name_what_to_change(tmp_path):
         parse_overrides(["pooling=average"])
     with pytest.raises(ConfigError, match="paddings"):
         parse_overrides(["channels=[8,8]", "paddings=[1]"])
+    with pytest.raises(ConfigError, match="periods"):
+        parse_overrides([*HEP_TINY, "periods=-1"])
+
+
+def test_the_online_variant_trains_through_the_cli(tmp_path):
+    """periods=P reaches the rule (its repr says so) and a short online run learns on digits."""
+    out = tmp_path / "online"
+    cfg = parse_overrides([*HEP_TINY, "periods=2", "epochs=3", f"out_dir={out}"])
+    trainer = Trainer(cfg, log=lambda s: None)
+    assert trainer.algorithm.periods == 2 and "online over 2 periods" in repr(trainer.algorithm)
+    history = trainer.fit()
+    assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
 
 
 def test_decoupled_weight_decay_shrinks_before_the_momentum_step():

@@ -151,7 +151,8 @@ def register_algorithm(
 ) -> None:
     """Register a learning algorithm factory under ``name`` (looked up case-insensitively, '-' ignored), with
     the model families it trains (see :func:`eqprop.models.register_model`) and the keywords the Trainer
-    builds it with (from ``cost``, ``phases``, ``beta``, ``points``, ``seed``, ``epsilon``, ``loss_at``, ``stack``)."""
+    builds it with (from ``cost``, ``phases``, ``beta``, ``points``, ``periods``, ``seed``, ``epsilon``, ``loss_at``,
+    ``stack``)."""
     ALGORITHMS[name] = factory
     ALGORITHM_FAMILIES[name] = tuple(families)
     ALGORITHM_OPTIONS[name] = tuple(options)
@@ -209,6 +210,7 @@ class RuleSection(Section):
     loss_at: str = setting("last", "hssm: the loss reads the last step's readout, or the mean over every step")
     echo_stack: str = setting("lockstep", "RHEL on stacks: all units echo together, or one after another")
     points: int = setting(4, "HEP: N nudged phases at beta_k = |beta| exp(2 pi i k/N) (N = 2: centered EP)")
+    periods: int = setting(0, "HEP: 0 static phases from the free state; P >= 1 the online variant, P turns of beta")
 
     def validate(self) -> None:
         from ..core.nudging import COSTS, NUDGED_OUTPUTS
@@ -225,5 +227,6 @@ class RuleSection(Section):
         self.echo_stack = check_choice("echo_stack", self.echo_stack, list(STACK_ECHOES))
         self.at_least(0, "beta")
         self.at_least(2, "points")
+        self.at_least(0, "periods")
         if not self.epsilon > 0:
             raise ConfigError(f"config key 'epsilon' must be > 0, got {self.epsilon}")

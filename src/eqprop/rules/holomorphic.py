@@ -17,6 +17,12 @@ Im beta_k >= 0 are relaxed: the real ones (beta = |beta|, and -|beta| for even N
 contribution doubles to 2 Re(...), batched along the batch axis. The hard sigmoid and max-pooling are not
 holomorphic: with them only N = 2 (all phases real: centered EP) is allowed; N > 2 is refused with the parts
 to change.
+
+The online variant (``periods`` = P >= 1) lets beta turn instead: from the free state, each of P periods runs
+the N phases in turn, K iterations each, every phase starting from the state the previous one left, and the
+estimate is the mean of Re(dF/dtheta(s, beta_k) / beta_k) over all N P phases. Once K iterations settle each
+phase, this is the static estimate; with shorter phases the states lag the turning beta (a biased estimate that
+needs no reset of the network between phases, as a physical system driven by an oscillating nudge would).
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ def circle(beta: float, points: int) -> list[complex]:
 class HolomorphicEP(RelaxingAlgorithm):
     """HEP: the free phase, then nudged phases at beta_k = |beta| e^{2 pi i k/N} from the free state (module
     docstring); ``points`` is N (>= 2), ``beta`` the radius |beta|. ``batch_phases`` relaxes the complex phases
-    as one batch (B x their number) rather than one after another."""
+    as one batch (B x their number) rather than one after another. ``periods`` > 0: the online variant."""
 
     name = "HEP"
 
@@ -57,6 +63,7 @@ class HolomorphicEP(RelaxingAlgorithm):
         cost: str | Cost = "squared_error",
         phases: Phases | None = None,
         batch_phases: bool = True,
+        periods: int = 0,
         **phase_options: Any,
     ) -> None:
         super().__init__(cost=cost, phases=phases, **phase_options)
@@ -64,7 +71,10 @@ class HolomorphicEP(RelaxingAlgorithm):
             raise ValueError(f"HEP needs points >= 2 nudged phases on the circle (N = 1 is P-EP), got {points}")
         if not beta > 0:
             raise ValueError(f"HEP needs a radius |beta| > 0, got {beta}")
+        if int(periods) != periods or periods < 0:
+            raise ValueError(f"HEP periods must be 0 (static phases) or >= 1 (the online variant), got {periods}")
         self.beta, self.points, self.batch_phases = float(beta), int(points), bool(batch_phases)
+        self.periods = int(periods)
 
     @property
     def complex_betas(self) -> list[complex]:
@@ -88,20 +98,27 @@ class HolomorphicEP(RelaxingAlgorithm):
         value per sample of a batch of stacked phases). Complex phases run with the messages solver in the
         parameters' precision even when the relaxation's ``dtype`` is 16-bit or its nudged phases run in
         deviation mode (neither has a complex form here)."""
+        return self._relax(model, list(free.states), y, beta)
+
+    def _relax(self, model: Any, states: list[Tensor], y: Tensor, beta: float | complex | Tensor) -> RelaxResult:
+        """K iterations from ``states`` at ``beta``: real ones by the configured nudged phase, complex ones with
+        the messages solver on complex states in the parameters' precision."""
         nudge = EPNudge(self.cost, y, beta, getattr(model, "readout", None))
-        if not isinstance(beta, (complex, Tensor)):
-            return self.phases.nudged(model, list(free.states), nudge)
+        if not isinstance(beta, (complex, Tensor)) and not states[-1].is_complex():
+            return self.phases.nudged(model, states, nudge)
         settings = self.phases.settings
         if settings.dtype in (torch.float16, torch.bfloat16):
             settings = replace(settings, dtype=None)
         solver = get_solver("messages", settings)
         pdtype = next(model.parameters()).dtype
-        states = [free.states[0].to(pdtype)] + [s.to(complex_dtype(pdtype)) for s in free.states[1:]]
+        states = [states[0].to(pdtype)] + [s.to(complex_dtype(pdtype)) for s in states[1:]]
         with torch.no_grad():
             return solver(model, states, self.phases.nudged_iterations, nudge)
 
     def gradients(self, model, x, y, free):
         self.check_model(model)
+        if self.periods:
+            return self._online(model, y, free)
         n, r = self.points, self.beta
         s_plus = self.nudged_phase(model, y, free, r).states
         g_plus = nudged_energy_grads(model, self.cost, y, s_plus, r)
@@ -140,8 +157,31 @@ class HolomorphicEP(RelaxingAlgorithm):
                 objective = objective + (f / beta).real.sum() * (2.0 / batch)
             return list(torch.autograd.grad(objective, params, allow_unused=True))
 
+    def _online(self, model: Any, y: Tensor, free: RelaxResult) -> list[Tensor | None]:
+        """The online variant: ``periods`` turns of beta through the N points, each phase K iterations from the
+        previous phase's state; the mean of Re(dF/dtheta(s, beta_k) / beta_k) over all the phases (batch mean).
+        With N = 2 every phase is real; otherwise the states are complex throughout."""
+        betas: list[float | complex] = list(circle(self.beta, self.points))
+        if self.points == 2:
+            betas = [self.beta, -self.beta]
+        params = list(model.parameters())
+        readout = getattr(model, "readout", None)
+        states, batch = list(free.states), y.shape[0]
+        objective = torch.zeros((), dtype=params[0].dtype, device=y.device)
+        with torch.enable_grad():
+            for _ in range(self.periods):
+                for beta in betas:
+                    with torch.no_grad():
+                        states = self._relax(model, states, y, beta).states
+                    f = model.nudged_energy([s.detach() for s in states], EPNudge(self.cost, y, beta, readout))
+                    objective = objective + (f / beta).real.sum() / batch
+            grads = torch.autograd.grad(objective, params, allow_unused=True)
+        scale = 1.0 / (self.points * self.periods)
+        return [None if g is None else g * scale for g in grads]
+
     def __repr__(self) -> str:
-        return f"HEP(|beta|={self.beta}, N={self.points}, {self.phases.describe()}, cost={self.cost.name})"
+        online = f", online over {self.periods} periods" if self.periods else ""
+        return f"HEP(|beta|={self.beta}, N={self.points}{online}, {self.phases.describe()}, cost={self.cost.name})"
 
 
-register_algorithm("HEP", HolomorphicEP, options=("cost", "phases", "beta", "points"))
+register_algorithm("HEP", HolomorphicEP, options=("cost", "phases", "beta", "points", "periods"))

@@ -157,6 +157,7 @@ def build_algorithm(cfg: TrainConfig) -> LearningAlgorithm:
         "loss_at": cfg.loss_at,
         "stack": cfg.echo_stack,
         "points": cfg.points,
+        "periods": cfg.periods,
     }
     options = algorithm_options(cfg.algorithm)
     if "phases" in options:
