@@ -97,6 +97,27 @@ def test_optimizer_groups_and_cosine_schedule():
         make_optimizer(net, [0.1, 0.1, 0.1])
 
 
+def test_a_cosine_ending_at_a_fraction_of_each_rate_is_torchs_cosine_per_group():
+    """Oracle: torch's CosineAnnealingLR run separately for each group with eta_min = r lr_g (its recursive
+    form, not our closed one); every epoch's rates agree."""
+    net, r, rates = hopfield_mlp((4, 3, 2)), 1e-3, [0.1, 0.01]
+    ours = make_optimizer(net, rates, momentum=0.9)
+    sched = make_scheduler(ours, t_max=7, eta_min=0.5, eta_min_ratio=r)  # eta_min is ignored
+    theirs = [torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr) for lr in rates]
+    refs = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=7, eta_min=r * lr) for o, lr in zip(theirs, rates)]
+    for _ in range(7):
+        for opt in (ours, *theirs):
+            opt.step()
+        sched.step()
+        for ref in refs:
+            ref.step()
+        for group, o in zip(ours.param_groups, theirs):
+            assert group["lr"] == pytest.approx(o.param_groups[0]["lr"], rel=1e-10)
+    assert [g["lr"] for g in ours.param_groups] == pytest.approx([r * lr for lr in rates], rel=1e-12)
+    with pytest.raises(ValueError, match="eta_min_ratio"):
+        make_scheduler(ours, t_max=7, eta_min_ratio=2.0)
+
+
 def test_soft_target_loss_is_minimal_at_the_target_distribution():
     t = torch.randn(4, 7, dtype=torch.float64)
     at_target = soft_target_loss(t, t, 4.0)

@@ -347,7 +347,7 @@ def _final_state(trainer):
 def test_interrupted_run_resumes_exactly(tmp_path):
     """SIGTERM in the middle of epoch 2 leaves a checkpoint; resuming gives the same weights and metrics
     as the run that was never interrupted (optimiser, scheduler, shuffling and augmentation RNG restored)."""
-    extra = ["epochs=3", "crop_padding=1", "crop_padding_mode=edge", "flip=true", "init=uniform"]
+    extra = ["epochs=3", "crop_padding=1", "crop_padding_mode=edge", "flip=true", "init=uniform", "eta_min_ratio=0.01"]
     straight = Trainer(tiny(tmp_path / "a", *extra), log=lambda s: None)
     straight.fit()
 

@@ -3,6 +3,7 @@ rates (Table 5, "lr conv-weight k & bias k") and cosine annealing (T_max, eta_mi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -60,9 +61,23 @@ def layer_rates(lrs: float | Sequence[float], groups: int) -> list[float]:
     return rates
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, t_max: int, eta_min: float = 2e-6):
-    """Cosine annealing of every group's learning rate down to ``eta_min`` over ``t_max`` epochs."""
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(t_max)), eta_min=eta_min)
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, t_max: int, eta_min: float = 2e-6, eta_min_ratio: float | None = None
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Cosine annealing over ``t_max`` epochs of every group's learning rate down to ``eta_min``, or, with
+    ``eta_min_ratio`` = r, of each group's rate lr_g down to r lr_g (the holomorphic-EP code's schedule):
+    lr_g(t) = lr_g (r + (1 - r) (1 + cos(pi t / t_max)) / 2)."""
+    t_max = max(1, int(t_max))
+    if eta_min_ratio is None:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, eta_min=eta_min)
+    r = float(eta_min_ratio)
+    if not 0 <= r <= 1:
+        raise ValueError(f"eta_min_ratio must lie in [0, 1], got {r}")
+
+    def factor(t: int) -> float:
+        return r + (1 - r) * (1 + math.cos(math.pi * min(t, t_max) / t_max)) / 2
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 @dataclass
@@ -78,9 +93,12 @@ class OptimSection(Section):
     epochs: int = setting(20, "training epochs (also the cosine schedule's T_max)")
     batch_size: int = setting(64, "mini-batch size")
     eta_min: float = setting(2e-6, "final learning rate of the cosine schedule")
+    eta_min_ratio: float | None = setting(None, "end each group's cosine at this fraction of its rate; null: eta_min")
 
     def validate(self) -> None:
         self.at_least(1, "epochs", "batch_size")
         self.at_least(0, "momentum", "weight_decay", "eta_min")
+        if self.eta_min_ratio is not None and not 0 <= self.eta_min_ratio <= 1:
+            raise ConfigError(f"config key 'eta_min_ratio' must be null or lie in [0, 1], got {self.eta_min_ratio}")
         if not self.lrs or min(self.lrs) < 0:
             raise ConfigError(f"config key 'lrs' must list learning rates >= 0, got {self.lrs}")

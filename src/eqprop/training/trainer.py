@@ -324,7 +324,7 @@ class Trainer:
             if list(sig.parameters()):
                 layer = int(sig.layer)  # type: ignore[arg-type]  # an IntermediateSignal's layer index
                 self.optimizer.add_param_group({"params": list(sig.parameters()), "lr": rates[layer - 1]})
-        self.scheduler = make_scheduler(self.optimizer, cfg.epochs, cfg.eta_min)
+        self.scheduler = make_scheduler(self.optimizer, cfg.epochs, cfg.eta_min, cfg.eta_min_ratio)
         distributed.broadcast_parameters(
             [*self.network.state_dict().values(), *self.signals.state_dict().values()], self.dist
         )
@@ -481,7 +481,7 @@ class Trainer:
         trainer.optimizer.load_state_dict(state["optimizer"])  # momentum buffers
         for group, lr in zip(trainer.optimizer.param_groups, rates):
             group["lr"] = group["initial_lr"] = lr
-        trainer.scheduler = make_scheduler(trainer.optimizer, cfg.epochs, cfg.eta_min)
+        trainer.scheduler = make_scheduler(trainer.optimizer, cfg.epochs, cfg.eta_min, cfg.eta_min_ratio)
         with warnings.catch_warnings():  # stepping the schedule to the epoch reached, before any optimizer step
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(state["epoch"]):
