@@ -167,17 +167,16 @@ class HolomorphicEP(RelaxingAlgorithm):
         params = list(model.parameters())
         readout = getattr(model, "readout", None)
         states, batch = list(free.states), y.shape[0]
-        objective = torch.zeros((), dtype=params[0].dtype, device=y.device)
-        with torch.enable_grad():
-            for _ in range(self.periods):
-                for beta in betas:
-                    with torch.no_grad():
-                        states = self._relax(model, states, y, beta).states
+        total: list[Tensor | None] = [None] * len(params)
+        for _ in range(self.periods):
+            for beta in betas:  # one backward per phase: memory stays that of one phase
+                states = self._relax(model, states, y, beta).states
+                with torch.enable_grad():
                     f = model.nudged_energy([s.detach() for s in states], EPNudge(self.cost, y, beta, readout))
-                    objective = objective + (f / beta).real.sum() / batch
-            grads = torch.autograd.grad(objective, params, allow_unused=True)
+                    grads = torch.autograd.grad((f / beta).real.sum() / batch, params, allow_unused=True)
+                total = [g if t is None else t if g is None else t + g for t, g in zip(total, grads)]
         scale = 1.0 / (self.points * self.periods)
-        return [None if g is None else g * scale for g in grads]
+        return [None if g is None else g * scale for g in total]
 
     def __repr__(self) -> str:
         online = f", online over {self.periods} periods" if self.periods else ""
