@@ -30,7 +30,7 @@ class TruncatedBackprop(RelaxingAlgorithm):
             unrolled = self.phases.unrolled(model, start, self.phases.nudged_iterations).states
             loss = self.cost(cost_precision(model_output(model, unrolled)), y).mean()
             grads = list(torch.autograd.grad(loss, params, allow_unused=True))
-        self.phases.carry(model, [s.detach() for s in unrolled])
+        self.phases.carry(model, unrolled)
         return grads
 
 

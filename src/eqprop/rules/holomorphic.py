@@ -149,13 +149,15 @@ class HolomorphicEP(RelaxingAlgorithm):
         else:
             runs = [(self.nudged_phase(model, y, free, beta).states, beta, y) for beta in betas]
         params = list(model.parameters())
-        readout = getattr(model, "readout", None)
         with torch.enable_grad():
-            objective = torch.zeros((), dtype=params[0].dtype, device=y.device)
-            for states, beta, target in runs:
-                f = model.nudged_energy([s.detach() for s in states], EPNudge(self.cost, target, beta, readout))
-                objective = objective + (f / beta).real.sum() * (2.0 / batch)
-            return list(torch.autograd.grad(objective, params, allow_unused=True))
+            objective = torch.stack([self._cauchy_term(model, s, target, beta) for s, beta, target in runs]).sum()
+            return list(torch.autograd.grad(objective * (2.0 / batch), params, allow_unused=True))
+
+    def _cauchy_term(self, model: Any, states: list[Tensor], y: Tensor, beta: complex | float | Tensor) -> Tensor:
+        """sum over the batch of Re(F(s, beta) / beta), F the nudged energy at ``states``: its gradient in theta is
+        a phase's term Re(dF/dtheta / beta_k) of Cauchy's mean (times the batch size)."""
+        nudge = EPNudge(self.cost, y, beta, getattr(model, "readout", None))
+        return (model.nudged_energy([s.detach() for s in states], nudge) / beta).real.sum()
 
     def _online(self, model: Any, y: Tensor, free: RelaxResult) -> list[Tensor | None]:
         """The online variant: ``periods`` turns of beta through the N points, each phase K iterations from the
@@ -165,15 +167,14 @@ class HolomorphicEP(RelaxingAlgorithm):
         if self.points == 2:
             betas = [self.beta, -self.beta]
         params = list(model.parameters())
-        readout = getattr(model, "readout", None)
         states, batch = list(free.states), y.shape[0]
         total: list[Tensor | None] = [None] * len(params)
         for _ in range(self.periods):
             for beta in betas:  # one backward per phase: memory stays that of one phase
                 states = self._relax(model, states, y, beta).states
                 with torch.enable_grad():
-                    f = model.nudged_energy([s.detach() for s in states], EPNudge(self.cost, y, beta, readout))
-                    grads = torch.autograd.grad((f / beta).real.sum() / batch, params, allow_unused=True)
+                    term = self._cauchy_term(model, states, y, beta) / batch
+                    grads = torch.autograd.grad(term, params, allow_unused=True)
                 total = [g if t is None else t if g is None else t + g for t, g in zip(total, grads)]
         scale = 1.0 / (self.points * self.periods)
         return [None if g is None else g * scale for g in total]
