@@ -232,6 +232,23 @@ def test_evaluation_between_steps_leaves_the_carried_state_alone():
         assert rel_error(grads, ref_grads) < 1e-10
 
 
+def test_evaluation_reports_the_reference_loss_and_error_in_float64():
+    """The test pass relaxes from zeros and reports the mean cost and the top-1 error of the reference's
+    prediction; a float64 network's loss keeps float64 precision (a float32 cast would be off by ~1e-8)."""
+    net, rule = _library()
+    reference = PublicCodeReference(list(net.parameters()))
+    xs, labels = _batches()
+    _train(net, rule, reference)
+    images = xs[2].float()  # what ImageData holds; it hands the network float32 images cast to its dtype
+    data = ImageData("probe", xs[0].float(), labels[0], images, labels[2], (0.0,), (1.0,), 10)
+    metrics = evaluate(net, rule, data, torch.device("cpu"), batch_size=4, dtype=F64)
+    o = reference.predict(images.double())
+    loss = float(0.5 * (o - F.one_hot(labels[2], 10).to(F64)).pow(2).sum(1).mean())
+    error = float((o.argmax(1) != labels[2]).double().mean())
+    assert abs(metrics["loss"] - loss) < 1e-13 * loss, (metrics["loss"], loss)
+    assert metrics["error"] == error
+
+
 @pytest.mark.parametrize(
     "default",
     [{"cost": "squared_error"}, {"first": "even"}, {"init": "zeros"}, {"nudged_output": "exact"}],

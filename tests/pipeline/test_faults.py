@@ -435,3 +435,16 @@ def test_a_study_rerun_with_a_changed_override_is_refused_or_rerun_explicitly(tm
     calls.clear()
     run_study(tmp_path / "exp.yaml", study, overrides=[*FAST, "epochs=2"], log=lambda s: None)
     assert "--resume" in calls[0]  # the same config: the run resumes
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"algorithm": "XEP"}'])
+def test_a_study_over_a_run_with_an_unreadable_config_names_it_and_touches_nothing(tmp_path, content):
+    (tmp_path / "exp.yaml").write_text("epochs: 2\n")
+    study = tmp_path / "study"
+    run_dir = study / "CEP_digits_seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(content)
+    before = snapshot(study)
+    with pytest.raises(RunError, match=r"CEP_digits_seed0/config.json.*move that run out of the study"):
+        run_study(tmp_path / "exp.yaml", study, overrides=FAST, log=lambda s: None)
+    assert snapshot(study) == before

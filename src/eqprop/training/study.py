@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RunError
-from .config import ConfigError, TrainConfig, config_from_dict, load_config, parse_overrides, read_yaml
+from .config import ConfigError, TrainConfig, load_config, parse_overrides, read_yaml
 from .results import INCIDENTAL, plot_runs, read_run, results_table
 from .run_directory import PARENT_PID_VAR, lock_directory
+from .trainer import read_run_config
 
 __all__ = ["StudyRun", "plan_study", "run_study"]
 
@@ -81,14 +82,13 @@ def config_changes(saved: TrainConfig, planned: TrainConfig, ignore: tuple[str, 
 
 
 def saved_config(run_dir: Path) -> TrainConfig | None:
-    """The config a run directory was started with (None when it has none)."""
-    path = run_dir / "config.json"
-    if not path.exists():
+    """The config a run directory was started with (None when it has none); an unreadable one is a RunError."""
+    if not (run_dir / "config.json").exists():
         return None
     try:
-        return config_from_dict(json.loads(path.read_text()))
-    except (ValueError, OSError) as exc:  # ConfigError is a ValueError, as is a JSON decoding error
-        raise RunError(f"{path} cannot be read as a run's config ({exc}); move that run out of the study") from None
+        return read_run_config(run_dir)
+    except (RunError, ConfigError) as exc:
+        raise RunError(f"{exc}; move that run out of the study") from None
 
 
 def run_study(

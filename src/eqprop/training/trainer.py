@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..core.network import EnergyNetwork
-from ..core.nudging import get_cost
+from ..core.nudging import cost_precision, get_cost
 from ..errors import RunError
 from ..models.base import build_model, model_output, model_spec
 from ..rules.base import LearningAlgorithm, algorithm_options, get_algorithm
@@ -239,7 +239,7 @@ def _evaluate(
         stop = min(start + batch_size, part.stop)
         x = data.prepare(images[start:stop].to(device), flatten=flatten).to(dtype)
         labels = labels_all[start:stop].to(device)
-        out = model_output(network, algorithm.free_phase(network, x).states).float()
+        out = cost_precision(model_output(network, algorithm.free_phase(network, x).states))
         loss += float(algorithm.cost(out, algorithm.targets(network, labels)).sum())
         errs = topk_errors(out, labels)
         wrong1, wrong5 = wrong1 + errs[1], wrong5 + errs[5]
@@ -545,7 +545,7 @@ class Trainer:
             global_batch = min(cfg.batch_size, n - b * cfg.batch_size)
             distributed.average_gradients(params, len(labels), global_batch, self.dist)
             self.optimizer.step()
-            errs = topk_errors(result.output.float(), labels)
+            errs = topk_errors(cost_precision(result.output), labels)
             for callback in self.callbacks:
                 callback.on_batch_end(self, epoch, b, result)
             # one reduction per batch: the global batch's metrics, and whether any rank has been asked to stop
