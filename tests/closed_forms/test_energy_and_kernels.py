@@ -8,6 +8,7 @@ import torch
 
 from eqprop import (
     dchn,
+    get_algorithm,
     hopfield_mlp,
     make_optimizer,
     make_scheduler,
@@ -146,3 +147,56 @@ def test_kappa_schedules_follow_eq_14():
     assert kappa_schedule("cosine", 10, 10, 0.3, 0.01) == pytest.approx(0.01)
     with pytest.raises(ValueError, match="unknown kappa schedule 'step'; valid ones are"):
         kappa_schedule("step", 0, 10, 0.3)
+
+
+PUBLIC_CODE = dict(cost=("half_squared_error", "iterate"), first="odd", init="persistent")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "options",
+    [{"schedule": "asynchronous"}, {"schedule": "synchronous"}, {"schedule": "asynchronous", **PUBLIC_CODE}],
+    ids=["asynchronous", "synchronous", "public-code"],
+)
+def test_the_compiled_relaxation_on_the_cpu_is_the_native_one(monkeypatch, options):
+    """The fused path (compiled pooling, unpooling and layer updates) run on the CPU, where torch.compile's
+    C++ backend builds it: the same free states and C-EP updates as the native kernels, over two steps (the
+    second starts from the first's carried state with the public code's conventions, as in headline run 1).
+    The CUDA twin is in tests/gpu; this one runs without a GPU, so a logic error in the fused path shows in CI."""
+    from eqprop import set_fused_kernels
+    from eqprop.core import interactions, kernels, relaxation
+    from eqprop.core.nudging import get_cost
+
+    monkeypatch.setattr(kernels, "FUSED_DEVICE_TYPES", {"cuda", "cpu"})
+    calls: list[str] = []
+
+    def counting(name, activation=None):
+        calls.append(name)
+        return kernels.compiled(name, activation)
+
+    monkeypatch.setattr(interactions, "compiled", counting)
+    monkeypatch.setattr(relaxation, "compiled", counting)
+    torch.manual_seed(0)
+    net = dchn(3, 10, input_size=16, channels=(4, 6, 8), gains=(1.0, 1.0, 1.0, 0.9))
+    net.uniform_biases_(0.5)
+    batches = [(torch.randn(6, 3, 16, 16), torch.randint(0, 10, (6,))) for _ in range(2)]
+    kw = dict(options, free_iterations=12, nudged_iterations=5, beta=0.25)
+    if "cost" in kw:
+        kw["cost"] = get_cost(*kw["cost"])
+
+    def two_steps():
+        rule = get_algorithm("CEP", **kw)
+        net.train()
+        return [rule.step(net, x, y) for x, y in batches]
+
+    native = two_steps()
+    assert not calls
+    set_fused_kernels(net)
+    fused = two_steps()
+    set_fused_kernels(net, False)
+    assert {"pool", "unpool", "update"} <= set(calls)
+    for n, f in zip(native, fused):
+        for a, b in zip(n.free.states[1:], f.free.states[1:]):
+            assert float((a - b).abs().max()) < 1e-6
+        for a, b in zip(n.grads, f.grads):
+            assert float((a - b).norm()) <= 1e-5 * float(a.norm())

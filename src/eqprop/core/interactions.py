@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .kernels import compiled
+from .kernels import compiled, runs_fused
 
 __all__ = [
     "Interaction",
@@ -277,7 +277,7 @@ class ConvPool(Interaction):
             raise ValueError("max-pooling has no complex (holomorphic) form; use pooling='softmax'")
         if (
             self.fused
-            and z.is_cuda
+            and runs_fused(z)
             and not torch.is_grad_enabled()
             and self.pool_size == 2
             and z.shape[-1] % 2 == 0

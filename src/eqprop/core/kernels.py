@@ -17,7 +17,25 @@ from torch import Tensor, nn
 
 from .layers import Activation
 
-__all__ = ["max_pool2x2_code", "max_unpool2x2_code", "sum_messages", "layer_update", "compiled", "set_fused_kernels"]
+__all__ = [
+    "max_pool2x2_code",
+    "max_unpool2x2_code",
+    "sum_messages",
+    "layer_update",
+    "compiled",
+    "set_fused_kernels",
+    "FUSED_DEVICE_TYPES",
+    "runs_fused",
+]
+
+# The device types whose tensors take the compiled kernels. On the CPU the native kernels are as fast; add
+# "cpu" to check the fused relaxation there (torch.compile's CPU backend needs a C++ compiler).
+FUSED_DEVICE_TYPES: set[str] = {"cuda"}
+
+
+def runs_fused(t: Tensor) -> bool:
+    """Whether a tensor on this device takes the compiled kernels (:data:`FUSED_DEVICE_TYPES`)."""
+    return t.device.type in FUSED_DEVICE_TYPES
 
 
 def max_pool2x2_code(z: Tensor) -> tuple[Tensor, Tensor]:
@@ -101,7 +119,7 @@ def set_fused_kernels(network: nn.Module, enabled: bool = True) -> None:
     Pooling gives the same results as max_pool2d and its backward (ties included) but keeps an int8 code per
     window instead of int64 indices plus the pre-pooling tensor, so it moves far fewer bytes; the update adds
     its messages in fp32 registers and rounds once (16-bit states round after every add otherwise). The first
-    call per shape and dtype compiles (seconds). CPU tensors keep the native kernels.
+    call per shape and dtype compiles (seconds). CPU tensors keep the native kernels (see FUSED_DEVICE_TYPES).
     """
     network.fused_kernels = enabled  # type: ignore[assignment]  # a plain attribute, read by the solvers
     for module in network.modules():

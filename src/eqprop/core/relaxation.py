@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .kernels import compiled, sum_messages
+from .kernels import compiled, runs_fused, sum_messages
 from .network import EnergyNetwork, State
 from .nudging import Nudge
 
@@ -232,7 +232,7 @@ def _iterate(
     fused = (
         engine == "messages"
         and getattr(network, "fused_kernels", False)
-        and states[-1].is_cuda
+        and runs_fused(states[-1])
         and not states[-1].is_complex()
         and not torch.is_grad_enabled()
     )
