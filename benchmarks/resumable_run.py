@@ -4,7 +4,8 @@
     python benchmarks/resumable_run.py start RUN_DIR CONFIG [key=value ...]           # or resume RUN_DIR
     python benchmarks/resumable_run.py status RUN_DIR                                 # epochs done, last row
     python benchmarks/resumable_run.py stop RUN_DIR                                   # SIGTERM, wait for the checkpoint
-    python benchmarks/resumable_run.py pack RUN_DIR DEST [--chunk-mib 15] [--best]     # checkpoint -> parts + manifest
+    python benchmarks/resumable_run.py pack RUN_DIR DEST [--best] [--live]            # checkpoint -> parts + manifest
+    python benchmarks/resumable_run.py poll RUN_DIR DEST [--wait S]                   # wait; pack it as it trains
     python benchmarks/resumable_run.py unpack SRC RUN_DIR                             # parts -> checkpoint, verified
 
 ``start`` launches ``eqprop train`` in its own session (``setsid``), so it outlives the command that started it,
@@ -13,7 +14,8 @@ logging to ``RUN_DIR/stdout.log``; when RUN_DIR already holds a run it resumes i
 the last checkpoint (``--best``: the best one too) into parts of at most ``--chunk-mib`` MiB and tars the run's
 small files (config, metrics, log, TensorBoard events), with a manifest of SHA-256 sums: a DCHN run packs into 5
 or 6 files under 16 MiB, within what a lent machine's $OUT returns (8 files, 64 MiB); ``unpack`` checks every
-part and rebuilds the run directory.
+part and rebuilds the run directory. ``poll`` waits, then packs the run while it trains (``pack --live``) and
+prints its status: each poll of a lent machine brings the newest checkpoint back.
 """
 
 from __future__ import annotations
@@ -133,17 +135,22 @@ def _marker(event: str, note: str = "") -> str:
 
 def wall_clock(run_dir: Path) -> float:
     """Seconds the run has spent in stretches, summed from the ``start``/``end`` markers of ``stdout.log`` (a
-    stretch still running counts to now; one that left no end marker, killed outright, to the log's last write)."""
+    stretch still running counts to now; one that left no end marker, killed outright, to the log's last write if
+    it is the last, else to its last ``snapshot`` marker, written by a live ``pack``)."""
     log = run_dir / "stdout.log"
     if not log.exists():
         return 0.0
-    total, begun = 0.0, None
+    total, begun, seen = 0.0, None, None
     for line in log.read_text().splitlines():
         parts = line.split()
-        if len(parts) < 5 or parts[0] != "#" or parts[3] not in ("start", "end"):
+        if len(parts) < 5 or parts[0] != "#" or parts[3] not in ("start", "end", "snapshot"):
             continue
         when = float(parts[4].rstrip(":"))
-        if parts[3] == "start":
+        if parts[3] == "snapshot":  # a live pack: a stretch moved on from there ran at least until then
+            seen = when
+        elif parts[3] == "start":
+            if begun is not None and seen is not None and seen > begun:  # a stretch lost after its snapshot
+                total += seen - begun
             begun = when
         elif begun is not None:
             total, begun = total + when - begun, None
@@ -197,13 +204,21 @@ def stop(run_dir: Path, timeout: float = 300.0) -> bool:
 
 
 # ---- moving a run --------------------------------------------------------------------------------------------
-def pack(run_dir: Path, dest: Path, chunk_bytes: int = 15 << 20, best: bool = False) -> dict:
+def pack(run_dir: Path, dest: Path, chunk_bytes: int = 15 << 20, best: bool = False, live: bool = False) -> dict:
     """Put the run's small files (config, metrics, log, TensorBoard events) into ``run_files.tar`` and split
     ``checkpoint_last.pt`` (and ``checkpoint_best.pt`` with ``best``) into parts of at most ``chunk_bytes``, with
-    ``manifest.json`` (sizes and SHA-256 of every part and whole file): few files, each small enough to move."""
+    ``manifest.json`` (sizes and SHA-256 of every part and whole file): few files, each small enough to move.
+
+    ``live``: pack while the run trains. Each checkpoint is read through one open file, and the trainer replaces
+    a checkpoint by renaming a finished file over it, so the parts are one whole checkpoint. The resumed run then
+    goes on from that checkpoint's epoch and rewrites its metrics from it."""
     if not (run_dir / "config.json").exists():
         raise StretchError(f"{run_dir} is not a run directory (no config.json)")
-    _refuse_while_training(run_dir, "packing it")
+    if not live:
+        _refuse_while_training(run_dir, "packing it")
+    elif _pid(run_dir) is not None:
+        with (run_dir / "stdout.log").open("a") as log:
+            log.write(f"{_marker('snapshot')}\n")
     if chunk_bytes < 1:
         raise StretchError(f"the chunk size must be positive, got {chunk_bytes} bytes")
     dest.mkdir(parents=True, exist_ok=True)
@@ -223,15 +238,30 @@ def pack(run_dir: Path, dest: Path, chunk_bytes: int = 15 << 20, best: bool = Fa
         path = run_dir / name
         if not path.exists():
             continue
-        parts = []
-        with path.open("rb") as f:
+        parts, whole = [], hashlib.sha256()
+        with path.open("rb") as f:  # one handle: a checkpoint renamed over this one meanwhile is not mixed in
             for i, block in enumerate(iter(lambda: f.read(chunk_bytes), b"")):
                 part = dest / f"{name}.part{i:03d}"
                 part.write_bytes(block)
+                whole.update(block)
                 parts.append({"name": part.name, "size": len(block), "sha256": hashlib.sha256(block).hexdigest()})
-        manifest["checkpoints"][name] = {"size": path.stat().st_size, "sha256": _sha256(path), "parts": parts}
+        size = sum(p["size"] for p in parts)
+        manifest["checkpoints"][name] = {"size": size, "sha256": whole.hexdigest(), "parts": parts}
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def poll(run_dir: Path, dest: Path, wait: float = 0.0, chunk_bytes: int = 15 << 20) -> dict:
+    """Wait up to ``wait`` seconds (less when the run stops), then pack the run into ``dest`` (``live``, so it
+    may still be training) and return its status. On a lent machine every poll thus brings the newest checkpoint
+    back through $OUT, and a machine taken back mid-stretch loses at most the epochs since the last poll."""
+    if not (run_dir / "config.json").exists():
+        raise StretchError(f"{run_dir} is not a run directory (no config.json)")
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and _pid(run_dir) is not None:
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    pack(run_dir, dest, chunk_bytes, live=True)
+    return status(run_dir)
 
 
 def unpack(src: Path, run_dir: Path) -> dict:
@@ -287,6 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dest", type=Path)
     p.add_argument("--chunk-mib", type=float, default=15.0, help="largest part, MiB (default 15)")
     p.add_argument("--best", action="store_true", help="also pack checkpoint_best.pt")
+    p.add_argument("--live", action="store_true", help="pack while the run trains (its newest checkpoint)")
+    p = sub.add_parser("poll", help="wait (less if the run stops), print the status, pack the run while it trains")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("dest", type=Path)
+    p.add_argument("--wait", type=float, default=0.0, help="seconds to wait first (default 0)")
+    p.add_argument("--chunk-mib", type=float, default=15.0, help="largest part, MiB (default 15)")
     p = sub.add_parser("unpack", help="rebuild a packed run directory")
     p.add_argument("src", type=Path)
     p.add_argument("run_dir", type=Path)
@@ -306,9 +342,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "stop":
             print("stopped" if stop(args.run_dir) else f"{args.run_dir} was not training")
         elif args.command == "pack":
-            manifest = pack(args.run_dir, args.dest, int(args.chunk_mib * (1 << 20)), args.best)
+            manifest = pack(args.run_dir, args.dest, int(args.chunk_mib * (1 << 20)), args.best, args.live)
             parts = sum(len(c["parts"]) for c in manifest["checkpoints"].values())
             print(f"packed {args.run_dir} into {args.dest}: {len(manifest['files'])} files, {parts} checkpoint parts")
+        elif args.command == "poll":
+            print(json.dumps(poll(args.run_dir, args.dest, args.wait, int(args.chunk_mib * (1 << 20)))))
         else:
             unpack(args.src, args.run_dir)
             print(f"rebuilt {args.run_dir} from {args.src}")

@@ -120,3 +120,50 @@ def test_a_background_run_is_stopped_with_a_checkpoint_and_resumed_to_the_end(tm
     state = rr.status(run)
     assert 0 < state["wall_clock_s"] <= time.time() - began
     assert [s["epoch"] for s in state["stretches"]][0] == 0 and len(state["stretches"]) == 2
+
+
+@pytest.mark.slow
+def test_a_run_polled_while_it_trains_goes_on_elsewhere_from_the_snapshot(tmp_path):
+    """The lent machine is taken back mid-stretch: what the last poll packed (while the run trained) rebuilds
+    the run elsewhere, which resumes from the snapshot's checkpoint and ends with every epoch once."""
+    run, epochs = tmp_path / "run", 10
+    (tmp_path / "tiny.yaml").write_text(f"epochs: {epochs}\n")
+    rr.start(run, str(tmp_path / "tiny.yaml"), TINY)
+    try:
+        deadline = time.monotonic() + 120
+        while rr.status(run)["epochs_done"] < 2:
+            assert time.monotonic() < deadline, (run / "stdout.log").read_text()
+            time.sleep(0.2)
+        state = rr.poll(run, tmp_path / "moved", wait=0.5)
+        assert state["running"], "the run ended before the poll; give it more epochs"
+        assert rr.main(["pack", str(run), str(tmp_path / "x")]) == 2  # without --live: refused while training
+    finally:
+        rr.stop(run)  # the machine goes back; only the poll's files remain
+    manifest = json.loads((tmp_path / "moved" / "manifest.json").read_text())
+    assert "checkpoint_last.pt" in manifest["checkpoints"]
+    rr.unpack(tmp_path / "moved", tmp_path / "again")
+    snapshot_epoch = torch.load(tmp_path / "again" / "checkpoint_last.pt", weights_only=False)["epoch"]
+    assert 2 <= snapshot_epoch < epochs
+    rr.start(tmp_path / "again", None, [])
+    deadline = time.monotonic() + 240
+    while rr.status(tmp_path / "again")["running"]:
+        assert time.monotonic() < deadline, (tmp_path / "again" / "stdout.log").read_text()
+        time.sleep(0.2)
+    rows = [json.loads(line) for line in (tmp_path / "again" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
+    log = (tmp_path / "again" / "stdout.log").read_text()
+    assert f"after epoch {snapshot_epoch}" in log and f"done after {epochs} epochs" in log
+
+
+def test_the_wall_clock_counts_a_lost_stretch_up_to_its_last_snapshot(tmp_path):
+    lines = [
+        "# 2026-01-01 00:00:00 start 100.0: python -m eqprop train ...",
+        "# 2026-01-01 00:00:30 snapshot 130.0",
+        "# 2026-01-01 00:00:50 snapshot 150.0",  # the machine went back after this poll: no end marker
+        "# 2026-01-01 00:16:40 start 1000.0: python -m eqprop train --resume ...",
+        "# 2026-01-01 00:18:20 end 1100.0 (exit status 0)",
+    ]
+    (tmp_path / "stdout.log").write_text("\n".join(lines) + "\n")
+    assert rr.wall_clock(tmp_path) == pytest.approx(50.0 + 100.0)
+    (tmp_path / "stdout.log").write_text("\n".join(lines[:1] + lines[3:]) + "\n")  # lost with no snapshot
+    assert rr.wall_clock(tmp_path) == pytest.approx(100.0)
