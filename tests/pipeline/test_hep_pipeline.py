@@ -91,3 +91,20 @@ def test_hep_normalization_covers_the_papers_data_sets_only():
     assert parse_overrides(["dataset=cifar100", "normalization=hep"]).normalization == "hep"
     with pytest.raises(ConfigError, match="HEP code has no statistics for digits"):
         parse_overrides(["dataset=digits", "normalization=hep"])
+
+
+def test_the_fallback_reaches_the_rule_and_counts_its_samples_per_epoch(tmp_path):
+    """fallback_tol reaches the rule; each epoch's row sums the samples that fell back (here: with 4 nudged
+    iterations no complex phase settles within 1e-12, so every sample of the 128 falls back, every epoch)."""
+    cfg = parse_overrides([*HEP_TINY, "fallback_tol=1e-12", "epochs=2", f"out_dir={tmp_path / 'a'}"])
+    trainer = Trainer(cfg, log=lambda s: None)
+    assert trainer.algorithm.fallback_tol == 1e-12 and "fallback_tol=1e-12" in repr(trainer.algorithm)
+    history = trainer.fit()
+    assert [row["hep_fallbacks"] for row in history] == [128, 128]
+    assert [r["hep_fallbacks"] for r in read_run(tmp_path / "a").metrics] == [128, 128]
+    loose = Trainer(parse_overrides([*HEP_TINY, "fallback_tol=1e9", "epochs=1", "out_dir=none"]), log=lambda s: None)
+    assert loose.fit()[0]["hep_fallbacks"] == 0
+    plain = Trainer(parse_overrides([*HEP_TINY, "epochs=1", "out_dir=none"]), log=lambda s: None)
+    assert "hep_fallbacks" not in plain.fit()[0]
+    with pytest.raises(ConfigError, match="fallback_tol"):
+        parse_overrides([*HEP_TINY, "fallback_tol=0"])

@@ -268,6 +268,83 @@ def test_batched_complex_phases_equal_phases_relaxed_one_by_one(conv_case):
     assert max(float((u - v).abs().max()) for u, v in zip(a, b)) < 1e-12
 
 
+# ---- fallback: a sample whose complex phases have not settled uses its real phases -----------------------------
+def short(name, k, **kw):
+    """A rule whose nudged phases run only ``k`` iterations (the free phase still settles)."""
+    return get_algorithm(
+        name, cost="cross_entropy", free_iterations=T, nudged_iterations=k, schedule="synchronous", **kw
+    )
+
+
+def by_hand(net, x, labels, rules):
+    """The batch mean of each sample's estimate by its own rule, every sample relaxed alone."""
+    per_sample = [library_grads(net, r, x[i : i + 1], labels[i : i + 1])[0] for i, r in enumerate(rules)]
+    return [torch.stack(g).mean(0) for g in zip(*per_sample)]
+
+
+def test_a_fallback_that_drops_no_sample_leaves_the_estimate_unchanged(dense_case):
+    net, x, labels, _, _ = dense_case
+    plain, _ = library_grads(net, rule("HEP", beta=0.5, points=4), x, labels)
+    guarded = rule("HEP", beta=0.5, points=4, fallback_tol=math.inf)
+    same, _ = library_grads(net, guarded, x, labels)
+    assert guarded.last_fallbacks == 0 and guarded.last_residual.shape == (len(labels),)
+    assert float(guarded.last_residual.max()) < 1e-12  # 200 iterations: every complex phase sits at its fixed point
+    assert all(torch.equal(a, b) for a, b in zip(plain, same))
+
+
+@pytest.mark.parametrize("points, real_rule", [(4, "CEP"), (6, "CEP"), (3, "PEP"), (5, "PEP")])
+def test_samples_whose_complex_phases_have_not_settled_fall_back_to_their_real_phases(dense_case, points, real_rule):
+    """Even N falls back to centered EP at +-|beta|, odd N to positive EP at |beta| (its one real phase and the
+    free state); the oracle relaxes each sample alone by the plain rule it should get and averages by hand."""
+    net, x, labels, _, _ = dense_case
+    k, beta = 4, 0.5  # short nudged phases: the samples' residuals differ
+    probe = short("HEP", k, beta=beta, points=points, fallback_tol=math.inf)
+    library_grads(net, probe, x, labels)
+    residual = probe.last_residual
+    tol = float(residual.sort().values[len(labels) // 2 - 1])  # keeps the better half
+    guarded = short("HEP", k, beta=beta, points=points, fallback_tol=tol)
+    grads, _ = library_grads(net, guarded, x, labels)
+    dropped = (residual > tol).tolist()
+    assert guarded.last_fallbacks == sum(dropped) == len(labels) // 2
+    expected = by_hand(
+        net,
+        x,
+        labels,
+        [short(real_rule, k, beta=beta) if d else short("HEP", k, beta=beta, points=points) for d in dropped],
+    )
+    assert rel_error(grads, expected) < 1e-12
+    plain, _ = library_grads(net, short("HEP", k, beta=beta, points=points), x, labels)
+    assert rel_error(grads, plain) > 1e-4  # the fallback changed the estimate
+
+
+def test_a_complex_phase_that_blows_up_drops_its_sample_not_the_batch(dense_case, monkeypatch):
+    net, x, labels, _, _ = dense_case
+    guarded = rule("HEP", beta=0.5, points=4, fallback_tol=1e-9)
+    relax_phase = guarded.nudged_phase
+
+    def blown_up(model, y, free, beta):  # the complex phase (beta = i |beta|) of sample 1 goes to nan
+        result = relax_phase(model, y, free, beta)
+        if isinstance(beta, complex):
+            result.states[-1][1] = complex("nan")
+        return result
+
+    monkeypatch.setattr(guarded, "nudged_phase", blown_up)
+    grads, _ = library_grads(net, guarded, x, labels)
+    assert guarded.last_fallbacks == 1 and math.isinf(float(guarded.last_residual[1]))
+    assert all(bool(torch.isfinite(g).all()) for g in grads)
+    expected = by_hand(
+        net, x, labels, [rule("CEP", beta=0.5) if i == 1 else rule("HEP", beta=0.5, points=4) for i in range(4)]
+    )
+    assert rel_error(grads, expected) < 1e-12
+
+
+def test_the_fallback_refuses_a_tolerance_it_cannot_use():
+    with pytest.raises(ValueError, match="fallback_tol must be None"):
+        rule("HEP", points=4, fallback_tol=0.0)
+    with pytest.raises(ValueError, match="static phases"):
+        rule("HEP", points=4, periods=2, fallback_tol=1e-6)
+
+
 def test_dynamics_without_complex_extension_are_refused_with_what_to_change():
     hard = hopfield_mlp([5, 7, 4], gains=1.0).double()
     with pytest.raises(ValueError, match=r"hard_sigmoid.*holo_hard_sigmoid.*points=2"):

@@ -82,6 +82,11 @@ class LearningAlgorithm:
         """Estimate dC/dtheta given the free phase; ``y`` is the one-hot target."""
         raise NotImplementedError
 
+    def step_counts(self) -> dict[str, float]:
+        """Counts of the last step that the Trainer sums over each epoch into its metrics row (e.g. HEP's samples
+        that fell back to the real phases); none by default."""
+        return {}
+
     def step(self, model: Any, x: Tensor, labels: Tensor) -> StepResult:
         """Free phase + gradient estimate, written into ``p.grad`` of every parameter."""
         y = self.targets(model, labels)
@@ -151,8 +156,8 @@ def register_algorithm(
 ) -> None:
     """Register a learning algorithm factory under ``name`` (looked up case-insensitively, '-' ignored), with
     the model families it trains (see :func:`eqprop.models.register_model`) and the keywords the Trainer
-    builds it with (from ``cost``, ``phases``, ``beta``, ``points``, ``periods``, ``seed``, ``epsilon``, ``loss_at``,
-    ``stack``)."""
+    builds it with (from ``cost``, ``phases``, ``beta``, ``points``, ``periods``, ``fallback_tol``, ``seed``,
+    ``epsilon``, ``loss_at``, ``stack``)."""
     ALGORITHMS[name] = factory
     ALGORITHM_FAMILIES[name] = tuple(families)
     ALGORITHM_OPTIONS[name] = tuple(options)
@@ -211,6 +216,9 @@ class RuleSection(Section):
     echo_stack: str = setting("lockstep", "RHEL on stacks: all units echo together, or one after another")
     points: int = setting(4, "HEP: N nudged phases at beta_k = |beta| exp(2 pi i k/N) (N = 2: centered EP)")
     periods: int = setting(0, "HEP: 0 static phases from the free state; P >= 1 the online variant, P turns of beta")
+    fallback_tol: float | None = setting(
+        None, "HEP: a sample whose complex phases still move a unit by more than this falls back to its real phases"
+    )
 
     def validate(self) -> None:
         from ..core.nudging import COSTS, NUDGED_OUTPUTS
@@ -228,5 +236,7 @@ class RuleSection(Section):
         self.at_least(0, "beta")
         self.at_least(2, "points")
         self.at_least(0, "periods")
+        if self.fallback_tol is not None and not self.fallback_tol > 0:
+            raise ConfigError(f"config key 'fallback_tol' must be None (no fallback) or > 0, got {self.fallback_tol}")
         if not self.epsilon > 0:
             raise ConfigError(f"config key 'epsilon' must be > 0, got {self.epsilon}")

@@ -158,6 +158,7 @@ def build_algorithm(cfg: TrainConfig) -> LearningAlgorithm:
         "stack": cfg.echo_stack,
         "points": cfg.points,
         "periods": cfg.periods,
+        "fallback_tol": cfg.fallback_tol,
     }
     options = algorithm_options(cfg.algorithm)
     if "phases" in options:
@@ -551,16 +552,20 @@ class Trainer:
             # one reduction per batch: the global batch's metrics, and whether any rank has been asked to stop
             # (read once here, so every rank takes the same decision at the same batch)
             requested = self._stop
-            loss, wrong1, wrong5, iters, stop = distributed.all_sum(
-                [float(result.loss.sum()), errs[1], errs[5], result.free.iterations, requested is not None],
+            counts = self.algorithm.step_counts()
+            loss, wrong1, wrong5, iters, stop, *summed = distributed.all_sum(
+                [float(result.loss.sum()), errs[1], errs[5], result.free.iterations, requested is not None]
+                + [float(v) for v in counts.values()],
                 self.dist,
             )
+            before = partial.get("counts", {})
             partial.update(
                 batch=b + 1,
                 wrong1=partial["wrong1"] + wrong1,
                 wrong5=partial["wrong5"] + wrong5,
                 loss=partial["loss"] + loss,
                 iters=partial["iters"] + iters / self.dist.world,
+                counts={k: before.get(k, 0.0) + v for k, v in zip(counts, summed)},
             )
             seen = min((b + 1) * cfg.batch_size, n)
             if bar is not None:
@@ -581,6 +586,7 @@ class Trainer:
             "train_error": partial["wrong1"] / n,
             "train_top5_error": partial["wrong5"] / n,
             "free_iterations": partial["iters"] / batches,
+            **partial.get("counts", {}),
             "train_time": time.perf_counter() - t0,
         }
 
