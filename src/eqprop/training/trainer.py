@@ -380,7 +380,10 @@ class Trainer:
 
     def save_checkpoint(self, partial: dict[str, Any] | None = None, best: bool = False) -> Path | None:
         """Write ``checkpoint_last.pt`` atomically (and ``checkpoint_best.pt`` when ``best``). Every rank calls it
-        (the rule's batch state is gathered); rank 0 writes."""
+        (the rule's batch state is gathered); rank 0 writes. Without ``out_dir`` (on every rank alike) it builds
+        nothing."""
+        if not self.cfg.out_dir:
+            return None
         state = self.checkpoint_state(partial)
         return self.run_dir.save_checkpoint(state, best) if self.run_dir else None
 
