@@ -2,9 +2,10 @@
 conventions (issue 19): C = 1/2 ||o - y||^2, odd layers relaxed first, each training free phase started from the
 previous step's last nudged state, biases drawn from U(+-0.5/sqrt(fan_in)), and the nudged output iterated as
 o <- dPhi/do - beta (o - y). The reference is a small DCHN whose Phi is written with conv2d / max_pool2d and
-relaxed by a hand loop (dPhi/ds by autograd of that Phi), trained for three steps of each of the seven rules and
-TBP in float64. As in the code, each rule's second phase is the state carried to the next step (N-EP and N-CpL
-relax at -beta, then at 0; TBP carries the state after its K unrolled iterations). Each convention switched back
+relaxed by a hand loop (dPhi/ds by autograd of that Phi), trained for three steps of each of the seven rules,
+TBP and RBP in float64. As in the code, each rule's second phase is the state carried to the next step (N-EP and
+N-CpL relax at -beta, then at 0; TBP carries the state after its K unrolled iterations, RBP the one synchronous
+step its K Almeida-Pineda steps differentiate). Each convention switched back
 to the library's default must break the agreement (negative controls)."""
 
 import math
@@ -34,6 +35,7 @@ RULES = {
     "NCpL": (-BETA, 0.0),
     "CL": (0.0, 1.0),
     "TBP": None,
+    "RBP": None,
 }
 
 
@@ -113,6 +115,21 @@ class PublicCodeReference:
             for p, g in zip(self.params(), grads):
                 p -= LR * g
             return free, grads
+        if rule == "RBP":  # Almeida-Pineda: K vector-Jacobian products through one synchronous step from the free
+            params = [p.clone().requires_grad_(True) for p in self.params()]  # state, summed; the step stays
+            with torch.enable_grad():
+                s = [t.clone().requires_grad_(True) for t in free]
+                g = torch.autograd.grad(self.phi(x, *s, params=params).sum(), s, create_graph=True)
+                step = [g[0].clamp(0, 1), g[1].clamp(0, 1), g[2]]
+                v = [torch.zeros_like(s[0]), torch.zeros_like(s[1]), (s[2] - y).detach() / len(x)]  # dC/ds
+                grads = [torch.zeros_like(p) for p in params]
+                for _ in range(K):
+                    back = torch.autograd.grad(step, s + params, grad_outputs=v, retain_graph=True)
+                    v, grads = list(back[:3]), [a + b for a, b in zip(grads, back[3:])]
+            self.state = [t.detach() for t in step]
+            for p, g in zip(self.params(), grads):
+                p -= LR * g
+            return free, grads
         b1, b2 = RULES[rule]
         if rule.endswith("EP"):
             s1, s2 = (self.relax(x, free, K, b, y) for b in (b1, b2))
@@ -128,11 +145,13 @@ class PublicCodeReference:
         return self.relax(x, self.zeros(len(x)), T)[2]
 
 
-def _library(cost="half_squared_error", nudged_output="iterate", first="odd", init="persistent", rule="CEP"):
+def _library(
+    cost="half_squared_error", nudged_output="iterate", first="odd", init="persistent", rule="CEP", adjoint=None
+):
     torch.manual_seed(3)
     net = dchn(3, 10, input_size=8, channels=(4, 6), gains=(1.0, 1.0, 0.9)).double()
     net.uniform_biases_(0.5)
-    options = {} if rule in ("CL", "TBP") else {"beta": BETA}
+    options = {"CL": {}, "TBP": {}, "RBP": {"adjoint": adjoint or "almeida-pineda"}}.get(rule, {"beta": BETA})
     rule = get_algorithm(
         rule,
         cost=get_cost(cost, nudged_output),
@@ -260,6 +279,15 @@ def test_each_convention_at_the_library_default_breaks_the_agreement(default):
     steps = _train(net, rule, reference)
     worst = max(rel_error(grads, ref_grads) for _, grads, (_, ref_grads) in steps)
     assert worst > 1e-4, default
+
+
+def test_rbp_by_conjugate_gradient_is_not_the_code_s_truncated_recursion():
+    """The negative control of RBP: the library's default adjoint (CG to tolerance) differs from the code's K = 3
+    Almeida-Pineda steps off a fixed point (T = 4), so the reference test above tells the two apart."""
+    net, rule = _library(rule="RBP", adjoint="cg")
+    reference = PublicCodeReference(list(net.parameters()))
+    steps = _train(net, rule, reference)
+    assert max(rel_error(grads, ref_grads) for _, grads, (_, ref_grads) in steps) > 1e-4
 
 
 def test_uniform_biases_are_drawn_within_half_over_sqrt_fan_in():

@@ -14,7 +14,14 @@ from ..core.nudging import cost_precision
 from ..models.base import model_output
 from .base import RelaxingAlgorithm, StepResult, register_algorithm, write_grads
 
-__all__ = ["TruncatedBackprop", "RecurrentBackprop", "BackpropThroughTime", "implicit_gradient", "conjugate_gradient"]
+__all__ = [
+    "TruncatedBackprop",
+    "RecurrentBackprop",
+    "BackpropThroughTime",
+    "implicit_gradient",
+    "conjugate_gradient",
+    "ADJOINTS",
+]
 
 
 class TruncatedBackprop(RelaxingAlgorithm):
@@ -85,6 +92,9 @@ def conjugate_gradient(
     return x, iterations
 
 
+ADJOINTS = ("cg", "almeida-pineda")  # RBP's adjoint solvers
+
+
 class RecurrentBackprop(RelaxingAlgorithm):
     """RBP: implicit differentiation of C(o_*) at the free state s_* = sigma(dPhi/ds(s_*)).
 
@@ -92,56 +102,99 @@ class RecurrentBackprop(RelaxingAlgorithm):
     of Phi, ds_*/dtheta = (I - D H)^{-1} D d(dPhi/ds)/dtheta. Written with the symmetric positive definite
     A = I - D^{1/2} H D^{1/2} (at a strict minimum), the adjoint is mu = D^{1/2} A^{-1} D^{1/2} dC/ds, solved by
     conjugate gradient; then dC/dtheta = mu . d(dPhi/ds)/dtheta plus C's direct dependence (a readout).
+
+    ``adjoint="almeida-pineda"``: the recurrent backprop of Almeida and Pineda as the comparative study's public
+    code runs it, K steps of the adjoint recursion through one synchronous step F(s) = sigma(dPhi/ds(s)) at the
+    free state, mu = sum_{t<K} D (H D)^t dC/ds: the series of (I - D H)^{-1} cut after K terms. With
+    ``init="persistent"`` the state after that one step is what the next training step starts from, as there.
     """
 
     name = "RBP"
 
-    def __init__(self, *, cg_iterations: int = 200, cg_tol: float = 1e-8, **kwargs: Any) -> None:
+    def __init__(self, *, adjoint: str = "cg", cg_iterations: int = 200, cg_tol: float = 1e-8, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.cg_iterations, self.cg_tol = cg_iterations, cg_tol
+        if adjoint not in ADJOINTS:
+            raise ValueError(f"unknown RBP adjoint {adjoint!r}; valid adjoints are {list(ADJOINTS)}")
+        self.adjoint, self.cg_iterations, self.cg_tol = adjoint, cg_iterations, cg_tol
         self.last_cg_iterations = 0
 
     def gradients(self, network, x, y, free):
-        grads, self.last_cg_iterations = implicit_gradient(
+        recursion = self.adjoint == "almeida-pineda"
+        grads, self.last_cg_iterations, step = implicit_gradient(
             network,
             free.states,
             lambda s: self.cost(model_output(network, s), y.to(s[-1].dtype)).mean(),
-            self.cg_iterations,
+            self.phases.nudged_iterations if recursion else self.cg_iterations,
             self.cg_tol,
+            adjoint=self.adjoint,
+            with_step=True,
         )
+        if recursion:
+            self.phases.carry(network, [free.states[0]] + [t.to(f.dtype) for t, f in zip(step, free.states[1:])])
         return grads
+
+    def __repr__(self) -> str:
+        adjoint = f", adjoint={self.adjoint}" if self.adjoint != "cg" else ""
+        return f"{self.name}({self.phases.describe()}, cost={self.cost.name}{adjoint})"
 
 
 def implicit_gradient(
-    network: Any, states: State, loss: Callable[[State], Tensor], cg_iterations: int = 200, cg_tol: float = 1e-8
-) -> tuple[list[Tensor | None], int]:
+    network: Any,
+    states: State,
+    loss: Callable[[State], Tensor],
+    iterations: int = 200,
+    cg_tol: float = 1e-8,
+    *,
+    adjoint: str = "cg",
+    with_step: bool = False,
+) -> Any:
     """dL/dtheta of a loss L(s_*, theta) (a scalar; any layers; theta may enter directly, as a readout's weights
-    do) through the fixed point s_* = sigma(dPhi/ds(s_*)) by implicit differentiation (RBP's adjoint solve, see
-    :class:`RecurrentBackprop`); returns (grads, CG steps)."""
+    do) through the fixed point s_* = sigma(dPhi/ds(s_*)) by implicit differentiation (RBP's adjoint, see
+    :class:`RecurrentBackprop`); returns (grads, adjoint steps): at most ``iterations`` of conjugate gradient, or with
+    ``adjoint="almeida-pineda"`` exactly ``iterations`` steps of the Almeida-Pineda recursion. ``with_step``: also
+    return the synchronous step sigma(dPhi/ds) of ``states`` (layers 1..L), as a third item."""
+    if adjoint not in ADJOINTS:
+        raise ValueError(f"unknown RBP adjoint {adjoint!r}; valid adjoints are {list(ADJOINTS)}")
     params = list(network.parameters())
     dtype = params[0].dtype
     with torch.enable_grad():
         s = [t.detach().to(dtype) for t in states]
         vars_ = [t.clone().requires_grad_(True) for t in s[1:]]
         m = torch.autograd.grad(network.phi([s[0]] + vars_).sum(), vars_, create_graph=True)
-        roots = [network.layers[k].sigma.slope(m[k - 1].detach()).clamp(min=0).sqrt() for k in range(1, len(s))]
+        slopes = [network.layers[k].sigma.slope(m[k - 1].detach()).clamp(min=0) for k in range(1, len(s))]
         value = loss([s[0]] + vars_)
-        dl = torch.autograd.grad(value, vars_, allow_unused=True, retain_graph=True)
+        partial = torch.autograd.grad(value, vars_, allow_unused=True, retain_graph=True)
         direct = torch.autograd.grad(value, params, allow_unused=True)
-        rhs = [torch.zeros_like(v) if g is None else g * d for v, g, d in zip(vars_, dl, roots)]
+        dl = [torch.zeros_like(v) if g is None else g for v, g in zip(vars_, partial)]
 
-        def apply_a(v: list[Tensor]) -> list[Tensor]:
-            dv = [vi * di for vi, di in zip(v, roots)]
-            hv = torch.autograd.grad(m, vars_, grad_outputs=dv, retain_graph=True, allow_unused=True)
-            return [vi - di * (torch.zeros_like(vi) if h is None else h) for vi, di, h in zip(v, roots, hv)]
+        def hessian(v: list[Tensor]) -> list[Tensor]:  # H v, H the Hessian of Phi in the free layers
+            hv = torch.autograd.grad(m, vars_, grad_outputs=v, retain_graph=True, allow_unused=True)
+            return [torch.zeros_like(vi) if h is None else h for vi, h in zip(v, hv)]
 
-        z, used = conjugate_gradient(apply_a, rhs, cg_iterations, cg_tol)
-        mu = [zi * di for zi, di in zip(z, roots)]
+        if adjoint == "cg":
+            roots = [d.sqrt() for d in slopes]
+
+            def apply_a(v: list[Tensor]) -> list[Tensor]:
+                hv = hessian([vi * di for vi, di in zip(v, roots)])
+                return [vi - di * h for vi, di, h in zip(v, roots, hv)]
+
+            z, used = conjugate_gradient(apply_a, [g * d for g, d in zip(dl, roots)], iterations, cg_tol)
+            mu = [zi * di for zi, di in zip(z, roots)]
+        else:  # v_0 = dL/ds, v_{t+1} = J^T v_t with J = D H the Jacobian of the synchronous step; mu = sum D v_t
+            v, mu, used = dl, [torch.zeros_like(g) for g in dl], iterations
+            for t in range(iterations):
+                dv = [vi * di for vi, di in zip(v, slopes)]
+                mu = [a + b for a, b in zip(mu, dv)]
+                if t + 1 < iterations:
+                    v = hessian(dv)
         through = torch.autograd.grad(m, params, grad_outputs=mu, allow_unused=True)
-        grads = [a if b is None else b if a is None else a + b for a, b in zip(through, direct)]
-        return list(grads), used
+        total = [a if b is None else b if a is None else a + b for a, b in zip(through, direct)]
+    if not with_step:
+        return total, used
+    step = [network.layers[k].sigma.project(m[k - 1].detach()) for k in range(1, len(s))]
+    return total, used, step
 
 
 register_algorithm("TBP", TruncatedBackprop)
-register_algorithm("RBP", RecurrentBackprop)
+register_algorithm("RBP", RecurrentBackprop, options=("cost", "phases", "adjoint"))
 register_algorithm("BPTT", BackpropThroughTime)

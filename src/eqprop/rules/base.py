@@ -156,8 +156,8 @@ def register_algorithm(
 ) -> None:
     """Register a learning algorithm factory under ``name`` (looked up case-insensitively, '-' ignored), with
     the model families it trains (see :func:`eqprop.models.register_model`) and the keywords the Trainer
-    builds it with (from ``cost``, ``phases``, ``beta``, ``points``, ``periods``, ``fallback_tol``, ``seed``,
-    ``epsilon``, ``loss_at``, ``stack``)."""
+    builds it with (from ``cost``, ``phases``, ``beta``, ``points``, ``periods``, ``fallback_tol``, ``adjoint``,
+    ``seed``, ``epsilon``, ``loss_at``, ``stack``)."""
     ALGORITHMS[name] = factory
     ALGORITHM_FAMILIES[name] = tuple(families)
     ALGORITHM_OPTIONS[name] = tuple(options)
@@ -219,9 +219,13 @@ class RuleSection(Section):
     fallback_tol: float | None = setting(
         None, "HEP: a sample whose complex phases still move a unit by more than this falls back to its real phases"
     )
+    rbp_adjoint: str = setting(
+        "cg", "RBP: the adjoint by conjugate gradient, or K Almeida-Pineda steps (almeida-pineda: the public code's)"
+    )
 
     def validate(self) -> None:
         from ..core.nudging import COSTS, NUDGED_OUTPUTS
+        from .backprop import ADJOINTS
         from .echo_learning import LOSS_AT, STACK_ECHOES
 
         self.algorithm = check_choice("algorithm", self.algorithm, algorithm_names())
@@ -233,6 +237,7 @@ class RuleSection(Section):
             raise ConfigError(f"config key 'beta': {exc}") from None
         self.loss_at = check_choice("loss_at", self.loss_at, list(LOSS_AT))
         self.echo_stack = check_choice("echo_stack", self.echo_stack, list(STACK_ECHOES))
+        self.rbp_adjoint = check_choice("rbp_adjoint", self.rbp_adjoint, list(ADJOINTS))
         self.at_least(0, "beta")
         self.at_least(2, "points")
         self.at_least(0, "periods")

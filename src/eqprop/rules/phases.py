@@ -170,7 +170,9 @@ class RelaxSection(Section):
 
     name: ClassVar[str] = "relax"
     free_iterations: int = setting(20, "T: iterations of the free phase")
-    nudged_iterations: int = setting(8, "K: iterations of each nudged phase (TBP: the truncation)")
+    nudged_iterations: int = setting(
+        8, "K: iterations of each nudged phase (TBP: the truncation; RBP almeida-pineda: its steps)"
+    )
     solver: str | None = setting(None, "relaxation solver (SOLVERS); null: the model's default")
     schedule: str = setting("asynchronous", "asynchronous (even/odd layers, eqs. 100-101) or synchronous (eq. 99)")
     first: str = setting("even", "asynchronous: which parity of layers is updated first (the paper: even)")

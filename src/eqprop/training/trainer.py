@@ -159,6 +159,7 @@ def build_algorithm(cfg: TrainConfig) -> LearningAlgorithm:
         "points": cfg.points,
         "periods": cfg.periods,
         "fallback_tol": cfg.fallback_tol,
+        "adjoint": cfg.rbp_adjoint,
     }
     options = algorithm_options(cfg.algorithm)
     if "phases" in options:
