@@ -258,6 +258,7 @@ CONVENTIONS = {
     ("relax", "init"): "persistent",
     ("model", "bias_init"): "uniform",
     ("rule", "nudged_output"): "iterate",
+    ("rule", "rbp_adjoint"): "almeida-pineda",  # acts only with algorithm=RBP (training/sgd.py's RecurrentBackprop)
 }
 # the code's datasets.py: CIFAR-10 RandomCrop(32, padding=4, padding_mode="edge") after the flip; MNIST padded to
 # 32x32 by two black pixels, then RandomCrop(32, padding=2, padding_mode="edge")
@@ -290,8 +291,8 @@ MNIST_CROPS = {("data", "crop_padding"): 2, ("data", "crop_padding_mode"): "edge
 )
 def test_public_code_configs_are_the_table_configs_plus_the_code_conventions(name, base, extra):
     """Each public_code config differs from the Table 2/3 config of the same run in the five conventions, the
-    code's random crops (and the named speed or precision keys) only: beta, rates, gains, T, K, epochs stay the
-    tables' values."""
+    code's RBP adjoint, the code's random crops (and the named speed or precision keys) only: beta, rates, gains,
+    T, K, epochs stay the tables' values."""
     ours = load_config(ROOT / f"configs/comparative_study/public_code/{name}.yaml")
     table = load_config(ROOT / f"configs/comparative_study/{base}.yaml")
     assert _flat_differences(table, ours) == {**CONVENTIONS, **extra}
