@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..core.network import State
 from ..core.nudging import cost_precision
+from ..core.relaxation import relax
 from ..models.base import model_output
 from .base import RelaxingAlgorithm, StepResult, register_algorithm, write_grads
 
@@ -95,6 +96,11 @@ def conjugate_gradient(
 ADJOINTS = ("cg", "almeida-pineda")  # RBP's adjoint solvers
 
 
+def _check_adjoint(adjoint: str) -> None:
+    if adjoint not in ADJOINTS:
+        raise ValueError(f"unknown RBP adjoint {adjoint!r}; valid adjoints are {list(ADJOINTS)}")
+
+
 class RecurrentBackprop(RelaxingAlgorithm):
     """RBP: implicit differentiation of C(o_*) at the free state s_* = sigma(dPhi/ds(s_*)).
 
@@ -113,24 +119,24 @@ class RecurrentBackprop(RelaxingAlgorithm):
 
     def __init__(self, *, adjoint: str = "cg", cg_iterations: int = 200, cg_tol: float = 1e-8, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if adjoint not in ADJOINTS:
-            raise ValueError(f"unknown RBP adjoint {adjoint!r}; valid adjoints are {list(ADJOINTS)}")
+        _check_adjoint(adjoint)
         self.adjoint, self.cg_iterations, self.cg_tol = adjoint, cg_iterations, cg_tol
         self.last_cg_iterations = 0
 
     def gradients(self, network, x, y, free):
         recursion = self.adjoint == "almeida-pineda"
-        grads, self.last_cg_iterations, step = implicit_gradient(
+        grads, self.last_cg_iterations = implicit_gradient(
             network,
             free.states,
             lambda s: self.cost(model_output(network, s), y.to(s[-1].dtype)).mean(),
             self.phases.nudged_iterations if recursion else self.cg_iterations,
             self.cg_tol,
             adjoint=self.adjoint,
-            with_step=True,
         )
-        if recursion:
-            self.phases.carry(network, [free.states[0]] + [t.to(f.dtype) for t, f in zip(step, free.states[1:])])
+        if recursion and self.phases.init == "persistent":  # carry the synchronous step the recursion differentiates
+            with torch.no_grad():
+                step = relax(network, list(free.states), 1, schedule="synchronous", dtype=self.phases.settings.dtype)
+            self.phases.carry(network, step.states)
         return grads
 
     def __repr__(self) -> str:
@@ -146,15 +152,12 @@ def implicit_gradient(
     cg_tol: float = 1e-8,
     *,
     adjoint: str = "cg",
-    with_step: bool = False,
-) -> Any:
+) -> tuple[list[Tensor | None], int]:
     """dL/dtheta of a loss L(s_*, theta) (a scalar; any layers; theta may enter directly, as a readout's weights
     do) through the fixed point s_* = sigma(dPhi/ds(s_*)) by implicit differentiation (RBP's adjoint, see
     :class:`RecurrentBackprop`); returns (grads, adjoint steps): at most ``iterations`` of conjugate gradient, or with
-    ``adjoint="almeida-pineda"`` exactly ``iterations`` steps of the Almeida-Pineda recursion. ``with_step``: also
-    return the synchronous step sigma(dPhi/ds) of ``states`` (layers 1..L), as a third item."""
-    if adjoint not in ADJOINTS:
-        raise ValueError(f"unknown RBP adjoint {adjoint!r}; valid adjoints are {list(ADJOINTS)}")
+    ``adjoint="almeida-pineda"`` exactly ``iterations`` steps of the Almeida-Pineda recursion."""
+    _check_adjoint(adjoint)
     params = list(network.parameters())
     dtype = params[0].dtype
     with torch.enable_grad():
@@ -188,11 +191,8 @@ def implicit_gradient(
                 if t + 1 < iterations:
                     v = hessian(dv)
         through = torch.autograd.grad(m, params, grad_outputs=mu, allow_unused=True)
-        total = [a if b is None else b if a is None else a + b for a, b in zip(through, direct)]
-    if not with_step:
-        return total, used
-    step = [network.layers[k].sigma.project(m[k - 1].detach()) for k in range(1, len(s))]
-    return total, used, step
+        grads = [a if b is None else b if a is None else a + b for a, b in zip(through, direct)]
+        return list(grads), used
 
 
 register_algorithm("TBP", TruncatedBackprop)
