@@ -13,19 +13,14 @@ Usage: python benchmarks/pcn_gradient_agreement.py RUN [--iterations 5 20] [--or
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
-from report import write_report
+from report import cosine, rel_error, write_report
 
 from eqprop import get_algorithm
 from eqprop.training.config import parse_overrides
 from eqprop.training.run_directory import read_checkpoint
 from eqprop.training.trainer import Trainer, read_run_config
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a * b).sum() / (a.norm() * b.norm()).clamp(min=1e-30))
 
 
 def main() -> None:
@@ -67,12 +62,10 @@ def main() -> None:
         for k in args.iterations:
             rule = get_algorithm(rule_name, cost=cfg.cost, beta=cfg.beta, nudged_iterations=k, first=first)
             got = estimate(rule)
-            rel = math.sqrt(sum(float((a - b).pow(2).sum()) for a, b in zip(got, exact)))
-            rel /= math.sqrt(sum(float(b.pow(2).sum()) for b in exact))
             results[f"{first} first, K={k}"] = {
                 "cosine": [cosine(a, b) for a, b in zip(got, exact)],
                 "norm_ratio": [float(a.norm() / b.norm()) for a, b in zip(got, exact)],
-                "relative_error": rel,
+                "relative_error": rel_error(got, exact),
             }
     columns = list(results)
     table = [
@@ -89,7 +82,7 @@ def main() -> None:
         args.out,
         "cpu",
         payload,
-        [f"{cfg.algorithm} vs PC-BP at {args.run} ({state}), {args.images} images", ""] + table,
+        [f"{rule_name} vs PC-BP at {args.run} ({state}), {args.images} images", ""] + table,
     )
 
 

@@ -30,7 +30,7 @@ import contextlib
 import time
 
 import torch
-from report import write_report
+from report import cosine, write_report
 
 from eqprop import dchn, get_algorithm, make_optimizer, relax
 from eqprop.training.data import load_mnist
@@ -64,10 +64,6 @@ def summed_update(alg, net, batches, refine_at_bf16: bool = False) -> list[torch
         g = [t.detach().float() for t in g]
         total = g if total is None else [a + b for a, b in zip(total, g)]
     return total
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-30))
 
 
 def measure(net, batches, names, refines: list[int]) -> dict:

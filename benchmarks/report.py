@@ -1,14 +1,27 @@
-"""Shared output of the benchmark scripts: run metadata, then <out>.json and a Markdown table <out>.md."""
+"""Shared output of the benchmark scripts: run metadata, then <out>.json and a Markdown table <out>.md; and the
+two agreement measures the gradient checks report (cosine, relative error)."""
 
 from __future__ import annotations
 
 import datetime
 import json
+import math
 import platform
 import sys
 from pathlib import Path
 
 import torch
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """cos(a, b) over all entries."""
+    return float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-30))
+
+
+def rel_error(gs: list[torch.Tensor], refs: list[torch.Tensor]) -> float:
+    """||g - g_ref|| / ||g_ref|| over all tensors (g cast to float64)."""
+    num = sum(float((a.double() - b).pow(2).sum()) for a, b in zip(gs, refs))
+    return math.sqrt(num / sum(float(b.pow(2).sum()) for b in refs))
 
 
 def device_name(device: torch.device | str) -> str:

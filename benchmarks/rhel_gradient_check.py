@@ -10,22 +10,15 @@ Usage: python benchmarks/rhel_gradient_check.py [--out benchmarks/results/rhel_g
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
-from report import write_report
+from report import rel_error, write_report
 
 from eqprop.core.nudging import get_cost
 from eqprop.models.hamiltonian import HamiltonianSSM
 from eqprop.rules.echo_learning import bptt_gradients, rhel_gradients
 
 EPSILONS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
-
-
-def rel_error(gs: list[torch.Tensor], refs: list[torch.Tensor]) -> float:
-    """||g - g_ref|| / ||g_ref|| over all tensors (g cast to float64)."""
-    num = sum(float((a.double() - b).pow(2).sum()) for a, b in zip(gs, refs))
-    return math.sqrt(num / sum(float(b.pow(2).sum()) for b in refs))
 
 
 def errors(integrator: str, at: str) -> list[float]:
