@@ -9,6 +9,7 @@ import torch
 
 from eqprop.training.config import load_config
 from eqprop.training.data import dataset_spec
+from eqprop.training.study import config_changes
 from eqprop.training.trainer import build_network
 
 ROOT = Path(__file__).resolve().parents[2] / "configs" / "pcn"
@@ -151,3 +152,10 @@ def test_bad_pcn_settings_are_clear_errors():
         build_network(cfg, (1, 16, 16), 10)
     with pytest.raises(ConfigError, match=r"must be divisible by 2\*\*3"):
         build_network(parse_overrides([*base, "channels=[4,4,4]", "pools=[true,true,true]"]), (1, 12, 12), 10)
+
+
+def test_the_k_equals_layers_variant_differs_from_its_table7_cell_only_in_k():
+    variant = load_config(ROOT / "table7_k_layers" / "cifar10_ce_ep.yaml")
+    cell = load_config(ROOT / "table7" / "cifar10_ce_ep.yaml")
+    assert config_changes(cell, variant) == {"nudged_iterations": (5, 6)}
+    assert build_network(variant, (3, 32, 32), 10).depth == variant.nudged_iterations  # K = L

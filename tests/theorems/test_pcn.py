@@ -4,8 +4,11 @@ import math
 
 import pytest
 import torch
+from torch.nn.functional import one_hot
 
 from eqprop import get_algorithm
+from eqprop.core.nudging import get_cost
+from eqprop.models.predictive_coding import PC_LAYERS, PredictiveCodingNetwork
 from helpers import rel_error, skip_pcn, small_pcn
 
 
@@ -116,3 +119,71 @@ def test_random_clamping_draws_both_signs():
     alg = get_algorithm("PC-RCpL", beta=0.1, seed=0)
     assert {alg.next_betas()[1] > 0 for _ in range(20)} == {True, False}
     assert all(alg.next_betas()[0] == 0.0 for _ in range(5))  # the other phase is the free state
+
+
+# ---- how many nudged iterations: K = L (section 5.2, appendix A.3) -------------------------------------------
+def _dense_pcn(depth: int, gain: float, seed: int = 0, width: int = 16):
+    """A dense PCN (ReLU hidden layers, linear output) with weights U(-c, c), c = gain sqrt(3 / width)."""
+    torch.manual_seed(seed)
+    layers = [PC_LAYERS["linear_relu"](width, width) for _ in range(depth - 1)] + [PC_LAYERS["linear"](width, 10)]
+    net = PredictiveCodingNetwork(layers, 10).double()
+    with torch.no_grad():
+        for f in net.predictions:
+            w, b = list(f.parameters())
+            w.uniform_(-gain * math.sqrt(3 / width), gain * math.sqrt(3 / width))
+            b.uniform_(-1.0, 1.0)
+    x = torch.rand(6, width, dtype=torch.float64)
+    return net, x, one_hot(torch.randint(0, 10, (6,)), 10).double()
+
+
+def _backprop_errors(net, x, y, cost, beta):
+    """-beta dC/da_k through a forward pass written here from the weights: the nudged errors as beta -> 0."""
+    h, pre = x.clone().requires_grad_(True), []
+    for k, f in enumerate(net.predictions, start=1):
+        w, b = list(f.parameters())
+        a = h @ w.detach().T + b.detach()
+        pre.append(a)
+        h = a if k == net.depth else torch.relu(a)
+    return [-beta * g.detach() for g in torch.autograd.grad(cost(h, y).sum(), pre)]
+
+
+def _error_after(net, x, y, cost, beta, iterations, first, reference):
+    s = net.relax_nudged(net.forward_pass(x), cost, y, beta, iterations, first=first)
+    with torch.no_grad():
+        return max(float((e - r).norm() / r.norm()) for e, r in zip(net.errors(s), reference))
+
+
+@pytest.mark.parametrize("cost", ["half_squared_error", "cross_entropy"])
+@pytest.mark.parametrize("first", ["even", "odd"])
+@pytest.mark.parametrize("depth", [4, 5])
+def test_nudged_phase_reaches_its_fixed_point_in_as_many_iterations_as_layers(depth, first, cost):
+    """With the ReLU masks fixed (beta -> 0), K asynchronous mod-PGD iterations from the forward pass give the nudged
+    errors eps_k = -beta dC/da_k (backprop) exactly at K = L, the number of layers, in either order and whatever the
+    weights; at K = L - 1 the error left grows with the weights' scale. This is section 5.2's "the optimal K is the
+    number of layers", and why K = 5 < L = 6 stopped giving VGG5's gradient once it had trained
+    (docs/predictive_coding.md)."""
+    c, beta = get_cost(cost), 1e-8
+    left = {}
+    for gain in (0.5, 1.5):
+        net, x, y = _dense_pcn(depth, gain)
+        with torch.enable_grad():
+            reference = _backprop_errors(net, x, y, c, beta)
+        errs = [_error_after(net, x, y, c, beta, k, first, reference) for k in range(depth - 1, depth + 2)]
+        assert max(errs[1:]) < 1e-5, (gain, errs)  # K = L and L + 1: O(beta) from the cost's curvature
+        left[gain] = errs[0]
+    assert left[0.5] > 1e-4  # K = L - 1 falls short: measured 4e-4 to 2e-2
+    assert left[1.5] > 100 * left[0.5]  # by more with larger weights: measured 2.4 to 9.0, 160 to 2e4 times more
+
+
+@pytest.mark.parametrize("first", ["even", "odd"])
+def test_with_convolutions_and_pooling_too_the_nudged_phase_settles_at_k_equals_l(first):
+    """The same on a conv net with max-pooling (pooling indices fixed as beta -> 0): K = L iterations reach the
+    state of K = 200 (a fixed point of eq. 20, tests/closed_forms/test_fixed_points.py); K = L - 1 does not."""
+    net, x, labels = small_pcn(3)
+    y, c, beta = one_hot(labels, 10).double(), get_cost("cross_entropy"), 1e-8
+    assert any(f.pool for f in net.predictions)
+    settled = net.relax_nudged(net.forward_pass(x), c, y, beta, 200, first=first)
+    with torch.no_grad():
+        reference = net.errors(settled)
+    errs = [_error_after(net, x, y, c, beta, k, first, reference) for k in (net.depth - 1, net.depth)]
+    assert errs[1] < 1e-6 and errs[0] > 1e3 * errs[1], errs  # measured 1.9e-9 / 1.4e-3 even, 1.2e-8 / 2.1e-2 odd
