@@ -64,6 +64,7 @@ __all__ = [
     "layer_groups",
     "resolve_dtype",
     "complex_dtype",
+    "largest_change",
 ]
 
 SCHEDULES = ("asynchronous", "synchronous")
@@ -275,7 +276,7 @@ def _iterate(
         change = None
         if before is not None:
             with torch.no_grad():
-                sample_change = _sample_change([states[k] for k in free], before)
+                sample_change = largest_change([states[k] for k in free], before).float()
                 change = float(sample_change.max()) if free else 0.0
                 if tol is not None:
                     done = sample_change < tol
@@ -297,11 +298,12 @@ def _iterate(
     return RelaxResult(states, used, traj, stats)
 
 
-def _sample_change(after: list[Tensor], before: list[Tensor]) -> Tensor:
-    """Per sample, the largest absolute change of any unit between two lists of layer states."""
+def largest_change(after: Sequence[Tensor], before: Sequence[Tensor]) -> Tensor:
+    """Per sample, the largest absolute change of any unit between two lists of layer states (real or complex):
+    the convergence measure of the relaxations and of holomorphic EP's fixed-point check."""
     if not after:
         return torch.zeros(before[0].shape[0] if before else 0)
-    per_layer = [(a - b).abs().flatten(1).amax(1).float() for a, b in zip(after, before)]
+    per_layer = [(a - b).abs().flatten(1).amax(1) for a, b in zip(after, before)]
     return torch.stack(per_layer).amax(0)
 
 

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from ..core.nudging import Cost, EPNudge
-from ..core.relaxation import RelaxResult, complex_dtype, get_solver
+from ..core.relaxation import RelaxResult, complex_dtype, get_solver, largest_change
 from .base import RelaxingAlgorithm, register_algorithm
 from .contrast import contrast, nudged_energy_grads
 from .phases import Phases
@@ -139,9 +139,8 @@ class HolomorphicEP(RelaxingAlgorithm):
         """Per sample, the largest move of any unit in one more iteration from a complex phase's states (inf where
         a state is not finite): how far the phase is from its fixed point."""
         moved = self._relax(model, states, y, beta, iterations=1).states
-        per_layer = [(a - b).abs().flatten(1).amax(1) for a, b in zip(moved[1:], states[1:])]
         finite = torch.stack([torch.isfinite(s).flatten(1).all(1) for s in states[1:]]).all(0)
-        return torch.where(finite, torch.stack(per_layer).amax(0), torch.inf)
+        return torch.where(finite, largest_change(moved[1:], states[1:]), torch.inf)
 
     def gradients(self, model, x, y, free):
         self.check_model(model)
