@@ -60,13 +60,16 @@ def test_almeida_pineda_rbp_is_backprop_through_k_synchronous_steps_and_converge
     as K grows they converge to the CG adjoint's implicit gradient (the Neumann series of (I - D H)^{-1})."""
     net, x, labels = make()
     y = one_hot(labels, 5, torch.float64)
-    exact = get_algorithm("RBP", cg_tol=1e-13, **CONVERGED).step(net, x, labels)
+    cg = get_algorithm("RBP", cg_tol=1e-13, **CONVERGED)
+    exact = cg.step(net, x, labels)
+    assert 0 < cg.last_adjoint_steps < cg.cg_iterations  # CG stopped at its tolerance, not at the cap
     params = list(net.parameters())
     errors = []
     for k in (1, 3, 5, 20, 100):
         ap = get_algorithm("RBP", adjoint="almeida-pineda", nudged_iterations=k)
         grads = ap.gradients(net, x, y, exact.free)  # at the converged free state of the CG run
         errors.append(rel_error(grads, exact.grads))
+        assert ap.last_adjoint_steps == k
         if k == 100:
             break
         with torch.enable_grad():

@@ -121,11 +121,11 @@ class RecurrentBackprop(RelaxingAlgorithm):
         super().__init__(**kwargs)
         _check_adjoint(adjoint)
         self.adjoint, self.cg_iterations, self.cg_tol = adjoint, cg_iterations, cg_tol
-        self.last_cg_iterations = 0
+        self.last_adjoint_steps = 0  # the last step's CG iterations (stopped at cg_tol), or its K recursion steps
 
     def gradients(self, network, x, y, free):
         recursion = self.adjoint == "almeida-pineda"
-        grads, self.last_cg_iterations = implicit_gradient(
+        grads, self.last_adjoint_steps = implicit_gradient(
             network,
             free.states,
             lambda s: self.cost(model_output(network, s), y.to(s[-1].dtype)).mean(),
