@@ -203,6 +203,8 @@ def test_crops_pad_as_torchvision_does(mode):
 def test_augmentation_refuses_bad_settings():
     with pytest.raises(ValueError, match="valid modes are"):
         Augmentation(crop_padding=2, padding_mode="wrap")
+    with pytest.raises(ValueError, match="unknown padding_mode 'wrap'"):
+        random_crop(torch.zeros(1, 1, 4, 4), 1, padding_mode="wrap")
     with pytest.raises(ValueError, match="crop_padding must be >= 0"):
         Augmentation(crop_padding=-1)
     from eqprop.errors import ConfigError

@@ -199,6 +199,11 @@ def random_flip(x: Tensor, generator: torch.Generator | None = None, rows: tuple
 PADDING_MODES = {"constant": "constant", "edge": "replicate", "reflect": "reflect"}
 
 
+def _check_padding_mode(padding_mode: str) -> None:
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"unknown padding_mode {padding_mode!r}; valid modes are {list(PADDING_MODES)}")
+
+
 def random_crop(
     x: Tensor,
     padding: int,
@@ -208,8 +213,7 @@ def random_crop(
 ) -> Tensor:
     """Pad each image by ``padding`` pixels per side and crop it back at a random offset. The padding is black
     (``"constant"``), repeats the border pixels (``"edge"``) or mirrors the image (``"reflect"``)."""
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(f"unknown padding_mode {padding_mode!r}; valid modes are {list(PADDING_MODES)}")
+    _check_padding_mode(padding_mode)
     n, _, h, w = x.shape
     part, total = rows or (slice(None), n)
     padded = F.pad(x, (padding, padding, padding, padding), mode=PADDING_MODES[padding_mode])
@@ -234,8 +238,7 @@ class Augmentation:
     def __post_init__(self) -> None:
         if self.crop_padding < 0:
             raise ValueError(f"crop_padding must be >= 0, got {self.crop_padding}")
-        if self.padding_mode not in PADDING_MODES:
-            raise ValueError(f"unknown padding_mode {self.padding_mode!r}; valid modes are {list(PADDING_MODES)}")
+        _check_padding_mode(self.padding_mode)
 
     def __call__(
         self, x: Tensor, generator: torch.Generator | None = None, rows: tuple[slice, int] | None = None
