@@ -264,13 +264,19 @@ def test_pcn_trains_on_an_image_folder_through_the_pipeline(tmp_path):
             "crop_padding=2",
             "batch_size=8",
             "epochs=2",
+            "nudged_iterations=3",
             "progress=false",
             "tensorboard=false",
             f"out_dir={tmp_path / 'run'}",
         ],
     )
-    history = Trainer(cfg, log=lambda s: None).fit()
+    lines: list[str] = []
+    trainer = Trainer(cfg, log=lines.append)
+    history = trainer.fit()
     assert len(history) == 2 and all(np.isfinite(row["train_loss"]) for row in history)
+    notes = [line for line in lines if line.startswith("eqprop: note:")]  # K = 3 < L: said once, at the start
+    expected = f"K = 3 nudged iterations, fewer than the model's {trainer.network.depth} layers"
+    assert len(notes) == 1 and expected in notes[0]
     assert (tmp_path / "run" / "checkpoint_last.pt").exists()
 
 

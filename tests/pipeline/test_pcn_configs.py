@@ -154,6 +154,22 @@ def test_bad_pcn_settings_are_clear_errors():
         build_network(parse_overrides([*base, "channels=[4,4,4]", "pools=[true,true,true]"]), (1, 12, 12), 10)
 
 
+def test_a_nudged_phase_shorter_than_the_network_is_noted_and_k_equals_l_is_not():
+    """Table 7's K = 5 on VGG5's L = 6 layers gets a note (section 5.2); K = 6, PC-BP, PGD and clamping do not."""
+    from eqprop.training.trainer import build_algorithm
+
+    def notes(cfg):
+        return build_algorithm(cfg).notes(build_network(cfg, (3, 32, 32), 10))
+
+    cell = load_config(ROOT / "table7" / "cifar10_ce_ep.yaml")
+    (note,) = notes(cell)
+    assert "K = 5 nudged iterations, fewer than the model's 6 layers" in note and "K = 6 settles it" in note
+    assert notes(load_config(ROOT / "table7_k_layers" / "cifar10_ce_ep.yaml")) == []
+    assert notes(load_config(ROOT / "table7" / "cifar10_ce_bp.yaml")) == []
+    assert notes(load_config(ROOT / "table7" / "cifar10_ce_ep.yaml", ["solver=pgd"])) == []
+    assert notes(load_config(ROOT / "table7" / "cifar10_ce_ep.yaml", ["algorithm=PC-CCpL"])) == []
+
+
 def test_the_k_equals_layers_variant_differs_from_its_table7_cell_only_in_k():
     variant = load_config(ROOT / "table7_k_layers" / "cifar10_ce_ep.yaml")
     cell = load_config(ROOT / "table7" / "cifar10_ce_ep.yaml")

@@ -233,6 +233,12 @@ class PredictiveCodingNetwork(nn.Module):
     def depth(self) -> int:
         return len(self.predictions)
 
+    @property
+    def settling_iterations(self) -> int:
+        """Nudged mod-PGD iterations from the forward pass after which, with the ReLU masks and pooling indices
+        fixed (beta -> 0), the errors are exactly -beta dC/da_k: the number of layers L (section 5.2)."""
+        return self.depth
+
     def layer_parameters(self) -> list[list[nn.Parameter]]:
         """One parameter group per layer k = 1..L (for per-layer learning rates); a skip belongs to its target."""
         groups = [list(f.parameters()) for f in self.predictions]

@@ -74,6 +74,11 @@ class LearningAlgorithm:
     def check_model(self, model: Any) -> None:
         """Raise ValueError, saying what to change, if this rule cannot train ``model`` (checked at build time)."""
 
+    def notes(self, model: Any) -> list[str]:
+        """Settings that train ``model`` but are known to cost accuracy, each a line for the run's log; none by
+        default."""
+        return []
+
     def targets(self, model: Any, labels: Tensor) -> Tensor:
         """The one-hot targets y of integer labels."""
         return one_hot(labels, model.num_classes).to(labels.device)

@@ -96,6 +96,18 @@ class Contrastive(RelaxingAlgorithm):
         nudge = self.nudge(beta, y, free, signal_targets, getattr(model, "readout", None))
         return self.phases.nudged(model, free.states, nudge)
 
+    def notes(self, model: Any) -> list[str]:
+        """A PCN nudged for fewer mod-PGD iterations than it has layers: its nudged phase cannot settle."""
+        need, k = getattr(model, "settling_iterations", None), self.phases.nudged_iterations
+        if self.mode != "ep" or self.phases.solver != "mod-pgd" or need is None or k >= need:
+            return []
+        return [
+            f"{self.name}: K = {k} nudged iterations, fewer than the model's {need} layers: the nudged phase does "
+            f"not reach its fixed point, and the gradient estimate degrades as the weights grow in training; "
+            f"K = {need} settles it (PCN paper section 5.2: the best K is the number of layers; "
+            "docs/predictive_coding.md)"
+        ]
+
     def gradients(self, model, x, y, free):
         b1, b2 = self.next_betas()
         targets = [sig.target(x, y) for sig in self.signals] if self.kappa != 0.0 else []  # no teacher pass when off

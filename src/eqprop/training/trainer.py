@@ -616,6 +616,8 @@ class Trainer:
                 f"eqprop: continuing {self.out} after epoch {self.epoch}"
                 + (f" (batch {self.resuming_batch} of epoch {self.epoch + 1})" if self._partial else "")
             )
+        for note in self.algorithm.notes(self.network):
+            self.log(f"eqprop: note: {note}")
         handlers = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
