@@ -126,7 +126,7 @@ def test_a_background_run_is_stopped_with_a_checkpoint_and_resumed_to_the_end(tm
 def test_a_run_polled_while_it_trains_goes_on_elsewhere_from_the_snapshot(tmp_path):
     """The lent machine is taken back mid-stretch: what the last poll packed (while the run trained) rebuilds
     the run elsewhere, which resumes from the snapshot's checkpoint and ends with every epoch once."""
-    run, epochs = tmp_path / "run", 10
+    run, epochs = tmp_path / "run", 60  # a tiny epoch takes about 0.1 s: the run must outlast the poll's wait
     (tmp_path / "tiny.yaml").write_text(f"epochs: {epochs}\n")
     rr.start(run, str(tmp_path / "tiny.yaml"), TINY)
     try:
