@@ -47,3 +47,29 @@ def test_plot_adds_a_top5_panel_for_many_classes(tmp_path, dataset, panels, monk
     assert out.read_bytes()[:4] == b"\x89PNG" and len(seen["titles"]) == panels
     if panels == 3:
         assert "top-5" in seen["titles"][2] and seen["lines"][2] == 1
+
+
+def test_plot_labels_the_error_axis_and_tells_runs_with_one_label_apart(tmp_path, monkeypatch):
+    """Curves inside one decade (20 % to 70 %) still get labelled ticks on the log error axis, and two runs of the
+    same algorithm, data set and seed get their directories' names in the legend."""
+    seen = {}
+    import matplotlib.figure
+
+    original = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        fig.canvas.draw()
+        ax_err = fig.axes[0]
+        lo, hi = ax_err.get_ylim()
+        seen["ticks"] = [
+            t.get_text() for t in ax_err.get_yticklabels() if t.get_text() and lo <= t.get_position()[1] <= hi
+        ]
+        seen["legend"] = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    runs = [fake_run(tmp_path, name, "mnist", [0.7, 0.45, 0.4]) for name in ("k5", "k6")]
+    plot_runs(runs, tmp_path / "p.png")
+    assert len(seen["ticks"]) >= 2 and all(float(t) > 0 for t in seen["ticks"])
+    assert "PC-CEP mnist seed 0 (k5) test" in seen["legend"] and "PC-CEP mnist seed 0 (k6) test" in seen["legend"]
+    assert len(set(seen["legend"])) == len(seen["legend"])

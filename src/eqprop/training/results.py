@@ -118,28 +118,29 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter, SymmetricalLogLocator
 
     runs = [read_run(d) for d in run_dirs]
     if not any(r.metrics for r in runs):
         raise DataError(f"no epoch metrics in {[str(r.path) for r in runs]}: nothing to plot")
+    labels = _distinct_labels(runs)
     top5 = [r for r in runs if r.metrics and _many_classes(r.config["dataset"]) and "test_top5_error" in r.metrics[0]]
     fig, axes = plt.subplots(1, 3 if top5 else 2, figsize=(16.5 if top5 else 11, 4))
     ax_err, ax_loss = axes[0], axes[1]
-    for k, run in enumerate(runs):
+    for k, (run, label) in enumerate(zip(runs, labels)):
         if not run.metrics:
             continue
         style = {"color": f"C{k % 10}", "marker": "o" if len(run.metrics) <= 30 else None, "markersize": 3}
         epochs = [m["epoch"] for m in run.metrics]
-        ax_err.plot(epochs, [100 * m["test_error"] for m in run.metrics], label=f"{run.label} test", **style)
-        ax_err.plot(epochs, [100 * m["train_error"] for m in run.metrics], ls="--", label=f"{run.label} train", **style)
-        ax_loss.plot(epochs, [m["test_loss"] for m in run.metrics], label=f"{run.label} test", **style)
-        ax_loss.plot(epochs, [m["train_loss"] for m in run.metrics], ls="--", label=f"{run.label} train", **style)
+        ax_err.plot(epochs, [100 * m["test_error"] for m in run.metrics], label=f"{label} test", **style)
+        ax_err.plot(epochs, [100 * m["train_error"] for m in run.metrics], ls="--", label=f"{label} train", **style)
+        ax_loss.plot(epochs, [m["test_loss"] for m in run.metrics], label=f"{label} test", **style)
+        ax_loss.plot(epochs, [m["train_loss"] for m in run.metrics], ls="--", label=f"{label} train", **style)
     ax_err.set(xlabel="epoch", ylabel="error rate (%)", title="top-1 error (solid: test, dashed: train)")
     ax_loss.set(xlabel="epoch", ylabel="cost", title="loss (solid: test, dashed: train)")
     if top5:  # 100- and 1000-class sets: the top-5 test error the PCN paper reports
         ax5 = axes[2]
-        for k, run in enumerate(runs):
+        for k, (run, label) in enumerate(zip(runs, labels)):
             if run in top5:
                 epochs = [m["epoch"] for m in run.metrics]
                 marker = "o" if len(run.metrics) <= 30 else None
@@ -149,7 +150,7 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
                     color=f"C{k % 10}",
                     marker=marker,
                     markersize=3,
-                    label=run.label,
+                    label=label,
                 )
         ax5.set(xlabel="epoch", ylabel="top-5 error rate (%)", title="top-5 test error (100+ classes)")
         ax5.legend(fontsize=7, loc="best")
@@ -157,8 +158,18 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax_err.set_yscale("symlog", linthresh=0.1)  # log above 0.1 %, linear below: a 0 % error stays on the plot
+    # ticks at 1, 2, 3, 5 times each power of ten, so a curve inside one decade (20 % to 70 %, say) has labels
+    ax_err.yaxis.set_major_locator(SymmetricalLogLocator(linthresh=0.1, base=10, subs=[1.0, 2.0, 3.0, 5.0]))
+    ax_err.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax_err.yaxis.set_minor_formatter(NullFormatter())
     ax_loss.legend(fontsize=7, loc="best")
     return _save(fig, path)
+
+
+def _distinct_labels(runs: list[Run]) -> list[str]:
+    """Each run's legend label, with its directory's name added where two runs would share one."""
+    plain = [r.label for r in runs]
+    return [f"{p} ({r.path.name})" if plain.count(p) > 1 else p for p, r in zip(plain, runs)]
 
 
 def _cell(values: list[float]) -> str:
