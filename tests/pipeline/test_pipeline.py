@@ -515,6 +515,53 @@ def test_divergence_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, 
     assert "diverged" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("max_loss", [1e3, None])
+def test_a_finite_loss_explosion_stops_the_run_at_max_loss(tmp_path, max_loss):
+    """A loss that explodes but stays finite (K = 5 PC-EP at 1/8 width went from 1.4 to 1e25 in 20 steps,
+    docs/reproductions.md) stops the run at the first batch above ``max_loss``; ``max_loss=None`` lets it run."""
+    import dataclasses
+
+    from eqprop.training.callbacks import Callback
+
+    class Explode(Callback):
+        def on_epoch_start(self, trainer, epoch):
+            if epoch == 2:
+                step = trainer.algorithm.step
+                trainer.algorithm.step = lambda *a: (lambda r: dataclasses.replace(r, loss=r.loss * 1e9))(step(*a))
+
+    cfg = TrainConfig(
+        model="mlp",
+        image_size=8,
+        hidden=[16],
+        gains=[0.5, 0.5],
+        lrs=[0.05, 0.05],
+        free_iterations=4,
+        nudged_iterations=2,
+        epochs=3,
+        limit_train=64,
+        limit_test=32,
+        batch_size=32,
+        out_dir=str(tmp_path),
+        progress=False,
+        max_loss=max_loss,
+    )
+    trainer = Trainer(cfg, log=lambda s: None, callbacks=[Explode()])
+    if max_loss is None:
+        history = trainer.fit()
+        assert len(history) == 3 and history[0]["train_loss"] < 10 and history[2]["train_loss"] > 1e6
+        return
+    with pytest.raises(DivergenceError, match=r"diverged in epoch 2: batch 1's mean loss .* above max_loss=1000 "):
+        trainer.fit()
+    ckpt = torch.load(tmp_path / "checkpoint_last.pt", weights_only=False)
+    assert ckpt["epoch"] == 1 and ckpt["partial"] is None
+
+
+@pytest.mark.parametrize("value", [0, -1.0])
+def test_max_loss_must_be_positive_or_null(value):
+    with pytest.raises(ConfigError, match="config key 'max_loss' must be null \\(no limit\\) or > 0"):
+        TrainConfig(max_loss=value)
+
+
 # ----------------------------------------------------------------------------------------------- results
 
 

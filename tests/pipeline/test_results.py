@@ -73,3 +73,26 @@ def test_plot_labels_the_error_axis_and_tells_runs_with_one_label_apart(tmp_path
     assert len(seen["ticks"]) >= 2 and all(float(t) > 0 for t in seen["ticks"])
     assert "PC-CEP mnist seed 0 (k5) test" in seen["legend"] and "PC-CEP mnist seed 0 (k6) test" in seen["legend"]
     assert len(set(seen["legend"])) == len(seen["legend"])
+
+
+def test_plot_puts_a_diverged_runs_loss_on_a_log_axis(tmp_path, monkeypatch):
+    """One run's loss at 1e28 (a collapse) next to losses near 1: the loss axis turns logarithmic, so the other
+    curves stay readable; without such a spread it stays linear."""
+    import matplotlib.figure
+
+    scales = []
+    original = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        scales.append(fig.axes[1].get_yscale())
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    good = fake_run(tmp_path, "good", "mnist", [0.5, 0.4])
+    bad = fake_run(tmp_path, "bad", "mnist", [0.5, 0.9])
+    rows = [json.loads(line) for line in (bad / "metrics.jsonl").read_text().splitlines()]
+    rows[1]["train_loss"] = rows[1]["test_loss"] = 1e28
+    (bad / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plot_runs([good], tmp_path / "a.png")
+    plot_runs([good, bad], tmp_path / "b.png")
+    assert scales == ["linear", "log"]

@@ -1,7 +1,7 @@
 """Callbacks: what a run does besides the loop itself, each a small class with hooks the Trainer calls.
 
-- :class:`DivergenceGuard`: stop with :class:`DivergenceError` on a non-finite loss, output or weight (the last
-  good checkpoint is kept);
+- :class:`DivergenceGuard`: stop with :class:`DivergenceError` on a non-finite loss, output or weight, or a batch
+  loss above ``max_loss`` (the last good checkpoint is kept);
 - :class:`KappaSchedule`: the signal strength kappa of each epoch (scalable-EP paper, eq. 14);
 - :class:`Diagnostics`: Figure 5's per-layer mean activation and update norm, per epoch;
 - :class:`BatchFunction`: a plain ``fn(trainer, epoch, batch)`` called after each batch.
@@ -30,7 +30,8 @@ __all__ = ["Callback", "DivergenceGuard", "DivergenceError", "KappaSchedule", "D
 
 
 class DivergenceError(RuntimeError):
-    """Raised when output, loss or weights become NaN/inf; the last good checkpoint is kept."""
+    """Raised when output, loss or weights become NaN/inf or the loss passes ``max_loss``; the last good checkpoint
+    is kept."""
 
 
 class Callback:
@@ -51,23 +52,33 @@ class Callback:
 
 
 class DivergenceGuard(Callback):
-    """Non-finite loss or output state (before the update) or weights (after it): stop with advice."""
+    """Non-finite loss or output state (before the update) or weights (after it), or a batch's mean loss above
+    ``max_loss`` (a loss that explodes but stays finite, as when a biased gradient estimate turns to ascent):
+    stop with advice."""
+
+    def __init__(self, max_loss: float | None = None) -> None:
+        self.max_loss = max_loss
 
     def _diverged(self, trainer: Trainer, epoch: int, what: str) -> DivergenceError:
         where = f" (last good checkpoint: {trainer.run_dir.last})" if trainer.run_dir else ""
         return DivergenceError(
-            f"training diverged in epoch {epoch}: non-finite {what}{where}; "
+            f"training diverged in epoch {epoch}: {what}{where}; "
             "try smaller learning rates, a smaller beta or more iterations"
         )
 
     def after_step(self, trainer, epoch, batch, result):
-        bad = not math.isfinite(float(result.loss.sum())) or not bool(torch.isfinite(result.output).all())
+        mean = float(result.loss.sum()) / max(1, result.loss.numel())
+        bad = not math.isfinite(mean) or not bool(torch.isfinite(result.output).all())
         if any_rank(bad, trainer.dist):  # every rank stops at the same batch, whichever rank saw it
-            raise self._diverged(trainer, epoch, "loss or output state")
+            raise self._diverged(trainer, epoch, "non-finite loss or output state")
+        if self.max_loss is not None and any_rank(mean > self.max_loss, trainer.dist):
+            raise self._diverged(
+                trainer, epoch, f"batch {batch + 1}'s mean loss {mean:.3g} is above max_loss={self.max_loss:g}"
+            )
 
     def on_batch_end(self, trainer, epoch, batch, result):
         if not bool(torch.stack([torch.isfinite(p).all() for p in trainer.network.parameters()]).all()):
-            raise self._diverged(trainer, epoch, "weights")
+            raise self._diverged(trainer, epoch, "non-finite weights")
 
 
 class KappaSchedule(Callback):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -158,10 +159,13 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax_err.set_yscale("symlog", linthresh=0.1)  # log above 0.1 %, linear below: a 0 % error stays on the plot
-    # ticks at 1, 2, 3, 5 times each power of ten, so a curve inside one decade (20 % to 70 %, say) has labels
-    ax_err.yaxis.set_major_locator(SymmetricalLogLocator(linthresh=0.1, base=10, subs=[1.0, 2.0, 3.0, 5.0]))
+    # ticks at 1, 2, 3, 5, 7 times each power of ten, so a curve inside one decade (20 % to 70 %, say) has labels
+    ax_err.yaxis.set_major_locator(SymmetricalLogLocator(linthresh=0.1, base=10, subs=[1.0, 2.0, 3.0, 5.0, 7.0]))
     ax_err.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax_err.yaxis.set_minor_formatter(NullFormatter())
+    losses = [y for line in ax_loss.lines for y in line.get_ydata() if y > 0 and math.isfinite(y)]
+    if losses and max(losses) > 1e3 * min(losses):  # a diverged run's loss would flatten every other curve
+        ax_loss.set_yscale("log")
     ax_loss.legend(fontsize=7, loc="best")
     return _save(fig, path)
 

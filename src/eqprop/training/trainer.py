@@ -724,7 +724,7 @@ class Trainer:
 def default_callbacks(cfg: TrainConfig) -> list[Callback]:
     """The callbacks a config implies: the divergence guard always, the kappa schedule with signals, the
     Figure 5 diagnostics when asked."""
-    callbacks: list[Callback] = [DivergenceGuard()]
+    callbacks: list[Callback] = [DivergenceGuard(cfg.max_loss)]
     if cfg.signals.kind != "none":
         callbacks.append(KappaSchedule(cfg.kappa_schedule, cfg.kappa, cfg.kappa_min, cfg.kappa_gamma, cfg.epochs))
     if cfg.diagnostics:
