@@ -31,8 +31,10 @@ validation: 0.25
 progress: false
 tensorboard: false
 """
+# beta below 0.4: C-EP's -beta phase needs beta < 0.5 with the squared error, and near 0.5 its output runs off
+# (a loss of 4e7 at beta = 0.49: a diverged trial, FAIL)
 SPACE = """\
-beta: {type: float, low: 0.05, high: 0.5}
+beta: {type: float, low: 0.05, high: 0.4}
 lrs: {type: float, low: 0.01, high: 0.2, log: true}
 """
 
@@ -86,7 +88,8 @@ def test_two_workers_share_one_sqlite_storage(experiment):
     trials = optuna.load_study(study_name="s", storage=storage).get_trials()
     real = [t for t in trials if not t.user_attrs.get("surplus")]
     finished = [t for t in real if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
-    assert len(finished) == 5 and len(real) == 5  # none lost, none extra
+    diverged = [t for t in real if t.state == optuna.trial.TrialState.FAIL]  # not counted: another trial is run
+    assert len(finished) == 5 and len(real) == 5 + len(diverged)  # none lost, none extra
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
     dirs = [t.user_attrs["run_dir"] for t in finished]
     assert len(set(dirs)) == 5 and len({t.number for t in finished}) == 5  # no duplicate
