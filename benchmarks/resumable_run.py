@@ -104,18 +104,23 @@ def _refuse_while_training(run_dir: Path, action: str) -> None:
         raise StretchError(f"{run_dir} is already being trained by pid {pid}; `stop` it before {action}")
 
 
-def start(run_dir: Path, config: str | None, overrides: list[str]) -> int:
-    """Launch (or resume) the run in its own session; returns the pid."""
+def start(run_dir: Path, config: str | None, overrides: list[str], until: int | None = None) -> int:
+    """Launch (or resume) the run in its own session; returns the pid. ``until``: the stretch ends after that
+    epoch, with its checkpoint (``stop_after_epoch``)."""
     _refuse_while_training(run_dir, "starting it again")
+    if until is not None and until < 1:
+        raise StretchError(f"--until must be an epoch >= 1, got {until}")
+    stretch = [] if until is None else [f"stop_after_epoch={until}"]
     resuming = (run_dir / "config.json").exists()
     if resuming:
         if config is not None or overrides:
             raise StretchError(f"{run_dir} holds a run: resume it without a config or overrides")
-        cmd = [sys.executable, "-m", "eqprop", "train", "--resume", str(run_dir)]
+        cmd = [sys.executable, "-m", "eqprop", "train", "--resume", str(run_dir), *stretch]
     else:
         if config is None:
             raise StretchError(f"{run_dir} holds no run yet: give the config to start it from")
         cmd = [sys.executable, "-m", "eqprop", "train", config, *overrides, f"out_dir={run_dir}", "progress=false"]
+        cmd += stretch
     run_dir.mkdir(parents=True, exist_ok=True)
     with (run_dir / "stdout.log").open("a") as log:
         log.write(f"\n{_marker('start')}: {' '.join(cmd)}\n")
@@ -310,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir", type=Path)
     p.add_argument("config", nargs="?")
     p.add_argument("overrides", nargs="*")
+    p.add_argument("--until", type=int, metavar="EPOCH", help="end this stretch after that epoch, with its checkpoint")
     for name in ("status", "stop"):
         sub.add_parser(name).add_argument("run_dir", type=Path)
     p = sub.add_parser("pack", help="split the checkpoints into parts, copy the small files")
@@ -336,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "stage-cifar":
             print(f"staged CIFAR-10 in {stage_cifar(args.src, args.dest)}")
         elif args.command == "start":
-            print(f"training {args.run_dir} as pid {start(args.run_dir, args.config, args.overrides)}")
+            print(f"training {args.run_dir} as pid {start(args.run_dir, args.config, args.overrides, args.until)}")
         elif args.command == "status":
             print(json.dumps(status(args.run_dir)))
         elif args.command == "stop":

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from eqprop.errors import ConfigError
 from eqprop.training.config import parse_overrides
 from eqprop.training.data import load_dataset
 from eqprop.training.trainer import Interrupted, Trainer
@@ -120,6 +121,58 @@ def test_a_background_run_is_stopped_with_a_checkpoint_and_resumed_to_the_end(tm
     state = rr.status(run)
     assert 0 < state["wall_clock_s"] <= time.time() - began
     assert [s["epoch"] for s in state["stretches"]][0] == 0 and len(state["stretches"]) == 2
+
+
+def test_stop_after_epoch_ends_a_stretch_and_the_resumed_run_is_the_uninterrupted_one(tmp_path):
+    """``stop_after_epoch``: the run stops after that epoch with its checkpoint (no partial epoch), keeps the
+    schedule of all its epochs, and a plain resume goes on past it to the same weights as a run never stopped."""
+    straight = Trainer(parse_overrides([*TINY, "epochs=3", f"out_dir={tmp_path / 'straight'}"]), log=lambda s: None)
+    straight.fit()
+    lines = []
+    first = Trainer(
+        parse_overrides([*TINY, "epochs=3", "stop_after_epoch=1", f"out_dir={tmp_path / 'run'}"]), lines.append
+    )
+    assert [r["epoch"] for r in first.fit()] == [1]
+    assert any("stopped after epoch 1 of 3 (stop_after_epoch); resume with: eqprop train --resume" in x for x in lines)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=False)
+    assert ckpt["epoch"] == 1 and ckpt["partial"] is None
+    resumed = Trainer.resume(tmp_path / "run", log=lambda s: None)  # the saved stop_after_epoch=1 is behind it
+    assert [r["epoch"] for r in resumed.fit()] == [1, 2, 3]
+    for key, value in straight.network.state_dict().items():
+        assert torch.equal(value, resumed.network.state_dict()[key]), key
+    with pytest.raises(ConfigError, match="config key 'stop_after_epoch' must be >= 1, got 0"):
+        parse_overrides([*TINY, "stop_after_epoch=0"])
+
+
+@pytest.mark.slow
+def test_start_until_runs_a_background_run_in_stretches_of_whole_epochs(tmp_path):
+    """``start RUN CONFIG --until 1``, then ``start RUN --until 2``, then ``start RUN``: three stretches, each ending
+    at an epoch's end with exit status 0, every epoch once."""
+    run = tmp_path / "run"
+    (tmp_path / "tiny.yaml").write_text("epochs: 3\n")
+
+    def wait():
+        deadline = time.monotonic() + 120
+        while rr.status(run)["running"]:
+            assert time.monotonic() < deadline, (run / "stdout.log").read_text()
+            time.sleep(0.2)
+
+    rr.start(run, str(tmp_path / "tiny.yaml"), TINY, until=1)
+    wait()
+    assert rr.status(run)["epochs_done"] == 1
+    rr.start(run, None, [], until=2)
+    wait()
+    assert rr.status(run)["epochs_done"] == 2
+    rr.start(run, None, [])
+    wait()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    log = (run / "stdout.log").read_text()
+    assert log.count("(stop_after_epoch)") == 2 and "done after 3 epochs" in log
+    ends = [line for line in log.splitlines() if line.startswith("# ") and line.split()[3] == "end"]
+    assert len(ends) == 3 and all(e.endswith("(exit status 0)") for e in ends)
+    with pytest.raises(rr.StretchError, match="--until must be an epoch >= 1, got 0"):
+        rr.start(run, None, [], until=0)
 
 
 @pytest.mark.slow

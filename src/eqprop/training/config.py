@@ -49,7 +49,17 @@ __all__ = [
 STUDY_KEYS = ("algorithms", "datasets", "seeds", "jobs")
 # settings that do not change what a run computes: a resume may change them, and runs that differ only in these
 # (and in out_dir and seed) are the same experiment
-INCIDENTAL = ("device", "progress", "tensorboard", "data_dir", "download", "threads", "dist_timeout", "max_loss")
+INCIDENTAL = (
+    "device",
+    "progress",
+    "tensorboard",
+    "data_dir",
+    "download",
+    "threads",
+    "dist_timeout",
+    "max_loss",
+    "stop_after_epoch",
+)
 
 
 @dataclass
@@ -71,12 +81,17 @@ class RunSection(Section):
     deterministic: bool = setting(False, "deterministic kernels only (torch.use_deterministic_algorithms)")
     dist_timeout: float = setting(1800.0, "torchrun runs: seconds a collective waits for the other ranks")
     precision: str = setting("float32", "dtype of parameters, inputs and states: float32 or float64 (for checks)")
+    stop_after_epoch: int | None = setting(
+        None,
+        "end this stretch of the run after that epoch, with its checkpoint; the schedule still runs to `epochs`, "
+        "and --resume goes on from there",
+    )
     max_loss: float | None = setting(
         1e6, "stop as diverged when a batch's mean training loss exceeds this; null: only NaN/inf stop a run"
     )
 
     def validate(self) -> None:
-        self.at_least(1, "threads", "dist_timeout")
+        self.at_least(1, "threads", "dist_timeout", "stop_after_epoch")
         if self.max_loss is not None and not self.max_loss > 0:
             raise ConfigError(f"config key 'max_loss' must be null (no limit) or > 0, got {self.max_loss}")
         self.precision = check_choice("precision", self.precision, ["float32", "float64"])

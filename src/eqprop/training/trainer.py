@@ -643,6 +643,10 @@ class Trainer:
                     ebar.set_postfix(test_err=f"{100 * row['test_error']:.2f}%")
                     if distributed.any_rank(self._stop is not None, self.dist) and epoch < cfg.epochs:
                         raise Interrupted(self._stop or "SIGTERM", self.run_dir.last if self.run_dir else None)
+                    if epoch == cfg.stop_after_epoch and epoch < cfg.epochs:  # once: a resume goes on past it
+                        where = f"; resume with: eqprop train --resume {self.out}" if self.out else ""
+                        self.log(f"eqprop: stopped after epoch {epoch} of {cfg.epochs} (stop_after_epoch){where}")
+                        return self.history
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
