@@ -34,6 +34,7 @@ def main() -> None:
         except Interrupted as exc:
             print(f"rank {trainer.dist.rank}: {exc}", flush=True)
     distributed.finish(distributed.context())
+    distributed.exit_process(0)
 
 
 if __name__ == "__main__":
