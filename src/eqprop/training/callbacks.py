@@ -69,12 +69,15 @@ class DivergenceGuard(Callback):
     def after_step(self, trainer, epoch, batch, result):
         mean = float(result.loss.sum()) / max(1, result.loss.numel())
         bad = not math.isfinite(mean) or not bool(torch.isfinite(result.output).all())
-        if any_rank(bad, trainer.dist):  # every rank stops at the same batch, whichever rank saw it
-            raise self._diverged(trainer, epoch, "non-finite loss or output state")
-        if self.max_loss is not None and any_rank(mean > self.max_loss, trainer.dist):
-            raise self._diverged(
-                trainer, epoch, f"batch {batch + 1}'s mean loss {mean:.3g} is above max_loss={self.max_loss:g}"
-            )
+        over = self.max_loss is not None and mean > self.max_loss
+        if any_rank(bad or over, trainer.dist):  # one reduction: every rank stops at the same batch
+            if bad:
+                what = "non-finite loss or output state"
+            elif over:
+                what = f"batch {batch + 1}'s mean loss {mean:.3g} is above max_loss={self.max_loss:g}"
+            else:
+                what = "non-finite loss or output state, or a loss above max_loss, on another rank"
+            raise self._diverged(trainer, epoch, what)
 
     def on_batch_end(self, trainer, epoch, batch, result):
         if not bool(torch.stack([torch.isfinite(p).all() for p in trainer.network.parameters()]).all()):

@@ -13,6 +13,7 @@ after ``dist_timeout`` seconds, so a rank that dies makes the others fail instea
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -87,8 +88,6 @@ def exit_process(code: int) -> None:
     about 1 in 50 launches in CI). A single process returns and exits as usual."""
     if not launched():
         return
-    import sys
-
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
