@@ -112,6 +112,15 @@ class Section:
             if value is not None and value < minimum:
                 raise ConfigError(f"config key {key!r} must be >= {minimum:g}, got {value}")
 
+    def positive(self, *keys: str) -> None:
+        """Each of ``keys`` is > 0 (or null, where its type allows null)."""
+        hints = typing.get_type_hints(type(self))
+        for key in keys:
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                optional = type(None) in typing.get_args(hints[key])
+                raise ConfigError(f"config key {key!r} must be > 0{' or null' if optional else ''}, got {value}")
+
     @classmethod
     def describe(cls) -> list[tuple[str, str, Any, str]]:
         """(key, type, default, description) of every field."""

@@ -68,3 +68,28 @@ def test_run_directories_saved_with_flat_configs_still_load(tmp_path):
     cfg = parse_overrides(["algorithm=NEP", "beta=0.2", "epochs=3", "channels=[8,16]", "dtype=bfloat16"])
     (tmp_path / "config.json").write_text(json.dumps(cfg.flat()))
     assert read_run_config(tmp_path).to_dict() == cfg.to_dict()
+
+
+@pytest.mark.parametrize(
+    "key, optional",
+    [
+        ("fallback_tol", True),
+        ("epsilon", False),
+        ("max_loss", True),
+        ("tau", False),
+        ("tol", True),
+        ("bias_scale", False),
+        ("pool_temperature", False),
+        ("dt", False),
+    ],
+)
+def test_keys_that_must_be_positive_refuse_zero_and_negatives_and_say_whether_null_is_allowed(key, optional):
+    for bad in ("0", "-1.5"):
+        with pytest.raises(ConfigError, match=f"^config key '{key}' must be > 0{' or null' if optional else ''}, got"):
+            parse_overrides([f"{key}={bad}"])
+    assert getattr(parse_overrides([f"{key}=0.25"]), key) == 0.25
+    if optional:
+        assert getattr(parse_overrides([f"{key}=null"]), key) is None
+    else:
+        with pytest.raises(ConfigError, match=f"'{key}': expected float"):
+            parse_overrides([f"{key}=null"])

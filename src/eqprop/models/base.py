@@ -114,9 +114,9 @@ def register_model(
     return spec
 
 
-def model_names(family: str | None = None) -> list[str]:
-    """The registered models (of ``family`` only, when given)."""
-    return [name for name, spec in MODELS.items() if family is None or spec.family == family]
+def model_names(*families: str) -> list[str]:
+    """The registered models, in registration order (of the given ``families`` only, when any is given)."""
+    return [name for name, spec in MODELS.items() if not families or spec.family in families]
 
 
 def model_spec(name: str) -> ModelSpec:
@@ -180,16 +180,13 @@ class ModelSection(Section):
         self.hru = check_choice("hru", self.hru, sorted(HRU_TYPES))
         self.pooling = check_choice("pooling", self.pooling, list(POOLINGS))
         self.bias_init = check_choice("bias_init", self.bias_init, list(BIAS_INITS))
-        if not self.bias_scale > 0:
-            raise ConfigError(f"config key 'bias_scale' must be > 0, got {self.bias_scale}")
+        self.positive("bias_scale", "pool_temperature", "dt")
         if self.bias_init != "zeros" and MODELS[self.kind].family != "hopfield":
             raise ConfigError(
                 f"config key 'bias_init={self.bias_init}' draws the biases of Hopfield networks "
                 f"({model_names('hopfield')}); "
                 f"model {self.kind!r} has its own bias init"
             )
-        if not self.pool_temperature > 0:
-            raise ConfigError(f"config key 'pool_temperature' must be > 0, got {self.pool_temperature}")
         if self.paddings is not None and (len(self.paddings) != len(self.channels) or min(self.paddings) < 0):
             raise ConfigError(
                 f"config key 'paddings' gives one padding >= 0 per conv layer: expected {len(self.channels)} "
@@ -211,5 +208,3 @@ class ModelSection(Section):
             )
         if MODELS[self.kind].blocks and (not self.blocks or any(not b or min(b) < 1 for b in self.blocks)):
             raise ConfigError(f"config key 'blocks' must list non-empty lists of conv widths >= 1, got {self.blocks}")
-        if not self.dt > 0:
-            raise ConfigError(f"config key 'dt' must be > 0, got {self.dt}")

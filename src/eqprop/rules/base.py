@@ -196,10 +196,9 @@ def algorithm_families(name: str) -> tuple[str, ...]:
 
 def algorithm_models(name: str) -> tuple[str, ...]:
     """The registered models (config ``model`` values) an algorithm trains."""
-    from ..models.base import MODELS
+    from ..models.base import model_names
 
-    families = algorithm_families(name)
-    return tuple(m for m, spec in MODELS.items() if spec.family in families)
+    return tuple(model_names(*algorithm_families(name)))
 
 
 # ---- config section ----------------------------------------------------------------------------------------
@@ -246,7 +245,4 @@ class RuleSection(Section):
         self.at_least(0, "beta")
         self.at_least(2, "points")
         self.at_least(0, "periods")
-        if self.fallback_tol is not None and not self.fallback_tol > 0:
-            raise ConfigError(f"config key 'fallback_tol' must be None (no fallback) or > 0, got {self.fallback_tol}")
-        if not self.epsilon > 0:
-            raise ConfigError(f"config key 'epsilon' must be > 0, got {self.epsilon}")
+        self.positive("fallback_tol", "epsilon")

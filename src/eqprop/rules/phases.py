@@ -32,7 +32,6 @@ from ..core.relaxation import (
     get_solver,
     resolve_dtype,
 )
-from ..errors import ConfigError
 from ..settings import Section, check_choice, setting
 
 __all__ = ["Phases", "NUDGED_PRECISIONS", "INITS", "RelaxSection"]
@@ -198,8 +197,7 @@ class RelaxSection(Section):
         self.init = check_choice("init", self.init, list(INITS))
         self.at_least(1, "free_iterations", "nudged_iterations")
         self.at_least(0, "refine_iterations")
-        if self.tol is not None and not self.tol > 0:
-            raise ConfigError(f"config key 'tol' must be None or > 0, got {self.tol}")
+        self.positive("tol")
 
     def phases(self, default_solver: str) -> Phases:
         """The :class:`Phases` these settings describe (``default_solver`` where ``solver`` is null)."""

@@ -24,7 +24,6 @@ import torch
 from torch import Tensor, nn
 
 from ..core.nudging import AugmentedNudge
-from ..errors import ConfigError
 from ..settings import Section, check_choice, setting
 
 __all__ = [
@@ -217,5 +216,4 @@ class SignalsSection(Section):
         self.kappa_schedule = check_choice("kappa_schedule", self.kappa_schedule, list(KAPPA_SCHEDULES))
         self.at_least(0, "kappa", "kappa_min", "kappa_gamma")
         self.at_least(1, "teacher_epochs")
-        if not self.tau > 0:
-            raise ConfigError(f"config key 'tau' must be > 0, got {self.tau}")
+        self.positive("tau")

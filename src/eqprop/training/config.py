@@ -92,8 +92,7 @@ class RunSection(Section):
 
     def validate(self) -> None:
         self.at_least(1, "threads", "dist_timeout", "stop_after_epoch")
-        if self.max_loss is not None and not self.max_loss > 0:
-            raise ConfigError(f"config key 'max_loss' must be null (no limit) or > 0, got {self.max_loss}")
+        self.positive("max_loss")
         self.precision = check_choice("precision", self.precision, ["float32", "float64"])
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
