@@ -94,14 +94,27 @@ def test_hep_normalization_covers_the_papers_data_sets_only():
 
 
 def test_the_fallback_reaches_the_rule_and_counts_its_samples_per_epoch(tmp_path):
-    """fallback_tol reaches the rule; each epoch's row sums the samples that fell back (here: with 4 nudged
-    iterations no complex phase settles within 1e-12, so every sample of the 128 falls back, every epoch)."""
+    """fallback_tol reaches the rule; each epoch's row sums the samples that fell back, checked against a count
+    made here from every step's residuals (with 4 nudged iterations almost no complex phase settles within 1e-12,
+    so nearly all 128 samples fall back each epoch; exactly how many depends on the platform's rounding)."""
     cfg = parse_overrides([*HEP_TINY, "fallback_tol=1e-12", "epochs=2", f"out_dir={tmp_path / 'a'}"])
-    trainer = Trainer(cfg, log=lambda s: None)
+    steps: dict[int, list[tuple[int, torch.Tensor]]] = {1: [], 2: []}
+
+    def record(trainer, epoch, batch):
+        algorithm = trainer.algorithm
+        steps[epoch].append((algorithm.last_fallbacks, algorithm.last_residual.detach().clone()))
+
+    trainer = Trainer(cfg, log=lambda s: None, callbacks=[record])
     assert trainer.algorithm.fallback_tol == 1e-12 and "fallback_tol=1e-12" in repr(trainer.algorithm)
     history = trainer.fit()
-    assert [row["hep_fallbacks"] for row in history] == [128, 128]
-    assert [r["hep_fallbacks"] for r in read_run(tmp_path / "a").metrics] == [128, 128]
+    assert [len(steps[e]) for e in (1, 2)] == [4, 4]  # 128 samples in batches of 32
+    for epoch, row in zip((1, 2), history, strict=True):
+        residuals = torch.cat([r for _, r in steps[epoch]])
+        assert residuals.shape == (128,) and bool(torch.isfinite(residuals).any())
+        independent = int((~(residuals <= 1e-12)).sum())  # nan/inf residuals fall back too
+        assert row["hep_fallbacks"] == sum(n for n, _ in steps[epoch]) == independent
+        assert independent >= 120
+    assert [r["hep_fallbacks"] for r in read_run(tmp_path / "a").metrics] == [row["hep_fallbacks"] for row in history]
     loose = Trainer(parse_overrides([*HEP_TINY, "fallback_tol=1e9", "epochs=1", "out_dir=none"]), log=lambda s: None)
     assert loose.fit()[0]["hep_fallbacks"] == 0
     plain = Trainer(parse_overrides([*HEP_TINY, "epochs=1", "out_dir=none"]), log=lambda s: None)
