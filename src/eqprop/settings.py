@@ -21,7 +21,16 @@ from typing import Any, ClassVar
 from .errors import ConfigError
 from .registry import canonical_name
 
-__all__ = ["Section", "setting", "check_type", "check_choice", "type_name", "expand_path"]
+__all__ = [
+    "Section",
+    "setting",
+    "check_type",
+    "check_choice",
+    "type_name",
+    "expand_path",
+    "SECTION_REGISTRY",
+    "register_section",
+]
 
 
 def setting(default: Any, doc: str, path: bool = False) -> Any:
@@ -130,3 +139,22 @@ class Section:
             default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
             rows.append((f.name, type_name(hints[f.name]), default, f.metadata.get("doc", "")))
         return rows
+
+
+# Sections that model families, rules or extensions declare next to their code (``register_section``); the
+# config (:mod:`eqprop.training.config`) lists them after its own seven, by ``name``.
+SECTION_REGISTRY: dict[str, type[Section]] = {}
+SECTION_OWNERS: dict[str, str] = {}  # section name -> who reads it (e.g. "model family resistive")
+
+
+def register_section(cls: type[Section], owner: str = "") -> type[Section]:
+    """Add a config section (``cls.name``: its YAML mapping and ``section.key`` prefix; its fields are also flat
+    keys) owned by a model family, rule or extension; ``owner`` is shown by ``--help-config``. A field name that
+    another section already uses is refused (flat keys must stay unambiguous)."""
+    taken = {f.name: name for name, c in SECTION_REGISTRY.items() if name != cls.name for f in dataclasses.fields(c)}
+    clash = sorted({f.name for f in dataclasses.fields(cls)} & set(taken) - {"kind"})  # ``kind``: the section's own
+    if clash:
+        raise ValueError(f"section {cls.name!r}: key(s) {clash} already belong to section {taken[clash[0]]!r}")
+    SECTION_REGISTRY[cls.name] = cls
+    SECTION_OWNERS[cls.name] = owner
+    return cls

@@ -6,8 +6,9 @@ quadratic with identity curvature, so sigma_k(dPhi/ds_k) -- the projection of th
 onto the state space (the box [0, 1] for the hard sigmoid) -- is the exact minimiser of E over s_k with
 the other layers fixed. With max-pooling, Phi is piecewise bilinear and the same update is used (eq. 99).
 
-Schedules (appendix C):
+Schedules (appendix C; forward/backward from the resistive-network code):
 - ``synchronous``: every free layer is updated from the previous iterate (eq. 99);
+- ``forward`` / ``backward``: one layer at a time, from the first hidden layer to the output or back;
 - ``asynchronous``: even layers first, then odd layers using the fresh even layers (eqs. 100-101).
   ``first="even"`` is the paper's order and the default; ``first="odd"`` reverses it (the order of the
   comparative study's public code). The two orders can settle in different fixed points.
@@ -67,7 +68,7 @@ __all__ = [
     "largest_change",
 ]
 
-SCHEDULES = ("asynchronous", "synchronous")
+SCHEDULES = ("asynchronous", "synchronous", "forward", "backward")
 FIRST = ("even", "odd")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -136,8 +137,10 @@ class SolverSettings:
 
 
 def even_odd_groups(free: Sequence[int], schedule: str = "asynchronous", first: str = "even") -> list[list[int]]:
-    """The layers updated together: all at once (synchronous, eq. 99) or the even then the odd layers
-    (asynchronous, eqs. 100-101; ``first="odd"`` reverses the order). Shared by every layered solver."""
+    """The layers updated together, in order, in one iteration: all at once (synchronous, eq. 99), the even then
+    the odd layers (asynchronous, eqs. 100-101; ``first="odd"`` reverses the order), or one layer at a time from
+    the input to the output (forward) or back (backward; the resistive-network code's orders). Shared by every
+    layered solver."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; valid schedules are {list(SCHEDULES)}")
     if first not in FIRST:
@@ -145,6 +148,9 @@ def even_odd_groups(free: Sequence[int], schedule: str = "asynchronous", first: 
     free = list(free)
     if schedule == "synchronous":
         return [free]
+    if schedule in ("forward", "backward"):
+        order = sorted(free)
+        return [[k] for k in (order if schedule == "forward" else order[::-1])]
     even = [k for k in free if k % 2 == 0]
     odd = [k for k in free if k % 2 == 1]
     return [g for g in ((even, odd) if first == "even" else (odd, even)) if g]

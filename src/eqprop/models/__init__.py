@@ -1,11 +1,13 @@
-"""Model families: Hopfield networks (dense, DCHN, VGG CRNN), predictive-coding networks and Hamiltonian SSMs,
-each registered for configs with :func:`register_model`."""
+"""Model families: Hopfield networks (dense, DCHN, VGG CRNN), predictive-coding networks, Hamiltonian SSMs, deep
+resistive networks and a feedforward ReLU baseline, each registered for configs with :func:`register_model`."""
 
 # importing registers: this order is the registries' listing order
 # isort: off
 from .hopfield import VGG_ARCHS, dchn, hopfield_mlp, vgg_crnn
 from .predictive_coding import PredictiveCodingNetwork, pc_vgg, vgg5, vgg10, vgg10_skip
 from .hamiltonian import HamiltonianSSM, HamiltonianUnit, LinearHRU, NonlinearHRU, leapfrog_step, register_hru
+from .resistive import DeepResistiveNetwork, drn, drn_1h, drn_2h, drn_3h, drn_xl, drn_xs
+from .feedforward import ReLUNetwork, relu_mlp
 
 # isort: on
 from .base import MODELS, EnergyModel, ModelSpec, build_model, model_names, model_spec, register_model
@@ -33,4 +35,13 @@ __all__ = [
     "vgg5",
     "vgg10",
     "vgg10_skip",
+    "DeepResistiveNetwork",
+    "drn",
+    "drn_xs",
+    "drn_1h",
+    "drn_2h",
+    "drn_3h",
+    "drn_xl",
+    "ReLUNetwork",
+    "relu_mlp",
 ]

@@ -9,8 +9,8 @@ relaxation solver.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, cast, runtime_checkable
 
 from torch import Tensor, nn
@@ -84,7 +84,11 @@ class ModelSpec:
 
     ``family`` is what learning rules declare they train ("hopfield", "pcn", "hssm"); ``flat_input`` feeds
     images flattened; ``solver`` is the relaxation solver its rules use by default (None: no relaxation);
-    ``blocks``: the model marks VGG block ends (``block_ends``), where KD signals attach."""
+    ``blocks``: the model marks VGG block ends (``block_ends``), where KD signals attach. ``defaults``: the config
+    values (flat keys) the model brings, which apply wherever the config does not set the key itself (learning
+    rates, iteration counts, cost, ...); ``algorithms``: rules, by name, that train it besides those that declare
+    its family; ``persistent_init``: its free phase is a relaxation that may start from the last training step's
+    state (``init=persistent``)."""
 
     name: str
     builder: Callable[[Any, tuple[int, ...], int], nn.Module]
@@ -93,6 +97,9 @@ class ModelSpec:
     solver: str | None = "messages"
     blocks: bool = False
     description: str = ""
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    algorithms: tuple[str, ...] = ()
+    persistent_init: bool = False
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -107,9 +114,25 @@ def register_model(
     solver: str | None = "messages",
     blocks: bool = False,
     description: str = "",
+    defaults: Mapping[str, Any] | None = None,
+    algorithms: tuple[str, ...] = (),
+    persistent_init: bool | None = None,
 ) -> ModelSpec:
     """Register a model under ``name`` (config ``model=name``); see :class:`ModelSpec` for the fields."""
-    spec = ModelSpec(name, builder, family, flat_input, solver, blocks, description)
+    if persistent_init is None:  # Hopfield networks relax their free phase
+        persistent_init = family == "hopfield"
+    spec = ModelSpec(
+        name,
+        builder,
+        family,
+        flat_input,
+        solver,
+        blocks,
+        description,
+        dict(defaults or {}),
+        tuple(algorithms),
+        persistent_init,
+    )
     MODELS[name] = spec
     return spec
 

@@ -11,15 +11,17 @@ from torch import Tensor
 
 from ..core.network import State
 from ..core.nudging import cost_precision
-from ..core.relaxation import relax
+from ..core.relaxation import RelaxResult, relax
 from ..models.base import model_output
-from .base import RelaxingAlgorithm, StepResult, register_algorithm, write_grads
+from .base import LearningAlgorithm, RelaxingAlgorithm, StepResult, register_algorithm, write_grads
 
 __all__ = [
+    "Backprop",
     "TruncatedBackprop",
     "RecurrentBackprop",
     "BackpropThroughTime",
     "implicit_gradient",
+    "energy_implicit_gradient",
     "conjugate_gradient",
     "ADJOINTS",
 ]
@@ -35,7 +37,7 @@ class TruncatedBackprop(RelaxingAlgorithm):
         params = list(model.parameters())
         with torch.enable_grad():
             start = [s.detach() for s in free.states]
-            unrolled = self.phases.unrolled(model, start, self.phases.nudged_iterations).states
+            unrolled = self.phases.unrolled(model, start, self.phases.nudged_iterations, "nudged").states
             loss = self.cost(cost_precision(model_output(model, unrolled)), y).mean()
             grads = list(torch.autograd.grad(loss, params, allow_unused=True))
         self.phases.carry(model, unrolled)
@@ -158,6 +160,13 @@ def implicit_gradient(
     :class:`RecurrentBackprop`); returns (grads, adjoint steps): at most ``iterations`` of conjugate gradient, or with
     ``adjoint="almeida-pineda"`` exactly ``iterations`` steps of the Almeida-Pineda recursion."""
     _check_adjoint(adjoint)
+    if not hasattr(network, "phi"):  # a model that writes down its energy and its active set (a DRN)
+        if adjoint != "cg":
+            raise ValueError(
+                f"RBP's {adjoint!r} adjoint iterates the Hopfield fixed-point map s = sigma(dPhi/ds); "
+                f"{type(network).__name__} is differentiated through its energy: use rbp_adjoint=cg"
+            )
+        return energy_implicit_gradient(network, states, loss, iterations, cg_tol)
     params = list(network.parameters())
     dtype = params[0].dtype
     with torch.enable_grad():
@@ -195,6 +204,64 @@ def implicit_gradient(
         return list(grads), used
 
 
+class Backprop(LearningAlgorithm):
+    """BP: plain backprop of the mean cost through a feedforward model's forward pass (the papers' "ReLU NN"
+    baseline)."""
+
+    name = "BP"
+
+    def free_phase(self, model: Any, x: Tensor) -> RelaxResult:
+        with torch.no_grad():
+            return model.free_phase(x)
+
+    def step(self, model: Any, x: Tensor, labels: Tensor) -> StepResult:
+        y = self.targets(model, labels)
+        params = list(model.parameters())
+        with torch.enable_grad():
+            free = model.free_phase(x)
+            o = cost_precision(model_output(model, free.states))
+            loss = self.cost(o, y.to(o.dtype))
+            grads = list(torch.autograd.grad(loss.mean(), params, allow_unused=True))
+        free.states = [t.detach() for t in free.states]
+        write_grads(model, grads)
+        return StepResult(loss.detach(), o.detach(), free, grads)
+
+    def gradients(self, model, x, y, free):
+        raise RuntimeError("BP computes its gradients inside step()")
+
+
+def energy_implicit_gradient(
+    model: Any, states: State, loss: Callable[[State], Tensor], iterations: int = 200, cg_tol: float = 1e-8
+) -> tuple[list[Tensor | None], int]:
+    """dL/dtheta through the minimiser s_* of a model's energy E(theta, s) on its active set: units at a bound
+    (``model.free_units`` marks the others) stay there, and on the free units dE/ds_f = 0, so
+    ds_f/dtheta = -H_ff^{-1} d^2E/ds_f dtheta with H_ff the (positive definite) Hessian of E in the free units. The
+    adjoint lambda = H_ff^{-1} dL/ds_f is solved by conjugate gradient (Hessian-vector products by autograd), then
+    dL/dtheta = -lambda . d^2E/ds dtheta plus L's direct dependence on theta. Returns (grads, CG iterations)."""
+    params = list(model.parameters())
+    dtype = params[0].dtype
+    with torch.enable_grad():
+        s = [t.detach().to(dtype) for t in states]
+        vars_ = [t.clone().requires_grad_(True) for t in s[1:]]
+        full = [s[0]] + vars_
+        masks = [m.to(dtype) for m in model.free_units(full)]
+        grad_e = torch.autograd.grad(model.energy(full).sum(), vars_, create_graph=True)
+        value = loss(full)
+        partial = torch.autograd.grad(value, vars_, allow_unused=True, retain_graph=True)
+        direct = torch.autograd.grad(value, params, allow_unused=True, retain_graph=True)
+        dl = [torch.zeros_like(v) if g is None else g * m for v, g, m in zip(vars_, partial, masks)]
+
+        def apply_h(v: list[Tensor]) -> list[Tensor]:  # H_ff v (v lives on the free units)
+            hv = torch.autograd.grad(grad_e, vars_, grad_outputs=v, retain_graph=True, allow_unused=True)
+            return [torch.zeros_like(vi) if h is None else h * m for vi, h, m in zip(v, hv, masks)]
+
+        lam, used = conjugate_gradient(apply_h, dl, iterations, cg_tol)
+        through = torch.autograd.grad(grad_e, params, grad_outputs=[-t for t in lam], allow_unused=True)
+        grads = [a if b is None else b if a is None else a + b for a, b in zip(through, direct)]
+        return list(grads), used
+
+
 register_algorithm("TBP", TruncatedBackprop)
 register_algorithm("RBP", RecurrentBackprop, options=("cost", "phases", "adjoint"))
 register_algorithm("BPTT", BackpropThroughTime)
+register_algorithm("BP", Backprop, families=("feedforward",), options=("cost",))

@@ -38,6 +38,7 @@ __all__ = [
     "algorithm_families",
     "algorithm_models",
     "algorithm_options",
+    "trains",
     "RuleSection",
 ]
 
@@ -194,11 +195,20 @@ def algorithm_families(name: str) -> tuple[str, ...]:
     return ALGORITHM_FAMILIES[_canonical(name)]
 
 
+def trains(name: str, model: str) -> bool:
+    """Whether algorithm ``name`` trains the registered model ``model``: the rule declares the model's family, or
+    the model names the rule among its ``algorithms``."""
+    from ..models.base import model_spec
+
+    spec, rule = model_spec(model), _canonical(name)
+    return spec.family in ALGORITHM_FAMILIES[rule] or rule in {canonical_name(a, ALGORITHMS) for a in spec.algorithms}
+
+
 def algorithm_models(name: str) -> tuple[str, ...]:
     """The registered models (config ``model`` values) an algorithm trains."""
     from ..models.base import model_names
 
-    return tuple(model_names(*algorithm_families(name)))
+    return tuple(m for m in model_names() if trains(name, m))
 
 
 # ---- config section ----------------------------------------------------------------------------------------

@@ -113,8 +113,12 @@ class Contrastive(RelaxingAlgorithm):
         targets = [sig.target(x, y) for sig in self.signals] if self.kappa != 0.0 else []  # no teacher pass when off
         s1 = self.nudged_phase(model, y, free, b1, targets).states
         s2 = self.nudged_phase(model, y, free, b2, targets).states
-        g1, g2 = (nudged_energy_grads(model, self.cost, y, s, b) for s, b in ((s1, b1), (s2, b2)))
-        grads = contrast(g1, g2, b1, b2)
+        direct = getattr(model, "energy_param_contrast", None)  # a model's fused form of the same contrast
+        if callable(direct) and getattr(model, "readout", None) is None:
+            grads = direct(s1, s2, b1, b2)
+        else:
+            g1, g2 = (nudged_energy_grads(model, self.cost, y, s, b) for s, b in ((s1, b1), (s2, b2)))
+            grads = contrast(g1, g2, b1, b2)
         self._signal_grads(y, free, targets, (b1, s1), (b2, s2))
         return grads
 

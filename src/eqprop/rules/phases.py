@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..core.nudging import Nudge
 from ..core.relaxation import (
+    SCHEDULES,
     SOLVER_REFERENCES,
     SOLVERS,
     GraphedSolver,
@@ -55,6 +56,7 @@ class Phases:
     nudged_precision: str = "same"
     refine_iterations: int = 0
     cuda_graphs: bool = False
+    nudged_schedule: str | None = None  # the nudged phases' and TBP's schedule; None: settings.schedule
     carried: list[Tensor] = field(default_factory=list, compare=False, repr=False)  # init="persistent": s_1..s_L
 
     def __post_init__(self) -> None:
@@ -67,6 +69,10 @@ class Phases:
         if self.nudged_precision not in NUDGED_PRECISIONS:
             raise ValueError(
                 f"unknown nudged_precision {self.nudged_precision!r}; valid values are {list(NUDGED_PRECISIONS)}"
+            )
+        if self.nudged_schedule is not None and self.nudged_schedule not in SCHEDULES:
+            raise ValueError(
+                f"unknown nudged_schedule {self.nudged_schedule!r}; valid schedules are {list(SCHEDULES)} or None"
             )
         if self.refine_iterations < 0:
             raise ValueError(f"refine_iterations must be >= 0, got {self.refine_iterations}")
@@ -96,6 +102,8 @@ class Phases:
     def solver_for(self, phase: str = "free") -> Solver:
         """The solver of a phase: "free", "nudged" or "refine" (module docstring)."""
         name, settings = self.solver, self.settings
+        if phase == "nudged" and self.nudged_schedule is not None:
+            settings = replace(settings, schedule=self.nudged_schedule)
         if phase == "refine" or (phase == "nudged" and self.nudged_precision == "deviation"):
             name = "deviation"
         elif phase == "nudged" and self.nudged_precision == "full":
@@ -147,14 +155,20 @@ class Phases:
             self.carry(model, result.states)
             return result
 
-    def unrolled(self, model: Any, states: list[Tensor], iterations: int) -> RelaxResult:
-        """``iterations`` of the free-phase solver with autograd on (truncated backprop and BPTT)."""
+    def unrolled(self, model: Any, states: list[Tensor], iterations: int, phase: str = "free") -> RelaxResult:
+        """``iterations`` with autograd on, by the free-phase solver (BPTT) or, ``phase="nudged"``, with the
+        training phases' schedule (truncated backprop's K iterations from the free state)."""
+        solver = self.solver_for("free")
+        if phase == "nudged" and self.nudged_schedule is not None:
+            solver = solver.with_settings(schedule=self.nudged_schedule)
         with torch.enable_grad():
-            return self.solver_for("free")(model, states, iterations)
+            return solver(model, states, iterations)
 
     def describe(self) -> str:
         s = self.settings
         order = f" ({s.first} first)" if s.schedule == "asynchronous" and s.first != "even" else ""
+        if self.nudged_schedule is not None and self.nudged_schedule != s.schedule:
+            order += f", nudged_schedule={self.nudged_schedule}"
         start = f", init={self.init}" if self.init != "zeros" else ""
         return (
             f"T={self.free_iterations}, K={self.nudged_iterations}, solver={self.solver}, "
@@ -173,7 +187,13 @@ class RelaxSection(Section):
         8, "K: iterations of each nudged phase (TBP: the truncation; RBP almeida-pineda: its steps)"
     )
     solver: str | None = setting(None, "relaxation solver (SOLVERS); null: the model's default")
-    schedule: str = setting("asynchronous", "asynchronous (even/odd layers, eqs. 100-101) or synchronous (eq. 99)")
+    schedule: str = setting(
+        "asynchronous",
+        "asynchronous (even/odd layers, eqs. 100-101), synchronous (eq. 99), forward or backward (layer by layer)",
+    )
+    nudged_schedule: str | None = setting(
+        None, "the schedule of the nudged phases and of TBP's K iterations (training); null: schedule"
+    )
     first: str = setting("even", "asynchronous: which parity of layers is updated first (the paper: even)")
     dtype: str = setting("float32", "precision of the states and weight casts in the relaxation")
     nudged_precision: str = setting("same", "nudged phases: same (as dtype), full (float32), deviation (16-bit d)")
@@ -191,6 +211,8 @@ class RelaxSection(Section):
         if self.solver is not None:
             self.solver = check_choice("solver", self.solver, sorted(SOLVERS))
         self.schedule = check_choice("schedule", self.schedule, list(SCHEDULES))
+        if self.nudged_schedule is not None:
+            self.nudged_schedule = check_choice("nudged_schedule", self.nudged_schedule, list(SCHEDULES))
         self.first = check_choice("first", self.first, ["even", "odd"])
         self.dtype = check_choice("dtype", self.dtype, sorted(DTYPES))
         self.nudged_precision = check_choice("nudged_precision", self.nudged_precision, list(NUDGED_PRECISIONS))
@@ -212,4 +234,5 @@ class RelaxSection(Section):
             self.nudged_precision,
             self.refine_iterations,
             self.cuda_graphs,
+            self.nudged_schedule,
         )

@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import ConfigError
-from ..models.base import MODELS, ModelSection, model_names, model_spec
-from ..rules.base import ALGORITHMS, RuleSection, algorithm_families, algorithm_models
+from ..models.base import MODELS, ModelSection, model_spec
+from ..registry import canonical_name
+from ..rules.base import ALGORITHMS, RuleSection, algorithm_models, trains
 from ..rules.phases import RelaxSection
 from ..rules.signals import SignalsSection
-from ..settings import Section, check_choice, setting
+from ..settings import SECTION_OWNERS, SECTION_REGISTRY, Section, check_choice, register_section, setting
 from .data import DataSection
 from .optim import OptimSection
 
@@ -99,7 +100,7 @@ class RunSection(Section):
             raise ConfigError(f"config key 'device': {dev!r} is not valid; use auto, cpu, cuda, cuda:N or mps")
 
 
-SECTIONS: dict[str, type[Section]] = {
+CORE_SECTIONS: dict[str, type[Section]] = {
     "data": DataSection,
     "model": ModelSection,
     "relax": RelaxSection,
@@ -108,11 +109,56 @@ SECTIONS: dict[str, type[Section]] = {
     "optim": OptimSection,
     "run": RunSection,
 }
-# flat key -> (section, field); ``model`` and ``signals`` name the sections' ``kind``
-FLAT: dict[str, tuple[str, str]] = {
-    f.name: (section, f.name) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.name != "kind"
-}
-FLAT.update(model=("model", "kind"), signals=("signals", "kind"))
+# Every section: the seven above, then those that model families, rules and extensions register next to their
+# code (eqprop.settings.register_section), in registration order. SECTIONS is that registry itself, so a section
+# registered later (a plugin) is part of every config built after it.
+_later = dict(SECTION_REGISTRY)
+SECTION_REGISTRY.clear()
+for _cls in [*CORE_SECTIONS.values(), *_later.values()]:
+    register_section(_cls, SECTION_OWNERS.get(_cls.name, ""))
+SECTIONS: dict[str, type[Section]] = SECTION_REGISTRY
+
+
+class _FlatKeys(dict):
+    """flat key -> (section, field), rebuilt whenever a section is registered; ``model`` and ``signals`` name the
+    sections' ``kind``."""
+
+    _count = -1
+
+    def _fresh(self) -> _FlatKeys:
+        if self._count != len(SECTIONS):
+            super().clear()
+            for section, cls in SECTIONS.items():
+                for f in dataclasses.fields(cls):
+                    if f.name != "kind":
+                        super().__setitem__(f.name, (section, f.name))
+            super().update(model=("model", "kind"), signals=("signals", "kind"))
+            self._count = len(SECTIONS)
+        return self
+
+    def __getitem__(self, key: str) -> tuple[str, str]:
+        return dict.__getitem__(self._fresh(), key)
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self._fresh(), key)
+
+    def __iter__(self):  # type: ignore[override]
+        return dict.__iter__(self._fresh())
+
+    def __len__(self) -> int:
+        return dict.__len__(self._fresh())
+
+    def items(self):  # type: ignore[override]
+        return dict.items(self._fresh())
+
+    def keys(self):  # type: ignore[override]
+        return dict.keys(self._fresh())
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return dict.get(self._fresh(), key, default)
+
+
+FLAT: dict[str, tuple[str, str]] = _FlatKeys()
 
 
 @dataclass(init=False)
@@ -133,7 +179,7 @@ class TrainConfig:
 
     def __init__(self, **settings: Any) -> None:
         given = {k: settings.pop(k) for k in list(settings) if k in SECTIONS and isinstance(settings[k], Section)}
-        changes = sectioned(settings)
+        changes = with_model_defaults(sectioned(settings), given)
         for name, cls in SECTIONS.items():
             section = given.get(name) or cls(**changes[name])
             if name in given and changes[name]:
@@ -170,20 +216,37 @@ class TrainConfig:
         return {key: getattr(getattr(self, s), n) for key, (s, n) in FLAT.items()}
 
 
+def with_model_defaults(
+    changes: dict[str, dict[str, Any]], given: Mapping[str, Section] | None = None
+) -> dict[str, dict[str, Any]]:
+    """``changes`` (sectioned) on top of the defaults the chosen model brings (``register_model(defaults=...)``):
+    a key the config sets itself always wins. Sections given whole are taken as they are."""
+    given = given or {}
+    if "model" in given:
+        kind = given["model"].kind  # type: ignore[attr-defined]
+    else:
+        kind = changes.get("model", {}).get("kind", ModelSection.kind)  # type: ignore[attr-defined]
+    canonical = canonical_name(str(kind), MODELS)
+    if canonical is None:  # the model section reports the unknown name
+        return changes
+    defaults = sectioned(model_spec(canonical).defaults, f"model {canonical!r}'s defaults: ")
+    return {name: (changes[name] if name in given else {**defaults[name], **changes[name]}) for name in changes}
+
+
 def validate(cfg: TrainConfig) -> None:
     """What no one section can check: that the rule trains the model, and that the signals fit both."""
     spec = model_spec(cfg.model.kind)
-    if spec.family not in algorithm_families(cfg.rule.algorithm):
-        fits = [a for a in ALGORITHMS if spec.family in algorithm_families(a)]
+    if not trains(cfg.rule.algorithm, cfg.model.kind):
+        fits = [a for a in ALGORITHMS if trains(a, cfg.model.kind)]
         raise ConfigError(
             f"algorithm {cfg.rule.algorithm!r} does not train model {cfg.model.kind!r} (it trains "
             f"{list(algorithm_models(cfg.rule.algorithm))}); algorithms for model {cfg.model.kind!r}: {fits}"
         )
-    if cfg.relax.init == "persistent" and spec.family != "hopfield":
+    if cfg.relax.init == "persistent" and not spec.persistent_init:
+        able = [m for m, sp in MODELS.items() if sp.persistent_init]
         raise ConfigError(
             f"config key 'init=persistent' carries a relaxed state between training steps; model "
-            f"{cfg.model.kind!r} does not relax its free phase (use a Hopfield model: "
-            f"{', '.join(model_names('hopfield'))})"
+            f"{cfg.model.kind!r} does not relax its free phase (use one that does: {', '.join(able)})"
         )
     kind = cfg.signals.kind
     if kind != "none" and cfg.run.precision != "float32":
@@ -243,9 +306,12 @@ def flat_dict(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def config_from_dict(values: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
-    """A config from a mapping (flat keys, sections or both) applied to ``base`` (default: the defaults)."""
+    """A config from a mapping (flat keys, sections or both) applied to ``base`` (default: the defaults, with
+    those of the model the mapping names)."""
     changes = sectioned(values)
-    current = (base or TrainConfig()).to_dict()
+    if base is None:
+        return TrainConfig(**changes)
+    current = base.to_dict()
     return TrainConfig(**{name: {**current[name], **changes[name]} for name in SECTIONS})
 
 
@@ -273,6 +339,11 @@ def _hint(key: str) -> Any:
 
 def parse_overrides(items: Sequence[str], base: TrainConfig | None = None) -> TrainConfig:
     """Apply ``key=value`` overrides (values read as YAML scalars/lists; keys flat or ``section.key``)."""
+    return config_from_dict(override_values(items), base)
+
+
+def override_values(items: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` overrides as a mapping of typed values (not yet validated)."""
     changes: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -287,7 +358,7 @@ def parse_overrides(items: Sequence[str], base: TrainConfig | None = None) -> Tr
         if hint in (str, str | None) and value is not None and not isinstance(value, str):
             value = raw.strip()  # e.g. device=0 or dataset=10 stay strings and fail on their choices
         changes[key] = [value] if typing.get_origin(hint) is list and not isinstance(value, list) else value
-    return config_from_dict(changes, base)
+    return changes
 
 
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -322,14 +393,17 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
     """The config of a YAML experiment (or the defaults) with ``key=value`` overrides applied."""
-    base = TrainConfig()
+    data: dict[str, Any] = {}
     if path is not None:
         data = read_yaml(path)
         study = data.pop("study", None)
         if study is not None and (not isinstance(study, dict) or set(study) - set(STUDY_KEYS)):
             raise ConfigError(f"{path}: the study block takes keys {list(STUDY_KEYS)}, got {study!r}")
         try:
-            base = config_from_dict(data)
+            config_from_dict(data)  # the file alone must be valid (its errors name the file)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
-    return parse_overrides(overrides, base)
+    # one mapping, so that the model's defaults sit under both the file and the overrides
+    changes = sectioned(override_values(overrides))
+    merged = {name: {**data.get(name, {}), **changes[name]} for name in SECTIONS}
+    return config_from_dict(merged)

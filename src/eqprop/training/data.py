@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gzip
 import math
 import os
@@ -627,12 +628,12 @@ NORMALIZATION_TABLES = {
     "pcn": ("the PCN paper's Table 4", PCN_NORMALIZATION),
     "hep": ("the HEP code", HEP_NORMALIZATION),
 }
-NORMALIZATIONS = ("dataset", "pcn", "hep")
+NORMALIZATIONS = ("dataset", "pcn", "hep", "none")
 
 
 def normalization_error(normalization: str, dataset: str) -> str | None:
     """Why ``normalization`` cannot serve ``dataset`` (None when it can)."""
-    if normalization == "dataset":
+    if normalization in ("dataset", "none"):
         return None
     if normalization not in NORMALIZATION_TABLES:
         return f"unknown normalization {normalization!r}; valid ones are {list(NORMALIZATIONS)}"
@@ -644,11 +645,15 @@ def normalization_error(normalization: str, dataset: str) -> str | None:
 
 def normalize_as(data: ImageData, normalization: str) -> ImageData:
     """Set the data set's mean and std: ``dataset`` keeps its own (the comparative study's Table 4 where it has
-    one), ``pcn`` takes the PCN paper's Table 4, ``hep`` the holomorphic-EP code's statistics."""
+    one), ``pcn`` takes the PCN paper's Table 4, ``hep`` the holomorphic-EP code's statistics, ``none`` leaves the
+    pixels in [0, 1] (mean 0, std 1)."""
     problem = normalization_error(normalization, data.name)
     if problem:
         raise DataError(problem)
-    if normalization != "dataset":
+    if normalization == "none":  # pixels as they are, in [0, 1] (the resistive-network papers)
+        channels = len(data.mean)
+        data.mean, data.std = (0.0,) * channels, (1.0,) * channels
+    elif normalization != "dataset":
         data.mean, data.std = NORMALIZATION_TABLES[normalization][1][data.name]
     return data
 
@@ -844,6 +849,9 @@ def _image_folder(
 
 register_dataset(DatasetSpec("imagenet", 3, None, 1000, _image_folder))
 register_dataset(DatasetSpec("mnist", 1, 32, 10, _files(load_mnist, checksums=False)))
+register_dataset(  # the resistive-network papers' MNIST: the 28x28 images as they are, no padding
+    DatasetSpec("mnist28", 1, 28, 10, _files(functools.partial(load_mnist, pad_to_32=False), checksums=False))
+)
 register_dataset(DatasetSpec("fashion_mnist", 1, 32, 10, _files(load_fashion_mnist, checksums=False)))
 register_dataset(DatasetSpec("svhn", 3, 32, 10, _files(load_svhn, checksums=True)))
 register_dataset(DatasetSpec("cifar10", 3, 32, 10, _files(load_cifar10, checksums=True)))
@@ -894,7 +902,9 @@ class DataSection(Section):
     flip: bool | None = setting(None, "random horizontal flips in training; null: the paper's choice per data set")
     crop_padding: int = setting(0, "random crops after padding by this many pixels; 0: off")
     crop_padding_mode: str = setting("constant", "the crops' padding: constant (black), edge (border pixels), reflect")
-    normalization: str = setting("dataset", "mean/std: dataset (its own), pcn (PCN paper's Table 4), hep (HEP code)")
+    normalization: str = setting(
+        "dataset", "mean/std: dataset (its own), pcn (PCN paper's Table 4), hep (HEP code), none (pixels in [0, 1])"
+    )
     limit_train: int | None = setting(None, "keep the first N training images (quick runs, tests)")
     limit_test: int | None = setting(None, "keep the first N test images")
     validation: float = setting(0.0, "hold out this fraction of the training set (seeded) for validation; 0: none")

@@ -319,14 +319,22 @@ class Trainer:
             self.algorithm.signals = list(self.signals)
         with _config_errors("lrs"):
             self.optimizer = make_optimizer(
-                self.network, cfg.lrs, cfg.momentum, cfg.weight_decay, cfg.nesterov, cfg.decoupled_weight_decay
+                self.network,
+                cfg.lrs,
+                cfg.momentum,
+                cfg.weight_decay,
+                cfg.nesterov,
+                cfg.decoupled_weight_decay,
+                cfg.bias_lrs,
             )
             rates = layer_rates(cfg.lrs, len(self.network.layer_parameters()))
         for sig in self.signals:  # KDW maps learn at the rate of the layer they read
             if list(sig.parameters()):
                 layer = int(sig.layer)  # type: ignore[arg-type]  # an IntermediateSignal's layer index
                 self.optimizer.add_param_group({"params": list(sig.parameters()), "lr": rates[layer - 1]})
-        self.scheduler = make_scheduler(self.optimizer, cfg.epochs, cfg.eta_min, cfg.eta_min_ratio)
+        self.scheduler = make_scheduler(
+            self.optimizer, cfg.epochs, cfg.eta_min, cfg.eta_min_ratio, cfg.lr_schedule, cfg.gamma
+        )
         distributed.broadcast_parameters(
             [*self.network.state_dict().values(), *self.signals.state_dict().values()], self.dist
         )
@@ -486,7 +494,9 @@ class Trainer:
         trainer.optimizer.load_state_dict(state["optimizer"])  # momentum buffers
         for group, lr in zip(trainer.optimizer.param_groups, rates):
             group["lr"] = group["initial_lr"] = lr
-        trainer.scheduler = make_scheduler(trainer.optimizer, cfg.epochs, cfg.eta_min, cfg.eta_min_ratio)
+        trainer.scheduler = make_scheduler(
+            trainer.optimizer, cfg.epochs, cfg.eta_min, cfg.eta_min_ratio, cfg.lr_schedule, cfg.gamma
+        )
         with warnings.catch_warnings():  # stepping the schedule to the epoch reached, before any optimizer step
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(state["epoch"]):
