@@ -53,6 +53,8 @@ JOBS = {  # one per family: an EP rule on a DCHN (with flips and crops), a PC ru
         "epochs=2",
     ],
     "rhel": ["epochs=2", "hidden=[16]", "lrs=[0.05,0.05]"],  # on top of configs/rhel/digits_rhel.yaml
+    # a resistive network: the g >= 0 projection after each step, on every rank (persistent start, momentum)
+    "drn": ["model=drn", "hidden=[16]", "epochs=2", "lrs=[0.2]"],
 }
 RHEL_CONFIG = "configs/rhel/digits_rhel.yaml"
 
@@ -112,6 +114,9 @@ def test_two_ranks_follow_the_one_process_run_with_the_same_global_batch(two_ran
         for key in ("train_loss", "test_loss"):
             assert mine[key] == pytest.approx(theirs[key], rel=1e-6), key  # the cost uses a float32 output
     assert not (root / name / "metrics.jsonl").read_text().count('"epoch": 1,') > 1  # rank 0 alone writes
+    if name == "drn":  # the projection ran on both ranks: g >= 0 and some conductances sit at the bound
+        g = [t for key, t in weights(root / name).items() if key.startswith("g")]
+        assert all(bool((t >= 0).all()) for t in g) and sum(int((t == 0).sum()) for t in g) > 0
 
 
 def test_a_stop_on_one_rank_stops_both_and_resume_matches_an_uninterrupted_run(two_rank_runs, tmp_path):

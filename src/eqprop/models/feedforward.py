@@ -106,7 +106,7 @@ register_model(
         "gains": [1.0],
         "normalization": "none",
         "cost": "half_squared_error",
-        "lrs": [0.005],
+        "lrs": [0.05],
         "momentum": 0.9,
         "weight_decay": 0.0,
         "lr_schedule": "exponential",

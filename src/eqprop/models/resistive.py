@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -126,7 +126,7 @@ class DeepResistiveNetwork(nn.Module):
         return self.depth
 
     def conductance(self, k: int) -> Tensor:
-        return getattr(self, f"g{k}")
+        return cast(Tensor, getattr(self, f"g{k}"))
 
     def bias(self, k: int) -> Tensor:
         return getattr(self, f"b{k}")
@@ -160,7 +160,7 @@ class DeepResistiveNetwork(nn.Module):
         if not tracking and cache is not None and cache[0] is x and cache[1] == key:
             return cache[2], cache[3]
         L = self.depth
-        g = [None] + [self.conductance(k) for k in range(1, L + 1)]
+        g: list[Any] = [None] + [self.conductance(k) for k in range(1, L + 1)]
         fixed: list[Any] = [None] + [self.bias(k) for k in range(1, L + 1)]
         fixed[1] = torch.addmm(fixed[1], self.sources(x.flatten(1).to(g[1].dtype)), g[1])
         curv: list[Any] = [None] + [g[k].sum(0) + (g[k + 1].sum(1) if k < L else 0.0) for k in range(1, L + 1)]
@@ -303,7 +303,7 @@ class CoordinateDescentSolver(Solver):
         if iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {iterations}")
         s = self.settings
-        pdtype = network.g1.dtype
+        pdtype: torch.dtype = network.conductance(1).dtype
         if s.dtype is not None and s.dtype != pdtype:
             raise ValueError(
                 f"the coordinate-descent solver runs in the parameters' dtype ({pdtype}); dtype={s.dtype} is not "
@@ -311,13 +311,13 @@ class CoordinateDescentSolver(Solver):
             )
         L = network.depth
         cb, cby, clamp = _output_nudge(nudge)
-        g = [None] + [network.conductance(k) for k in range(1, L + 1)]
+        g: list[Any] = [None] + [network.conductance(k) for k in range(1, L + 1)]
         fixed, curv = network.phase_constants(states[0])
         states = [states[0].flatten(1)] + [t.to(pdtype) for t in states[1:]]
         if cb != 0.0:
             fixed, curv = list(fixed), list(curv)
             curv[L] = curv[L] + cb
-            fixed[L] = fixed[L] + cby.to(pdtype)
+            fixed[L] = fixed[L] + cast(Tensor, cby).to(pdtype)
             if bool((curv[L] <= 0).any()):
                 worst = float(curv[L].min())
                 raise ValueError(
@@ -440,7 +440,7 @@ DRN_RULES = ("CL", "PEP", "NEP", "CEP", "PCpL", "NCpL", "CCpL", "TBP", "RBP", "B
 DRN_DEFAULTS: dict[str, Any] = {
     "hidden": [100],
     "gains": [1.0],
-    "input_gain": 4.0,
+    "input_gain": 20.0,
     "normalization": "none",
     "algorithm": "CEP",
     "beta": 0.5,
@@ -450,7 +450,7 @@ DRN_DEFAULTS: dict[str, Any] = {
     "schedule": "asynchronous",
     "first": "odd",
     "init": "persistent",
-    "lrs": [0.01],
+    "lrs": [0.02],
     "momentum": 0.9,
     "weight_decay": 0.0,
     "lr_schedule": "exponential",

@@ -142,19 +142,19 @@ class _FlatKeys(dict):
     def __contains__(self, key: object) -> bool:
         return dict.__contains__(self._fresh(), key)
 
-    def __iter__(self):  # type: ignore[override]
+    def __iter__(self):
         return dict.__iter__(self._fresh())
 
     def __len__(self) -> int:
         return dict.__len__(self._fresh())
 
-    def items(self):  # type: ignore[override]
+    def items(self):
         return dict.items(self._fresh())
 
-    def keys(self):  # type: ignore[override]
+    def keys(self):
         return dict.keys(self._fresh())
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         return dict.get(self._fresh(), key, default)
 
 
@@ -225,7 +225,7 @@ def with_model_defaults(
     if "model" in given:
         kind = given["model"].kind  # type: ignore[attr-defined]
     else:
-        kind = changes.get("model", {}).get("kind", ModelSection.kind)  # type: ignore[attr-defined]
+        kind = changes.get("model", {}).get("kind", ModelSection.kind)
     canonical = canonical_name(str(kind), MODELS)
     if canonical is None:  # the model section reports the unknown name
         return changes

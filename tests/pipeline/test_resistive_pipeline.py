@@ -1,0 +1,203 @@
+"""Resistive networks and the ReLU baseline through configs, the Trainer, run directories and the CLI; the configs of
+configs/resistive against the papers' tables, typed here."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from eqprop.errors import ConfigError
+from eqprop.training.config import load_config
+from eqprop.training.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[2] / "configs" / "resistive"
+QUICK = ["limit_train=256", "limit_test=128", "progress=false", "tensorboard=false"]
+
+
+def conductances_nonnegative(net):
+    return all(bool((p >= 0).all()) for p, _ in net.parameter_constraints())
+
+
+def test_model_drn_trains_on_digits_with_no_other_key(tmp_path):
+    trainer = Trainer(load_config(None, ["model=drn", "epochs=8", *QUICK[2:], f"out_dir={tmp_path / 'r'}"]))
+    history = trainer.fit()
+    assert trainer.cfg.resistive.input_gain == 20.0 and trainer.cfg.first == "odd" and trainer.cfg.init == "persistent"
+    assert history[-1]["test_error"] < 0.10  # measured: 4-5% after 8 epochs (20 epochs: 2.8%)
+    assert conductances_nonnegative(trainer.network)
+    assert sum(int((p == 0).sum()) for p, _ in trainer.network.parameter_constraints()) > 0  # the bound is active
+
+
+def test_a_resumed_drn_run_equals_the_straight_one_and_keeps_g_nonnegative(tmp_path):
+    common = ["model=drn", "epochs=2", "hidden=[20]", *QUICK]
+    straight = Trainer(load_config(None, [*common, f"out_dir={tmp_path / 'a'}"]))
+    straight.fit()
+    stopped = Trainer(load_config(None, [*common, "stop_after_epoch=1", f"out_dir={tmp_path / 'b'}"]))
+    stopped.fit()
+    resumed = Trainer.resume(tmp_path / "b")
+    resumed.fit()
+    assert conductances_nonnegative(resumed.network)
+    for (name, a), b in zip(straight.network.state_dict().items(), resumed.network.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rule", ["CL", "PEP", "NEP", "PCpL", "NCpL", "CCpL", "TBP", "RBP", "BPTT"])
+def test_every_rule_trains_a_drn_on_digits(rule):
+    overrides = ["model=drn", f"algorithm={rule}", "epochs=3", "beta=0.2", "lrs=[0.005]", *QUICK]
+    history = Trainer(load_config(None, overrides)).fit()
+    assert history[-1]["train_loss"] < history[0]["train_loss"] or history[-1]["test_error"] < 0.5
+
+
+def test_hep_with_n_above_2_is_refused_and_n_2_is_centered_ep():
+    from eqprop import get_algorithm
+    from eqprop.models.resistive import drn
+
+    with pytest.raises(ConfigError, match="holomorphic"):
+        Trainer(load_config(None, ["model=drn", "algorithm=HEP", "points=4", *QUICK]))
+    net = drn([6, 8, 3], input_gain=3.0).double()
+    x, labels = torch.rand(4, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 1])
+    grads = []
+    for name, extra in (("HEP", {"points": 2}), ("CEP", {})):
+        rule = get_algorithm(name, beta=0.3, cost="half_squared_error", solver="coordinate-descent", **extra)
+        rule.step(net, x, labels)
+        grads.append([p.grad.clone() for p in net.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["hidden=[7]"], "hidden"),
+        (["gains=[1.0,-1.0]"], "gains"),
+        (["input_gain=-2"], "input_gain"),
+        (["input_gain=0"], "input_gain"),
+        (["lr_schedule=linear"], "lr_schedule"),
+        (["nudged_schedule=sideways"], "nudged_schedule"),
+    ],
+)
+def test_bad_drn_settings_name_their_key(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        Trainer(load_config(None, ["model=drn", *overrides, *QUICK]))
+
+
+def test_the_relu_baseline_trains_by_backprop():
+    trainer = Trainer(load_config(None, ["model=relu_mlp", "epochs=5", *QUICK]))
+    history = trainer.fit()
+    assert trainer.cfg.algorithm == "BP" and history[-1]["test_error"] < 0.25
+    with pytest.raises(ConfigError, match="does not train"):
+        load_config(None, ["model=relu_mlp", "algorithm=CEP"])
+
+
+def test_the_exponential_schedule_and_bias_rates_reach_the_optimiser():
+    trainer = Trainer(load_config(None, ["model=drn", "hidden=[4,6]", "lrs=[0.1,0.2,0.3]", "bias_lrs=[0.01]", *QUICK]))
+    groups = trainer.optimizer.param_groups
+    assert [g["lr"] for g in groups] == [0.1, 0.2, 0.3, 0.01, 0.01, 0.01]
+    assert all(p.dim() == 2 for g in groups[:3] for p in g["params"])
+    for _ in range(3):
+        trainer.optimizer.step()
+        trainer.scheduler.step()
+    assert [g["lr"] for g in groups] == pytest.approx([lr * 0.99**3 for lr in (0.1, 0.2, 0.3, 0.01, 0.01, 0.01)])
+
+
+# (config, hidden, input gain, T, K, beta, weight rates, bias rates or None, epochs, batch, momentum, algorithm)
+FAST = {
+    "xs": ([100], 100.0, 4, 1.0, [0.006, 0.006], None, 10),
+    "1h": ([1024], 480.0, 4, 1.0, [0.006, 0.006], None, 50),
+    "2h": ([1024, 1024], 2000.0, 5, 1.0, [0.002, 0.006, 0.018], None, 50),
+    "3h": ([1024] * 3, 4000.0, 6, 2.0, [0.005, 0.02, 0.08, 0.005], [0.0005, 0.002, 0.008, 0.0005], 50),
+    "xl": ([32768], 800.0, 4, 1.0, [0.006, 0.006], None, 100),
+}
+UNIVERSAL = {  # MNIST: data gain 8 x model gain 60 / 250 / 500
+    "1h": ([1024], 8 * 60.0, 4, 0.5, [0.005, 0.005], None),
+    "2h": ([1024, 1024], 8 * 250.0, 5, 1.0, [0.002, 0.006, 0.005], None),
+    "3h": ([1024] * 3, 8 * 500.0, 6, 2.0, [0.005, 0.02, 0.08, 0.005], [0.0005, 0.002, 0.008, 0.0005]),
+}
+DHN = {
+    "1h": ([1024], 15, 15, [0.05, 0.05]),
+    "2h": ([1024] * 2, 50, 20, [0.2, 0.05, 0.01]),
+    "3h": ([1024] * 3, 100, 10, [0.2, 0.05, 0.01, 0.002]),
+}
+
+
+def shared(cfg):
+    assert cfg.dataset == "mnist28" and cfg.normalization == "none" and cfg.cost == "half_squared_error"
+    assert cfg.lr_schedule == "exponential" and cfg.gamma == 0.99 and cfg.weight_decay == 0.0
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+@pytest.mark.parametrize("rule", ["ep", "bp"])
+def test_fast_drn_configs_follow_table_1(name, rule):
+    hidden, gain, iters, beta, lrs, blrs, epochs = FAST[name]
+    cfg = load_config(ROOT / "fast_drn" / f"{name}_{rule}.yaml")
+    shared(cfg)
+    assert (cfg.model.kind, cfg.hidden, cfg.resistive.input_gain, cfg.lrs, cfg.bias_lrs) == (
+        "drn",
+        hidden,
+        gain,
+        lrs,
+        blrs,
+    )
+    assert (cfg.free_iterations, cfg.nudged_iterations, cfg.epochs, cfg.batch_size, cfg.momentum) == (
+        iters,
+        iters,
+        epochs,
+        4,
+        0.0,
+    )
+    assert (cfg.schedule, cfg.first, cfg.nudged_schedule, cfg.init) == ("asynchronous", "odd", None, "persistent")
+    assert cfg.algorithm == ("CEP" if rule == "ep" else "TBP") and (rule == "bp" or cfg.beta == beta)
+
+
+@pytest.mark.parametrize("name", sorted(UNIVERSAL))
+@pytest.mark.parametrize("rule", ["ep", "tbp"])
+def test_universal_drn_configs_follow_tables_1_and_4(name, rule):
+    hidden, gain, iters, beta, lrs, blrs = UNIVERSAL[name]
+    cfg = load_config(ROOT / "universal_drn" / f"mnist_{name}_{rule}.yaml")
+    shared(cfg)
+    assert (cfg.hidden, cfg.resistive.input_gain, cfg.lrs, cfg.bias_lrs) == (hidden, gain, lrs, blrs)
+    assert (cfg.free_iterations, cfg.nudged_iterations, cfg.epochs, cfg.batch_size, cfg.momentum) == (
+        iters,
+        iters,
+        100,
+        32,
+        0.9,
+    )
+    if rule == "ep":
+        assert (cfg.algorithm, cfg.beta, cfg.schedule, cfg.nudged_schedule) == ("CEP", beta, "forward", "backward")
+    else:
+        assert (cfg.algorithm, cfg.schedule, cfg.nudged_schedule) == ("TBP", "forward", "forward")
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_relu_and_dhn_configs(layers):
+    cfg = load_config(ROOT / "universal_drn" / f"mnist_relu_{layers}h_bp.yaml")
+    shared(cfg)
+    assert (cfg.model.kind, cfg.algorithm, cfg.hidden, cfg.lrs, cfg.batch_size, cfg.momentum, cfg.epochs) == (
+        "relu_mlp",
+        "BP",
+        [512] * layers,
+        [0.005],
+        32,
+        0.9,
+        100,
+    )
+    hidden, t, k, lrs = DHN[f"{layers}h"]
+    cfg = load_config(ROOT / "dhn" / f"{layers}h.yaml")
+    shared(cfg)
+    assert (cfg.model.kind, cfg.hidden, cfg.gains, cfg.free_iterations, cfg.nudged_iterations, cfg.lrs) == (
+        "mlp",
+        hidden,
+        [0.7],
+        t,
+        k,
+        lrs,
+    )
+    assert (cfg.beta, cfg.batch_size, cfg.momentum, cfg.epochs, cfg.first, cfg.init) == (
+        0.2,
+        16,
+        0.0,
+        100,
+        "odd",
+        "persistent",
+    )
