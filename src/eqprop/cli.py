@@ -72,14 +72,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _stop_with_launcher()
 
     if args.help_config:
+        from .models.base import MODELS
+        from .settings import SECTION_OWNERS
         from .training.config import SECTIONS
 
         print("Config keys by section (YAML: `section: {key: value}` or flat `key: value`; overrides: key=value)")
         for name, section in SECTIONS.items():
-            print(f"\n{name}:")
+            owner = SECTION_OWNERS.get(name)
+            print(f"\n{name}:" + (f"  (read by {owner})" if owner else ""))
             for key, typ, default, doc in section.describe():
                 shown = {"model": "model", "signals": "signals"}.get(name) if key == "kind" else key
                 print(f"  {shown:18s} {typ:22s} default {default!r:24s} {doc}")
+        print("\nDefaults a model brings (they apply where the config does not set the key):")
+        for model, spec in MODELS.items():
+            if spec.defaults:
+                print(f"  model={model}: " + ", ".join(f"{k}={v}" for k, v in spec.defaults.items()))
         return 0
     config, overrides = _split_config(args.items)
     overrides += _data_dir(args)

@@ -15,7 +15,14 @@ def test_sections_and_flat_aliases_are_the_same_settings():
     assert cfg.rule.beta == cfg.beta == 0.3 and cfg.model.kind == "pcn" and cfg.rule.algorithm == "PC-CEP"
     cfg.out_dir = "somewhere"
     assert cfg.run.out_dir == "somewhere"
-    assert set(cfg.to_dict()) == set(SECTIONS) == {"data", "model", "relax", "rule", "signals", "optim", "run"}
+    # the seven core sections, then those the model families register (the DRN's "resistive")
+    assert (
+        set(cfg.to_dict())
+        == set(SECTIONS)
+        == {"data", "model", "relax", "rule", "signals", "optim", "run", "resistive"}
+    )
+    assert list(SECTIONS)[:7] == ["data", "model", "relax", "rule", "signals", "optim", "run"]
+    assert cfg.input_gain == cfg.resistive.input_gain == 1.0  # a registered section's keys are flat keys too
     assert TrainConfig(model="mlp", relax={"nudged_iterations": 3}).to_dict()["relax"]["nudged_iterations"] == 3
     assert build_phases(cfg).solver == "mod-pgd"  # the model's default solver
     with pytest.raises(AttributeError, match="no setting 'betta'"):

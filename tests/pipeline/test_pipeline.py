@@ -157,6 +157,9 @@ def test_shipped_configs_validate_and_build_table5_networks(path):
     elif cfg.model.kind == "pcn":  # the Table 7 / Table 8 structure is checked in test_pcn_configs.py
         out = net.forward_pass(torch.zeros(1, spec.in_channels, size, size))[-1]
         assert out.shape == (1, spec.num_classes)
+    elif path.parent.parent.name == "resistive":  # the rows themselves: tests/pipeline/test_resistive_pipeline.py
+        inputs = net.layers[0].shape if cfg.model.kind == "mlp" else (net.sizes[0],)  # DHN: the dense Hopfield net
+        assert cfg.dataset == "mnist28" and tuple(inputs) == (784,) and net.num_classes == 10
     elif path.name != "default.yaml":  # Table 5: n_in x 32 x 32 -> 128x16x16 -> 256x8x8 -> 512x4x4 -> 512x2x2 -> n_out
         assert [tuple(layer.shape) for layer in net.layers] == [
             (spec.in_channels, 32, 32),
