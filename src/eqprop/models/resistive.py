@@ -319,7 +319,7 @@ class CoordinateDescentSolver(Solver):
             curv[L] = curv[L] + cb
             fixed[L] = fixed[L] + cast(Tensor, cby).to(pdtype)
             if bool((curv[L] <= 0).any()):
-                worst = float(curv[L].min())
+                worst = float(curv[L].detach().min())
                 raise ValueError(
                     f"beta={nudge.beta} makes the nudged energy unbounded below: an output node's conductances sum "  # type: ignore[union-attr]
                     f"to {worst - cb:.4g} <= -c beta = {-cb:.4g}, so E + beta C has no minimum; a negative nudging "
