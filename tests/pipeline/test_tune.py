@@ -245,5 +245,9 @@ def test_a_killed_study_process_leaves_no_run_training_on(experiment):
     while _processes_running(str(experiment / "long.yaml")):
         assert time.monotonic() < deadline, "the run outlived its study process"
         time.sleep(0.2)
-    assert "interrupted by SIGTERM" in (run / "stdout.log").read_text()
+    # the run stopped on the signal, keeping its checkpoint: through the batch-boundary stop ("interrupted by
+    # SIGTERM"), or, when a second SIGTERM reaches it before that stop is taken (seen once in a fresh-clone CI run on
+    # an epoch of a few milliseconds), through the immediate stop that keeps the last checkpoint
+    log = (run / "stdout.log").read_text()
+    assert "interrupted by SIGTERM" in log or "interrupted; the last checkpoint is kept" in log, log[-500:]
     assert (run / "checkpoint_last.pt").exists()
