@@ -26,10 +26,13 @@ def examples():
         relaxation.SOLVERS,
         models.MODELS,
     ]
+    from eqprop import settings
+
+    registries.append(settings.SECTION_REGISTRY)
     saved = [dict(r) for r in registries]
     text = (ROOT / "docs" / "extending.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, "docs/extending.md", "exec"), namespace)
@@ -55,6 +58,18 @@ def test_a_new_model_trains_from_a_config_and_its_update_is_the_gradient(example
     cep = get_algorithm("CEP", beta=1e-3, **CONVERGED).step(net, x, labels).grads
     assert rel_error(cep, rbp) < 1e-4
     assert float(cep[-2].abs().max()) > 1e-3  # the skip weights get an update
+
+
+def test_a_models_own_key_and_defaults_reach_its_builder(examples):
+    from eqprop.errors import ConfigError
+
+    cfg = parse_overrides(["model=skip_mlp2", "skip_gain=0.05", "image_size=8"])
+    assert cfg.hidden == [24] and cfg.lrs == [0.01] and cfg.skip_mlp.skip_gain == 0.05  # defaults, then the key
+    net = Trainer(cfg, log=lambda s: None).network
+    bound = 0.05 / math.sqrt(64)
+    assert 0 < float(net.terms["skip"].weight.abs().max()) <= bound
+    with pytest.raises(ConfigError, match="skip_gain"):
+        parse_overrides(["model=skip_mlp2", "skip_gain=-1"])
 
 
 def test_a_new_rule_has_the_bias_order_it_claims(examples):
