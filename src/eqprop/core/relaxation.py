@@ -66,6 +66,7 @@ __all__ = [
     "resolve_dtype",
     "complex_dtype",
     "largest_change",
+    "Convergence",
 ]
 
 SCHEDULES = ("asynchronous", "synchronous", "forward", "backward")
@@ -266,8 +267,7 @@ def _iterate(
         return sigma.project(m)
 
     used = 0
-    sample_change: Tensor | None = None  # per sample: the largest change of any unit in the last iteration
-    converged_at: Tensor | None = None  # per sample: the first iteration whose change was below tol
+    watch = Convergence(iterations, tol)
     for _ in range(iterations):
         before = [states[k] for k in free] if (tol is not None or record) else None
         for g, group in enumerate(groups):
@@ -279,16 +279,7 @@ def _iterate(
                 for name in refresh_after[g]:
                     refresh(name)
         used += 1
-        change = None
-        if before is not None:
-            with torch.no_grad():
-                sample_change = largest_change([states[k] for k in free], before).float()
-                change = float(sample_change.max()) if free else 0.0
-                if tol is not None:
-                    done = sample_change < tol
-                    if converged_at is None:
-                        converged_at = torch.full_like(sample_change, float(iterations), dtype=torch.float32)
-                    converged_at = torch.where(done & (converged_at > used), float(used), converged_at)
+        change = None if before is None else watch.update([states[k] for k in free], before, used)
         if traj is not None:
             e, r = _diagnostics(network, states, nudge)
             traj.energy.append(e)
@@ -297,11 +288,35 @@ def _iterate(
             traj.change.append(change if change is not None else float("nan"))
         if tol is not None and change is not None and change < tol:
             break
-    stats = None
-    if sample_change is not None:
-        its = converged_at if converged_at is not None else torch.full_like(sample_change, float(used))
-        stats = SolverStats(its.clamp(max=used).long(), sample_change)
-    return RelaxResult(states, used, traj, stats)
+    return RelaxResult(states, used, traj, watch.stats(used))
+
+
+class Convergence:
+    """The per-sample convergence record of a phase, shared by the layered solvers: each sample's largest unit
+    change in the last iteration and, with ``tol``, the first iteration whose change was below ``tol``."""
+
+    def __init__(self, iterations: int, tol: float | None) -> None:
+        self.iterations, self.tol = iterations, tol
+        self.sample_change: Tensor | None = None
+        self.converged_at: Tensor | None = None
+
+    @torch.no_grad()
+    def update(self, after: Sequence[Tensor], before: Sequence[Tensor], used: int) -> float:
+        """Record iteration ``used`` (the states after and before it); returns the batch's largest change."""
+        self.sample_change = largest_change(after, before).float()
+        if self.tol is not None:
+            if self.converged_at is None:
+                self.converged_at = torch.full_like(self.sample_change, float(self.iterations))
+            done = (self.sample_change < self.tol) & (self.converged_at > used)
+            self.converged_at = torch.where(done, float(used), self.converged_at)
+        return float(self.sample_change.max()) if after else 0.0
+
+    def stats(self, used: int) -> SolverStats | None:
+        """The phase's :class:`SolverStats` after ``used`` iterations (None when nothing was recorded)."""
+        if self.sample_change is None:
+            return None
+        its = self.converged_at if self.converged_at is not None else torch.full_like(self.sample_change, float(used))
+        return SolverStats(its.clamp(max=used).long(), self.sample_change)
 
 
 def largest_change(after: Sequence[Tensor], before: Sequence[Tensor]) -> Tensor:

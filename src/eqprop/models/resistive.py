@@ -42,12 +42,11 @@ from torch import Tensor, nn
 from ..core.constraints import Projection, nonnegative
 from ..core.nudging import AugmentedNudge, ClampNudge, EPNudge, Nudge
 from ..core.relaxation import (
+    Convergence,
     RelaxResult,
     Solver,
-    SolverStats,
     Trajectory,
     even_odd_groups,
-    largest_change,
     register_solver,
 )
 from ..errors import ConfigError
@@ -343,25 +342,17 @@ class CoordinateDescentSolver(Solver):
             return network.project(k, v)
 
         traj = Trajectory() if record else None
-        watch = s.tol is not None or record
-        used, sample_change, converged_at = 0, None, None
+        watch = Convergence(iterations, s.tol) if s.tol is not None or record else None
+        used = 0
         for _ in range(iterations):
-            before = [states[k] for k in free] if watch else None
+            before = [states[k] for k in free] if watch is not None else None
             for group in groups:
                 new = {k: update(k) for k in group}
                 for k, v in new.items():
                     states[k] = v
             used += 1
-            if before is not None:
-                with torch.no_grad():
-                    sample_change = largest_change([states[k] for k in free], before).float()
-                    change = float(sample_change.max()) if free else 0.0
-                    if s.tol is not None:
-                        if converged_at is None:
-                            converged_at = torch.full_like(sample_change, float(iterations))
-                        converged_at = torch.where(
-                            (sample_change < s.tol) & (converged_at > used), float(used), converged_at
-                        )
+            if watch is not None and before is not None:
+                change = watch.update([states[k] for k in free], before, used)
                 if traj is not None:
                     with torch.no_grad():
                         energy = network.energy(states)
@@ -371,11 +362,7 @@ class CoordinateDescentSolver(Solver):
                     traj.change.append(change)
                 if s.tol is not None and change < s.tol:
                     break
-        stats = None
-        if sample_change is not None:
-            its = converged_at if converged_at is not None else torch.full_like(sample_change, float(used))
-            stats = SolverStats(its.clamp(max=used).long(), sample_change)
-        return RelaxResult(states, used, traj, stats)
+        return RelaxResult(states, used, traj, None if watch is None else watch.stats(used))
 
 
 # ---- presets: the papers' networks (MNIST: 784 inputs, 10 classes) -----------------------------------------------
