@@ -36,9 +36,13 @@ def _data_dir(args: argparse.Namespace) -> list[str]:
     return [f"data_dir={args.data_dir}"] if getattr(args, "data_dir", None) else []
 
 
-def _writing(path: str | Path) -> Path:
-    """``path`` (``~`` expanded) after checking that its folder can be written (a RunError saying so if not)."""
+def _writing(path: str | Path, default_name: str) -> Path:
+    """``path`` (``~`` expanded; an existing directory, or one written with a trailing ``/``, gets
+    ``default_name`` inside it) after checking that its folder can be written (a RunError saying so if not)."""
+    given = str(path)
     path = Path(path).expanduser()
+    if path.is_dir() or given.endswith(("/", os.sep)):
+        path = path / default_name
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -142,18 +146,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .training.results import plot_runs
 
-    print(f"eqprop: wrote {plot_runs(args.run_dirs, _writing(args.output))}")
+    print(f"eqprop: wrote {plot_runs(args.run_dirs, _writing(args.output, 'curves.png'))}")
     return 0
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
     from .training.results import results_table
 
-    output = _writing(args.output) if args.output else None
+    output = _writing(args.output, "table.md") if args.output else None
     table = results_table(args.run_dirs, metric=args.metric)
     if output is not None:
         output.write_text(table + "\n")
     print(table)
+    if output is not None:
+        print(f"eqprop: wrote {output}", file=sys.stderr)
     return 0
 
 

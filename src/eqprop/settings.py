@@ -101,6 +101,12 @@ class Section:
     """A config section; subclasses declare fields with :func:`setting` and override :meth:`validate`."""
 
     name: ClassVar[str] = "section"
+    # sections whose YAML mapping held these keys before they moved here: ``model: {hru: ...}`` in an older config
+    # or run directory still reaches the ``hssm`` section
+    moved_from: ClassVar[tuple[str, ...]] = ()
+    # for a learning rule's section: field -> the keyword the rule's factory takes it as (what the Trainer passes
+    # to a rule whose registration lists that keyword in ``options``)
+    options: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -113,6 +119,9 @@ class Section:
 
     def validate(self) -> None:
         """Check ranges and choices (the owner module's rules); raise ConfigError naming the key."""
+
+    def check_config(self, cfg: Any) -> None:
+        """Checks that need the other sections (``cfg``: the whole config, every section built and validated)."""
 
     def at_least(self, minimum: float, *keys: str) -> None:
         """Each of ``keys`` (None allowed) is >= ``minimum``."""

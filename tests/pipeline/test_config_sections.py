@@ -15,18 +15,58 @@ def test_sections_and_flat_aliases_are_the_same_settings():
     assert cfg.rule.beta == cfg.beta == 0.3 and cfg.model.kind == "pcn" and cfg.rule.algorithm == "PC-CEP"
     cfg.out_dir = "somewhere"
     assert cfg.run.out_dir == "somewhere"
-    # the seven core sections, then those the model families register (the DRN's "resistive")
-    assert (
-        set(cfg.to_dict())
-        == set(SECTIONS)
-        == {"data", "model", "relax", "rule", "signals", "optim", "run", "resistive"}
-    )
+    # the seven core sections, then those the model families and rules register in their files
+    families = {"dchn", "vgg", "pcn", "hssm", "resistive", "hep", "echo", "rbp"}
+    core = {"data", "model", "relax", "rule", "signals", "optim", "run"}
+    assert set(cfg.to_dict()) == set(SECTIONS) == core | families
     assert list(SECTIONS)[:7] == ["data", "model", "relax", "rule", "signals", "optim", "run"]
     assert cfg.input_gain == cfg.resistive.input_gain == 1.0  # a registered section's keys are flat keys too
     assert TrainConfig(model="mlp", relax={"nudged_iterations": 3}).to_dict()["relax"]["nudged_iterations"] == 3
     assert build_phases(cfg).solver == "mod-pgd"  # the model's default solver
     with pytest.raises(AttributeError, match="no setting 'betta'"):
         cfg.betta = 1
+
+
+def test_family_keys_live_in_their_files_and_old_configs_still_reach_them(tmp_path):
+    """Each family's and rule's own keys are declared by the file that reads them; configs and run directories
+    that wrote them under ``model:``/``rule:`` (every run before the move) load as the same config."""
+    import dataclasses
+    import inspect
+
+    from eqprop.models import base as model_base
+    from eqprop.rules import base as rule_base
+
+    owners = {"dchn": "hopfield", "vgg": "hopfield", "pcn": "predictive_coding", "hssm": "hamiltonian"}
+    owners |= {"resistive": "resistive", "hep": "holomorphic", "echo": "echo_learning", "rbp": "backprop"}
+    for section, module in owners.items():
+        assert SECTIONS[section].__module__.rsplit(".", 1)[-1] == module
+    assert {f.name for f in dataclasses.fields(SECTIONS["model"])} == {
+        "kind", "channels", "hidden", "gains", "activation", "readout", "bias_init", "bias_scale", "pooling",
+        "pool_temperature",
+    }  # fmt: skip
+    assert {f.name for f in dataclasses.fields(SECTIONS["rule"])} == {"algorithm", "beta", "cost", "nudged_output"}
+    for module, families in ((model_base, ("hamiltonian", "predictive_coding")), (rule_base, ("echo_learning",))):
+        assert not any(f"from .{name} import" in inspect.getsource(module) for name in families)
+
+    new = parse_overrides(["model=hssm", "algorithm=RHEL", "hru=linear", "dt=0.05", "echo_stack=sequential"])
+    assert (new.hssm.hru, new.hssm.dt, new.echo.echo_stack) == ("linear", 0.05, "sequential")
+    old = new.to_dict()
+    for section in ("hssm", "echo", "hep", "rbp", "dchn", "vgg", "pcn"):  # the layout of a run made before the move
+        moved = old.pop(section)
+        old["rule" if section in ("echo", "hep", "rbp") else "model"].update(moved)
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert read_run_config(tmp_path).to_dict() == new.to_dict()
+    assert parse_overrides(["model=hssm", "algorithm=RHEL", "model.hru=linear", "rule.points=3"]).flat() == (
+        parse_overrides(["model=hssm", "algorithm=RHEL", "hssm.hru=linear", "hep.points=3"]).flat()
+    )
+    # a key under a section it never belonged to names the section it does belong to
+    with pytest.raises(ConfigError, match="unknown key 'points' in section 'model'.*belongs to section 'hep'"):
+        config_from_dict({"model": {"points": 3}})
+    # a family's section still checks against the others: PCN pools, one per conv layer
+    with pytest.raises(ConfigError, match="'pools'.*expected 2 entries"):
+        parse_overrides(["model=pcn", "algorithm=PC-CEP", "channels=[4,8]", "pools=[true]"])
+    with pytest.raises(ConfigError, match="'paddings'.*expected 3 entries"):
+        parse_overrides(["paddings=[1]"])
 
 
 def test_sectioned_and_flat_yaml_files_give_the_same_config(tmp_path):
@@ -100,3 +140,50 @@ def test_keys_that_must_be_positive_refuse_zero_and_negatives_and_say_whether_nu
     else:
         with pytest.raises(ConfigError, match=f"'{key}': expected float"):
             parse_overrides([f"{key}=null"])
+
+
+def test_a_rules_own_section_passes_its_keyword_to_the_rule():
+    """A rule registered with a section of its own (``options``: field -> keyword) is built with the field's value,
+    from the flat key, the section key and the default; rules that do not ask for it never see it."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from eqprop import settings
+    from eqprop.rules import base as rules
+    from eqprop.settings import Section, register_section, setting
+    from eqprop.training.trainer import build_algorithm
+
+    saved = [dict(r) for r in (rules.ALGORITHMS, rules.ALGORITHM_FAMILIES, rules.ALGORITHM_OPTIONS)]
+    saved_sections = dict(settings.SECTION_REGISTRY)
+    try:
+
+        @dataclass
+        class WindowSection(Section):
+            name: ClassVar[str] = "window"
+            options: ClassVar[dict[str, str]] = {"window_width": "width"}
+            window_width: int = setting(3, "test rule: a width")
+
+            def validate(self) -> None:
+                self.at_least(1, "window_width")
+
+        register_section(WindowSection, "algorithm=WINDOW")
+        built = []
+
+        def factory(*, cost, phases, width):
+            built.append(width)
+            return rules.get_algorithm("CEP", cost=cost, phases=phases)
+
+        rules.register_algorithm("WINDOW", factory, options=("cost", "phases", "width"))
+        build_algorithm(parse_overrides(["algorithm=WINDOW"]))
+        build_algorithm(parse_overrides(["algorithm=WINDOW", "window_width=7"]))
+        build_algorithm(parse_overrides(["algorithm=WINDOW", "window.window_width=9"]))
+        assert built == [3, 7, 9]
+        build_algorithm(parse_overrides(["algorithm=CEP", "window_width=5"]))  # CEP does not take ``width``
+        with pytest.raises(ConfigError, match="'window_width' must be >= 1"):
+            parse_overrides(["algorithm=WINDOW", "window_width=0"])
+    finally:
+        for registry, before in zip((rules.ALGORITHMS, rules.ALGORITHM_FAMILIES, rules.ALGORITHM_OPTIONS), saved):
+            registry.clear()
+            registry.update(before)
+        settings.SECTION_REGISTRY.clear()
+        settings.SECTION_REGISTRY.update(saved_sections)

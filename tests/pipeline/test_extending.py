@@ -67,7 +67,7 @@ def test_a_models_own_key_and_defaults_reach_its_builder(examples):
     assert cfg.hidden == [24] and cfg.lrs == [0.01] and cfg.skip_mlp.skip_gain == 0.05  # defaults, then the key
     net = Trainer(cfg, log=lambda s: None).network
     bound = 0.05 / math.sqrt(64)
-    assert 0 < float(net.terms["skip"].weight.abs().max()) <= bound
+    assert 0 < float(net.terms["skip"].weight.detach().abs().max()) <= bound
     with pytest.raises(ConfigError, match="skip_gain"):
         parse_overrides(["model=skip_mlp2", "skip_gain=-1"])
 

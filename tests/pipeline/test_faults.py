@@ -69,7 +69,9 @@ def test_an_existing_run_directory_is_refused_and_left_unchanged(finished, tmp_p
     other.mkdir()
     (other / "paper.tex").write_text("keep me")
     assert main(["train", *FAST, "epochs=1", f"out_dir={other}", "--overwrite"]) == 2
-    assert "holds no config.json" in capsys.readouterr().err and (other / "paper.tex").read_text() == "keep me"
+    err = capsys.readouterr().err
+    assert "--overwrite deletes only a run directory that eqprop made" in err and "nothing was deleted" in err
+    assert str(other) in err and (other / "paper.tex").read_text() == "keep me"
 
     # --overwrite replaces an earlier run with a fresh one
     assert main(["train", *FAST, "epochs=1", f"out_dir={run}", "--overwrite"]) == 0

@@ -261,7 +261,7 @@ CONVENTIONS = {
     ("relax", "init"): "persistent",
     ("model", "bias_init"): "uniform",
     ("rule", "nudged_output"): "iterate",
-    ("rule", "rbp_adjoint"): "almeida-pineda",  # acts only with algorithm=RBP (training/sgd.py's RecurrentBackprop)
+    ("rbp", "rbp_adjoint"): "almeida-pineda",  # acts only with algorithm=RBP (training/sgd.py's RecurrentBackprop)
 }
 # the code's datasets.py: CIFAR-10 RandomCrop(32, padding=4, padding_mode="edge") after the flip; MNIST padded to
 # 32x32 by two black pixels, then RandomCrop(32, padding=2, padding_mode="edge")

@@ -170,7 +170,9 @@ def image_input(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]
 # ---- config section ----------------------------------------------------------------------------------------
 @dataclass
 class ModelSection(Section):
-    """The ``model`` section: the registered model and the settings its builder reads."""
+    """The ``model`` section: the registered model and the settings several families read (sizes, gains, the
+    Hopfield nets' state space and pooling). A family's own keys live in its file's section (``dchn``, ``vgg``,
+    ``pcn``, ``hssm``, ``resistive``); older configs that write them under ``model:`` still work."""
 
     name: ClassVar[str] = "model"
     kind: str = setting("dchn", "the registered model (MODELS): dchn, mlp, vgg, pcn, hssm")
@@ -183,51 +185,24 @@ class ModelSection(Section):
     bias_scale: float = setting(0.5, "bias_init=uniform: the bound's scale (the comparative study's code: 0.5)")
     pooling: str = setting("max", "dchn/vgg: 2x2 pooling, max or softmax (holomorphic)")
     pool_temperature: float = setting(1.0, "dchn/vgg: the softmax pooling's temperature T")
-    paddings: list[int] | None = setting(None, "dchn: padding per conv layer (null: 1 each)")
-    pool_every: int = setting(1, "pcn: a 2x2 max-pool after every n-th conv prediction (when pools is null)")
-    pools: list[bool] | None = setting(None, "pcn: per conv prediction, whether a 2x2 max-pool follows it")
-    skips: list[list[int]] = setting([], "pcn: skip connections [j, k]: a strided 1x1 conv of h_j into layer k")
-    fan: str = setting("fan_in", "pcn: the fan of eq. 21 for conv weights: fan_in (VGG5) or fan_out (VGG10)")
-    blocks: list[list[int]] = setting([[64], [128], [256], [512], [512]], "vgg: conv widths per block (VGG-7)")
-    hru: str = setting("nonlinear", "hssm: the Hamiltonian recurrent unit type")
-    dt: float = setting(0.1, "hssm: leapfrog time step")
 
     def validate(self) -> None:
         from ..core.interactions import POOLINGS
         from ..core.layers import ACTIVATIONS
-        from .hamiltonian import HRU_TYPES
-        from .predictive_coding import FAN_MODES
 
         self.kind = check_choice("model", self.kind, model_names())
         self.activation = check_choice("activation", self.activation, sorted(ACTIVATIONS))
-        self.hru = check_choice("hru", self.hru, sorted(HRU_TYPES))
         self.pooling = check_choice("pooling", self.pooling, list(POOLINGS))
         self.bias_init = check_choice("bias_init", self.bias_init, list(BIAS_INITS))
-        self.positive("bias_scale", "pool_temperature", "dt")
+        self.positive("bias_scale", "pool_temperature")
         if self.bias_init != "zeros" and MODELS[self.kind].family != "hopfield":
             raise ConfigError(
                 f"config key 'bias_init={self.bias_init}' draws the biases of Hopfield networks "
                 f"({model_names('hopfield')}); "
                 f"model {self.kind!r} has its own bias init"
             )
-        if self.paddings is not None and (len(self.paddings) != len(self.channels) or min(self.paddings) < 0):
-            raise ConfigError(
-                f"config key 'paddings' gives one padding >= 0 per conv layer: expected {len(self.channels)} "
-                f"entries (one per channels entry), got {self.paddings}"
-            )
-        self.at_least(1, "pool_every")
-        self.fan = check_choice("fan", self.fan, list(FAN_MODES))
-        if self.pools is not None and len(self.pools) != len(self.channels):
-            raise ConfigError(
-                f"config key 'pools' marks each conv layer: expected {len(self.channels)} entries (one per "
-                f"channels entry), got {len(self.pools)}"
-            )
-        if any(len(p) != 2 for p in self.skips):
-            raise ConfigError(f"config key 'skips' lists [from, to] layer pairs, got {self.skips}")
         if min(self.channels, default=1) < 1 or min(self.hidden, default=1) < 1 or min(self.gains, default=1) <= 0:
             raise ConfigError(
                 f"channels and hidden must be >= 1 and gains > 0; got channels={self.channels}, "
                 f"hidden={self.hidden}, gains={self.gains}"
             )
-        if MODELS[self.kind].blocks and (not self.blocks or any(not b or min(b) < 1 for b in self.blocks)):
-            raise ConfigError(f"config key 'blocks' must list non-empty lists of conv widths >= 1, got {self.blocks}")

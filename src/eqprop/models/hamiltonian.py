@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..settings import Section, check_choice, register_section, setting
 from .base import image_input, register_model
 
 __all__ = [
@@ -311,6 +313,24 @@ class HamiltonianSSM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dt={self.dt}, integrator={self.integrator}, ff_activation={self.ff_activation}"
+
+
+@dataclass
+class HSSMSection(Section):
+    """The ``hssm`` section: the Hamiltonian state-space model's unit type and leapfrog step (unit sizes are
+    ``hidden``)."""
+
+    name: ClassVar[str] = "hssm"
+    moved_from: ClassVar[tuple[str, ...]] = ("model",)
+    hru: str = setting("nonlinear", "hssm: the Hamiltonian recurrent unit type")
+    dt: float = setting(0.1, "hssm: leapfrog time step")
+
+    def validate(self) -> None:
+        self.hru = check_choice("hru", self.hru, sorted(HRU_TYPES))
+        self.positive("dt")
+
+
+register_section(HSSMSection, "model=hssm")
 
 
 def _build_hssm(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> HamiltonianSSM:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from ..core.interactions import Bias, ConvPool, Dense, Interaction
 from ..core.kernels import set_fused_kernels
@@ -12,7 +13,8 @@ from ..core.layers import Layer
 from ..core.network import EnergyNetwork
 from ..core.readout import Readout
 from ..errors import ConfigError
-from .base import image_input, register_model
+from ..settings import Section, register_section, setting
+from .base import image_input, model_spec, register_model
 
 __all__ = ["dchn", "hopfield_mlp", "DCHN_CHANNELS", "vgg_crnn", "VGG_ARCHS"]
 
@@ -190,7 +192,41 @@ def vgg_crnn(
     return net
 
 
-# ---- registrations (config ``model=...``) ---------------------------------------------------------------------
+# ---- config sections and registrations (config ``model=...``) -------------------------------------------------
+@dataclass
+class DCHNSection(Section):
+    """The ``dchn`` section: what only the convolutional Hopfield net reads (its widths are ``channels``)."""
+
+    name: ClassVar[str] = "dchn"
+    moved_from: ClassVar[tuple[str, ...]] = ("model",)
+    paddings: list[int] | None = setting(None, "dchn: padding per conv layer (null: 1 each)")
+
+    def check_config(self, cfg: Any) -> None:
+        channels = cfg.model.channels
+        if self.paddings is not None and (len(self.paddings) != len(channels) or min(self.paddings) < 0):
+            raise ConfigError(
+                f"config key 'paddings' gives one padding >= 0 per conv layer: expected {len(channels)} "
+                f"entries (one per channels entry), got {self.paddings}"
+            )
+
+
+@dataclass
+class VGGSection(Section):
+    """The ``vgg`` section: the conv widths per block of the scalable-EP paper's VGG CRNNs."""
+
+    name: ClassVar[str] = "vgg"
+    moved_from: ClassVar[tuple[str, ...]] = ("model",)
+    blocks: list[list[int]] = setting([[64], [128], [256], [512], [512]], "vgg: conv widths per block (VGG-7)")
+
+    def check_config(self, cfg: Any) -> None:
+        if model_spec(cfg.model.kind).blocks and (not self.blocks or any(not b or min(b) < 1 for b in self.blocks)):
+            raise ConfigError(f"config key 'blocks' must list non-empty lists of conv widths >= 1, got {self.blocks}")
+
+
+register_section(DCHNSection, "model=dchn")
+register_section(VGGSection, "model=vgg (and the KD teacher of signals=kd/kdw)")
+
+
 def _build_dchn(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> EnergyNetwork:
     c, _, size = image_input("dchn", input_shape)
     net = dchn(

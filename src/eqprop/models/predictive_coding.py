@@ -18,7 +18,8 @@ The learning rules are in :mod:`eqprop.rules.predictive_coding`; the architectur
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,7 @@ from ..core.interactions import max_pool_transpose, scaled_uniform_
 from ..core.nudging import ClampNudge, Cost, EPNudge
 from ..core.relaxation import RelaxResult, Solver, SolverSettings, even_odd_groups, get_solver, register_solver
 from ..errors import ConfigError
+from ..settings import Section, check_choice, register_section, setting
 from .base import image_input, register_model
 from .hopfield import _gains
 
@@ -495,6 +497,36 @@ def vgg10(
 def vgg10_skip(num_classes: int = 1000, input_size: int = 224) -> PredictiveCodingNetwork:
     """VGG10Skip (section 5.5): VGG10 plus strided 1x1 conv skips from layer 2 to 5 and from 5 to 8."""
     return vgg10(num_classes, input_size, VGG10_SKIPS)
+
+
+@dataclass
+class PCNSection(Section):
+    """The ``pcn`` section: the predictive-coding networks' pooling, skip connections and init fan (sizes are
+    ``channels`` and ``hidden``)."""
+
+    name: ClassVar[str] = "pcn"
+    moved_from: ClassVar[tuple[str, ...]] = ("model",)
+    pool_every: int = setting(1, "pcn: a 2x2 max-pool after every n-th conv prediction (when pools is null)")
+    pools: list[bool] | None = setting(None, "pcn: per conv prediction, whether a 2x2 max-pool follows it")
+    skips: list[list[int]] = setting([], "pcn: skip connections [j, k]: a strided 1x1 conv of h_j into layer k")
+    fan: str = setting("fan_in", "pcn: the fan of eq. 21 for conv weights: fan_in (VGG5) or fan_out (VGG10)")
+
+    def validate(self) -> None:
+        self.at_least(1, "pool_every")
+        self.fan = check_choice("fan", self.fan, list(FAN_MODES))
+        if any(len(p) != 2 for p in self.skips):
+            raise ConfigError(f"config key 'skips' lists [from, to] layer pairs, got {self.skips}")
+
+    def check_config(self, cfg: Any) -> None:
+        channels = cfg.model.channels
+        if self.pools is not None and len(self.pools) != len(channels):
+            raise ConfigError(
+                f"config key 'pools' marks each conv layer: expected {len(channels)} entries (one per "
+                f"channels entry), got {len(self.pools)}"
+            )
+
+
+register_section(PCNSection, "model=pcn")
 
 
 def _build_pcn(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> PredictiveCodingNetwork:

@@ -4,7 +4,8 @@ differentiation at the free state) and backprop through the whole free phase (BP
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -13,6 +14,7 @@ from ..core.network import State
 from ..core.nudging import cost_precision
 from ..core.relaxation import RelaxResult, relax
 from ..models.base import model_output
+from ..settings import Section, check_choice, register_section, setting
 from .base import LearningAlgorithm, RelaxingAlgorithm, StepResult, register_algorithm, write_grads
 
 __all__ = [
@@ -259,6 +261,24 @@ def energy_implicit_gradient(
         through = torch.autograd.grad(grad_e, params, grad_outputs=[-t for t in lam], allow_unused=True)
         grads = [a if b is None else b if a is None else a + b for a, b in zip(through, direct)]
         return list(grads), used
+
+
+@dataclass
+class RBPSection(Section):
+    """The ``rbp`` section: how recurrent backprop solves its adjoint system."""
+
+    name: ClassVar[str] = "rbp"
+    moved_from: ClassVar[tuple[str, ...]] = ("rule",)
+    options: ClassVar[dict[str, str]] = {"rbp_adjoint": "adjoint"}
+    rbp_adjoint: str = setting(
+        "cg", "RBP: the adjoint by conjugate gradient, or K Almeida-Pineda steps (almeida-pineda: the public code's)"
+    )
+
+    def validate(self) -> None:
+        self.rbp_adjoint = check_choice("rbp_adjoint", self.rbp_adjoint, list(ADJOINTS))
+
+
+register_section(RBPSection, "algorithm=RBP")
 
 
 register_algorithm("TBP", TruncatedBackprop)

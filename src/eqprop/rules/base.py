@@ -162,8 +162,8 @@ def register_algorithm(
 ) -> None:
     """Register a learning algorithm factory under ``name`` (looked up case-insensitively, '-' ignored), with
     the model families it trains (see :func:`eqprop.models.register_model`) and the keywords the Trainer
-    builds it with (from ``cost``, ``phases``, ``beta``, ``points``, ``periods``, ``fallback_tol``, ``adjoint``,
-    ``seed``, ``epsilon``, ``loss_at``, ``stack``)."""
+    builds it with: ``cost``, ``phases``, ``beta``, ``seed``, and the keywords that config sections declare in
+    their ``options`` (a rule's own settings, e.g. HEP's ``points``)."""
     ALGORITHMS[name] = factory
     ALGORITHM_FAMILIES[name] = tuple(families)
     ALGORITHM_OPTIONS[name] = tuple(options)
@@ -214,7 +214,8 @@ def algorithm_models(name: str) -> tuple[str, ...]:
 # ---- config section ----------------------------------------------------------------------------------------
 @dataclass
 class RuleSection(Section):
-    """The ``rule`` section: the learning rule, its cost and nudging strength (RHEL: its echo settings)."""
+    """The ``rule`` section: the learning rule, its cost and nudging strength. A rule's own keys live in its file's
+    section (``hep``, ``echo``, ``rbp``); older configs that write them under ``rule:`` still work."""
 
     name: ClassVar[str] = "rule"
     algorithm: str = setting(
@@ -225,22 +226,9 @@ class RuleSection(Section):
     nudged_output: str = setting(
         "exact", "nudged phases: the output jumps to its exact minimiser, or iterates o <- sigma(m - beta dC/do)"
     )
-    epsilon: float = setting(0.01, "RHEL: echo nudging strength, relative to the largest incoming loss gradient")
-    loss_at: str = setting("last", "hssm: the loss reads the last step's readout, or the mean over every step")
-    echo_stack: str = setting("lockstep", "RHEL on stacks: all units echo together, or one after another")
-    points: int = setting(4, "HEP: N nudged phases at beta_k = |beta| exp(2 pi i k/N) (N = 2: centered EP)")
-    periods: int = setting(0, "HEP: 0 static phases from the free state; P >= 1 the online variant, P turns of beta")
-    fallback_tol: float | None = setting(
-        None, "HEP: a sample whose complex phases still move a unit by more than this falls back to its real phases"
-    )
-    rbp_adjoint: str = setting(
-        "cg", "RBP: the adjoint by conjugate gradient, or K Almeida-Pineda steps (almeida-pineda: the public code's)"
-    )
 
     def validate(self) -> None:
         from ..core.nudging import COSTS, NUDGED_OUTPUTS
-        from .backprop import ADJOINTS
-        from .echo_learning import LOSS_AT, STACK_ECHOES
 
         self.algorithm = check_choice("algorithm", self.algorithm, algorithm_names())
         self.cost = check_choice("cost", self.cost, sorted(COSTS))
@@ -249,10 +237,4 @@ class RuleSection(Section):
             get_cost(self.cost, self.nudged_output).check_iterate(self.beta)
         except ValueError as exc:
             raise ConfigError(f"config key 'beta': {exc}") from None
-        self.loss_at = check_choice("loss_at", self.loss_at, list(LOSS_AT))
-        self.echo_stack = check_choice("echo_stack", self.echo_stack, list(STACK_ECHOES))
-        self.rbp_adjoint = check_choice("rbp_adjoint", self.rbp_adjoint, list(ADJOINTS))
         self.at_least(0, "beta")
-        self.at_least(2, "points")
-        self.at_least(0, "periods")
-        self.positive("fallback_tol", "epsilon")

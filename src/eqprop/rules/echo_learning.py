@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -28,6 +29,7 @@ from torch import Tensor
 from ..core.nudging import Cost, one_hot
 from ..core.relaxation import RelaxResult
 from ..models.hamiltonian import HamiltonianSSM, HamiltonianUnit, Step, leapfrog_step
+from ..settings import Section, check_choice, register_section, setting
 from .base import LearningAlgorithm, StepResult, register_algorithm, write_grads
 
 __all__ = [
@@ -400,6 +402,26 @@ class SequenceBPTT(_SequenceAlgorithm):
 
     def compute(self, network, x, y):
         return bptt_gradients(network, x, y, self.cost, self.loss_at)
+
+
+@dataclass
+class EchoSection(Section):
+    """The ``echo`` section: RHEL's echo nudging, where the loss reads the sequence, and how stacks echo."""
+
+    name: ClassVar[str] = "echo"
+    moved_from: ClassVar[tuple[str, ...]] = ("rule",)
+    options: ClassVar[dict[str, str]] = {"epsilon": "epsilon", "loss_at": "loss_at", "echo_stack": "stack"}
+    epsilon: float = setting(0.01, "RHEL: echo nudging strength, relative to the largest incoming loss gradient")
+    loss_at: str = setting("last", "hssm: the loss reads the last step's readout, or the mean over every step")
+    echo_stack: str = setting("lockstep", "RHEL on stacks: all units echo together, or one after another")
+
+    def validate(self) -> None:
+        self.positive("epsilon")
+        self.loss_at = check_choice("loss_at", self.loss_at, list(LOSS_AT))
+        self.echo_stack = check_choice("echo_stack", self.echo_stack, list(STACK_ECHOES))
+
+
+register_section(EchoSection, "algorithm=RHEL and HSSM-BPTT")
 
 
 register_algorithm("RHEL", EchoLearning, families=("hssm",), options=("cost", "epsilon", "loss_at", "stack"))

@@ -35,14 +35,15 @@ and ``last_residual`` report the last step.
 from __future__ import annotations
 
 import cmath
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from ..core.nudging import Cost, EPNudge
 from ..core.relaxation import RelaxResult, complex_dtype, get_solver, largest_change
+from ..settings import Section, register_section, setting
 from .base import RelaxingAlgorithm, register_algorithm
 from .contrast import contrast, nudged_energy_grads
 from .phases import Phases
@@ -293,4 +294,24 @@ class HolomorphicEP(RelaxingAlgorithm):
         )
 
 
+@dataclass
+class HEPSection(Section):
+    """The ``hep`` section: holomorphic EP's number of phases, online periods and real-phase fallback."""
+
+    name: ClassVar[str] = "hep"
+    moved_from: ClassVar[tuple[str, ...]] = ("rule",)
+    options: ClassVar[dict[str, str]] = {"points": "points", "periods": "periods", "fallback_tol": "fallback_tol"}
+    points: int = setting(4, "HEP: N nudged phases at beta_k = |beta| exp(2 pi i k/N) (N = 2: centered EP)")
+    periods: int = setting(0, "HEP: 0 static phases from the free state; P >= 1 the online variant, P turns of beta")
+    fallback_tol: float | None = setting(
+        None, "HEP: a sample whose complex phases still move a unit by more than this falls back to its real phases"
+    )
+
+    def validate(self) -> None:
+        self.at_least(2, "points")
+        self.at_least(0, "periods")
+        self.positive("fallback_tol")
+
+
+register_section(HEPSection, "algorithm=HEP")
 register_algorithm("HEP", HolomorphicEP, options=("cost", "phases", "beta", "points", "periods", "fallback_tol"))

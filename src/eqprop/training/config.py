@@ -1,12 +1,17 @@
 """Experiment configs: one typed, validated ``TrainConfig`` per run, read from YAML and ``key=value`` overrides.
 
-A config has seven sections, each a dataclass validated by the module that owns it:
+A config has seven core sections, each a dataclass validated by the module that owns it:
 ``data`` (:class:`~eqprop.training.data.DataSection`), ``model`` (:class:`~eqprop.models.base.ModelSection`),
 ``relax`` (:class:`~eqprop.rules.phases.RelaxSection`), ``rule`` (:class:`~eqprop.rules.base.RuleSection`),
 ``signals`` (:class:`~eqprop.rules.signals.SignalsSection`), ``optim`` (:class:`~eqprop.training.optim.OptimSection`)
-and ``run`` (:class:`RunSection`). A YAML experiment writes them as mappings (``relax: {free_iterations: 60}``)
-or, as every earlier file and run directory did, as flat keys (``free_iterations: 60``); ``model: NAME`` and
-``signals: KIND`` are the flat spellings of ``model.kind`` and ``signals.kind``. Overrides take either form
+and ``run`` (:class:`RunSection`), then the sections that model families and rules declare in their own files
+(``dchn``, ``vgg``, ``pcn``, ``hssm``, ``resistive``, ``hep``, ``echo``, ``rbp``; see
+:func:`eqprop.settings.register_section`). A key that moved to its family's section is still read from the
+section that held it before (``model: {hru: linear}`` reaches ``hssm.hru``).
+
+A YAML experiment writes the sections as mappings (``relax: {free_iterations: 60}``) or, as every earlier file
+and run directory did, as flat keys (``free_iterations: 60``); ``model: NAME`` and ``signals: KIND`` are the flat
+spellings of ``model.kind`` and ``signals.kind``. Overrides take either form
 (``beta=0.2``, ``rule.beta=0.2``). Flat names also read and write the config's attributes (``cfg.beta``).
 
 ``base: other.yaml`` (a path relative to the file) starts from another experiment; a ``study:`` block
@@ -234,7 +239,10 @@ def with_model_defaults(
 
 
 def validate(cfg: TrainConfig) -> None:
-    """What no one section can check: that the rule trains the model, and that the signals fit both."""
+    """What no one section can check: each section's checks against the others (``Section.check_config``), that
+    the rule trains the model, and that the signals fit both."""
+    for name in SECTIONS:
+        getattr(cfg, name).check_config(cfg)
     spec = model_spec(cfg.model.kind)
     if not trains(cfg.rule.algorithm, cfg.model.kind):
         fits = [a for a in ALGORITHMS if trains(a, cfg.model.kind)]
@@ -278,20 +286,41 @@ def sectioned(values: Mapping[str, Any], where: str = "") -> dict[str, dict[str,
         if key in SECTIONS and isinstance(value, Mapping):
             fields = {f.name for f in dataclasses.fields(SECTIONS[key])}
             for sub, v in value.items():
-                if sub not in fields:
-                    raise ConfigError(f"{where}unknown key {sub!r} in section {key!r}; valid keys are {sorted(fields)}")
-                out[key][sub] = v
+                if sub in fields:
+                    out[key][sub] = v
+                elif sub in FLAT and key in SECTIONS[FLAT[sub][0]].moved_from:  # a key that moved to its own section
+                    out[FLAT[sub][0]][FLAT[sub][1]] = v
+                else:
+                    raise ConfigError(
+                        f"{where}unknown key {sub!r} in section {key!r}; valid keys are {sorted(fields)}"
+                        + _elsewhere(sub)
+                    )
         elif "." in key and key.split(".", 1)[0] in SECTIONS:
             section, sub = key.split(".", 1)
-            out[section].update(sectioned({section: {sub: value}}, where)[section])
+            for name, moved in sectioned({section: {sub: value}}, where).items():
+                out[name].update(moved)
         elif key in FLAT:
             section, name = FLAT[key]
             out[section][name] = value
+        elif key in SECTIONS:  # a section given a scalar: relax=5
+            keys = sorted(f.name for f in dataclasses.fields(SECTIONS[key]))
+            raise ConfigError(
+                f"{where}{key!r} is a config section, not a key: set one of its keys, {key}.KEY=VALUE (or the flat "
+                f"KEY=VALUE; in YAML `{key}: {{KEY: VALUE}}`), got {key}={value!r}; its keys are {keys}"
+            )
         else:
             raise ConfigError(
                 f"{where}unknown config key {key!r}; valid keys are {sorted(FLAT)} (or the sections {list(SECTIONS)})"
             )
     return out
+
+
+def _elsewhere(key: str) -> str:
+    """Where a key that is not in the section it was written under does live."""
+    if key in FLAT:
+        section, name = FLAT[key]
+        return f"; {key!r} belongs to section {section!r} (write {section}.{name}=... or the flat {key}=...)"
+    return ""
 
 
 def flat_dict(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -372,8 +401,19 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: its base: links form a cycle ({chain})")
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; give the path of a YAML file (such as {path}/exp.yaml)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text: byte {exc.start} (0x{exc.object[exc.start]:02x}) is not valid "
+            "UTF-8; save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):

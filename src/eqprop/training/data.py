@@ -271,6 +271,16 @@ def load_digits(image_size: int = 8, test_fraction: float = 0.2, seed: int = 0) 
     if image_size < 8:
         raise DataError(f"digits images are 8x8; image_size must be >= 8, got {image_size}")
     data = sk_digits()
+    n = len(data.images)
+    per_pixel = 4 * 3  # float32: the resized images, their clamped copy and a normalised copy
+    from .memory import memory_bytes, require_fits
+
+    largest = int(((memory_bytes() or 2**62) / (per_pixel * n)) ** 0.5)
+    require_fits(
+        per_pixel * n * image_size**2,
+        f"image_size={image_size} ({n} digits images of {image_size}x{image_size} pixels)",
+        f"choose an image_size of at most {largest} (the papers use 16 or 32)",
+    )
     x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
     if image_size != 8:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False).clamp(0, 1)

@@ -7,20 +7,24 @@ RHEL: all are batch means in ``p.grad``), :func:`average_gradients` weights each
 size and sums them with one ``all_reduce``: the result is the mean over the global batch, so a run on N ranks
 follows the one-process run with batch B up to the order of float sums. Metrics and evaluation are sums
 reduced the same way. Only rank 0 writes the run directory. NCCL on GPUs, gloo on CPU; collectives time out
-after ``dist_timeout`` seconds, so a rank that dies makes the others fail instead of hanging.
+after ``dist_timeout`` seconds, so a rank that dies makes the others fail instead of hanging: each survivor ends
+with one :class:`~eqprop.errors.RunError` naming the rank it lost (the last checkpoint stays as it was).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from ..errors import RunError
 
 __all__ = [
     "Context",
@@ -78,7 +82,8 @@ def setup(device: str = "auto", timeout: float = 1800.0) -> Context:
 def finish(ctx: Context) -> None:
     """Leave the process group (after the last collective of a run)."""
     if ctx.enabled and dist.is_initialized():
-        dist.barrier()
+        with _collective("the barrier at the end of the run", ctx):
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -105,6 +110,23 @@ def shard(n: int, ctx: Context) -> slice:
     return slice(n * ctx.rank // ctx.world, n * (ctx.rank + 1) // ctx.world)
 
 
+@contextlib.contextmanager
+def _collective(what: str, ctx: Context) -> Iterator[None]:
+    """A collective that fails because a peer is gone (its process died, its connection closed, or it stopped
+    answering within ``dist_timeout``) as one RunError that names the lost rank, instead of gloo's or NCCL's
+    traceback on every survivor."""
+    try:
+        yield
+    except RuntimeError as exc:  # torch.distributed's DistError family, and the backends' plain RuntimeErrors
+        others = [r for r in range(ctx.world) if r != ctx.rank]
+        lost = f"rank {others[0]}" if len(others) == 1 else f"one of ranks {others}"
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise RunError(
+            f"rank {ctx.rank} of {ctx.world}: lost {lost} during {what} ({reason[:200]}); the other ranks stop "
+            "too. The run's last checkpoint is intact: see the lost rank's own error above, then resume the run"
+        ) from None
+
+
 def _device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
@@ -113,8 +135,9 @@ def all_sum(values: Sequence[float], ctx: Context) -> list[float]:
     """Each value summed over the ranks (float64; returned unchanged on one rank)."""
     if not ctx.enabled:
         return list(values)
-    t = torch.tensor(list(values), dtype=torch.float64, device=_device())
-    dist.all_reduce(t)
+    with _collective("a sum over the ranks", ctx):
+        t = torch.tensor(list(values), dtype=torch.float64, device=_device())
+        dist.all_reduce(t)
     return t.tolist()
 
 
@@ -128,7 +151,8 @@ def broadcast_object(obj: Any, ctx: Context) -> Any:
     if not ctx.enabled:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    with _collective("a broadcast from rank 0", ctx):
+        dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
@@ -138,7 +162,8 @@ def gather_batch(tensors: Sequence[torch.Tensor], ctx: Context) -> list[torch.Te
     if not ctx.enabled:
         return list(tensors)
     parts: list[Any] = [None] * ctx.world
-    dist.all_gather_object(parts, [t.detach().cpu() for t in tensors])
+    with _collective("gathering the batch", ctx):
+        dist.all_gather_object(parts, [t.detach().cpu() for t in tensors])
     if len({len(p) for p in parts}) != 1:
         raise RuntimeError(f"ranks hold different numbers of batch tensors: {[len(p) for p in parts]}")
     return [torch.cat([p[i] for p in parts]).to(t.device) for i, t in enumerate(tensors)]
@@ -155,8 +180,9 @@ def shard_batch(tensors: Sequence[torch.Tensor], ctx: Context) -> list[torch.Ten
 def broadcast_parameters(tensors: Iterable[torch.Tensor], ctx: Context) -> None:
     """Rank 0's values of ``tensors`` (parameters and buffers) on every rank."""
     if ctx.enabled:
-        for t in tensors:
-            dist.broadcast(t.data, src=0)
+        with _collective("the broadcast of the parameters", ctx):
+            for t in tensors:
+                dist.broadcast(t.data, src=0)
 
 
 def average_gradients(params: Sequence[torch.nn.Parameter], local: int, total: int, ctx: Context) -> None:
@@ -174,7 +200,8 @@ def average_gradients(params: Sequence[torch.nn.Parameter], local: int, total: i
     ]
     has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
     buffer = torch.cat([*flat, has]).to(_device())
-    dist.all_reduce(buffer)
+    with _collective("the gradient all_reduce", ctx):
+        dist.all_reduce(buffer)
     buffer = buffer.to(params[0].device)
     offset = 0
     for p, written in zip(params, buffer[-len(params) :].tolist()):

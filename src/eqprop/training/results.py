@@ -67,6 +67,8 @@ def _save(fig: Any, path: str | Path) -> Path:
 
     fig.tight_layout()
     path = Path(path)
+    if not path.suffix:  # what matplotlib would write
+        path = path.with_suffix(".png")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
@@ -114,7 +116,8 @@ def plot_diagnostics(run_dirs: str | Path | Sequence[str | Path], path: str | Pa
 
 
 def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
-    """PNG learning curves: train/test error and train/test loss per epoch, one line per run."""
+    """PNG learning curves: train/test error and train/test loss per epoch, one line per run; returns the file
+    written (``path``, with ``.png`` added where it has no suffix)."""
     import matplotlib
 
     matplotlib.use("Agg")

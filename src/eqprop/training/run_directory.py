@@ -7,20 +7,23 @@ versions, git commit, host, device), per-epoch metrics (``metrics.jsonl`` and
 the previous checkpoint intact. :func:`rng_state` / :func:`restore_rng` capture every random generator a run
 draws from, so a checkpoint resumes exactly.
 
-A run directory belongs to one run: a new run refuses a directory that already holds files (``overwrite`` clears
-an earlier run's directory first), and every run holds an exclusive lock (``.lock``, released when the process
-ends, however it ends), so a second process cannot write into a directory in use.
+A run directory belongs to one run: a new run refuses a directory that already holds files; ``overwrite`` clears
+an earlier run's directory first, but only one that eqprop made (it holds the marker ``.eqprop-run``), and only
+the files eqprop wrote there (:data:`RUN_FILES`, TensorBoard's event files): anything else stays. Every run
+holds an exclusive lock (``.lock``, released when the process ends, however it ends), so a second process cannot
+write into a directory in use.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime
+import errno
+import io
 import json
 import os
 import platform
 import random
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -41,12 +44,34 @@ __all__ = [
     "lock_directory",
     "lock_file",
     "MODES",
+    "MARKER",
+    "RUN_FILES",
+    "is_run_directory",
 ]
 
 MODES = ("new", "resume", "overwrite")
 # files a launcher may put into a run directory before the run starts (``eqprop study`` logs each run there;
 # benchmarks/resumable_run.py also keeps the pid of the training process)
 LAUNCHER_FILES = (".lock", "stdout.log", "launcher.pid")
+# the marker eqprop writes into every run directory it makes: ``--overwrite`` clears only a folder that holds it
+MARKER = ".eqprop-run"
+# what eqprop writes into a run directory: all that ``--overwrite`` deletes (a launcher's files stay: a study
+# writes the run's output into stdout.log while the run starts)
+RUN_FILES = (
+    "config.json",
+    "provenance.jsonl",
+    "metrics.jsonl",
+    "metrics.csv",
+    "diagnostics.jsonl",
+    "diagnostics.png",
+    "checkpoint_last.pt",
+    "checkpoint_best.pt",
+    "checkpoint_last.pt.tmp",
+    "checkpoint_best.pt.tmp",
+    "teacher.pt",
+    "extends.json",
+)
+TENSORBOARD = "tensorboard"  # TensorBoard's event files (events.out.tfevents.*) in it are eqprop's
 # set by ``eqprop study`` for the runs it launches: its pid, so that a run stops if the study process dies
 PARENT_PID_VAR = "EQPROP_PARENT_PID"
 
@@ -94,10 +119,43 @@ def provenance(device: torch.device) -> dict[str, Any]:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to ``path`` through a temporary file and a rename."""
+    """torch.save to ``path`` through a temporary file and a rename: a crash or a full disk mid-write leaves the
+    previous file intact. A full disk (or another write error) is a :class:`RunError` naming the device and file.
+
+    The state is serialised in memory first and written with plain file I/O, whose errors carry the operating
+    system's reason (torch.save straight to a file reports a full disk only as "unexpected pos")."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        where = _device_of(path.parent)
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        reason = f"no space left on {where}" if full else f"{exc.strerror or exc} on {where}"
+        raise RunError(
+            f"{reason} while writing {path}; the previous {path.name} is intact"
+            + ("; free some space, then resume the run" if full else "")
+        ) from None
+
+
+def _device_of(folder: Path) -> str:
+    """The file system holding ``folder``, as a user knows it: its mount point (and device, where /proc says)."""
+    folder = folder.resolve()
+    mount = folder
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 1 and fields[1] == str(mount):
+                return f"{fields[0]} (mounted at {mount})"
+    except OSError:
+        pass
+    return f"the file system mounted at {mount}"
 
 
 def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -176,6 +234,15 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
     random.setstate(state["python"])
 
 
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+
+
+def is_run_directory(path: str | Path) -> bool:
+    """Whether ``path`` holds a run of eqprop's (its ``config.json``)."""
+    return (Path(path) / "config.json").is_file()
+
+
 class RunDirectory:
     """The files of one run in ``path`` (created if missing), locked for this process; ``tensorboard`` adds
     TensorBoard logs. ``mode``: ``new`` (the directory must be empty), ``resume`` (it must hold a run) or
@@ -204,32 +271,65 @@ class RunDirectory:
         except BaseException:
             self.release()
             raise
+        marker = self.path / MARKER
+        if not marker.exists():  # this directory is now an eqprop run's
+            created = datetime.datetime.now(datetime.timezone.utc).isoformat()
+            marker.write_text(json.dumps({"made_by": "eqprop", "created": created}) + "\n")
         for tmp in self.path.glob("*.tmp"):  # a checkpoint write that a crash or a full disk cut short
             tmp.unlink()
             self.log(f"eqprop: removed {tmp}, an unfinished checkpoint write; the previous checkpoint is intact")
 
     def _check(self, mode: str) -> None:
-        held = sorted(p.name for p in self.path.iterdir() if p.name not in LAUNCHER_FILES)
+        held = sorted(p.name for p in self.path.iterdir() if p.name not in (*LAUNCHER_FILES, MARKER))
         is_run = (self.path / "config.json").exists()
         if mode == "resume" and not is_run:
             raise RunError(f"cannot resume: {self.path} holds no run (no config.json)")
         if mode == "new" and held:
-            shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
             what = "an earlier run" if is_run else "other files"
             raise RunError(
-                f"{self.path} already holds {what} ({shown}); a run directory belongs to one run: continue it with "
-                f"`eqprop train --resume {self.path}`, replace it with --overwrite, or choose another out_dir"
+                f"{self.path} already holds {what} ({_shown(held)}); a run directory belongs to one run: continue it "
+                f"with `eqprop train --resume {self.path}`, replace it with --overwrite, or choose another out_dir"
             )
         if mode == "overwrite" and held:
-            if not is_run:
-                raise RunError(
-                    f"--overwrite clears only run directories, and {self.path} holds no config.json; choose another "
-                    "out_dir"
+            if not (self.path / MARKER).exists():
+                older = (
+                    " If it is a run of an eqprop from before run directories carried the marker, resume it once "
+                    "(--resume adds the marker) or delete its files yourself."
+                    if is_run
+                    else ""
                 )
-            for name in held:
-                target = self.path / name
-                shutil.rmtree(target) if target.is_dir() else target.unlink()
-            self.log(f"eqprop: --overwrite: deleted the earlier run in {self.path}")
+                raise RunError(
+                    f"--overwrite deletes only a run directory that eqprop made (one holding its marker {MARKER}); "
+                    f"{self.path} has no marker and holds {_shown(held)}, which may not be eqprop's, so nothing was "
+                    f"deleted.{older} Choose another out_dir"
+                )
+            deleted, kept = self._clear()
+            self.log(
+                f"eqprop: --overwrite: deleted the earlier run's {len(deleted)} files in {self.path}"
+                + (f"; kept {len(kept)} that eqprop did not write ({_shown(kept)})" if kept else "")
+            )
+
+    def _clear(self) -> tuple[list[str], list[str]]:
+        """Delete what eqprop wrote here (:data:`RUN_FILES`, TensorBoard's event files); return (deleted, kept)."""
+        deleted: list[str] = []
+        for name in RUN_FILES:
+            target = self.path / name
+            if target.is_file() or target.is_symlink():
+                target.unlink()
+                deleted.append(name)
+        board = self.path / TENSORBOARD
+        if board.is_dir() and not board.is_symlink():
+            for event in sorted(board.rglob("events.out.tfevents.*")):
+                if event.is_file():
+                    event.unlink()
+                    deleted.append(str(event.relative_to(self.path)))
+            for folder in sorted((p for p in board.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                if not any(folder.iterdir()):
+                    folder.rmdir()
+            if not any(board.iterdir()):
+                board.rmdir()
+        kept = sorted(p.name for p in self.path.iterdir() if p.name not in (*LAUNCHER_FILES, MARKER))
+        return deleted, kept
 
     # ---- the lock ----------------------------------------------------------------------------------------
     def acquire(self) -> None:

@@ -39,8 +39,9 @@ from ..rules.phases import Phases
 from ..rules.signals import KnowledgeDistillation, LocalError, WeightedKnowledgeDistillation
 from . import distributed
 from .callbacks import BatchFunction, Callback, Diagnostics, DivergenceError, DivergenceGuard, KappaSchedule
-from .config import INCIDENTAL, ConfigError, TrainConfig, config_from_dict, parse_overrides
+from .config import INCIDENTAL, SECTIONS, ConfigError, TrainConfig, config_from_dict, parse_overrides
 from .data import Augmentation, ImageData, epoch_batches, load_dataset, normalize_as
+from .memory import require_fits
 from .optim import layer_rates, make_optimizer, make_scheduler
 from .run_directory import RunDirectory, provenance, read_checkpoint, restore_rng, rng_state
 from .teacher import ConvTeacher, TeacherFeatures, load_or_train_teacher
@@ -88,6 +89,27 @@ def training_augmentation(cfg: TrainConfig, data: ImageData) -> Augmentation:
 def build_network(cfg: TrainConfig, in_shape: tuple[int, ...], num_classes: int) -> Any:
     """The model a config describes (the model registry's builder for ``cfg.model``)."""
     return build_model(cfg, in_shape, num_classes)
+
+
+def check_model_fits(cfg: TrainConfig, in_shape: tuple[int, ...], num_classes: int, device: torch.device) -> None:
+    """Build the model on the meta device (no memory) and refuse, before any allocation, one whose parameters,
+    gradients and optimiser state cannot fit in the device's memory (``channels=[1000000000000, 8, 8]``)."""
+    try:
+        with torch.device("meta"):
+            shadow = build_network(cfg, in_shape, num_classes)
+    except (ConfigError, ValueError):
+        raise
+    except Exception:  # a builder that cannot run on the meta device: the real build reports what it must
+        return
+    count = sum(p.numel() for p in shadow.parameters())
+    itemsize = torch.empty((), dtype=getattr(torch, cfg.precision)).element_size()
+    sizes = {k: cfg.flat()[k] for k in ("channels", "hidden", "blocks") if k in cfg.flat()}
+    require_fits(
+        3 * count * itemsize,  # the parameters, their gradients and SGD's momentum
+        f"model {cfg.model.kind!r} with {count:,} parameters ({', '.join(f'{k}={v}' for k, v in sizes.items())})",
+        "reduce the widths (channels, hidden, blocks)",
+        device,
+    )
 
 
 def default_signal_layers(cfg: TrainConfig, network: EnergyNetwork) -> list[int]:
@@ -153,14 +175,10 @@ def build_algorithm(cfg: TrainConfig) -> LearningAlgorithm:
         "cost": get_cost(cfg.cost, cfg.nudged_output),
         "beta": cfg.beta,
         "seed": cfg.seed,
-        "epsilon": cfg.epsilon,
-        "loss_at": cfg.loss_at,
-        "stack": cfg.echo_stack,
-        "points": cfg.points,
-        "periods": cfg.periods,
-        "fallback_tol": cfg.fallback_tol,
-        "adjoint": cfg.rbp_adjoint,
     }
+    for name in SECTIONS:  # the keywords that rules' own sections declare (HEP's points, RBP's adjoint, ...)
+        section = getattr(cfg, name)
+        values.update({keyword: getattr(section, key) for key, keyword in section.options.items()})
     options = algorithm_options(cfg.algorithm)
     if "phases" in options:
         values["phases"] = build_phases(cfg)
@@ -303,6 +321,7 @@ class Trainer:
         self.augment = training_augmentation(cfg, self.data)
         in_shape = (math.prod(self.data.image_shape),) if self.flatten else self.data.image_shape
         with _config_errors(f"model {cfg.model.kind}"):
+            check_model_fits(cfg, in_shape, self.data.num_classes, self.device)
             self.network = build_network(cfg, in_shape, self.data.num_classes)  # an EnergyModel
         self.dtype = getattr(torch, cfg.precision)
         self.network = self.network.to(self.device, self.dtype)
