@@ -83,10 +83,15 @@ if TYPE_CHECKING:
         register_algorithm,
         rhel_gradients,
     )
+    from .rules.base import StepResult
     from .rules.predictive_coding import PCEquilibriumPropagation
+    from .training.callbacks import Callback
     from .training.config import TrainConfig, load_config
     from .training.data import ImageData, load_dataset, register_dataset
     from .training.optim import make_optimizer, make_scheduler
+    from .training.run_directory import seed_everything
+    from .training.saved import export_model, load_model
+    from .training.trainer import Trainer, evaluate, load_run
 
 __version__ = "0.1.0"
 
@@ -166,6 +171,14 @@ _EXPORTS: dict[str, str] = {
     "register_dataset": ".training.data",
     "make_optimizer": ".training.optim",
     "make_scheduler": ".training.optim",
+    "StepResult": ".rules.base",
+    "Trainer": ".training.trainer",
+    "evaluate": ".training.trainer",
+    "load_run": ".training.trainer",
+    "Callback": ".training.callbacks",
+    "load_model": ".training.saved",
+    "export_model": ".training.saved",
+    "seed_everything": ".training.run_directory",
 }
 
 __all__ = list(_EXPORTS)

@@ -12,6 +12,7 @@ file; any other exception is a bug and surfaces with its traceback), 3 diverged,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -112,20 +113,39 @@ def _cmd_train(args: argparse.Namespace) -> int:
         trainer = Trainer.extend(Path(args.extend).expanduser(), overrides, run_mode=mode)
     else:
         cfg = load_config(config, overrides)
+        claimed: Path | None = None
         if cfg.out_dir is None:
             from .training import distributed
 
+            ctx = distributed.setup(cfg.device, cfg.dist_timeout)
             stem = Path("runs") / f"{cfg.dataset}_{cfg.algorithm}_seed{cfg.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
-            out, n = stem, 1
-            while out.exists():  # another run started in the same second
-                n += 1
-                out = stem.with_name(f"{stem.name}-{n}")
             # under torchrun every rank must name the same directory: rank 0's name
-            cfg.out_dir = distributed.broadcast_object(str(out), distributed.setup(cfg.device, cfg.dist_timeout))
-        trainer = Trainer(cfg, run_mode=mode)
+            claimed = _claim(stem) if ctx.main else None
+            cfg.out_dir = distributed.broadcast_object(None if claimed is None else str(claimed), ctx)
+        try:
+            trainer = Trainer(cfg, run_mode=mode)
+        except BaseException:
+            if claimed is not None:  # a run that never started leaves no empty directory behind
+                with contextlib.suppress(OSError):
+                    claimed.rmdir()
+            raise
     trainer.fit()
     trainer.close()
     return 0
+
+
+def _claim(stem: Path) -> Path:
+    """A new directory named ``stem`` (``stem-2``, ``stem-3``, ... when taken), made here: creating it is atomic, so
+    two runs started in the same second in the same folder get distinct directories."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    out, n = stem, 1
+    while True:
+        try:
+            out.mkdir()
+            return out
+        except FileExistsError:
+            n += 1
+            out = stem.with_name(f"{stem.name}-{n}")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -140,6 +160,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         f"{100 * res['error']:.2f}%  top-5 {100 * res['top5_error']:.2f}%  test loss {res['loss']:.4f}  "
         f"({len(trainer.data.test_labels)} images)"
     )
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .training.saved import export_model
+
+    written = export_model(args.run_dir, args.output, args.checkpoint)
+    print(f"eqprop: wrote {written} (load it with eqprop.load_model({str(written)!r}))")
     return 0
 
 
@@ -207,8 +235,25 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def version_line() -> str:
+    """``eqprop X (torch Y, torchvision Z, Python W)``, read from the packages' metadata (torch is not imported)."""
+    from importlib import metadata
+
+    from . import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"eqprop {__version__} (torch {installed('torch')}, torchvision {installed('torchvision')}, Python {python})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eqprop", description="Energy-based learning with equilibrium propagation")
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model (default: small DCHN, C-EP, digits)")
@@ -243,6 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "export", help="write a run's trained weights and config to one file (torch.load weights_only, or safetensors)"
+    )
+    p.add_argument("run_dir")
+    p.add_argument("-o", "--output", required=True, help="FILE.pt or FILE.safetensors (a directory: RUN_NAME.pt in it)")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("plot", help="PNG learning curves of one or more runs")
     p.add_argument("run_dirs", nargs="+")

@@ -151,3 +151,49 @@ def test_cli_maps_only_bad_input_to_exit_code_2(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(Trainer, "fit", bug)
     with pytest.raises(ValueError, match="internal inconsistency"):
         main(["train", "epochs=1", "progress=false", f"out_dir={tmp_path}"])
+
+
+# ---- packaging: the version, the typing marker, a torch/torchvision pair that does not match
+def test_version_option_names_eqprop_torch_and_python(capsys):
+    import re
+    from pathlib import Path
+
+    import eqprop
+    from eqprop.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    declared = re.search(r'^version = "([^"]+)"', (root / "pyproject.toml").read_text(), re.M)[1]
+    assert eqprop.__version__ == declared
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and out.startswith(f"eqprop {declared} (torch ") and "torchvision" in out
+    assert (Path(eqprop.__file__).parent / "py.typed").exists() and (root / "LICENSE").exists()
+
+
+@pytest.mark.parametrize(
+    "torch_version, vision_version, matches",
+    [
+        ("2.14.1+cu130", "0.29.1", True),
+        ("2.14.1", "0.28.0", False),
+        ("2.1.0", "0.16.2", True),
+        ("2.4.0", "0.20.0", False),
+    ],
+)
+def test_a_torchvision_built_for_another_torch_is_named(monkeypatch, torch_version, vision_version, matches):
+    from importlib import metadata
+
+    from eqprop.errors import DataError
+    from eqprop.training import data
+
+    versions = {"torch": torch_version, "torchvision": vision_version}
+    monkeypatch.setattr(metadata, "version", lambda name: versions[name])
+    data.check_torchvision.cache_clear()
+    try:
+        if matches:
+            data.check_torchvision()
+        else:
+            with pytest.raises(DataError, match=rf"torchvision {vision_version} does not match torch {torch_version}"):
+                data.check_torchvision()
+    finally:
+        data.check_torchvision.cache_clear()

@@ -130,6 +130,9 @@ def test_two_processes_started_at_once_on_one_directory(tmp_path):
 
 def test_an_unfinished_checkpoint_write_is_cleaned_up_on_resume(finished, tmp_path):
     run = copy_run(finished, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    config["optim"]["epochs"] = 3  # an unfinished run (a finished one is not resumed)
+    (run / "config.json").write_text(json.dumps(config))
     (run / "checkpoint_last.pt.tmp").write_bytes(b"half a checkpoint")
     lines = []
     Trainer.resume(run, log=lines.append)
@@ -172,6 +175,7 @@ def test_resume_of_a_run_whose_config_no_longer_builds_its_network(finished, tmp
     run = copy_run(finished, tmp_path / "run")
     config = json.loads((run / "config.json").read_text())
     config["model"]["channels"] = [4, 8, 16]
+    config["optim"]["epochs"] = 3  # unfinished, so that it would resume
     (run / "config.json").write_text(json.dumps(config))
     before = snapshot(run)
     assert main(["train", "--resume", str(run)]) == 2
@@ -241,9 +245,11 @@ def test_download_without_network_names_the_cause(tmp_path, monkeypatch, capsys)
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    monkeypatch.chdir(tmp_path)
     assert main(["train", "dataset=mnist", "download=true", f"data_dir={tmp_path}", *FAST]) == 2
     err = capsys.readouterr().err
     assert "download" in err and "name resolution" in err and "copy the files" in err
+    assert list((tmp_path / "runs").iterdir()) == []  # the run never started: no empty run directory is left
 
 
 # ------------------------------------------------------------------------------------- paths and the command line
@@ -379,8 +385,30 @@ def test_table_groups_by_data_set_and_counts_each_seed_once(tmp_path):
     assert "- mnist: seeds per cell: NEP 1 (1); CEP 1 (0)" in table  # rows in Table 1 order
     assert f"seed 0 of CEP on mnist ran 2 times ({dirs[2]}, {dirs[3]}); the table counts it once" in table
     assert f"- CEP on digits merges {dirs[0]}, {dirs[1]}" in table
-    mixed = results_table([dirs[0], run("f", "CEP", "digits", 2, 0.3, epochs=9)])
-    assert "warning: the runs merged for CEP on digits differ in ['epochs']" in mixed
+    # runs that differ in a setting besides the seed are rows of their own, never repeats of one seed
+    mixed = results_table([dirs[0], dirs[1], run("f", "CEP", "digits", 2, 0.3, epochs=9)])
+    assert "| CEP (epochs=2) | 15.00 ± 7.07 | 15.00 ± 7.07 |" in mixed and "| CEP (epochs=9) | 30.00 | 30.00 |" in mixed
+    assert "- CEP has 2 rows: its runs differ in ['epochs'], not only in the seed" in mixed
+    assert "- digits: seeds per cell: CEP (epochs=2) 2 (0, 1); CEP (epochs=9) 1 (2)" in mixed
+
+
+def test_table_keeps_models_apart_and_names_them(tmp_path):
+    """``eqprop table runs/dchn runs/mlp`` with the same algorithm, data set and seed: two rows, labelled by model."""
+
+    def run(name, model, hidden, seed, error):
+        d = tmp_path / name
+        d.mkdir()
+        config = {"algorithm": "CEP", "dataset": "digits", "seed": seed, "model": model, "hidden": hidden}
+        (d / "config.json").write_text(json.dumps(config))
+        row = dict(epoch=1, test_error=error, train_error=error / 2, test_loss=1.0, train_loss=1.0)
+        (d / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+        return d
+
+    dchn, mlp = run("dchn", "dchn", [256], 0, 0.04), run("mlp", "mlp", [64], 0, 0.08)
+    table = results_table([dchn, mlp])
+    assert "| CEP (model=dchn, hidden=[256]) | 4.00 | 2.00 |" in table
+    assert "| CEP (model=mlp, hidden=[64]) | 8.00 | 4.00 |" in table
+    assert "ran 2 times" not in table and "merges" not in table
 
 
 def test_plots_show_zero_errors_single_epochs_and_whole_epochs(tmp_path, monkeypatch):
@@ -450,3 +478,175 @@ def test_a_study_over_a_run_with_an_unreadable_config_names_it_and_touches_nothi
     with pytest.raises(RunError, match=r"CEP_digits_seed0/config.json.*move that run out of the study"):
         run_study(tmp_path / "exp.yaml", study, overrides=FAST, log=lambda s: None)
     assert snapshot(study) == before
+
+
+# ------------------------------------------------------------------------------------- what --overwrite may delete
+def test_overwrite_never_deletes_a_folder_that_eqprop_did_not_make(tmp_path, capsys):
+    """A project that happens to hold a config.json is not a run: --overwrite refuses it and deletes nothing."""
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("print('hello')\n")
+    (project / "config.json").write_text('{"name": "web app"}\n')
+    (project / "notes.txt").write_text("keep\n")
+    before = snapshot(project)
+    assert main(["train", *FAST, "epochs=1", f"out_dir={project}", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert str(project) in err and ".eqprop-run" in err and "nothing was deleted" in err and err.count("\n") == 1
+    assert snapshot(project) == before
+
+
+def test_overwrite_deletes_only_what_eqprop_wrote_in_its_own_run(finished, tmp_path, capsys):
+    run = copy_run(finished, tmp_path / "run")
+    assert (run / ".eqprop-run").is_file()
+    (run / "my_analysis.ipynb").write_text("{}")
+    (run / "figures").mkdir()
+    (run / "figures" / "fig1.pdf").write_bytes(b"%PDF")
+    assert main(["train", *FAST, "epochs=1", f"out_dir={run}", "--overwrite"]) == 0
+    assert (run / "my_analysis.ipynb").read_text() == "{}" and (run / "figures" / "fig1.pdf").read_bytes() == b"%PDF"
+    assert [r["epoch"] for r in read_run(run).metrics] == [1]  # the new run's files replaced the old ones
+
+
+# ------------------------------------------------------------------------------------- bad values and files
+def test_a_section_given_a_scalar_says_it_is_a_section(capsys):
+    assert main(["train", "relax=5"]) == 2
+    err = capsys.readouterr().err
+    assert "'relax' is a config section" in err and "relax.KEY=VALUE" in err and "free_iterations" in err
+
+
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        (["image_size=100000"], "image_size=100000"),
+        (["channels=[1000000000000,8,8]"], "channels=[1000000000000, 8, 8]"),
+        (["model=mlp", "hidden=[100000000000]", "gains=[1,1]"], "hidden=[100000000000]"),
+    ],
+)
+def test_sizes_beyond_the_machines_memory_are_refused_before_allocation(tmp_path, capsys, overrides, named):
+    out = tmp_path / "run"
+    assert main(["train", *overrides, "epochs=1", f"out_dir={out}"]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "more than this machine's" in err and "GiB of memory" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_a_config_file_that_is_not_utf8_or_is_a_directory(tmp_path, capsys):
+    bad = tmp_path / "exp.yaml"
+    bad.write_bytes(b"epochs: 2\nalgorithm: C\xe9P\n")
+    assert main(["train", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "not UTF-8" in err and "byte 22 (0xe9)" in err
+    assert main(["train", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"config file {tmp_path} is a directory" in err and err.count("\n") == 1
+
+
+def test_plot_and_table_into_an_existing_directory(finished, tmp_path, capsys):
+    folder = tmp_path / "figures"
+    folder.mkdir()
+    assert main(["plot", str(finished), "-o", str(folder)]) == 0
+    assert f"wrote {folder / 'curves.png'}" in capsys.readouterr().out and (folder / "curves.png").stat().st_size > 0
+    assert main(["table", str(finished), "-o", str(folder)]) == 0
+    captured = capsys.readouterr()
+    assert f"wrote {folder / 'table.md'}" in captured.err and (folder / "table.md").read_text() == captured.out
+
+
+def test_an_images_file_of_the_wrong_shape_is_named(tmp_path, capsys):
+    _mnist(tmp_path)
+    images = tmp_path / "train-images-idx3-ubyte"
+    _write_idx(images, np.zeros(6, dtype=np.uint8))  # a 1-D array where the images belong
+    out = tmp_path / "run"
+    assert main(["train", "dataset=mnist", f"data_dir={tmp_path}", *FAST, f"out_dir={out}"]) == 2
+    err = capsys.readouterr().err
+    assert str(images) in err and "(N, rows, columns)" in err and "shape (6,)" in err and not out.exists()
+
+
+def test_a_label_out_of_range_is_named_before_any_run_directory_exists(tmp_path, capsys):
+    _mnist(tmp_path)
+    labels = tmp_path / "t10k-labels-idx1-ubyte"
+    _write_idx(labels, np.array([1, 2, 3, 200, 4, 5], dtype=np.uint8))
+    out = tmp_path / "run"
+    assert main(["train", "dataset=mnist", f"data_dir={tmp_path}", *FAST, f"out_dir={out}"]) == 2
+    err = capsys.readouterr().err
+    assert str(labels) in err and "label 200 at index 3" in err and "0..9" in err and not out.exists()
+
+
+# ------------------------------------------------------------------------------------- finished runs, full disks
+def test_resume_of_a_finished_run_points_to_extend_and_changes_nothing(finished, tmp_path, capsys):
+    run = copy_run(finished, tmp_path / "run")
+    before = snapshot(run)
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "is finished" in err and f"--extend {run} epochs=N" in err and err.count("\n") == 1
+    assert snapshot(run) == before
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, capsys):
+    """The checkpoint of epoch 2 is written into /dev/full (a real ENOSPC from the kernel)."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    from eqprop.training.callbacks import Callback
+
+    run = tmp_path / "run"
+
+    class FillDisk(Callback):
+        def on_epoch_start(self, trainer, epoch):
+            if epoch == 2:
+                (run / "checkpoint_last.pt.tmp").symlink_to("/dev/full")
+
+    cfg = parse_overrides([*FAST, "epochs=3", f"out_dir={run}"])
+    with pytest.raises(RunError) as info:
+        Trainer(cfg, log=lambda s: None, callbacks=[FillDisk()]).fit()
+    message = str(info.value)
+    assert message.startswith("no space left on ") and f"while writing {run / 'checkpoint_last.pt'}" in message
+    assert "the previous checkpoint_last.pt is intact" in message and "resume" in message
+    assert torch.load(run / "checkpoint_last.pt", weights_only=False)["epoch"] == 1
+    assert not (run / "checkpoint_last.pt.tmp").exists()
+
+
+# ------------------------------------------------------------------------------------- studies and run names
+def test_a_study_refuses_zero_jobs_and_a_run_directory_as_its_folder(finished, tmp_path, capsys):
+    (tmp_path / "exp.yaml").write_text("epochs: 1\n")
+    assert main(["study", str(tmp_path / "exp.yaml"), *FAST, "--jobs", "0", "--out", str(tmp_path / "s")]) == 2
+    assert "--jobs" in capsys.readouterr().err and not (tmp_path / "s").exists()
+    run = copy_run(finished, tmp_path / "run")
+    before = snapshot(run)
+    assert main(["study", str(tmp_path / "exp.yaml"), *FAST, "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run} is a run directory" in err and "not a study" in err and snapshot(run) == before
+
+
+def test_a_study_leaves_its_finished_runs_as_they_are(finished, tmp_path, monkeypatch):
+    study = tmp_path / "study"
+    copy_run(finished, study / "CEP_digits_seed0")
+    (tmp_path / "exp.yaml").write_text("epochs: 2\n")
+    saved = json.loads((finished / "config.json").read_text())
+    before = snapshot(study / "CEP_digits_seed0")
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 1)
+    runs = run_study(tmp_path / "exp.yaml", study, overrides=[*FAST, "epochs=2"], log=lambda s: None)
+    assert saved["optim"]["epochs"] == 2 and calls == [] and [r.returncode for r in runs] == [0]
+    assert snapshot(study / "CEP_digits_seed0") == before
+
+
+def test_runs_started_in_the_same_second_get_distinct_directories(tmp_path):
+    cmd = [sys.executable, "-m", "eqprop", "train", *FAST, "epochs=1"]
+    procs = [
+        subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and all(len(read_run(r).metrics) == 1 for r in runs)
+
+
+def test_claiming_a_run_name_is_atomic(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from eqprop.cli import _claim
+
+    stem = tmp_path / "runs" / "digits_CEP_seed0_20261206-120000"
+    with ThreadPoolExecutor(8) as pool:
+        claimed = list(pool.map(lambda _: _claim(stem), range(16)))
+    assert len(set(claimed)) == 16 and {p.name for p in claimed} == {stem.name} | {
+        f"{stem.name}-{n}" for n in range(2, 17)
+    }

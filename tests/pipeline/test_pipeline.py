@@ -1,6 +1,7 @@
 """The training pipeline end to end on digits with a tiny budget: configs, runs, resume, eval, plot, table, study."""
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import torch
 
 from eqprop import ConvPool, get_algorithm
 from eqprop.cli import main
+from eqprop.errors import RunError
 from eqprop.training.config import ConfigError, TrainConfig, load_config, parse_overrides
 from eqprop.training.data import dataset_spec
 from eqprop.training.optim import make_optimizer
@@ -376,6 +378,8 @@ def test_interrupted_run_resumes_exactly(tmp_path):
         stopped.fit()
     ckpt = torch.load(tmp_path / "b" / "checkpoint_last.pt", weights_only=False)
     assert ckpt["epoch"] == 1 and ckpt["partial"]["batch"] == 2
+    with pytest.raises(ConfigError, match="cannot change \\['beta'\\] when resuming"):
+        Trainer.resume(tmp_path / "b", ["beta=0.5"])
     resumed = Trainer.resume(tmp_path / "b", log=lambda s: None)
     resumed.fit()
     for key, value in _final_state(straight).items():
@@ -392,8 +396,8 @@ def test_interrupted_run_resumes_exactly(tmp_path):
     if head.returncode == 0:  # running from the checkout: the commit is recorded (marked +dirty if edited)
         assert starts[0]["commit"].split("+")[0] == head.stdout.strip()
     assert starts[0]["torch"] == torch.__version__
-    with pytest.raises(ConfigError, match="cannot change \\['beta'\\] when resuming"):
-        Trainer.resume(tmp_path / "b", ["beta=0.5"])
+    with pytest.raises(RunError, match="is finished.*--extend"):  # now it has trained all its epochs
+        Trainer.resume(tmp_path / "b")
 
 
 PUBLIC_CODE = ["cost=half_squared_error", "first=odd", "init=persistent", "bias_init=uniform", "nudged_output=iterate"]
@@ -511,6 +515,40 @@ def test_divergence_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, 
         == 3
     )
     assert "diverged" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("poison", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_weight_stops_the_run_at_the_batch_that_made_it(tmp_path, poison):
+    """One gradient entry made non-finite in epoch 2's third batch: the run stops there ("non-finite weights"),
+    and the checkpoint of epoch 1 is the one kept."""
+    from eqprop.training.callbacks import Callback
+
+    class Poison(Callback):
+        def after_step(self, trainer, epoch, batch, result):
+            if (epoch, batch) == (2, 2):
+                next(trainer.network.parameters()).grad.view(-1)[3] = poison
+
+    cfg = _tiny_mlp(tmp_path, lrs=[0.05, 0.05], epochs=3, limit_train=128, limit_test=32, batch_size=32)
+    trainer = Trainer(cfg, log=lambda s: None, callbacks=[Poison()])
+    with pytest.raises(DivergenceError, match="diverged in epoch 2: non-finite weights"):
+        trainer.fit()
+    ckpt = torch.load(tmp_path / "checkpoint_last.pt", weights_only=False)
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["network"].values())
+
+
+def test_all_finite_finds_every_non_finite_entry_and_no_false_alarm():
+    from eqprop.training.callbacks import all_finite
+
+    big = torch.full((4,), 3e38)  # finite entries whose float32 sum overflows: not a divergence
+    half = torch.full((100,), 6e4, dtype=torch.float16)  # float16 entries whose float16 sum would overflow
+    assert all_finite([big, half, torch.zeros(0), torch.ones(3, dtype=torch.float64)])
+    for bad in (math.nan, math.inf, -math.inf):
+        for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            t = torch.ones(1000, dtype=dtype)
+            t[517] = bad
+            assert not all_finite([torch.ones(2), t]), (bad, dtype)
+    mixed = torch.tensor([math.inf, -math.inf, 1.0])  # +inf and -inf: a NaN sum
+    assert not all_finite([mixed]) and all_finite([])
 
 
 @pytest.mark.parametrize("max_loss", [1e3, None])

@@ -170,6 +170,18 @@ class EnergyNetwork(nn.Module):
         initial state ``init`` without nudging; returns its :class:`~eqprop.core.relaxation.RelaxResult`."""
         return solver(self, self.init_state(x, init), iterations)
 
+    def forward(self, x: Tensor, iterations: int = 60, **settings: Any) -> Tensor:
+        """The prediction at the free equilibrium, as ``nn.Module`` users expect from ``net(x)``: ``iterations``
+        relaxation steps from zeros with the library's default free phase (the message solver, asynchronous
+        schedule, even layers first, T = 60 as a learning rule's ``free_iterations``; ``settings`` are
+        :func:`~eqprop.core.relaxation.relax`'s keywords), without gradients; returns the readout's logits or the
+        output layer. Training goes through a learning rule's ``step``."""
+        from .relaxation import relax
+
+        with torch.no_grad():
+            result = relax(self, self.init_state(x), iterations, **settings)
+        return self.output(result.states)
+
     # ---- energy ----------------------------------------------------------------------------------------
     def phi(self, states: State) -> Tensor:
         """Primitive function Phi(theta, s) per sample (eq. 97), through differentiable ops."""

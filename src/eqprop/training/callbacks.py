@@ -26,7 +26,15 @@ from .distributed import any_rank
 if TYPE_CHECKING:
     from .trainer import Trainer
 
-__all__ = ["Callback", "DivergenceGuard", "DivergenceError", "KappaSchedule", "Diagnostics", "BatchFunction"]
+__all__ = [
+    "Callback",
+    "DivergenceGuard",
+    "DivergenceError",
+    "KappaSchedule",
+    "Diagnostics",
+    "BatchFunction",
+    "all_finite",
+]
 
 
 class DivergenceError(RuntimeError):
@@ -80,8 +88,21 @@ class DivergenceGuard(Callback):
             raise self._diverged(trainer, epoch, what)
 
     def on_batch_end(self, trainer, epoch, batch, result):
-        if not bool(torch.stack([torch.isfinite(p).all() for p in trainer.network.parameters()]).all()):
+        if not all_finite(list(trainer.network.parameters())):
             raise self._diverged(trainer, epoch, "non-finite weights")
+
+
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every element of ``tensors`` is finite. One sum per tensor (a NaN or an infinity makes it non-finite)
+    instead of an elementwise test: on a DRN-1H at batch 4 the elementwise test took a third of each step. Only a
+    non-finite sum is checked element by element, so a finite tensor whose sum overflows is not mistaken."""
+    if not tensors:
+        return True
+    with torch.no_grad():
+        sums = torch.stack([t.sum(dtype=torch.float32 if t.element_size() < 4 else None) for t in tensors])
+        if bool(torch.isfinite(sums).all()):
+            return True
+        return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 class KappaSchedule(Callback):

@@ -26,6 +26,7 @@ import gzip
 import math
 import os
 import pickle
+import re
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -68,7 +69,33 @@ __all__ = [
     "PCN_NORMALIZATION",
     "HEP_NORMALIZATION",
     "normalize_as",
+    "check_labels",
+    "check_torchvision",
 ]
+
+
+@functools.cache
+def check_torchvision() -> None:
+    """A DataError when the installed torchvision was built for another torch (torchvision 0.(m+15) goes with torch
+    2.m): importing it then fails deep inside with "operator torchvision::nms does not exist". Checked from the
+    packages' metadata, before the import."""
+    from importlib import metadata
+
+    try:
+        torch_v, vision_v = metadata.version("torch"), metadata.version("torchvision")
+    except metadata.PackageNotFoundError:
+        return
+    t = re.match(r"(\d+)\.(\d+)", torch_v)
+    v = re.match(r"(\d+)\.(\d+)", vision_v)
+    if t is None or v is None or int(t[1]) != 2 or int(v[1]) != 0:
+        return
+    wanted = int(t[2]) + 15
+    if int(v[2]) != wanted:
+        raise DataError(
+            f"torchvision {vision_v} does not match torch {torch_v} (torch 2.{t[2]} goes with torchvision "
+            f"0.{wanted}); install the pair, e.g. `pip install torch=={torch_v.split('+')[0]} "
+            f"torchvision==0.{wanted}.*` (from the same index for a CPU or CUDA build)"
+        )
 
 
 Splits = tuple[Tensor, Tensor, Tensor, Tensor]  # train images, train labels, test images, test labels
@@ -339,6 +366,7 @@ def _load_idx_set(
 
     paths = {k: find(v) for k, v in _IDX_STEMS.items()}
     if any(p is None for p in paths.values()) and download:
+        check_torchvision()
         import torchvision
 
         with _download(title, root):
@@ -357,12 +385,33 @@ def _load_idx_set(
     for split, limit in (("train", limit_train), ("test", limit_test)):
         x_path, y_path = found[f"{split}_x"], found[f"{split}_y"]
         x, y = read_idx(x_path), read_idx(y_path)
+        if x.ndim != 3:
+            raise DataError(
+                f"{x_path}: an images file holds a 3-D array (N, rows, columns), such as (60000, 28, 28) for "
+                f"{title}'s training images; this one holds shape {x.shape} (a labels file in the images' place?)"
+            )
+        if y.ndim != 1:
+            raise DataError(f"{y_path}: a labels file holds a 1-D array (N,); this one holds shape {y.shape}")
         _check_pair(x_path, len(x), y_path, len(y))
+        check_labels(y, 10, str(y_path))
         images = torch.from_numpy(x[:limit].copy()).unsqueeze(1)
         if pad_to_32:
             images = F.pad(images, (2, 2, 2, 2))
         out += [images, torch.from_numpy(y[:limit].astype(np.int64))]
     return out[0], out[1], out[2], out[3]
+
+
+def check_labels(labels: np.ndarray | Tensor, num_classes: int, where: str) -> None:
+    """Every label lies in 0..num_classes-1; else a DataError naming ``where`` (the file), the first bad label and
+    its index."""
+    values = labels.numpy() if isinstance(labels, Tensor) else np.asarray(labels)
+    bad = np.flatnonzero((values < 0) | (values >= num_classes))
+    if bad.size:
+        i = int(bad[0])
+        raise DataError(
+            f"{where}: label {int(values[i])} at index {i} is outside 0..{num_classes - 1} ({num_classes} classes; "
+            f"{bad.size} labels are out of range); the file is damaged or belongs to another data set"
+        )
 
 
 def _check_pair(images: Path, n_images: int, labels: Path, n_labels: int) -> None:
@@ -416,6 +465,7 @@ def load_fashion_mnist(
 
 def _torchvision_class(name: str, verify_checksums: bool):
     """torchvision's reader; without checksum verification, a subclass that only checks the files exist."""
+    check_torchvision()
     import torchvision.datasets as tvd
 
     base = getattr(tvd, name)
@@ -770,6 +820,8 @@ class FolderImages:
 
     def _decode(self, path: str) -> Tensor:
         from PIL import Image
+
+        check_torchvision()
         from torchvision.transforms import functional as TF
 
         with Image.open(path) as img:
@@ -802,6 +854,7 @@ def load_image_folder(
     """An ImageFolder tree ``data_dir/train/<class>/*`` and ``data_dir/val/<class>/*`` (ImageNet's layout after
     the usual val re-sort), read lazily through :class:`FolderImages` at ``image_size`` with ImageNet's mean
     and std. ``limit_*`` keep a seeded random subset (the folders are sorted by class)."""
+    check_torchvision()
     from torchvision.datasets import ImageFolder
 
     root = Path(data_dir)
@@ -887,7 +940,7 @@ def load_dataset(
             f"the {spec.name} data set is read from files: set data_dir to the folder holding them "
             "(add download=true to fetch them where internet is available)"
         )
-    return spec.loader(
+    data = spec.loader(
         None if data_dir is None else str(data_dir),
         image_size,
         seed,
@@ -896,6 +949,10 @@ def load_dataset(
         download,
         verify_checksums,
     )
+    for split in ("train", "test"):  # every loader's labels, before any run directory exists
+        where = f"the {spec.name} {split} labels" + (f" (in {data_dir})" if data_dir is not None else "")
+        check_labels(getattr(data, f"{split}_labels"), data.num_classes, where)
+    return data
 
 
 # ---- config section ----------------------------------------------------------------------------------------

@@ -188,13 +188,38 @@ def _cell(values: list[float]) -> str:
     return f"{100 * mean:.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
-def _one_run_per_seed(runs: list[Run]) -> tuple[list[Run], list[str]]:
-    """The newest run of each (algorithm, data set, seed) and a note for each seed that ran more than once (a
-    repeated seed is not another sample)."""
+# the settings named first when a row's label says how its runs differ from the others
+_LABEL_FIRST = ("model", "epochs", "channels", "hidden", "beta", "lrs")
+
+
+def _variants(runs: list[Run]) -> dict[Path, str]:
+    """Each run's row label: its algorithm, then, where runs of the same algorithm and data set differ in a setting
+    that changes results (anything but the seed and the incidental keys), those settings' values, e.g.
+    ``CEP (model=mlp, hidden=[64])``. Runs that differ in such a setting are never merged as seeds of one row."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.config["algorithm"], run.config["dataset"]), []).append(run)
+    labels: dict[Path, str] = {}
+    for (algorithm, _), group in groups.items():
+        keys = _differing_keys(group)
+        keys.sort(key=lambda k: (_LABEL_FIRST.index(k) if k in _LABEL_FIRST else len(_LABEL_FIRST), k))
+        for run in group:
+            shown = [f"{k}={_shown(run.config.get(k))}" for k in keys[:3]] + (["..."] if len(keys) > 3 else [])
+            labels[run.path] = f"{algorithm} ({', '.join(shown)})" if keys else algorithm
+    return labels
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _one_run_per_seed(runs: list[Run], labels: dict[Path, str]) -> tuple[list[Run], list[str]]:
+    """The newest run of each (row, data set, seed) and a note for each seed that ran more than once (a repeated
+    seed is not another sample)."""
     by_seed: dict[tuple[str, str, int], list[Run]] = {}
     for run in runs:
         c = run.config
-        by_seed.setdefault((c["algorithm"], c["dataset"], int(c["seed"])), []).append(run)
+        by_seed.setdefault((labels[run.path], c["dataset"], int(c["seed"])), []).append(run)
     kept, notes = [], []
     for (a, d, seed), group in by_seed.items():
         group.sort(key=lambda r: (r.path / "metrics.jsonl").stat().st_mtime)
@@ -208,7 +233,7 @@ def _one_run_per_seed(runs: list[Run]) -> tuple[list[Run], list[str]]:
 
 
 def _differing_keys(runs: list[Run]) -> list[str]:
-    """Config keys (besides the seed and incidental ones) whose values differ among runs merged into one cell."""
+    """Config keys (besides the seed and incidental ones) whose values differ among ``runs``."""
     keys = {k for r in runs for k in r.config} - set(INCIDENTAL) - {"seed"}
     return sorted(k for k in keys if len({repr(r.config.get(k)) for r in runs}) > 1)
 
@@ -216,22 +241,31 @@ def _differing_keys(runs: list[Run]) -> list[str]:
 def results_table(run_dirs: Sequence[str | Path], metric: str = "final") -> str:
     """Markdown table in Table 1's layout: rows = algorithms, columns = (data set: test, train) error in % (plus
     the top-5 test error for 100- and 1000-class sets), mean ± sample std over seeds, from each run's final epoch
-    (``metric='best'``: its lowest test error). Each seed counts once (the newest of repeated runs); the notes
-    under the table say, per data set, how many seeds each cell has, which runs were merged, and any settings in
-    which merged runs differ."""
+    (``metric='best'``: its lowest test error). Only runs that differ in nothing but the seed (and settings that
+    do not change results) share a cell: runs of one algorithm that differ in another setting get rows of their
+    own, labelled with it. Each seed counts once (the newest of repeated runs); the notes under the table say, per
+    data set, how many seeds each cell has, which runs were merged, and what set the rows of one algorithm apart."""
     from ..rules.base import algorithm_names
     from .data import dataset_names
 
     if metric not in ("final", "best"):
         raise ValueError(f"metric must be 'final' or 'best', got {metric!r}")
-    runs, notes = _one_run_per_seed([r for r in (read_run(d) for d in run_dirs) if r.metrics])
-    if not runs:
+    finished = [r for r in (read_run(d) for d in run_dirs) if r.metrics]
+    if not finished:
         raise DataError("none of the runs has finished an epoch: nothing to tabulate")
+    labels = _variants(finished)
+    runs, notes = _one_run_per_seed(finished, labels)
     cells: dict[tuple[str, str], list[Run]] = {}
     for run in sorted(runs, key=lambda r: int(r.config["seed"])):
-        cells.setdefault((run.config["algorithm"], run.config["dataset"]), []).append(run)
+        cells.setdefault((labels[run.path], run.config["dataset"]), []).append(run)
     order_a, order_d = algorithm_names(), dataset_names()
-    algos = sorted({a for a, _ in cells}, key=lambda a: order_a.index(a) if a in order_a else len(order_a))
+    algorithm_of = {labels[r.path]: r.config["algorithm"] for r in runs}
+
+    def row_order(row: str) -> tuple[int, str]:
+        a = algorithm_of[row]
+        return (order_a.index(a) if a in order_a else len(order_a), row)
+
+    algos = sorted({a for a, _ in cells}, key=row_order)
     sets = sorted({d for _, d in cells}, key=lambda d: order_d.index(d) if d in order_d else len(order_d))
     top5 = {d for d in sets if _many_classes(d)}  # 100- and 1000-class sets also get a top-5 test column
     columns = [f"{d} test | {d} top-5 test | {d} train" if d in top5 else f"{d} test | {d} train" for d in sets]
@@ -258,10 +292,25 @@ def results_table(run_dirs: Sequence[str | Path], metric: str = "final") -> str:
         ]
         lines.append(f"- {d}: seeds per cell: {'; '.join(counts)}")
     for (a, d), group in sorted(cells.items()):
-        differ = _differing_keys(group)
         if len(group) > 1:
             lines.append(f"- {a} on {d} merges {', '.join(str(r.path) for r in group)}")
-        if differ:
-            lines.append(f"- warning: the runs merged for {a} on {d} differ in {differ}, not only in the seed")
+    split = sorted({algorithm_of[row] for row in algos if row != algorithm_of[row]})
+    for algorithm in split:
+        rows = [row for row in algos if algorithm_of[row] == algorithm]
+        every = sorted(
+            {
+                k
+                for r in runs
+                if r.config["algorithm"] == algorithm
+                for k in _differing_keys(
+                    [
+                        q
+                        for q in runs
+                        if q.config["algorithm"] == algorithm and q.config["dataset"] == r.config["dataset"]
+                    ]
+                )
+            }
+        )
+        lines.append(f"- {algorithm} has {len(rows)} rows: its runs differ in {every}, not only in the seed")
     lines += [f"- {note}" for note in notes]
     return "\n".join(lines)

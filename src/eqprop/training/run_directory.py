@@ -22,6 +22,7 @@ import errno
 import io
 import json
 import os
+import pickle
 import platform
 import random
 import subprocess
@@ -47,6 +48,7 @@ __all__ = [
     "MARKER",
     "RUN_FILES",
     "is_run_directory",
+    "seed_everything",
 ]
 
 MODES = ("new", "resume", "overwrite")
@@ -164,7 +166,13 @@ def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
     if not path.exists():
         raise RunError(f"{path} does not exist (is {path.parent} a run directory?)")
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
+        try:  # tensors and plain values only: opening a checkpoint runs no code from it
+            state = torch.load(path, map_location=device, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            if "Weights only load failed" not in str(exc):
+                raise
+            # a checkpoint of an eqprop before 0.2 (numpy's generator state pickled as numpy objects)
+            state = torch.load(path, map_location=device, weights_only=False)
     except Exception as exc:  # unpickling a damaged file raises anything: EOFError, RuntimeError, UnpicklingError...
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RunError(f"{path} is damaged or not a checkpoint ({type(exc).__name__}: {reason})") from None
@@ -219,9 +227,24 @@ def rng_state(generator: torch.Generator) -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "generator": generator.get_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "numpy": np.random.get_state(),
+        "numpy": _plain_numpy_state(),
         "python": random.getstate(),
     }
+
+
+def _plain_numpy_state() -> list[Any]:
+    """numpy's global generator state as plain values (a checkpoint then opens with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch's (CPU and CUDA), numpy's and Python's global generators with ``seed`` and return a torch
+    Generator seeded alike, for one's own training loop (batch order, augmentation): what the Trainer does."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    return torch.Generator().manual_seed(seed)
 
 
 def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
@@ -230,7 +253,11 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
     generator.set_state(state["generator"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    np.random.set_state(state["numpy"])
+    saved = state["numpy"]
+    if isinstance(saved, list):  # plain values (older checkpoints hold numpy's own tuple)
+        name, keys, pos, has_gauss, cached = saved
+        saved = (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
+    np.random.set_state(saved)
     random.setstate(state["python"])
 
 

@@ -26,8 +26,8 @@ from typing import Any
 from ..errors import RunError
 from .config import ConfigError, TrainConfig, load_config, parse_overrides, read_yaml
 from .results import INCIDENTAL, plot_runs, read_run, results_table
-from .run_directory import PARENT_PID_VAR, lock_directory
-from .trainer import read_run_config
+from .run_directory import PARENT_PID_VAR, is_run_directory, lock_directory
+from .trainer import read_run_config, run_finished
 
 __all__ = ["StudyRun", "plan_study", "run_study"]
 
@@ -109,10 +109,16 @@ def run_study(
     runs already in ``out_dir`` that have this command's config (``overwrite``: re-running those that do not;
     otherwise they are a RunError); then write ``table.md`` and ``curves.png`` over the study's finished runs."""
     runs = plan_study(config, out_dir, algorithms, datasets, seeds, overrides)
-    jobs = jobs or int(read_yaml(config).get("study", {}).get("jobs", 1))
+    if jobs is None:
+        jobs = int(read_yaml(config).get("study", {}).get("jobs", 1))
     if jobs < 1:
-        raise ConfigError(f"jobs must be >= 1, got {jobs}")
+        raise ConfigError(f"--jobs (the study's jobs) is the number of runs at once and must be >= 1, got {jobs}")
     out = Path(out_dir)
+    if is_run_directory(out):
+        raise RunError(
+            f"{out} is a run directory (it holds one run's config.json), not a study: a study's --out holds one "
+            "folder per run; choose another --out"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -165,6 +171,10 @@ def _run(
         fresh = saved is not None and (
             bool(config_changes(saved, run.config)) or not (run.out_dir / "checkpoint_last.pt").exists()
         )
+        if not fresh and run_finished(run.out_dir):  # nothing to resume: its files stay as they are
+            run.returncode = 0
+            log(f"  finished before: {run.out_dir.name}")
+            return run
         if (run.out_dir / "checkpoint_last.pt").exists() and not fresh:
             cmd = [sys.executable, "-m", "eqprop", "train", "--resume", str(run.out_dir), "progress=false"]
         else:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
 from ..core.network import EnergyNetwork
 from ..core.nudging import cost_precision, get_cost
@@ -60,6 +61,7 @@ __all__ = [
     "resolve_device",
     "load_run",
     "read_run_config",
+    "run_finished",
 ]
 
 
@@ -91,25 +93,56 @@ def build_network(cfg: TrainConfig, in_shape: tuple[int, ...], num_classes: int)
     return build_model(cfg, in_shape, num_classes)
 
 
-def check_model_fits(cfg: TrainConfig, in_shape: tuple[int, ...], num_classes: int, device: torch.device) -> None:
-    """Build the model on the meta device (no memory) and refuse, before any allocation, one whose parameters,
-    gradients and optimiser state cannot fit in the device's memory (``channels=[1000000000000, 8, 8]``)."""
+class _SkipInPlaceOnMeta(TorchFunctionMode):
+    """While a model is built on the meta device only to count its parameters, its in-place initialisers
+    (``uniform_``, ``clamp_``, ``normal_``) have no values to fill: skip them. Their meta kernels are written in
+    Python, and the first use of one imports torch._dynamo (about 2 s in every run)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        name = getattr(func, "__name__", "")
+        if name.endswith("_") and not name.endswith("__") and args and isinstance(args[0], Tensor):
+            if args[0].is_meta:
+                return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def count_parameters(cfg: TrainConfig, in_shape: tuple[int, ...], num_classes: int) -> int | None:
+    """The number of parameters of the model ``cfg`` builds, counted on the meta device (no memory); None when its
+    builder cannot run there."""
     try:
-        with torch.device("meta"):
-            shadow = build_network(cfg, in_shape, num_classes)
+        with torch.device("meta"), _SkipInPlaceOnMeta():
+            return sum(p.numel() for p in build_network(cfg, in_shape, num_classes).parameters())
     except (ConfigError, ValueError):
         raise
-    except Exception:  # a builder that cannot run on the meta device: the real build reports what it must
-        return
-    count = sum(p.numel() for p in shadow.parameters())
+    except Exception:
+        return None
+
+
+def build_network_that_fits(cfg: TrainConfig, in_shape: tuple[int, ...], num_classes: int, device: torch.device) -> Any:
+    """:func:`build_network`, with a model too large for the device's memory refused before any allocation as a
+    ConfigError that says how large it is (``channels=[1000000000000, 8, 8]``): its parameters, their gradients and
+    the optimiser's state (three copies) must fit. An allocation that fails all the same is the same error."""
     itemsize = torch.empty((), dtype=getattr(torch, cfg.precision)).element_size()
-    sizes = {k: cfg.flat()[k] for k in ("channels", "hidden", "blocks") if k in cfg.flat()}
-    require_fits(
-        3 * count * itemsize,  # the parameters, their gradients and SGD's momentum
-        f"model {cfg.model.kind!r} with {count:,} parameters ({', '.join(f'{k}={v}' for k, v in sizes.items())})",
-        "reduce the widths (channels, hidden, blocks)",
-        device,
-    )
+    keys = ("channels", "hidden", "blocks") if model_spec(cfg.model.kind).blocks else ("channels", "hidden")
+    sizes = ", ".join(f"{k}={v}" for k, v in cfg.flat().items() if k in keys)
+
+    def refuse(count: int) -> None:
+        require_fits(
+            3 * count * itemsize,  # the parameters, their gradients and SGD's momentum
+            f"model {cfg.model.kind!r} with {count:,} parameters ({sizes})",
+            f"reduce the widths ({', '.join(keys)})",
+            device,
+        )
+
+    count = count_parameters(cfg, in_shape, num_classes)
+    if count is not None:
+        refuse(count)
+    try:
+        return build_network(cfg, in_shape, num_classes)
+    except RuntimeError as exc:  # torch.OutOfMemoryError is one
+        if "can't allocate memory" not in str(exc) and "out of memory" not in str(exc).lower():
+            raise
+        raise ConfigError(f"model {cfg.model.kind!r} ({sizes}) cannot be allocated: {str(exc)[:300]}") from None
 
 
 def default_signal_layers(cfg: TrainConfig, network: EnergyNetwork) -> list[int]:
@@ -321,8 +354,7 @@ class Trainer:
         self.augment = training_augmentation(cfg, self.data)
         in_shape = (math.prod(self.data.image_shape),) if self.flatten else self.data.image_shape
         with _config_errors(f"model {cfg.model.kind}"):
-            check_model_fits(cfg, in_shape, self.data.num_classes, self.device)
-            self.network = build_network(cfg, in_shape, self.data.num_classes)  # an EnergyModel
+            self.network = build_network_that_fits(cfg, in_shape, self.data.num_classes, self.device)
         self.dtype = getattr(torch, cfg.precision)
         self.network = self.network.to(self.device, self.dtype)
         self.algorithm = build_algorithm(cfg)
@@ -461,6 +493,14 @@ class Trainer:
         run_dir = Path(run_dir)
         cfg = read_run_config(run_dir)  # a RunError when run_dir holds no run
         state, ckpt = read_run_checkpoint(run_dir, checkpoint, "resume")
+        if state["partial"] is None and state["epoch"] >= cfg.epochs:
+            final = state["history"][-1].get("test_error") if state["history"] else None
+            shown = f" (final test error {100 * final:.2f}%)" if isinstance(final, float) else ""
+            raise RunError(
+                f"{run_dir} is finished: it has trained all {cfg.epochs} epochs{shown}, so there is nothing to "
+                f"resume and nothing was changed; to train it further, start a new run from it with `eqprop train "
+                f"--extend {run_dir} epochs=N` (N > {cfg.epochs})"
+            )
         changed = parse_overrides(overrides, cfg)
         bad = [
             k for k in TrainConfig.keys() if getattr(changed, k) != getattr(cfg, k) and k not in cls.RESUMABLE_OVERRIDES
@@ -778,6 +818,21 @@ def read_run_config(run_dir: str | Path) -> TrainConfig:
         return config_from_dict(values)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def run_finished(run_dir: str | Path) -> bool:
+    """Whether the run in ``run_dir`` has trained all its epochs: its last checkpoint closes its last epoch. (The
+    metrics are read first: a run whose metrics stop short is unfinished without opening its checkpoint.)"""
+    run_dir = Path(run_dir)
+    try:
+        cfg = read_run_config(run_dir)
+        rows = (run_dir / "metrics.jsonl").read_text().splitlines()
+        if not rows or json.loads(rows[-1]).get("epoch", 0) < cfg.epochs:
+            return False
+        state = read_checkpoint(run_dir / "checkpoint_last.pt")
+    except (RunError, ConfigError, OSError, ValueError):
+        return False
+    return state["partial"] is None and state["epoch"] >= cfg.epochs
 
 
 def read_run_checkpoint(run_dir: Path, which: str, action: str) -> tuple[dict[str, Any], Path]:
