@@ -344,4 +344,5 @@ register_model(
     "hssm",
     solver=None,
     description="Hamiltonian SSM reading images row by row (hidden: unit sizes, hru, dt)",
+    defaults={"algorithm": "RHEL", "lrs": [0.01]},  # 0.05 diverged on digits in the first epoch
 )

@@ -545,4 +545,5 @@ register_model(
     "pcn",
     solver="mod-pgd",
     description="VGG-style predictive-coding net (channels, pools, hidden, skips, fan, gains)",
+    defaults={"algorithm": "PC-CEP", "gains": [1.0], "lrs": [0.03]},  # digits: 6.9% test error after 3 epochs
 )

@@ -292,8 +292,8 @@ def sectioned(values: Mapping[str, Any], where: str = "") -> dict[str, dict[str,
                     out[FLAT[sub][0]][FLAT[sub][1]] = v
                 else:
                     raise ConfigError(
-                        f"{where}unknown key {sub!r} in section {key!r}; valid keys are {sorted(fields)}"
-                        + _elsewhere(sub)
+                        f"{where}unknown key {sub!r} in section {key!r}{_did_you_mean(sub, sorted(fields))}; valid "
+                        f"keys are {sorted(fields)}" + _elsewhere(sub)
                     )
         elif "." in key and key.split(".", 1)[0] in SECTIONS:
             section, sub = key.split(".", 1)
@@ -310,9 +310,18 @@ def sectioned(values: Mapping[str, Any], where: str = "") -> dict[str, dict[str,
             )
         else:
             raise ConfigError(
-                f"{where}unknown config key {key!r}; valid keys are {sorted(FLAT)} (or the sections {list(SECTIONS)})"
+                f"{where}unknown config key {key!r}{_did_you_mean(key, [*FLAT, *SECTIONS])}; valid keys are "
+                f"{sorted(FLAT)} (or the sections {list(SECTIONS)})"
             )
     return out
+
+
+def _did_you_mean(key: str, known: Sequence[str]) -> str:
+    """``; did you mean 'beta'?`` for a misspelt key (the closest known names), else nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.75)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def _elsewhere(key: str) -> str:
