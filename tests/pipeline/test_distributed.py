@@ -102,7 +102,8 @@ def two_rank_runs(tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(JOBS))
 def test_two_ranks_follow_the_one_process_run_with_the_same_global_batch(two_rank_runs, tmp_path, name):
-    root, _, _ = two_rank_runs
+    root, stdout, _ = two_rank_runs
+    assert "device=cpu x 2 ranks, algorithm=" in stdout and f"run dir {root / name}" in stdout
     spec = job(name, tmp_path / "one")
     one = Trainer(load_config(spec["config"], spec["overrides"]), log=lambda s: None)
     history = one.fit()
@@ -114,6 +115,8 @@ def test_two_ranks_follow_the_one_process_run_with_the_same_global_batch(two_ran
         for key in ("train_loss", "test_loss"):
             assert mine[key] == pytest.approx(theirs[key], rel=1e-6), key  # the cost uses a float32 output
     assert not (root / name / "metrics.jsonl").read_text().count('"epoch": 1,') > 1  # rank 0 alone writes
+    starts = [json.loads(line) for line in (root / name / "provenance.jsonl").read_text().splitlines()]
+    assert [p["ranks"] for p in starts] == [2]  # the run records how many ranks trained it
     if name == "drn":  # the projection ran on both ranks: g >= 0 and some conductances sit at the bound
         g = [t for key, t in weights(root / name).items() if key.startswith("g")]
         assert all(bool((t >= 0).all()) for t in g) and sum(int((t == 0).sum()) for t in g) > 0

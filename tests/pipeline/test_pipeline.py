@@ -345,6 +345,13 @@ def test_cli_train_writes_a_complete_run_directory(tmp_path, capsys):
     events.Reload()
     assert [e.step for e in events.Scalars("epoch/test_error")] == [1, 2]
     assert [e.value for e in events.Scalars("epoch/test_error")] == pytest.approx([r["test_error"] for r in rows])
+    # the finished run's settings beside its results (TensorBoard's HPARAMS tab)
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    assert events.Scalars("hparam/final_test_error")[0].value == pytest.approx(rows[-1]["test_error"])
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    assert start.hparams["channels"].string_value == "[8, 16, 16]" and start.hparams["ranks"].number_value == 1
 
 
 def test_cli_train_with_yaml_config(tmp_path):

@@ -251,3 +251,25 @@ def test_a_killed_study_process_leaves_no_run_training_on(experiment):
     log = (run / "stdout.log").read_text()
     assert "interrupted by SIGTERM" in log or "interrupted; the last checkpoint is kept" in log, log[-500:]
     assert (run / "checkpoint_last.pt").exists()
+
+
+def test_a_diverged_trial_is_one_line_and_is_not_counted(experiment, capsys):
+    """Learning rates of 1e6 diverge in the first batch: each such trial is one line (no traceback), fails, and
+    the study runs on until it has its finished trial."""
+    from eqprop.training.tune import run_tune
+
+    (experiment / "space.yaml").write_text("lrs: {type: categorical, choices: [1000000.0, 0.05]}\n")
+    (experiment / "out").mkdir()
+    storage = f"sqlite:///{(experiment / 'out' / 'tune.db').resolve()}"
+    optuna.create_study(study_name="exp", storage=storage).enqueue_trial({"lrs": 1e6})  # the first trial diverges
+    lines: list[str] = []
+    study = run_tune(
+        experiment / "exp.yaml", experiment / "space.yaml", 1, experiment / "out", sampler_seed=0, log=lines.append
+    )
+    states = [t.state for t in study.get_trials()]
+    failed = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.FAIL]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 1 and len(failed) >= 1
+    assert all(t.params["lrs"] == 1e6 and "diverged" in t.user_attrs["diverged"] for t in failed)
+    said = [line for line in lines if " diverged: training diverged in epoch 1" in line]
+    assert len(said) == len(failed) and all(line.count("\n") == 0 for line in said)
+    assert "Traceback" not in capsys.readouterr().err

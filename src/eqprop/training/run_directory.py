@@ -426,6 +426,14 @@ class RunDirectory:
         if self._writer is not None:
             self._writer.add_scalar(tag, value, step)
 
+    def hparams(self, config: dict[str, Any], results: dict[str, float]) -> None:
+        """The run's settings beside its results in TensorBoard's HPARAMS tab (lists and None written as text)."""
+        if self._writer is None:
+            return
+        plain = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v) for k, v in sorted(config.items())}
+        self._writer.add_hparams(plain, {f"hparam/{k}": v for k, v in results.items()}, run_name=".")
+        self._writer.flush()
+
     # ---- TensorBoard -------------------------------------------------------------------------------------
     def open_logs(self) -> None:
         if not self.tensorboard or self._writer is not None:

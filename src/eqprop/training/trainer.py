@@ -672,11 +672,14 @@ class Trainer:
         if self.run_dir:  # the config is written once the run starts (a resume that fails leaves it as it was)
             self.run_dir.acquire()
             self.run_dir.write_config(cfg.to_dict())
-            self.run_dir.append_jsonl("provenance.jsonl", {**provenance(self.device), "epoch": self.epoch})
+            ranks = {"ranks": self.dist.world}
+            self.run_dir.append_jsonl("provenance.jsonl", {**provenance(self.device), **ranks, "epoch": self.epoch})
         if self.epoch == 0 and self._partial is None:
             self.log(
                 f"eqprop: {cfg.algorithm} on {cfg.dataset} ({len(self.train_labels)} train / "
-                f"{len(self.data.test_labels)} test), model={cfg.model.kind}, device={self.device}, "
+                f"{len(self.data.test_labels)} test), model={cfg.model.kind}, device={self.device}"
+                + (f" x {self.dist.world} ranks" if self.dist.enabled else "")
+                + ", "
                 f"algorithm={self.algorithm}" + (f", run dir {self.out}" if self.out else "")
             )
             self.save_checkpoint()
@@ -708,6 +711,10 @@ class Trainer:
                     ) as bbar:
                         row: dict[str, float] = {"epoch": epoch, **self.train_epoch(epoch, bbar)}
                     self._end_epoch(epoch, row)
+                    if epoch == cfg.epochs and self.run_dir:  # finished: its settings beside its results
+                        best = min(r["test_error"] for r in self.history)
+                        results = {"best_test_error": best, "final_test_error": row["test_error"]}
+                        self.run_dir.hparams({**cfg.flat(), "ranks": self.dist.world}, results)
                     ebar.update(1)
                     ebar.set_postfix(test_err=f"{100 * row['test_error']:.2f}%")
                     if distributed.any_rank(self._stop is not None, self.dist) and epoch < cfg.epochs:

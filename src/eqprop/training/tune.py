@@ -310,7 +310,12 @@ def run_tune(
                 if self.verdict:
                     raise optuna.TrialPruned(self.verdict)
 
-        history = Trainer(cfg, log=lambda s: None, callbacks=[Report()]).fit()
+        try:
+            history = Trainer(cfg, log=lambda s: None, callbacks=[Report()]).fit()
+        except DivergenceError as exc:  # one line, and the trial fails (NaN): it is not counted
+            trial.set_user_attr("diverged", str(exc))
+            log(f"eqprop tune: trial {trial.number} {trial.params} diverged: {str(exc).split(' (last good')[0]}")
+            return float("nan")
         best = min(row[key] for row in history)
         log(f"eqprop tune: trial {trial.number} {trial.params} -> best {key} {100 * best:.2f}% ({run_dir})")
         return best
@@ -326,7 +331,12 @@ def run_tune(
     fail_stale_trials(study)  # trials of killed workers: failed, and queued again to retry
     waiting = optuna.trial.TrialState.WAITING  # queued (a retry): still to run
     if sum(counted(t) and t.state != waiting for t in study.get_trials(deepcopy=False)) < trials:
-        study.optimize(objective, n_trials=None, callbacks=[enough], catch=(DivergenceError,))
+        quiet = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # eqprop logs each trial's outcome in one line
+        try:
+            study.optimize(objective, n_trials=None, callbacks=[enough])
+        finally:
+            optuna.logging.set_verbosity(quiet)
     finished = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     if finished:
         best = study.best_trial
