@@ -64,15 +64,24 @@ def test_plot_labels_the_error_axis_and_tells_runs_with_one_label_apart(tmp_path
         seen["ticks"] = [
             t.get_text() for t in ax_err.get_yticklabels() if t.get_text() and lo <= t.get_position()[1] <= hi
         ]
-        seen["legend"] = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+        (legend,) = fig.legends  # one legend, outside the axes: a colour per run, then the two line styles
+        seen["legend"] = [t.get_text() for t in legend.get_texts()]
+        seen["styles"] = [h.get_linestyle() for h in legend.legend_handles]
         return original(fig, *args, **kwargs)
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
     runs = [fake_run(tmp_path, name, "mnist", [0.7, 0.45, 0.4]) for name in ("k5", "k6")]
     plot_runs(runs, tmp_path / "p.png")
     assert len(seen["ticks"]) >= 2 and all(float(t) > 0 for t in seen["ticks"])
-    assert "PC-CEP mnist seed 0 (k5) test" in seen["legend"] and "PC-CEP mnist seed 0 (k6) test" in seen["legend"]
-    assert len(set(seen["legend"])) == len(seen["legend"])
+    assert seen["legend"] == ["PC-CEP mnist seed 0 (k5)", "PC-CEP mnist seed 0 (k6)", "test (solid)", "train (dashed)"]
+    assert seen["styles"][-2:] == ["-", "--"]
+
+    # runs of one algorithm that differ in their model are labelled by it
+    for name, model in (("dchn", "dchn"), ("mlp", "mlp")):
+        d = fake_run(tmp_path, name, "digits", [0.3, 0.2])
+        (d / "config.json").write_text(json.dumps({"algorithm": "CEP", "dataset": "digits", "seed": 0, "model": model}))
+    plot_runs([tmp_path / "dchn", tmp_path / "mlp"], tmp_path / "m.png")
+    assert seen["legend"][:2] == ["CEP (model=dchn) digits seed 0", "CEP (model=mlp) digits seed 0"]
 
 
 def test_plot_puts_a_diverged_runs_loss_on_a_log_axis(tmp_path, monkeypatch):

@@ -71,7 +71,7 @@ def _save(fig: Any, path: str | Path) -> Path:
         path = path.with_suffix(".png")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=120, bbox_inches="tight")  # the legend outside the axes included
     except OSError as exc:
         raise RunError(f"cannot write {path} ({exc.strerror or exc}); choose a writable output path") from None
     finally:
@@ -136,10 +136,10 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
             continue
         style = {"color": f"C{k % 10}", "marker": "o" if len(run.metrics) <= 30 else None, "markersize": 3}
         epochs = [m["epoch"] for m in run.metrics]
-        ax_err.plot(epochs, [100 * m["test_error"] for m in run.metrics], label=f"{label} test", **style)
-        ax_err.plot(epochs, [100 * m["train_error"] for m in run.metrics], ls="--", label=f"{label} train", **style)
-        ax_loss.plot(epochs, [m["test_loss"] for m in run.metrics], label=f"{label} test", **style)
-        ax_loss.plot(epochs, [m["train_loss"] for m in run.metrics], ls="--", label=f"{label} train", **style)
+        ax_err.plot(epochs, [100 * m["test_error"] for m in run.metrics], label=label, **style)
+        ax_err.plot(epochs, [100 * m["train_error"] for m in run.metrics], ls="--", **style)
+        ax_loss.plot(epochs, [m["test_loss"] for m in run.metrics], **style)
+        ax_loss.plot(epochs, [m["train_loss"] for m in run.metrics], ls="--", **style)
     ax_err.set(xlabel="epoch", ylabel="error rate (%)", title="top-1 error (solid: test, dashed: train)")
     ax_loss.set(xlabel="epoch", ylabel="cost", title="loss (solid: test, dashed: train)")
     if top5:  # 100- and 1000-class sets: the top-5 test error the PCN paper reports
@@ -157,7 +157,6 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
                     label=label,
                 )
         ax5.set(xlabel="epoch", ylabel="top-5 error rate (%)", title="top-5 test error (100+ classes)")
-        ax5.legend(fontsize=7, loc="best")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
@@ -169,13 +168,21 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
     losses = [y for line in ax_loss.lines for y in line.get_ydata() if y > 0 and math.isfinite(y)]
     if losses and max(losses) > 1e3 * min(losses):  # a diverged run's loss would flatten every other curve
         ax_loss.set_yscale("log")
-    ax_loss.legend(fontsize=7, loc="best")
+    # one legend outside the curves: a colour per run, then the two line styles
+    from matplotlib.lines import Line2D
+
+    handles, names = ax_err.get_legend_handles_labels()
+    handles += [Line2D([], [], color="0.3", ls="-"), Line2D([], [], color="0.3", ls="--")]
+    names += ["test (solid)", "train (dashed)"]
+    fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8, frameon=False)
     return _save(fig, path)
 
 
 def _distinct_labels(runs: list[Run]) -> list[str]:
-    """Each run's legend label, with its directory's name added where two runs would share one."""
-    plain = [r.label for r in runs]
+    """Each run's legend label: algorithm (with the settings that set it apart from runs of the same algorithm,
+    such as its model), data set and seed; its directory's name is added where two runs would still share one."""
+    rows = _variants(runs)
+    plain = [f"{rows[r.path]} {r.config['dataset']} seed {r.config['seed']}" for r in runs]
     return [f"{p} ({r.path.name})" if plain.count(p) > 1 else p for p, r in zip(plain, runs)]
 
 
