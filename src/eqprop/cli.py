@@ -280,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--help-config", action="store_true", help="list the config keys, their types and defaults")
     p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module (or .py file) that registers your models, rules or data sets (config key imports)",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="re-measure a run's test error from a checkpoint")
@@ -287,6 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value, e.g. data_dir=... or device=cpu")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module (or .py file) that registers your models, rules or data sets (config key imports)",
+    )
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser(
@@ -327,6 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--study-name", help="the grid's name in the storage (default: the --out folder's name)")
     p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module (or .py file) that registers your models, rules or data sets (config key imports)",
+    )
     p.set_defaults(func=_cmd_study)
 
     p = sub.add_parser("tune", help="hyperparameter search on Optuna; workers on many machines share one storage")
@@ -343,6 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat", type=int, default=60, help="seconds between a trial's heartbeats (0: none)")
     p.add_argument("--out", default="runs/tune", help="where the trials' run directories go (default: runs/tune)")
     p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module (or .py file) that registers your models, rules or data sets (config key imports)",
+    )
     p.set_defaults(func=_cmd_tune)
     return parser
 
@@ -369,6 +401,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        from .registry import import_extensions, load_plugins
+
+        load_plugins()  # installed packages' eqprop.plugins entry points
+        imports = getattr(args, "imports", [])
+        if imports:  # imported now, and recorded in the run's config so that --resume imports them again
+            imports = [str(Path(m).expanduser().resolve()) if m.endswith(".py") else m for m in imports]
+            import_extensions(imports)
+            target = _OVERRIDES[args.command]
+            if not (args.command == "train" and (args.resume or args.extend)):
+                setattr(args, target, [*getattr(args, target), f"imports={imports}"])
         return args.func(args)
     except (ConfigError, DataError, RunError, FileNotFoundError) as exc:  # bad input; anything else is a bug
         print(f"eqprop: error: {exc}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """docs/extending.md: its three examples (a model, a learning rule, a solver), each one file plus one registration,
 run as written and checked against the oracles the library's own code is checked against."""
 
+import json
 import math
 import re
 
@@ -97,3 +98,69 @@ def test_a_new_solver_reaches_the_same_fixed_points_and_trains(examples):
     ref = get_algorithm("CEP", beta=0.05, **CONVERGED)
     assert rel_error(ours.step(net, x, labels).grads, ref.step(net, x, labels).grads) < 1e-8
     assert math.isfinite(float(ours.step(net, x, labels).loss.mean()))
+
+
+PLUGIN = """
+import math
+
+from eqprop import hopfield_mlp, register_model
+
+
+def build(cfg, input_shape, num_classes):
+    return hopfield_mlp([math.prod(input_shape), 32, num_classes], gains=0.5)
+
+
+register_model("{name}", build, "hopfield", flat_input=True, defaults={{"lrs": [0.05], "gains": [0.5]}})
+"""
+QUICK = ["epochs=1", "limit_train=128", "limit_test=64", "progress=false", "tensorboard=false", "threads=1"]
+
+
+def eqprop_cli(*args, cwd, env=None):
+    import os
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "eqprop", *args], cwd=cwd, env=full_env, capture_output=True, text=True
+    )
+
+
+def test_a_users_module_is_usable_from_the_command_line_and_recorded_for_later(tmp_path):
+    """``--import my_models`` (a module in the current folder) or ``--import path/to/file.py`` registers the user's
+    model for this command; the run's config records it, so ``eqprop eval`` imports it again by itself."""
+    (tmp_path / "my_models.py").write_text(PLUGIN.format(name="lab_mlp"))
+    refused = eqprop_cli("train", "model=lab_mlp", *QUICK, cwd=tmp_path)
+    assert refused.returncode == 2 and "'lab_mlp' is not valid" in refused.stderr
+    done = eqprop_cli("train", "--import", "my_models", "model=lab_mlp", *QUICK, "out_dir=run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["run"]["imports"] == ["my_models"]
+    again = eqprop_cli("eval", "run", cwd=tmp_path)
+    assert again.returncode == 0 and "test error" in again.stdout, again.stderr[-2000:]
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    by_path = eqprop_cli(
+        "train", "--import", str(tmp_path / "my_models.py"), "model=lab_mlp", *QUICK, "out_dir=r", cwd=elsewhere
+    )
+    assert by_path.returncode == 0, by_path.stderr[-2000:]
+    missing = eqprop_cli("train", "--import", "no_such_module", *QUICK, cwd=elsewhere)
+    assert missing.returncode == 2 and "cannot import 'no_such_module'" in missing.stderr
+
+
+def test_an_installed_package_registers_through_the_eqprop_plugins_entry_point(tmp_path):
+    """A package that lists a module under the ``eqprop.plugins`` entry points (its dist-info on the path, as pip
+    installs it) is imported by the command line with no option."""
+    site = tmp_path / "site"
+    (site / "lab_plugin").mkdir(parents=True)
+    (site / "lab_plugin" / "__init__.py").write_text(PLUGIN.format(name="plugin_mlp"))
+    info = site / "lab_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lab-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[eqprop.plugins]\nmodels = lab_plugin\n")
+    import os
+
+    path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
+    done = eqprop_cli("train", "model=plugin_mlp", *QUICK, "out_dir=run", cwd=tmp_path, env={"PYTHONPATH": path})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["kind"] == "plugin_mlp"

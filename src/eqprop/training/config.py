@@ -74,6 +74,9 @@ class RunSection(Section):
 
     name: ClassVar[str] = "run"
     seed: int = setting(0, "seed of the initialisation, shuffling and augmentation")
+    imports: list[str] = setting(
+        [], "modules (or .py files) imported before the config is read: your own models, rules, solvers, data sets"
+    )
     device: str = setting("auto", "auto (CUDA when present), cpu, cuda, cuda:N or mps")
     out_dir: str | None = setting(
         None, "the run directory; null: runs/<dataset>_<algorithm>_seed<seed>_<time>", path=True
@@ -343,9 +346,27 @@ def flat_dict(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _import_named(values: Mapping[str, Any], base: TrainConfig | None) -> None:
+    """Import the extension modules a mapping (``imports``, ``run.imports``, ``run: {imports: ...}``) or its base
+    names, before its keys and choices are checked: they may register the model, rule or section it uses."""
+    from ..registry import import_extensions
+
+    run = values.get("run")
+    names = [
+        *(base.run.imports if base is not None else []),
+        *(values.get("imports") or []),
+        *(values.get("run.imports") or []),
+        *((run.get("imports") or []) if isinstance(run, Mapping) else []),
+    ]
+    if isinstance(values.get("imports"), str) or isinstance(values.get("run.imports"), str):
+        raise ConfigError("config key 'imports' is a list of module names, e.g. imports=[my_lab.models]")
+    import_extensions(names)
+
+
 def config_from_dict(values: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
     """A config from a mapping (flat keys, sections or both) applied to ``base`` (default: the defaults, with
     those of the model the mapping names)."""
+    _import_named(values, base)
     changes = sectioned(values)
     if base is None:
         return TrainConfig(**changes)
