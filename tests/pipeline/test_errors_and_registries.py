@@ -1,5 +1,7 @@
 """Oracle: the interface. Registries, names, and clear errors for bad arguments."""
 
+import re
+
 import pytest
 import torch
 
@@ -197,3 +199,26 @@ def test_a_torchvision_built_for_another_torch_is_named(monkeypatch, torch_versi
                 data.check_torchvision()
     finally:
         data.check_torchvision.cache_clear()
+
+
+def test_one_set_of_keywords_builds_every_rule_or_names_what_a_rule_does_not_take():
+    """The same keywords for every registered rule: with ignore_unknown=True each is built with the keywords it
+    takes (beta reaches the nudging rules only); without, each rule that lacks one says so in the same words."""
+    from eqprop.rules.base import accepted_options
+
+    keywords = dict(beta=0.3, free_iterations=7, nudged_iterations=3, cost="squared_error")
+    for name in ALGORITHMS:
+        rule = get_algorithm(name, ignore_unknown=True, **keywords)
+        takes = accepted_options(name)
+        if "beta" in takes and name == "HEP":
+            assert abs(rule.beta) == 0.3
+        elif "beta" in takes and getattr(getattr(rule, "scheme", None), "name", "") != "random":
+            assert 0.3 in [abs(b) for b in rule.betas if b], name
+        if "free_iterations" in takes:
+            assert rule.phases.free_iterations == 7, name
+        extra = sorted(set(keywords) - takes)
+        if extra:
+            with pytest.raises(TypeError, match=rf"rule '{name}' takes no option\(s\) {re.escape(str(extra))}"):
+                get_algorithm(name, **keywords)
+    with pytest.raises(TypeError, match=r"rule 'CEP' takes no option\(s\) \['betta'\]"):
+        get_algorithm("CEP", betta=0.1)

@@ -34,6 +34,7 @@ __all__ = [
     "ALGORITHM_OPTIONS",
     "register_algorithm",
     "get_algorithm",
+    "accepted_options",
     "algorithm_names",
     "algorithm_families",
     "algorithm_models",
@@ -180,9 +181,59 @@ def _canonical(name: str) -> str:
     return canonical
 
 
-def get_algorithm(name: str, **kwargs: Any) -> LearningAlgorithm:
-    """Build an algorithm by name ("CEP", "C-EP", "ncpl", "TBP", ...); an unknown name lists the valid ones."""
-    return ALGORITHMS[_canonical(name)](**kwargs)
+def accepted_options(name: str) -> set[str]:
+    """The keywords rule ``name`` takes: its factory's own, and the phase options (solver settings, iteration
+    counts) where it relaxes phases."""
+    import inspect
+
+
+    factory = ALGORITHMS[_canonical(name)]
+    if isinstance(getattr(factory, "builds", None), type):  # a factory function that names the class it builds
+        builds: type = factory.builds  # type: ignore[attr-defined]
+        return _class_options(builds) - set(getattr(factory, "fixed", ()))
+    if not isinstance(factory, type):  # a function: its signature (with **kwargs it takes anything)
+        params = list(inspect.signature(factory).parameters.values())
+        if any(p.kind == p.VAR_KEYWORD for p in params):
+            return {"*"}
+        return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return _class_options(factory)
+
+
+def _class_options(factory: type) -> set[str]:
+    """The keywords a rule class's constructor takes, following ``**kwargs`` up its bases."""
+    import inspect
+
+    from .phases import Phases
+
+    names: set[str] = set()
+    for cls in factory.__mro__:  # each __init__ passes its **kwargs on to the next one
+        if "__init__" not in vars(cls) or cls is object:
+            continue
+        params = list(inspect.signature(vars(cls)["__init__"]).parameters.values())
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+        if cls is RelaxingAlgorithm:  # the rest become the phases' options
+            names |= Phases.option_names()
+            break
+    return names
+
+
+def get_algorithm(name: str, *, ignore_unknown: bool = False, **kwargs: Any) -> LearningAlgorithm:
+    """Build an algorithm by name ("CEP", "C-EP", "ncpl", "TBP", ...); an unknown name lists the valid ones. A
+    keyword the rule does not take is a TypeError that names it and the rule's options, for every rule alike;
+    ``ignore_unknown=True`` drops such keywords instead, so one set of keywords can build every rule in a loop
+    (``beta`` reaches the rules that nudge, not TBP)."""
+    accepted = accepted_options(name)
+    if "*" in accepted:
+        return ALGORITHMS[_canonical(name)](**kwargs)
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown and not ignore_unknown:
+        raise TypeError(
+            f"rule {_canonical(name)!r} takes no option(s) {unknown}; its options are {sorted(accepted)} (or pass "
+            "ignore_unknown=True to drop the keywords a rule does not take)"
+        )
+    return ALGORITHMS[_canonical(name)](**{k: v for k, v in kwargs.items() if k in accepted})
 
 
 def algorithm_options(name: str) -> tuple[str, ...]:

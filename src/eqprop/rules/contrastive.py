@@ -167,6 +167,8 @@ def contrastive_rule(name: str, mode: str, scheme: str, beta: float | None = Non
             kwargs["beta"] = beta
         return Contrastive(name, mode, scheme, **kwargs)
 
+    factory.builds = Contrastive  # type: ignore[attr-defined]  # what get_algorithm reads the options from
+    factory.fixed = ("name", "mode", "scheme", *(("beta",) if beta is not None else ()))  # type: ignore[attr-defined]
     return factory
 
 

@@ -82,6 +82,11 @@ class Phases:
             )
 
     @classmethod
+    def option_names(cls) -> set[str]:
+        """The flat keywords :meth:`from_options` takes."""
+        return set(_SETTINGS) | {f.name for f in fields(cls)} - {"solver", "settings"} | {"solver", "engine"}
+
+    @classmethod
     def from_options(cls, solver: str = "messages", engine: str = "messages", **options: Any) -> Phases:
         """Phases from flat keywords: the :class:`SolverSettings` fields, the fields of this class, and
         ``engine="autograd"`` for the autograd reference of ``solver``."""

@@ -44,6 +44,8 @@ def pc_equilibrium_propagation(name: str):
             kwargs.setdefault("solver", "mod-pgd")
         return Contrastive(name, mode, scheme, **kwargs)
 
+    factory.builds = Contrastive  # type: ignore[attr-defined]  # what get_algorithm reads the options from
+    factory.fixed = ("name", "mode", "scheme")  # type: ignore[attr-defined]
     return factory
 
 
