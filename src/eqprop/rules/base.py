@@ -186,7 +186,6 @@ def accepted_options(name: str) -> set[str]:
     counts) where it relaxes phases."""
     import inspect
 
-
     factory = ALGORITHMS[_canonical(name)]
     if isinstance(getattr(factory, "builds", None), type):  # a factory function that names the class it builds
         builds: type = factory.builds  # type: ignore[attr-defined]
