@@ -89,3 +89,25 @@ def test_the_rate_at_every_step_is_the_closed_form_schedule_of_its_epoch(tmp_pat
     for epoch, used in rates.rows:
         expected = [closed_form(lr, epoch - 1, epochs) for lr in lrs]
         assert used == pytest.approx(expected, rel=1e-12, abs=1e-15), (epoch, used, expected)
+
+
+@pytest.mark.parametrize("rule", ["CEP", "TBP", "CL"])
+def test_accumulated_half_batches_add_up_to_twice_the_whole_batch_estimate(rule):
+    """Each sample relaxes on its own and a step's estimate is the batch mean, so two half batches accumulated into
+    ``.grad`` (``accumulate=True``, as ``backward()`` does) sum to twice the whole batch's estimate; the default
+    replaces ``.grad``."""
+    from eqprop import get_algorithm, hopfield_mlp
+
+    torch.manual_seed(0)
+    net = hopfield_mlp([12, 10, 4], gains=0.8).double()
+    x, labels = torch.rand(8, 12, dtype=torch.float64), torch.randint(0, 4, (8,))
+    alg = get_algorithm(rule, ignore_unknown=True, beta=0.1, free_iterations=30, nudged_iterations=10)
+    alg.step(net, x, labels)
+    whole = [p.grad.clone() for p in net.parameters()]
+    alg.step(net, x[:4], labels[:4])
+    alg.step(net, x[4:], labels[4:], accumulate=True)
+    for p, g in zip(net.parameters(), whole):
+        assert torch.allclose(p.grad, 2 * g, rtol=0, atol=1e-12)
+    alg.step(net, x, labels)  # the default replaces
+    for p, g in zip(net.parameters(), whole):
+        assert torch.equal(p.grad, g)

@@ -51,7 +51,7 @@ class BackpropThroughTime(RelaxingAlgorithm):
 
     name = "BPTT"
 
-    def step(self, model, x, labels):
+    def step(self, model, x, labels, accumulate=False):
         y = self.targets(model, labels)
         params = list(model.parameters())
         with torch.enable_grad():
@@ -62,7 +62,7 @@ class BackpropThroughTime(RelaxingAlgorithm):
             grads = list(torch.autograd.grad(loss.mean(), params, allow_unused=True))
         free.states = [s.detach() for s in free.states]
         self.phases.carry(model, free.states)
-        write_grads(model, grads)
+        write_grads(model, grads, accumulate)
         return StepResult(loss.detach(), o.detach(), free, grads)
 
     def gradients(self, model, x, y, free):
@@ -216,7 +216,7 @@ class Backprop(LearningAlgorithm):
         with torch.no_grad():
             return model.free_phase(x)
 
-    def step(self, model: Any, x: Tensor, labels: Tensor) -> StepResult:
+    def step(self, model: Any, x: Tensor, labels: Tensor, accumulate: bool = False) -> StepResult:
         y = self.targets(model, labels)
         params = list(model.parameters())
         with torch.enable_grad():
@@ -225,7 +225,7 @@ class Backprop(LearningAlgorithm):
             loss = self.cost(o, y.to(o.dtype))
             grads = list(torch.autograd.grad(loss.mean(), params, allow_unused=True))
         free.states = [t.detach() for t in free.states]
-        write_grads(model, grads)
+        write_grads(model, grads, accumulate)
         return StepResult(loss.detach(), o.detach(), free, grads)
 
     def gradients(self, model, x, y, free):

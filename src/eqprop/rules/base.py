@@ -54,9 +54,14 @@ class StepResult:
     grads: Sequence[Tensor | None]
 
 
-def write_grads(model: torch.nn.Module, grads: Sequence[Tensor | None]) -> None:
-    """Write an estimate into ``p.grad`` (in ``model.parameters()`` order), in each parameter's dtype."""
+def write_grads(model: torch.nn.Module, grads: Sequence[Tensor | None], accumulate: bool = False) -> None:
+    """Write an estimate into ``p.grad`` (in ``model.parameters()`` order), in each parameter's dtype; with
+    ``accumulate`` add it to what ``p.grad`` holds, as ``loss.backward()`` does (gradient accumulation)."""
     for p, g in zip(model.parameters(), grads):
+        if accumulate and p.grad is not None:
+            if g is not None:
+                p.grad = p.grad + g.detach().to(p.dtype)
+            continue
         p.grad = None if g is None else g.detach().to(p.dtype)
 
 
@@ -94,12 +99,13 @@ class LearningAlgorithm:
         that fell back to the real phases); none by default."""
         return {}
 
-    def step(self, model: Any, x: Tensor, labels: Tensor) -> StepResult:
-        """Free phase + gradient estimate, written into ``p.grad`` of every parameter."""
+    def step(self, model: Any, x: Tensor, labels: Tensor, accumulate: bool = False) -> StepResult:
+        """Free phase + gradient estimate (a mean over the batch), written into ``p.grad`` of every parameter:
+        replacing what is there (the default), or added to it with ``accumulate=True`` as ``backward()`` does."""
         y = self.targets(model, labels)
         free = self.free_phase(model, x)
         grads = self.gradients(model, x, y, free)
-        write_grads(model, grads)
+        write_grads(model, grads, accumulate)
         o = cost_precision(model_output(model, free.states))
         return StepResult(self.cost(o, y).detach(), o.detach(), free, grads)
 

@@ -370,11 +370,11 @@ class _SequenceAlgorithm(LearningAlgorithm):
     def compute(self, network: HamiltonianSSM, x: Tensor, y: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
         raise NotImplementedError
 
-    def step(self, network, x, labels):
+    def step(self, network, x, labels, accumulate=False):
         self._check(network)
         y = self.targets(network, labels).to(x.dtype)
         grads, out, loss = self.compute(network, x, y)
-        write_grads(network, grads)
+        write_grads(network, grads, accumulate)
         return StepResult(loss, out.float(), RelaxResult([out], 0), grads)
 
     def __repr__(self) -> str:
