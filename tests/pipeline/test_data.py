@@ -345,3 +345,24 @@ def test_pcn_normalization_is_the_pcn_papers_table4(tmp_path):
     )
     with pytest.raises(ConfigError, match="no statistics for svhn"):
         parse_overrides(["dataset=svhn", "normalization=pcn"])
+
+
+@pytest.mark.parametrize("name, folder", [("mnist", "mnist"), ("fashion_mnist", "fashion_mnist")])
+def test_normalisation_constants_are_the_training_sets_own_statistics(name, folder):
+    """Oracle: the mean and std of the real training images (../shared/data), computed here, equal the library's
+    constants to their 4 decimals; one normalised pixel is (x - mean) / std."""
+    from pathlib import Path
+
+    from eqprop.training.data import load_dataset, read_idx
+
+    root = Path(__file__).resolve().parents[3] / "shared" / "data" / folder
+    files = sorted(root.glob("train-images-idx3-ubyte*"))
+    if not files:
+        pytest.skip(f"the shared {name} files are not here")
+    pixels = read_idx(files[0]).astype(np.float64) / 255.0
+    data = load_dataset(name, root, limit_train=4, limit_test=4)
+    assert data.mean[0] == pytest.approx(pixels.mean(), abs=5e-5)
+    assert data.std[0] == pytest.approx(pixels.std(), abs=5e-5)
+    x, _ = data.normalized("train").tensors
+    raw = float(data.train_images[2, 0, 16, 16]) / 255.0  # padded to 32x32: pixel (14, 14) of the image
+    assert float(x[2, 0, 16, 16]) == pytest.approx((raw - data.mean[0]) / data.std[0], abs=1e-6)
