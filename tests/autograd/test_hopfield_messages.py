@@ -75,7 +75,7 @@ def test_fast_engine_gives_the_autograd_reference_updates_in_fp32(name):
     net, x, labels = small_conv()
     net = net.float()
     x = x.float()
-    kw = dict(free_iterations=30, nudged_iterations=8, **({} if name == "TBP" else {"beta": 0.2}))
+    kw = dict(free_iterations=30, nudged_iterations=8, **({} if name in ("TBP", "CL") else {"beta": 0.2}))
     a = get_algorithm(name, engine="messages", **kw).step(net, x, labels).grads
     b = get_algorithm(name, engine="autograd", **kw).step(net, x, labels).grads
     assert all(g.dtype == torch.float32 for g in a)

@@ -37,7 +37,7 @@ def _network(term, n_out):
 
 
 def _cpl_update(net, o_star, y_onehot_target, algorithm, beta):
-    alg = get_algorithm(algorithm, beta=beta, free_iterations=1, nudged_iterations=1)
+    alg = get_algorithm(algorithm, ignore_unknown=True, beta=beta, free_iterations=1, nudged_iterations=1)  # CL: beta=1
     x = torch.zeros(1, 1, dtype=torch.float64)
     free = RelaxResult([x, o_star.view(1, -1)], 0)
     (g,) = alg.gradients(net, x, y_onehot_target.view(1, -1), free)
