@@ -25,6 +25,7 @@ _spec.loader.exec_module(rr)
 
 TINY = ["free_iterations=4", "nudged_iterations=2", "channels=[8,16,16]", "limit_train=192", "limit_test=64"]
 TINY += ["progress=false", "batch_size=64", "tensorboard=false", "init=persistent", "bias_init=uniform"]
+TINY += ["threads=1"]  # one thread per training process: two on a busy 2-core machine made epochs 50x slower
 
 
 def _xz_cifar(root, n=3):
