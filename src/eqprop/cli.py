@@ -251,6 +251,18 @@ def version_line() -> str:
     return f"eqprop {__version__} (torch {installed('torch')}, torchvision {installed('torchvision')}, Python {python})"
 
 
+def _add_import_option(p: argparse.ArgumentParser) -> None:
+    """``--import MODULE`` (repeatable), on every command that reads a config."""
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module (or .py file) that registers your models, rules or data sets (config key imports)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eqprop", description="Energy-based learning with equilibrium propagation")
     parser.add_argument("--version", action="version", version=version_line())
@@ -280,14 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--help-config", action="store_true", help="list the config keys, their types and defaults")
     p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
-    p.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="import a module (or .py file) that registers your models, rules or data sets (config key imports)",
-    )
+    _add_import_option(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="re-measure a run's test error from a checkpoint")
@@ -295,14 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value, e.g. data_dir=... or device=cpu")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
-    p.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="import a module (or .py file) that registers your models, rules or data sets (config key imports)",
-    )
+    _add_import_option(p)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser(
@@ -343,14 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--study-name", help="the grid's name in the storage (default: the --out folder's name)")
     p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
-    p.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="import a module (or .py file) that registers your models, rules or data sets (config key imports)",
-    )
+    _add_import_option(p)
     p.set_defaults(func=_cmd_study)
 
     p = sub.add_parser("tune", help="hyperparameter search on Optuna; workers on many machines share one storage")
@@ -367,14 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat", type=int, default=60, help="seconds between a trial's heartbeats (0: none)")
     p.add_argument("--out", default="runs/tune", help="where the trials' run directories go (default: runs/tune)")
     p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
-    p.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="import a module (or .py file) that registers your models, rules or data sets (config key imports)",
-    )
+    _add_import_option(p)
     p.set_defaults(func=_cmd_tune)
     return parser
 
