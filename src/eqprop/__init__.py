@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         set_fused_kernels,
     )
     from .errors import ConfigError, DataError, RunError
+    from .logs import get_logger, set_verbosity, use_root_logging
     from .models import (
         MODELS,
         VGG_ARCHS,
@@ -94,6 +95,8 @@ if TYPE_CHECKING:
     from .training.trainer import Trainer, evaluate, load_run
 
 __version__ = "0.1.0"
+
+from . import logs as _logs  # noqa: E402  (no torch; gives the ``eqprop`` logger its console handler)
 
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
@@ -179,6 +182,9 @@ _EXPORTS: dict[str, str] = {
     "load_model": ".training.saved",
     "export_model": ".training.saved",
     "seed_everything": ".training.run_directory",
+    "get_logger": ".logs",
+    "set_verbosity": ".logs",
+    "use_root_logging": ".logs",
 }
 
 __all__ = list(_EXPORTS)

@@ -174,7 +174,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .training.results import plot_runs
 
-    print(f"eqprop: wrote {plot_runs(args.run_dirs, _writing(args.output, 'curves.png'))}")
+    written = plot_runs(args.run_dirs, _writing(args.output, "curves.png"), mean_over_seeds=args.mean)
+    print(f"eqprop: wrote {written}")
     return 0
 
 
@@ -263,12 +264,26 @@ def _add_import_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _output_options() -> argparse.ArgumentParser:
+    """``-q/--quiet`` and ``-v/--verbose``, on every command: the level of eqprop's log (:mod:`eqprop.logs`)."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_mutually_exclusive_group()
+    group.add_argument(
+        "-q", "--quiet", dest="verbosity", action="store_const", const="WARNING", help="print only warnings and errors"
+    )
+    group.add_argument(
+        "-v", "--verbose", dest="verbosity", action="store_const", const="DEBUG", help="also print debugging details"
+    )
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eqprop", description="Energy-based learning with equilibrium propagation")
     parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True)
+    common = _output_options()
 
-    p = sub.add_parser("train", help="train a model (default: small DCHN, C-EP, digits)")
+    p = sub.add_parser("train", parents=[common], help="train a model (default: small DCHN, C-EP, digits)")
     p.add_argument(
         "items",
         nargs="*",
@@ -295,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_import_option(p)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="re-measure a run's test error from a checkpoint")
+    p = sub.add_parser("eval", parents=[common], help="re-measure a run's test error from a checkpoint")
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. data_dir=... or device=cpu")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
@@ -304,25 +319,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser(
-        "export", help="write a run's trained weights and config to one file (torch.load weights_only, or safetensors)"
+        "export",
+        parents=[common],
+        help="write a run's trained weights and config to one file (torch.load weights_only, or safetensors)",
     )
     p.add_argument("run_dir")
     p.add_argument("-o", "--output", required=True, help="FILE.pt or FILE.safetensors (a directory: RUN_NAME.pt in it)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("plot", help="PNG learning curves of one or more runs")
+    p = sub.add_parser("plot", parents=[common], help="PNG learning curves of one or more runs")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("-o", "--output", default="curves.png")
+    p.add_argument(
+        "--mean",
+        action="store_true",
+        help="one colour per setting: the mean over its seeds, a min-max band, each seed faint (as eqprop study)",
+    )
     p.set_defaults(func=_cmd_plot)
 
-    p = sub.add_parser("table", help="Markdown table (rows: algorithms, columns: data sets; mean ± std over seeds)")
+    p = sub.add_parser(
+        "table", parents=[common], help="Markdown table (rows: algorithms, columns: data sets; mean ± std over seeds)"
+    )
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--metric", choices=["final", "best"], default="final")
     p.add_argument("-o", "--output", help="also write the table to this file")
     p.set_defaults(func=_cmd_table)
 
-    p = sub.add_parser("study", help="run a grid of algorithms x data sets x seeds, then tabulate and plot it")
+    p = sub.add_parser(
+        "study", parents=[common], help="run a grid of algorithms x data sets x seeds, then tabulate and plot it"
+    )
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     p.add_argument("--algorithms", nargs="+")
@@ -344,7 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_import_option(p)
     p.set_defaults(func=_cmd_study)
 
-    p = sub.add_parser("tune", help="hyperparameter search on Optuna; workers on many machines share one storage")
+    p = sub.add_parser(
+        "tune", parents=[common], help="hyperparameter search on Optuna; workers on many machines share one storage"
+    )
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every trial")
     p.add_argument("--space", required=True, help="YAML: config key -> {type: float|int|categorical, low, high, ...}")
@@ -384,6 +412,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    from .logs import set_verbosity
+
+    set_verbosity(getattr(args, "verbosity", None) or "INFO")
     try:
         from .registry import import_extensions, load_plugins
 

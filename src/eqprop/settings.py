@@ -18,7 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .errors import ConfigError
+from .errors import ConfigError, Problems
 from .registry import canonical_name
 
 __all__ = [
@@ -110,12 +110,19 @@ class Section:
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
+        problems = Problems()  # every problem at once: a mistyped key is reported and its default is range-checked
         for f in dataclasses.fields(self):
-            value = check_type(f.name, getattr(self, f.name), hints[f.name])
-            if f.metadata.get("path") and isinstance(value, str):
-                value = expand_path(f.name, value)
+            try:
+                value = check_type(f.name, getattr(self, f.name), hints[f.name])
+                if f.metadata.get("path") and isinstance(value, str):
+                    value = expand_path(f.name, value)
+            except ConfigError as exc:
+                problems.found.extend(exc.problems)
+                value = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
             setattr(self, f.name, value)
-        self.validate()
+        with problems.check():
+            self.validate()
+        problems.raise_any()
 
     def validate(self) -> None:
         """Check ranges and choices (the owner module's rules); raise ConfigError naming the key."""
@@ -124,20 +131,26 @@ class Section:
         """Checks that need the other sections (``cfg``: the whole config, every section built and validated)."""
 
     def at_least(self, minimum: float, *keys: str) -> None:
-        """Each of ``keys`` (None allowed) is >= ``minimum``."""
+        """Each of ``keys`` (None allowed) is >= ``minimum`` (every key that is not is named)."""
+        problems = Problems()
         for key in keys:
             value = getattr(self, key)
             if value is not None and value < minimum:
-                raise ConfigError(f"config key {key!r} must be >= {minimum:g}, got {value}")
+                with problems.check():
+                    raise ConfigError(f"config key {key!r} must be >= {minimum:g}, got {value}")
+        problems.raise_any()
 
     def positive(self, *keys: str) -> None:
         """Each of ``keys`` is > 0 (or null, where its type allows null)."""
         hints = typing.get_type_hints(type(self))
+        problems = Problems()
         for key in keys:
             value = getattr(self, key)
             if value is not None and not value > 0:
                 optional = type(None) in typing.get_args(hints[key])
-                raise ConfigError(f"config key {key!r} must be > 0{' or null' if optional else ''}, got {value}")
+                with problems.check():
+                    raise ConfigError(f"config key {key!r} must be > 0{' or null' if optional else ''}, got {value}")
+        problems.raise_any()
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, Any, str]]:

@@ -220,3 +220,162 @@ def test_rhel_equals_autograd_through_a_hand_written_leapfrog():
         errs.append(rel_error(grads, ref))
     assert errs[1] < 1e-5
     assert 1.8 < math.log10(errs[0] / errs[1]) < 2.2  # O(eps^2)
+
+
+# ---- a conv + max-pool Hopfield network (DCHN, eqs. 19 and 96-101) relaxed by a hand-written loop ---------------
+def hand_pool(z):
+    """2x2 max-pooling written out: each window's max and the position (0..3, row-major, first of ties) it took."""
+    b, c, h, w = z.shape
+    windows = z.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(b, c, h // 2, w // 2, 4)
+    return windows.max(-1)
+
+
+def hand_unpool(u, where):
+    """The transpose of hand_pool at fixed positions: u put back where each window's max was, zeros elsewhere."""
+    b, c, h, w = u.shape
+    windows = torch.zeros(b, c, h, w, 4, dtype=u.dtype).scatter(-1, where.unsqueeze(-1), u.unsqueeze(-1))
+    return windows.reshape(b, c, h, w, 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(b, c, 2 * h, 2 * w)
+
+
+def conv_net(seed=0):
+    """1x8x8 -> conv3x3 + pool -> 3x4x4 -> conv3x3 + pool -> 4x2x2 -> dense -> 3, biases drawn away from zero."""
+    from eqprop import dchn
+
+    torch.manual_seed(seed)
+    net = dchn(1, 3, 8, channels=(3, 4), gains=(1.5, 1.5, 1.0)).double()
+    with torch.no_grad():
+        for k in (1, 2, 3):
+            net.interactions[f"bias{k}"].bias.uniform_(0.0, 0.3)
+    x = torch.randn(5, 1, 8, 8, dtype=F64)
+    labels = torch.randint(0, 3, (5,))
+    return net, x, labels, F.one_hot(labels, 3).to(F64)
+
+
+def conv_params(net):
+    i = net.interactions
+    return (i["conv1"].weight, i["conv2"].weight, i["dense3"].weight), (
+        i["bias1"].bias,
+        i["bias2"].bias,
+        i["bias3"].bias,
+    )
+
+
+@torch.no_grad()
+def hand_conv_relax(net, states, iterations, beta=0.0, y=None):
+    """The asynchronous schedule at the library's defaults, written out: the even layers (s2) first, then the odd
+    ones (s1, the output s3). Hidden: s_k <- clip(P(w_k * s_{k-1}) + b_k + w_{k+1}^T * U(s_{k+1}), 0, 1), with U the
+    transpose of the max-pooling at the current s_k; output: o <- (m + 2 beta y) / (1 + 2 beta), m = W s_2 + b."""
+    (w1, w2, W3), (b1, b2, b3) = conv_params(net)
+    s = [t.clone() for t in states]
+
+    def feedback(k):  # d/ds_k of s_{k+1} . P(w_{k+1} * s_k), at the current s_k
+        if k == 1:
+            _, where = hand_pool(F.conv2d(s[1], w2, padding=1))
+            return F.conv_transpose2d(hand_unpool(s[2], where), w2, padding=1)
+        return (s[3] @ W3).reshape(s[2].shape)
+
+    def update(k):
+        if k < 3:
+            w, b = (w1, b1) if k == 1 else (w2, b2)
+            pooled, _ = hand_pool(F.conv2d(s[k - 1], w, padding=1))
+            return (pooled + b[:, None, None] + feedback(k)).clamp(0, 1)
+        m = s[2].flatten(1) @ W3.t() + b3
+        return m if y is None else (m + 2 * beta * y) / (1 + 2 * beta)
+
+    for _ in range(iterations):
+        s[2] = update(2)
+        new1, new3 = update(1), update(3)  # the odd layers do not interact: both from the same state
+        s[1], s[3] = new1, new3
+    return s
+
+
+def conv_energy_grads(net, s):
+    """dE/dtheta at fixed states (batch mean): autograd of the energy terms written here, E = 1/2 sum ||s_k||^2 -
+    sum_k s_k . P(w_k * s_{k-1}) - s_3 . W s_2 - sum_k b_k . s_k."""
+    params = [p.detach().clone().requires_grad_(True) for ws in conv_params(net) for p in ws]
+    w1, w2, W3, b1, b2, b3 = params
+    with torch.enable_grad():
+        coupling = (s[1] * hand_pool(F.conv2d(s[0], w1, padding=1))[0]).sum()
+        coupling = coupling + (s[2] * hand_pool(F.conv2d(s[1], w2, padding=1))[0]).sum()
+        coupling = coupling + (s[3] * (s[2].flatten(1) @ W3.t())).sum()
+        biases = (s[1] * b1[:, None, None]).sum() + (s[2] * b2[:, None, None]).sum() + (s[3] * b3).sum()
+        grads = torch.autograd.grad(-(coupling + biases) / len(s[0]), params)
+    order = {"conv1": 0, "conv2": 1, "dense3": 2, "bias1": 3, "bias2": 4, "bias3": 5}
+    return [grads[order[name.split(".")[1]]] for name, _ in net.named_parameters()]
+
+
+def test_conv_maxpool_relaxation_and_c_ep_equal_a_hand_written_loop_at_the_library_defaults():
+    """A DCHN's free phase at the Python defaults (asynchronous, even layers first, T = 60 from zeros) equals the
+    hand-written loop, and C-EP's update (K = 15, beta = 0.2, squared error) equals the contrast of the hand
+    loop's nudged states. A wrong order, unpooling, transpose convolution or output update fails the first check."""
+    net, x, labels, y = conv_net()
+    rule = get_algorithm("CEP", beta=0.2)
+    assert (rule.phases.free_iterations, rule.phases.nudged_iterations) == (60, 15)
+    start = net.init_state(x)
+    free_hand = hand_conv_relax(net, start, 60)
+    free = rule.free_phase(net, x).states
+    assert max(float((a - b).abs().max()) for a, b in zip(free, free_hand)) < 1e-12
+    active = free_hand[1][(free_hand[1] > 0) & (free_hand[1] < 1)]
+    assert active.numel() > 10  # the clip is not everywhere: the check can fail
+    assert float(free_hand[3].abs().max()) > 1e-2
+    # a few iterations: the order matters there (odd first gives other states)
+    two = hand_conv_relax(net, start, 2)
+    with torch.no_grad():
+        even, odd = relax(net, start, 2).states, relax(net, start, 2, first="odd").states
+    assert max(float((a - b).abs().max()) for a, b in zip(even, two)) < 1e-12
+    assert max(float((a - b).abs().max()) for a, b in zip(odd, two)) > 1e-3
+
+    nudged = {b: hand_conv_relax(net, free_hand, 15, beta=b, y=y) for b in (-0.2, 0.2)}
+    oracle = [(g2 - g1) / 0.4 for g1, g2 in zip(*(conv_energy_grads(net, nudged[b]) for b in (-0.2, 0.2)))]
+    grads = rule.step(net, x, labels).grads
+    assert rel_error(grads, oracle) < 1e-10
+    assert min(float(g.abs().max()) for g in oracle) > 1e-4
+
+
+# ---- RBP against an implicit solve written out, on a saturating hard-sigmoid network ------------------------------
+def test_rbp_equals_a_hand_written_implicit_solve_on_a_saturating_network():
+    """At the free fixed point s* (units clipped at 0 or 1 are constant, the active ones satisfy
+    s_A = [grad_s Phi]_A), implicit differentiation gives dC/dtheta = lambda^T d[grad_s Phi]_A / dtheta with
+    (I - Hess_s Phi)_AA lambda = dC/ds_A, written here per sample with a dense linear solve: for
+    Phi = sum_k s_k^T W_k s_{k-1} + b_k^T s_k, dC/dW_k = lambda_k s_{k-1}^T + s_k lambda_{k-1}^T, dC/db_k = lambda_k.
+    The library's RBP (conjugate gradients on autograd Hessian-vector products) must agree."""
+    torch.manual_seed(4)
+    net = hopfield_mlp((6, 5, 4, 3), gains=(2.0, 1.6, 1.0)).double()
+    with torch.no_grad():
+        for k in (1, 2, 3):
+            net.interactions[f"bias{k}"].bias.uniform_(-0.2, 0.6)
+    x = torch.rand(6, 6, dtype=F64)
+    labels = torch.randint(0, 3, (6,))
+    y = F.one_hot(labels, 3).to(F64)
+    W, b = ([t.detach() for t in ts] for ts in weights(net))
+    s = hand_relax(net, net.init_state(x), 300)
+    assert max(float((t - u).abs().max()) for t, u in zip(s, hand_relax(net, s, 1))) < 1e-13  # a fixed point
+    hidden = torch.cat([s[1], s[2]], 1)
+    saturated = float(((hidden == 0) | (hidden == 1)).double().mean())
+    assert 0.15 < saturated < 0.85  # the network saturates, but not everywhere
+
+    offsets = [0, 5, 9, 12]
+    M = torch.zeros(12, 12, dtype=F64)  # Hess_s Phi over (s1, s2, s3): the couplings W_2, W_3 and transposes
+    for k in (2, 3):
+        rows, cols = slice(offsets[k - 1], offsets[k]), slice(offsets[k - 2], offsets[k - 1])
+        M[rows, cols] = W[k - 1]
+        M[cols, rows] = W[k - 1].t()
+    grads = [torch.zeros_like(p) for p in (W[0], b[0], W[1], b[1], W[2], b[2])]
+    n = len(x)
+    for i in range(n):
+        units = torch.cat([s[1][i], s[2][i], s[3][i]])
+        active = torch.cat([(s[1][i] > 0) & (s[1][i] < 1), (s[2][i] > 0) & (s[2][i] < 1), torch.ones(3, dtype=bool)])
+        dC = torch.zeros(12, dtype=F64)
+        dC[9:] = 2 * (units[9:] - y[i])  # C = ||o - y||^2
+        A = active.nonzero().flatten()
+        lam = torch.zeros(12, dtype=F64)
+        lam[A] = torch.linalg.solve(torch.eye(len(A), dtype=F64) - M[A][:, A], dC[A])
+        lams = [torch.zeros(6, dtype=F64)] + [lam[offsets[k] : offsets[k + 1]] for k in range(3)]
+        states = [x[i], s[1][i], s[2][i], s[3][i]]
+        for k in (1, 2, 3):
+            grads[2 * (k - 1)] += (torch.outer(lams[k], states[k - 1]) + torch.outer(states[k], lams[k - 1])) / n
+            grads[2 * (k - 1) + 1] += lams[k] / n
+
+    rbp = get_algorithm("RBP", free_iterations=300, cg_tol=1e-13).step(net, x, labels).grads
+    assert rel_error(rbp, grads) < 1e-8
+    assert min(float(g.abs().max()) for g in grads) > 1e-3  # every tensor gets a gradient: the check can fail

@@ -218,3 +218,43 @@ def test_a_misspelt_key_gets_the_closest_names():
     with pytest.raises(ConfigError) as info:
         parse_overrides(["zzz=1"])
     assert "did you mean" not in str(info.value)
+
+
+def test_a_config_with_several_problems_names_every_one_at_once(tmp_path, capsys):
+    """Unknown keys, mistyped and out-of-range values and a rule that does not train the model: one error lists
+    them all (not one per attempt), each naming its key."""
+    from eqprop.cli import main
+
+    with pytest.raises(ConfigError) as info:
+        parse_overrides(["lr=3", "batch_size=-2", "free_iterations=-1", "algorithm=XEP", "beta=abc", "epoch=2"])
+    problems = info.value.problems
+    assert len(problems) == 6 and str(info.value).startswith("6 problems in the config:")
+    needles = (
+        "'lr' (did you mean 'lrs'",
+        "'batch_size' must be >= 1",
+        "'free_iterations' must be >= 1",
+        "'algorithm': 'XEP' is not valid",
+        "'beta': expected float",
+        "'epoch' (did you mean 'epochs'",
+    )
+    for needle in needles:
+        assert sum(needle in p for p in problems) == 1, needle
+    # the checks across sections are collected too: a rule that does not train the model, and persistent init on
+    # a model that does not relax
+    with pytest.raises(ConfigError) as info:
+        parse_overrides(["model=hssm", "algorithm=CEP", "init=persistent"])
+    assert len(info.value.problems) == 2
+    assert any("does not train model 'hssm'" in p for p in info.value.problems)
+    assert any("init=persistent" in p for p in info.value.problems)
+    # one problem keeps its plain message; a YAML file's problems are all named with the file
+    with pytest.raises(ConfigError) as info:
+        parse_overrides(["batch_size=0"])
+    assert info.value.problems == [str(info.value)] and "problems in the config" not in str(info.value)
+    path = tmp_path / "exp.yaml"
+    path.write_text("batch_size: 0\nbetta: 1\nrelax: {free_iterations: 0, free_iteration: 3}\n")
+    assert main(["train", str(path), "epochs=1"]) == 2
+    err = capsys.readouterr().err
+    assert "4 problems in the config" in err and str(path) in err
+    for needle in ("'batch_size' must be >= 1", "'betta' (did you mean 'beta'", "'free_iterations' must be >= 1",
+                   "'free_iteration' in section 'relax'"):  # fmt: skip
+        assert needle in err, needle

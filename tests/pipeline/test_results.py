@@ -105,3 +105,50 @@ def test_plot_puts_a_diverged_runs_loss_on_a_log_axis(tmp_path, monkeypatch):
     plot_runs([good], tmp_path / "a.png")
     plot_runs([good, bad], tmp_path / "b.png")
     assert scales == ["linear", "log"]
+
+
+def test_mean_over_seeds_draws_one_colour_per_setting_with_the_mean_a_band_and_faint_seeds(tmp_path, monkeypatch):
+    """Three seeds of CEP and one of TBP: CEP's bold test curve is the mean of the seeds at each epoch, its band
+    spans their min and max, each seed is drawn faint in the same colour; TBP (one seed) is a plain line."""
+    import matplotlib.collections
+    import matplotlib.figure
+
+    seen = {}
+    original = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        ax = fig.axes[0]
+        seen["lines"] = [(line.get_color(), line.get_alpha(), line.get_linewidth(), line.get_linestyle(),
+                          list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines]  # fmt: skip
+        seen["bands"] = [c for c in ax.collections if isinstance(c, matplotlib.collections.PolyCollection)]
+        seen["legend"] = [t.get_text() for t in fig.legends[0].get_texts()]
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    errors = {0: [0.5, 0.3, 0.2], 1: [0.6, 0.2, 0.1], 2: [0.4, 0.4, 0.3]}
+    runs = []
+    for seed, errs in errors.items():
+        d = fake_run(tmp_path, f"cep{seed}", "mnist", errs)
+        (d / "config.json").write_text(json.dumps({"algorithm": "CEP", "dataset": "mnist", "seed": seed}))
+        runs.append(d)
+    tbp = fake_run(tmp_path, "tbp", "mnist", [0.5, 0.25, 0.15])
+    (tbp / "config.json").write_text(json.dumps({"algorithm": "TBP", "dataset": "mnist", "seed": 0}))
+    plot_runs([*runs, tbp], tmp_path / "s.png", mean_over_seeds=True)
+
+    cep_colour = seen["lines"][0][0]
+    bold = [line for line in seen["lines"] if line[0] == cep_colour and line[2] == 2.0 and line[3] == "-"]
+    (mean,) = bold
+    expected = [100 * sum(e[i] for e in errors.values()) / 3 for i in range(3)]
+    assert mean[4] == [1, 2, 3] and mean[5] == pytest.approx(expected)
+    faint = [line for line in seen["lines"] if line[0] == cep_colour and line[1] == 0.35 and line[3] == "-"]
+    assert sorted(tuple(line[5]) for line in faint) == sorted(tuple(100 * e for e in errs) for errs in errors.values())
+    # the test-error band of CEP spans the seeds' min and max at every epoch
+    band = seen["bands"][0].get_paths()[0].vertices
+    for i, epoch in enumerate([1, 2, 3]):
+        ys = band[abs(band[:, 0] - epoch) < 1e-9][:, 1]
+        assert min(ys) == pytest.approx(100 * min(e[i] for e in errors.values()))
+        assert max(ys) == pytest.approx(100 * max(e[i] for e in errors.values()))
+    tbp_lines = [line for line in seen["lines"] if line[0] != cep_colour]
+    assert len(tbp_lines) == 2 and all(line[1] is None for line in tbp_lines)  # test and train, plain
+    assert seen["legend"][:2] == ["CEP mnist (mean of 3 seeds)", "TBP mnist (seed 0)"]
+    assert "min-max over seeds (band)" in seen["legend"]

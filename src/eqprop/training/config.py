@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import ConfigError
+from ..errors import ConfigError, Problems
 from ..models.base import MODELS, ModelSection, model_spec
 from ..registry import canonical_name
 from ..rules.base import ALGORITHMS, RuleSection, algorithm_models, trains
@@ -187,12 +187,15 @@ class TrainConfig:
 
     def __init__(self, **settings: Any) -> None:
         given = {k: settings.pop(k) for k in list(settings) if k in SECTIONS and isinstance(settings[k], Section)}
-        changes = with_model_defaults(sectioned(settings), given)
+        problems = Problems()  # every unknown key and every section's problems at once, then the checks across
+        changes = with_model_defaults(sectioned(settings, problems=problems), given)
         for name, cls in SECTIONS.items():
-            section = given.get(name) or cls(**changes[name])
-            if name in given and changes[name]:
-                section = cls(**{**dataclasses.asdict(section), **changes[name]})
-            object.__setattr__(self, name, section)
+            with problems.check():
+                section = given.get(name) or cls(**changes[name])
+                if name in given and changes[name]:
+                    section = cls(**{**dataclasses.asdict(section), **changes[name]})
+                object.__setattr__(self, name, section)
+        problems.raise_any()
         validate(self)
 
     def __getattr__(self, key: str) -> Any:  # only called for names that are not sections: the flat aliases
@@ -244,32 +247,37 @@ def with_model_defaults(
 def validate(cfg: TrainConfig) -> None:
     """What no one section can check: each section's checks against the others (``Section.check_config``), that
     the rule trains the model, and that the signals fit both."""
+    problems = Problems()  # every problem at once
     for name in SECTIONS:
-        getattr(cfg, name).check_config(cfg)
+        with problems.check():
+            getattr(cfg, name).check_config(cfg)
     spec = model_spec(cfg.model.kind)
+
+    def problem(message: str) -> None:
+        with problems.check():
+            raise ConfigError(message)
+
     if not trains(cfg.rule.algorithm, cfg.model.kind):
         fits = [a for a in ALGORITHMS if trains(a, cfg.model.kind)]
-        raise ConfigError(
+        problem(
             f"algorithm {cfg.rule.algorithm!r} does not train model {cfg.model.kind!r} (it trains "
             f"{list(algorithm_models(cfg.rule.algorithm))}); algorithms for model {cfg.model.kind!r}: {fits}"
         )
     if cfg.relax.init == "persistent" and not spec.persistent_init:
         able = [m for m, sp in MODELS.items() if sp.persistent_init]
-        raise ConfigError(
+        problem(
             f"config key 'init=persistent' carries a relaxed state between training steps; model "
             f"{cfg.model.kind!r} does not relax its free phase (use one that does: {', '.join(able)})"
         )
     kind = cfg.signals.kind
     if kind != "none" and cfg.run.precision != "float32":
-        raise ConfigError(f"signals={kind!r} run in float32 (the KD teacher and LE readouts); use precision=float32")
-    if kind != "none":
-        if cfg.rule.algorithm not in ("PEP", "NEP", "CEP"):
-            raise ConfigError(
-                f"signals={kind!r} need EP nudging: use algorithm PEP, NEP or CEP, not {cfg.rule.algorithm!r}"
-            )
-        if kind in ("kd", "kdw") and not spec.blocks:
-            blocky = [m for m, sp in MODELS.items() if sp.blocks]
-            raise ConfigError(f"signals={kind!r} distil a conv teacher's block logits: use model={' or '.join(blocky)}")
+        problem(f"signals={kind!r} run in float32 (the KD teacher and LE readouts); use precision=float32")
+    if kind != "none" and cfg.rule.algorithm not in ("PEP", "NEP", "CEP"):
+        problem(f"signals={kind!r} need EP nudging: use algorithm PEP, NEP or CEP, not {cfg.rule.algorithm!r}")
+    if kind in ("kd", "kdw") and not spec.blocks:
+        blocky = [m for m, sp in MODELS.items() if sp.blocks]
+        problem(f"signals={kind!r} distil a conv teacher's block logits: use model={' or '.join(blocky)}")
+    problems.raise_any()
 
 
 # keys that no longer exist, with what replaces them
@@ -279,44 +287,62 @@ REMOVED = {
 }
 
 
-def sectioned(values: Mapping[str, Any], where: str = "") -> dict[str, dict[str, Any]]:
-    """A mapping of flat keys, ``section.key`` keys and section mappings, as {section: {field: value}}."""
+def sectioned(
+    values: Mapping[str, Any], where: str = "", problems: Problems | None = None
+) -> dict[str, dict[str, Any]]:
+    """A mapping of flat keys, ``section.key`` keys and section mappings, as {section: {field: value}}. Every
+    unknown key is reported at once: raised, or added to ``problems`` (and left out) when given."""
     out: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    found = Problems() if problems is None else problems
     for key, value in values.items():
-        name = key.split(".", 1)[-1]
-        if name in REMOVED or (key in SECTIONS and isinstance(value, Mapping) and set(value) & set(REMOVED)):
-            raise ConfigError(where + REMOVED[name if name in REMOVED else sorted(set(value) & set(REMOVED))[0]])
-        if key in SECTIONS and isinstance(value, Mapping):
-            fields = {f.name for f in dataclasses.fields(SECTIONS[key])}
-            for sub, v in value.items():
-                if sub in fields:
-                    out[key][sub] = v
-                elif sub in FLAT and key in SECTIONS[FLAT[sub][0]].moved_from:  # a key that moved to its own section
-                    out[FLAT[sub][0]][FLAT[sub][1]] = v
-                else:
+        with found.check():
+            _section_key(out, key, value, where)
+    if problems is None:
+        found.raise_any()
+    return out
+
+
+def _section_key(out: dict[str, dict[str, Any]], key: str, value: Any, where: str) -> None:
+    """Put one key of a mapping (flat, ``section.key`` or a section mapping) into ``out``."""
+    name = key.split(".", 1)[-1]
+    if name in REMOVED or (key in SECTIONS and isinstance(value, Mapping) and set(value) & set(REMOVED)):
+        raise ConfigError(where + REMOVED[name if name in REMOVED else sorted(set(value) & set(REMOVED))[0]])
+    if key in SECTIONS and isinstance(value, Mapping):
+        fields = {f.name for f in dataclasses.fields(SECTIONS[key])}
+        problems = Problems()
+        for sub, v in value.items():
+            if sub in fields:
+                out[key][sub] = v
+            elif sub in FLAT and key in SECTIONS[FLAT[sub][0]].moved_from:  # a key that moved to its own section
+                out[FLAT[sub][0]][FLAT[sub][1]] = v
+            else:
+                with problems.check():
                     raise ConfigError(
                         f"{where}unknown key {sub!r} in section {key!r}{_did_you_mean(sub, sorted(fields))}; valid "
                         f"keys are {sorted(fields)}" + _elsewhere(sub)
                     )
-        elif "." in key and key.split(".", 1)[0] in SECTIONS:
-            section, sub = key.split(".", 1)
-            for name, moved in sectioned({section: {sub: value}}, where).items():
-                out[name].update(moved)
-        elif key in FLAT:
-            section, name = FLAT[key]
-            out[section][name] = value
-        elif key in SECTIONS:  # a section given a scalar: relax=5
-            keys = sorted(f.name for f in dataclasses.fields(SECTIONS[key]))
-            raise ConfigError(
-                f"{where}{key!r} is a config section, not a key: set one of its keys, {key}.KEY=VALUE (or the flat "
-                f"KEY=VALUE; in YAML `{key}: {{KEY: VALUE}}`), got {key}={value!r}; its keys are {keys}"
-            )
-        else:
-            raise ConfigError(
-                f"{where}unknown config key {key!r}{_did_you_mean(key, [*FLAT, *SECTIONS])}; valid keys are "
-                f"{sorted(FLAT)} (or the sections {list(SECTIONS)})"
-            )
-    return out
+        problems.raise_any()
+    elif "." in key and key.split(".", 1)[0] in SECTIONS:
+        section, sub = key.split(".", 1)
+        for name, moved in sectioned({section: {sub: value}}, where).items():
+            out[name].update(moved)
+    elif key in FLAT:
+        section, name = FLAT[key]
+        out[section][name] = value
+    elif key in SECTIONS:  # a section given a scalar: relax=5
+        keys = sorted(f.name for f in dataclasses.fields(SECTIONS[key]))
+        raise ConfigError(
+            f"{where}{key!r} is a config section, not a key: set one of its keys, {key}.KEY=VALUE (or the flat "
+            f"KEY=VALUE; in YAML `{key}: {{KEY: VALUE}}`), got {key}={value!r}; its keys are {keys}"
+        )
+    else:
+        guess = _did_you_mean(key, [*FLAT, *SECTIONS])
+        valid = (  # a close match is the likely fix; without one, the whole list
+            "`eqprop train --help-config` lists every key"
+            if guess
+            else f"valid keys are {sorted(FLAT)} (or the sections {list(SECTIONS)})"
+        )
+        raise ConfigError(f"{where}unknown config key {key!r}{guess}; {valid}")
 
 
 def _did_you_mean(key: str, known: Sequence[str]) -> str:
@@ -367,11 +393,17 @@ def config_from_dict(values: Mapping[str, Any], base: TrainConfig | None = None)
     """A config from a mapping (flat keys, sections or both) applied to ``base`` (default: the defaults, with
     those of the model the mapping names)."""
     _import_named(values, base)
-    changes = sectioned(values)
-    if base is None:
-        return TrainConfig(**changes)
-    current = base.to_dict()
-    return TrainConfig(**{name: {**current[name], **changes[name]} for name in SECTIONS})
+    problems = Problems()  # the unknown keys with the problems of the known ones
+    changes = sectioned(values, problems=problems)
+    cfg = None
+    with problems.check():
+        if base is not None:
+            current = base.to_dict()
+            changes = {name: {**current[name], **changes[name]} for name in SECTIONS}
+        cfg = TrainConfig(**changes)
+    problems.raise_any()
+    assert cfg is not None
+    return cfg
 
 
 def _parse_scalar(raw: str) -> Any:
@@ -450,10 +482,15 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"config file {path} must hold a mapping of config keys, got {type(data).__name__}")
     base = data.pop("base", None)
     study = data.pop("study", None)
-    try:
-        data = sectioned(data)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    problems = Problems()
+    data = sectioned(data, problems=problems)
+    if problems:  # the unknown keys, with the problems of the known ones
+        with problems.check():
+            config_from_dict(data)
+        try:
+            problems.raise_any()
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}", exc.problems) from None
     if base is not None:
         parent = read_yaml(path.parent / base, (*_seen, path.resolve()))
         study = {**parent.pop("study", {}), **(study or {})} or None
@@ -474,6 +511,12 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     # one mapping, so that the model's defaults sit under both the file and the overrides
-    changes = sectioned(override_values(overrides))
+    problems = Problems()  # the overrides' unknown keys with every other problem
+    changes = sectioned(override_values(overrides), problems=problems)
     merged = {name: {**data.get(name, {}), **changes[name]} for name in SECTIONS}
-    return config_from_dict(merged)
+    cfg = None
+    with problems.check():
+        cfg = config_from_dict(merged)
+    problems.raise_any()
+    assert cfg is not None
+    return cfg

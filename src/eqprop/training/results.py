@@ -115,9 +115,10 @@ def plot_diagnostics(run_dirs: str | Path | Sequence[str | Path], path: str | Pa
     return _save(fig, path)
 
 
-def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
+def plot_runs(run_dirs: Sequence[str | Path], path: str | Path, mean_over_seeds: bool = False) -> Path:
     """PNG learning curves: train/test error and train/test loss per epoch, one line per run; returns the file
-    written (``path``, with ``.png`` added where it has no suffix)."""
+    written (``path``, with ``.png`` added where it has no suffix). With ``mean_over_seeds`` the runs that differ
+    only in their seed share one colour: their mean as a bold line, the min-max range as a band, each seed faint."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,36 +128,31 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
     runs = [read_run(d) for d in run_dirs]
     if not any(r.metrics for r in runs):
         raise DataError(f"no epoch metrics in {[str(r.path) for r in runs]}: nothing to plot")
-    labels = _distinct_labels(runs)
+    series = _series(runs, mean_over_seeds)
     top5 = [r for r in runs if r.metrics and _many_classes(r.config["dataset"]) and "test_top5_error" in r.metrics[0]]
     fig, axes = plt.subplots(1, 3 if top5 else 2, figsize=(16.5 if top5 else 11, 4))
     ax_err, ax_loss = axes[0], axes[1]
-    for k, (run, label) in enumerate(zip(runs, labels)):
-        if not run.metrics:
+    panels = [
+        (ax_err, "test_error", 100.0, "-", True),
+        (ax_err, "train_error", 100.0, "--", False),
+        (ax_loss, "test_loss", 1.0, "-", False),
+        (ax_loss, "train_loss", 1.0, "--", False),
+    ]
+    if top5:
+        panels.append((axes[2], "test_top5_error", 100.0, "-", False))
+    for k, (label, group) in enumerate(series):
+        group = [r for r in group if r.metrics]
+        if not group:
             continue
-        style = {"color": f"C{k % 10}", "marker": "o" if len(run.metrics) <= 30 else None, "markersize": 3}
-        epochs = [m["epoch"] for m in run.metrics]
-        ax_err.plot(epochs, [100 * m["test_error"] for m in run.metrics], label=label, **style)
-        ax_err.plot(epochs, [100 * m["train_error"] for m in run.metrics], ls="--", **style)
-        ax_loss.plot(epochs, [m["test_loss"] for m in run.metrics], **style)
-        ax_loss.plot(epochs, [m["train_loss"] for m in run.metrics], ls="--", **style)
+        color = f"C{k % 10}"
+        for ax, key, scale, ls, labelled in panels:
+            members = [r for r in group if key in r.metrics[0]]
+            if members:
+                _draw(ax, members, key, scale, color, ls, label if labelled else None)
     ax_err.set(xlabel="epoch", ylabel="error rate (%)", title="top-1 error (solid: test, dashed: train)")
     ax_loss.set(xlabel="epoch", ylabel="cost", title="loss (solid: test, dashed: train)")
     if top5:  # 100- and 1000-class sets: the top-5 test error the PCN paper reports
-        ax5 = axes[2]
-        for k, (run, label) in enumerate(zip(runs, labels)):
-            if run in top5:
-                epochs = [m["epoch"] for m in run.metrics]
-                marker = "o" if len(run.metrics) <= 30 else None
-                ax5.plot(
-                    epochs,
-                    [100 * m["test_top5_error"] for m in run.metrics],
-                    color=f"C{k % 10}",
-                    marker=marker,
-                    markersize=3,
-                    label=label,
-                )
-        ax5.set(xlabel="epoch", ylabel="top-5 error rate (%)", title="top-5 test error (100+ classes)")
+        axes[2].set(xlabel="epoch", ylabel="top-5 error rate (%)", title="top-5 test error (100+ classes)")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
@@ -168,14 +164,55 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
     losses = [y for line in ax_loss.lines for y in line.get_ydata() if y > 0 and math.isfinite(y)]
     if losses and max(losses) > 1e3 * min(losses):  # a diverged run's loss would flatten every other curve
         ax_loss.set_yscale("log")
-    # one legend outside the curves: a colour per run, then the two line styles
+    # one legend outside the curves: a colour per run (or per setting), then the two line styles
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     handles, names = ax_err.get_legend_handles_labels()
     handles += [Line2D([], [], color="0.3", ls="-"), Line2D([], [], color="0.3", ls="--")]
     names += ["test (solid)", "train (dashed)"]
+    if any(len(group) > 1 for _, group in series):
+        handles += [Line2D([], [], color="0.3", lw=0.8, alpha=0.35), Patch(color="0.3", alpha=0.15)]
+        names += ["one seed (faint)", "min-max over seeds (band)"]
     fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8, frameon=False)
     return _save(fig, path)
+
+
+def _series(runs: list[Run], mean_over_seeds: bool) -> list[tuple[str, list[Run]]]:
+    """(legend label, runs) per colour: each run alone, or the runs that differ only in their seed together."""
+    if not mean_over_seeds:
+        return [(label, [run]) for label, run in zip(_distinct_labels(runs), runs)]
+    rows = _variants(runs)
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(f"{rows[run.path]} {run.config['dataset']}", []).append(run)
+    out = []
+    for label, group in groups.items():
+        seeds = sorted({int(r.config["seed"]) for r in group})
+        shown = f"mean of {len(group)} seeds" if len(group) > 1 else f"seed {seeds[0]}"
+        out.append((f"{label} ({shown})", group))
+    return out
+
+
+def _draw(ax: Any, runs: list[Run], key: str, scale: float, color: str, ls: str, label: str | None) -> None:
+    """One run's curve of ``key``, or, for several, each faint, their mean bold and a min-max band (over the epochs
+    every run reached)."""
+    marker = "o" if max(len(r.metrics) for r in runs) <= 30 else None
+    if len(runs) == 1:
+        epochs = [m["epoch"] for m in runs[0].metrics]
+        values = [scale * m[key] for m in runs[0].metrics]
+        ax.plot(epochs, values, color=color, ls=ls, marker=marker, markersize=3, label=label)
+        return
+    curves = [{m["epoch"]: scale * m[key] for m in r.metrics} for r in runs]
+    for curve in curves:
+        ax.plot(list(curve), list(curve.values()), color=color, ls=ls, lw=0.8, alpha=0.35)
+    common = sorted(set.intersection(*(set(c) for c in curves)))
+    if not common:
+        return
+    stacked = [[c[e] for c in curves] for e in common]
+    ax.fill_between(common, [min(v) for v in stacked], [max(v) for v in stacked], color=color, alpha=0.15, lw=0)
+    mean = [statistics.fmean(v) for v in stacked]
+    ax.plot(common, mean, color=color, ls=ls, lw=2.0, marker=marker, markersize=3, label=label)
 
 
 def _distinct_labels(runs: list[Run]) -> list[str]:

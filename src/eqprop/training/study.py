@@ -194,7 +194,7 @@ def _run(
     finished += _earlier_runs(out, runs)
     if finished:
         (out / "table.md").write_text(results_table(finished) + "\n")
-        plot_runs(finished, out / "curves.png")
+        plot_runs(finished, out / "curves.png", mean_over_seeds=True)
         log(f"eqprop study: wrote {out / 'table.md'} and {out / 'curves.png'}")
     return runs
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import signal
@@ -33,6 +34,7 @@ from torch.overrides import TorchFunctionMode
 from ..core.network import EnergyNetwork
 from ..core.nudging import cost_precision, get_cost
 from ..errors import RunError
+from ..logs import get_logger
 from ..models.base import build_model, model_output, model_spec
 from ..rules.base import LearningAlgorithm, algorithm_options, get_algorithm
 from ..rules.contrastive import Contrastive
@@ -46,6 +48,8 @@ from .memory import require_fits
 from .optim import layer_rates, make_optimizer, make_scheduler
 from .run_directory import RunDirectory, provenance, read_checkpoint, restore_rng, rng_state
 from .teacher import ConvTeacher, TeacherFeatures, load_or_train_teacher
+
+_logger = get_logger(__name__)
 
 __all__ = [
     "TrainConfig",
@@ -339,11 +343,9 @@ class Trainer:
         callbacks: Sequence[Callback | Callable[[Trainer, int, int], None]] = (),
         run_mode: str = "new",
     ) -> None:
-        from tqdm.auto import tqdm
-
         self.cfg = cfg
         self.dist = distributed.setup(cfg.device, cfg.dist_timeout)  # one rank unless torchrun started several
-        self.log = (log or tqdm.write) if self.dist.main else (lambda message: None)
+        self.log = (log or _logger.info) if self.dist.main else (lambda message: None)
         set_determinism(cfg.threads, cfg.deterministic)
         torch.manual_seed(cfg.seed)
         self.device = resolve_device(cfg.device, self.dist)
@@ -400,6 +402,14 @@ class Trainer:
         ]
         self._partial: dict[str, Any] | None = None  # the unfinished epoch of a resumed, interrupted run
         self._stop: str | None = None
+        if _logger.isEnabledFor(logging.DEBUG):
+            count = sum(p.numel() for p in self.network.parameters())
+            _logger.debug(f"config: {json.dumps(cfg.flat(), default=str)}")
+            _logger.debug(
+                f"{cfg.model.kind}: {count} parameters in {self.dtype}; {cfg.dataset}: images "
+                f"{tuple(self.data.image_shape)}, {len(self.train_labels)} train / {len(self.data.test_labels)} test; "
+                f"callbacks {[type(c).__name__ for c in self.callbacks]}"
+            )
 
     @property
     def out(self) -> Path | None:
@@ -445,7 +455,12 @@ class Trainer:
         if not self.cfg.out_dir:
             return None
         state = self.checkpoint_state(partial)
-        return self.run_dir.save_checkpoint(state, best) if self.run_dir else None
+        if not self.run_dir:
+            return None
+        t0 = time.perf_counter()
+        path = self.run_dir.save_checkpoint(state, best)
+        _logger.debug(f"wrote {path}{' and the best checkpoint' if best else ''} ({time.perf_counter() - t0:.2f}s)")
+        return path
 
     def load_checkpoint(self, path: str | Path, state: dict[str, Any] | None = None) -> None:
         """Continue from a checkpoint (read from ``path`` unless its ``state`` is given)."""
@@ -696,7 +711,8 @@ class Trainer:
                 handlers[sig] = signal.signal(sig, self._request_stop)
         if self.run_dir:
             self.run_dir.open_logs()
-        disable = None if cfg.progress and self.dist.main else True
+        # progress bars with the INFO messages: off with --quiet, in other ranks, and when progress=false
+        disable = None if cfg.progress and self.dist.main and _logger.isEnabledFor(logging.INFO) else True
         batches = math.ceil(len(self.train_labels) / cfg.batch_size)
         try:
             with tqdm(total=cfg.epochs, initial=self.epoch, desc="epochs", unit="epoch", disable=disable) as ebar:
@@ -796,6 +812,7 @@ class Trainer:
             + (f"  val error {100 * row['val_error']:6.2f}%" if "val_error" in row else "")
             + f"  ({row['time']:.1f}s)"
         )
+        _logger.debug("epoch %d row: %s", epoch, json.dumps(row))
         if self.run_dir:
             self.run_dir.write_metrics(row, self.history)
         self.save_checkpoint(best=best)  # on every rank: the rule's batch state is gathered
