@@ -16,7 +16,7 @@ def test_sections_and_flat_aliases_are_the_same_settings():
     cfg.out_dir = "somewhere"
     assert cfg.run.out_dir == "somewhere"
     # the seven core sections, then those the model families and rules register in their files
-    families = {"dchn", "vgg", "pcn", "hssm", "resistive", "hep", "echo", "rbp"}
+    families = {"dchn", "vgg", "pcn", "hssm", "resistive", "fhn", "hep", "echo", "rbp"}
     core = {"data", "model", "relax", "rule", "signals", "optim", "run"}
     assert set(cfg.to_dict()) == set(SECTIONS) == core | families
     assert list(SECTIONS)[:7] == ["data", "model", "relax", "rule", "signals", "optim", "run"]
@@ -37,7 +37,13 @@ def test_family_keys_live_in_their_files_and_old_configs_still_reach_them(tmp_pa
     from eqprop.rules import base as rule_base
 
     owners = {"dchn": "hopfield", "vgg": "hopfield", "pcn": "predictive_coding", "hssm": "hamiltonian"}
-    owners |= {"resistive": "resistive", "hep": "holomorphic", "echo": "echo_learning", "rbp": "backprop"}
+    owners |= {
+        "fhn": "fitzhugh_nagumo",
+        "resistive": "resistive",
+        "hep": "holomorphic",
+        "echo": "echo_learning",
+        "rbp": "backprop",
+    }
     for section, module in owners.items():
         assert SECTIONS[section].__module__.rsplit(".", 1)[-1] == module
     assert {f.name for f in dataclasses.fields(SECTIONS["model"])} == {
@@ -196,6 +202,7 @@ def test_a_rules_own_section_passes_its_keyword_to_the_rule():
         ("vgg", {"blocks": [[16], [32], [64]], "gains": [0.8]}),
         ("pcn", {"algorithm": "PC-CEP", "lrs": [0.03]}),
         ("hssm", {"algorithm": "RHEL", "lrs": [0.01]}),
+        ("fhn", {"cost": "half_squared_error", "lrs": [0.005]}),
     ],
 )
 def test_every_model_trains_on_digits_with_no_other_key(tmp_path, model, brings):

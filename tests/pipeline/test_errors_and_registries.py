@@ -45,7 +45,7 @@ def test_registry_names_and_aliases():
         ]
     )
     assert get_algorithm("pc_cep").name == "PC-CEP" and get_algorithm("hssm_bptt").name == "HSSM-BPTT"
-    assert algorithm_models("C-EP") == ("dchn", "mlp", "vgg", "drn") and algorithm_models("rhel") == ("hssm",)
+    assert algorithm_models("C-EP") == ("dchn", "mlp", "vgg", "drn", "fhn") and algorithm_models("rhel") == ("hssm",)
     assert model_names("pcn", "hssm") == ["pcn", "hssm"] and model_names()[:3] == ["dchn", "mlp", "vgg"]
     assert get_algorithm("C-EP").name == "CEP" and get_algorithm("ncpl").name == "NCpL"
     assert get_algorithm("CEP", beta=0.3).betas == (-0.3, 0.3)

@@ -8,11 +8,14 @@ from .predictive_coding import PredictiveCodingNetwork, pc_vgg, vgg5, vgg10, vgg
 from .hamiltonian import HamiltonianSSM, HamiltonianUnit, LinearHRU, NonlinearHRU, leapfrog_step, register_hru
 from .resistive import DeepResistiveNetwork, drn, drn_1h, drn_2h, drn_3h, drn_xl, drn_xs
 from .feedforward import ReLUNetwork, relu_mlp
+from .fitzhugh_nagumo import FHNNetwork, fhn
 
 # isort: on
 from .base import MODELS, EnergyModel, ModelSpec, build_model, model_names, model_spec, register_model
 
 __all__ = [
+    "FHNNetwork",
+    "fhn",
     "MODELS",
     "EnergyModel",
     "ModelSpec",
