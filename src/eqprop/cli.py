@@ -171,6 +171,30 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_spice_export(args: argparse.Namespace) -> int:
+    from .models.spice import IDEAL_DIODE, SMALL_SIGNAL_DIODE, netlist
+    from .training.trainer import load_run
+
+    trainer, state = load_run(Path(args.run_dir).expanduser(), args.checkpoint, _data_dir(args))
+    images = trainer.data.normalized("test", flatten=trainer.flatten).tensors[0]
+    if not 0 <= args.sample < len(images):
+        raise ConfigError(
+            f"--sample {args.sample} is out of range: the test set has {len(images)} images (0..{len(images) - 1})"
+        )
+    diode = {"ideal": IDEAL_DIODE, "1n4148": SMALL_SIGNAL_DIODE}[args.diode]
+    network = trainer.network.double()
+    title = f"{args.run_dir} ({args.checkpoint} checkpoint, epoch {state['epoch']}), test sample {args.sample}"
+    text = netlist(network, images[args.sample].double(), diode=diode, title=title)
+    output = _writing(args.output, f"sample{args.sample}.cir")
+    tmp = output.with_name(output.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(output)  # whole or not at all
+    print(
+        f"eqprop: wrote {output} (label {int(trainer.data.test_labels[args.sample])}; run it with ngspice -b {output})"
+    )
+    return 0
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .training.results import plot_runs
 
@@ -327,6 +351,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="FILE.pt or FILE.safetensors (a directory: RUN_NAME.pt in it)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("spice", parents=[common], help="deep resistive networks as SPICE circuits (ngspice)")
+    spice = p.add_subparsers(dest="spice_command", required=True)
+    q = spice.add_parser(
+        "export", parents=[common], help="a trained DRN and one test image as a SPICE netlist, eqprop's outputs inside"
+    )
+    q.add_argument("run_dir")
+    q.add_argument("--sample", type=int, default=0, help="the test-set image that drives the circuit (default 0)")
+    q.add_argument("-o", "--output", required=True, help="FILE.cir (a directory: sampleN.cir in it)")
+    q.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    q.add_argument(
+        "--diode",
+        choices=["ideal", "1n4148"],
+        default="ideal",
+        help="the diode model: near-ideal (IS 1e-14 A, N 1e-4) or a 1N4148-like silicon diode",
+    )
+    q.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
+    q.set_defaults(func=_cmd_spice_export)
 
     p = sub.add_parser("plot", parents=[common], help="PNG learning curves of one or more runs")
     p.add_argument("run_dirs", nargs="+")

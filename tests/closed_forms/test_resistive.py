@@ -398,3 +398,130 @@ def test_the_optimiser_keeps_conductances_nonnegative():
     with torch.no_grad():
         net.g2.fill_(-1.0)
     assert project_parameters(net) == 3 and (net.g2 == 0).all()
+
+
+def test_per_step_constants_never_outlive_the_weights_they_were_computed_from():
+    """Weights changed between steps by any path (``.data`` edits, which bump no version counter; SGD with
+    foreach; fused SGD where available) give the steady state of the changed network, equal to a fresh copy's; and
+    inside one learning step the free and nudged phases share one computation of the constants."""
+    import copy
+
+    net = random_drn()
+    x = torch.rand(4, 5, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 1])
+    solver = CoordinateDescentSolver()
+
+    def steady(model):
+        with torch.no_grad():
+            return solver(model, model.init_state(x), 200).states
+
+    rule = get_algorithm("CEP", beta=0.3, cost="half_squared_error", solver="coordinate-descent")
+    rule.step(net, x, labels)
+    net.g1.data.mul_(2.0)  # no version bump
+    net.b2.data.add_(0.5)
+    fresh = copy.deepcopy(net)
+    fresh._constants = None
+    assert max(float((a - b).abs().max()) for a, b in zip(steady(net), steady(fresh))) < 1e-12
+    assert max(float((a - b).abs().max()) for a, b in zip(rule.step(net, x, labels).free.states, steady(fresh))) < 1e-3
+    optimisers = [dict(foreach=True), dict(foreach=False)]
+    if "fused" in torch.optim.SGD.__init__.__code__.co_varnames:
+        optimisers.append(dict(fused=True))
+    for options in optimisers:
+        try:
+            opt = torch.optim.SGD(net.parameters(), lr=0.05, **options)
+        except (RuntimeError, ValueError):  # fused SGD not built for this device
+            continue
+        rule.step(net, x, labels)
+        opt.step()
+        assert max(float((a - b).abs().max()) for a, b in zip(steady(net), steady(copy.deepcopy(net)))) < 1e-12
+
+    calls = []
+    original = DeepResistiveNetwork.phase_constants
+
+    def counting(self, inputs):
+        fixed, curv = original(self, inputs)
+        calls.append(self._constants is not None)
+        return fixed, curv
+
+    DeepResistiveNetwork.phase_constants = counting
+    try:
+        rule.step(net, x, labels)
+    finally:
+        DeepResistiveNetwork.phase_constants = original
+    assert len(calls) == 3 and all(calls)  # free, two nudged phases: one shared computation, kept in the step
+    assert net._constants is None  # dropped at the step's end
+
+
+def test_float64_models_nudge_with_float64_targets():
+    """The one-hot targets take the parameters' dtype: in a float64 DRN the nudged states equal those of a nudge
+    built by hand in float64 to rounding (float32 targets would put beta's force off by about 1e-9)."""
+    net = random_drn()
+    x = torch.rand(4, 5, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 1])
+    rule = get_algorithm("PEP", beta=0.1, cost="half_squared_error", solver="coordinate-descent",
+                         free_iterations=100, nudged_iterations=100)  # fmt: skip
+    y = rule.targets(net, labels)
+    assert y.dtype == torch.float64
+    free = rule.free_phase(net, x)
+    y64 = torch.nn.functional.one_hot(labels, 3).double()
+    nudge = EPNudge(get_cost("half_squared_error"), y64, 0.1)
+    with torch.no_grad():
+        by_hand = CoordinateDescentSolver()(net, list(free.states), 100, nudge).states
+        ours = rule.nudged_phase(net, y, free, 0.1).states
+    assert max(float((a - b).abs().max()) for a, b in zip(ours, by_hand)) < 1e-15
+
+
+def test_the_initial_conductances_are_bounded_by_the_fan_in():
+    """G_k ~ U(+-gain/sqrt(fan_in)) clamped to >= 0, fan_in = the nodes feeding layer k (2 n_in for G_1): with
+    fan-in != fan-out, the largest draw approaches gain/sqrt(fan_in), never passes it, and about half are 0."""
+    torch.manual_seed(0)
+    net = DeepResistiveNetwork([30, 8, 200], input_gain=1.0, gains=[1.5, 0.7])
+    for g, gain, fan_in in ((net.g1.detach(), 1.5, 60), (net.g2.detach(), 0.7, 8)):
+        bound = gain / math.sqrt(fan_in)
+        assert float(g.max()) <= bound and float(g.max()) > 0.95 * bound, (float(g.max()), bound)
+        assert float(g.min()) == 0.0 and 0.4 < float((g == 0).double().mean()) < 0.6
+
+
+def test_the_relu_baseline_is_relu_of_x_w_plus_b():
+    from eqprop.models.feedforward import ReLUNetwork
+
+    torch.manual_seed(1)
+    net = ReLUNetwork([5, 7, 3]).double()
+    with torch.no_grad():
+        net.b1.normal_()
+        net.b2.normal_()
+    x = torch.randn(6, 5, dtype=torch.float64)
+    hidden = torch.clamp(x @ net.w1.detach() + net.b1.detach(), min=0)
+    assert 0 < float((hidden == 0).double().mean()) < 1  # the kink is crossed: biases matter
+    expected = hidden @ net.w2.detach() + net.b2.detach()
+    assert torch.allclose(net(x), expected, atol=1e-14)
+
+
+def test_the_unbounded_beta_check_at_its_boundary(problem):
+    """E + beta c/2 ||o - y||^2 has a minimum while every output node's conductance sum a_j exceeds -c beta: at
+    beta = -min(a)/c exactly the solver refuses; a hair inside it relaxes."""
+    net, x1, labels_y = problem
+    a = getattr(net, f"g{net.depth}").detach().sum(0)  # each output node's total conductance
+    cost = get_cost("half_squared_error")
+    edge = -float(a.min()) / cost.curvature
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="unbounded"):
+            CoordinateDescentSolver()(net, net.init_state(x1), 3, EPNudge(cost, labels_y, edge))
+        states = CoordinateDescentSolver()(
+            net, net.init_state(x1), 3, EPNudge(cost, labels_y, edge * (1 - 1e-9))
+        ).states
+    assert all(bool(torch.isfinite(s).all()) for s in states)
+
+
+def test_a_drn_runs_learning_rate_decays_as_gamma_to_the_epochs_and_input_gain_reaches_the_network(tmp_path):
+    from eqprop.training.config import parse_overrides
+    from eqprop.training.trainer import Trainer
+
+    cfg = parse_overrides(["model=drn", "input_gain=37", "hidden=[8]", "epochs=3", "lrs=[0.02]", "gamma=0.9",
+                           "beta=0.01", "limit_train=64", "limit_test=16", "progress=false"])  # fmt: skip
+    trainer = Trainer(cfg, log=lambda m: None)
+    assert trainer.network.input_gain == 37.0
+    history = trainer.fit()
+    for row in history:
+        assert row["lr"] == pytest.approx(0.02 * 0.9 ** row["epoch"], rel=1e-12)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.02 * 0.9**3, rel=1e-12)

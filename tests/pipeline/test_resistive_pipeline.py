@@ -201,3 +201,38 @@ def test_relu_and_dhn_configs(layers):
         "odd",
         "persistent",
     )
+
+
+def test_spice_export_writes_a_netlist_of_a_trained_drn_with_its_outputs(tmp_path, capsys):
+    """``eqprop spice export RUN --sample N -o FILE``: the netlist of the run's best network driven by test image N,
+    its header holding eqprop's steady-state outputs for that image; a sample out of range and a run that is not a
+    DRN are errors (exit 2) that write nothing."""
+    from eqprop.cli import main
+    from eqprop.models.resistive import CoordinateDescentSolver
+    from eqprop.training.trainer import load_run
+
+    run = tmp_path / "run"
+    common = ["epochs=1", "limit_train=64", "limit_test=20", "progress=false", "tensorboard=false"]
+    assert main(["train", "model=drn", *common, f"out_dir={run}"]) == 0  # 256 -> 100 -> 10
+    out = tmp_path / "net.cir"
+    assert main(["spice", "export", str(run), "--sample", "3", "-o", str(out)]) == 0
+    text = out.read_text()
+    trainer, _ = load_run(run)
+    x = trainer.data.normalized("test", flatten=True).tensors[0][3:4].double()
+    net = trainer.network.double()
+    with torch.no_grad():
+        outputs = CoordinateDescentSolver()(net, net.init_state(x), 500).states[-1][0]
+    header = {line.split(" = ")[0][len("* eqprop: ") :]: float(line.split(" = ")[1])
+              for line in text.splitlines() if line.startswith("* eqprop: ")}  # fmt: skip
+    assert list(header) == [f"out{j}" for j in range(10)]
+    assert list(header.values()) == pytest.approx(outputs.tolist(), abs=1e-9)
+    assert text.count("\nR1_") == int((net.g1 > 0).sum()) and ".op" in text and "D1_0 0 h1_0" in text
+    assert "D1_60 h1_60 0" in text  # the second half of the hidden layer is inhibitory
+    capsys.readouterr()
+    bad = tmp_path / "bad.cir"
+    assert main(["spice", "export", str(run), "--sample", "20", "-o", str(bad)]) == 2
+    assert "--sample 20 is out of range: the test set has 20 images (0..19)" in capsys.readouterr().err
+    other = tmp_path / "mlp"
+    assert main(["train", "model=mlp", "hidden=[8]", "image_size=8", *common, f"out_dir={other}"]) == 0
+    assert main(["spice", "export", str(other), "-o", str(bad)]) == 2
+    assert "deep resistive network (model=drn)" in capsys.readouterr().err and not bad.exists()

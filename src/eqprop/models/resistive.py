@@ -32,7 +32,8 @@ restored after every optimiser step by :mod:`eqprop.core.constraints`); dE/dG_k[
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -147,23 +148,38 @@ class DeepResistiveNetwork(nn.Module):
             g.uniform_(-bound, bound).clamp_(min=0.0)
             self.bias(k).zero_()
 
+    @contextmanager
+    def learning_step(self) -> Iterator[None]:
+        """The scope of one learning step (entered by ``LearningAlgorithm.step``): its phases share the per-step
+        constants (:meth:`phase_constants`), computed once; leaving it drops them, so any change of the weights
+        between steps is seen, including edits through ``.data`` that bump no version counter."""
+        self._sharing = True
+        self._constants: tuple[Tensor, tuple[Any, ...], list[Any], list[Any]] | None = None
+        try:
+            yield
+        finally:
+            self._sharing = False
+            self._constants = None
+
     def phase_constants(self, x: Tensor) -> tuple[list[Any], list[Any]]:
         """What stays constant while the voltages relax: per layer k the current b_k (plus, for layer 1, the
-        sources' current u G_1) and the curvature 1^T G_k + G_{k+1} 1 (twice the quadratic's a). Without autograd
-        they are kept for the next phase on the same input and parameters (the free and nudged phases of one
-        training step share them); ``x`` is compared by identity and every tensor by its version counter."""
+        sources' current u G_1) and the curvature 1^T G_k + G_{k+1} 1 (twice the quadratic's a). Inside a
+        :meth:`learning_step` without autograd they are kept for the step's next phase on the same input (``x``
+        compared by identity; the parameters' version counters guard against an in-place update inside the step);
+        outside one they are computed afresh for every phase."""
         params = list(self.parameters())
         key = (x._version, *(p._version for p in params), params[0].dtype)
         cache = getattr(self, "_constants", None)
         tracking = torch.is_grad_enabled()
-        if not tracking and cache is not None and cache[0] is x and cache[1] == key:
+        sharing = getattr(self, "_sharing", False)
+        if sharing and not tracking and cache is not None and cache[0] is x and cache[1] == key:
             return cache[2], cache[3]
         L = self.depth
         g: list[Any] = [None] + [self.conductance(k) for k in range(1, L + 1)]
         fixed: list[Any] = [None] + [self.bias(k) for k in range(1, L + 1)]
         fixed[1] = torch.addmm(fixed[1], self.sources(x.flatten(1).to(g[1].dtype)), g[1])
         curv: list[Any] = [None] + [g[k].sum(0) + (g[k + 1].sum(1) if k < L else 0.0) for k in range(1, L + 1)]
-        self._constants = None if tracking else (x, key, fixed, curv)
+        self._constants = (x, key, fixed, curv) if sharing and not tracking else None
         return fixed, curv
 
     def non_holomorphic(self) -> list[str]:

@@ -9,6 +9,7 @@ free phase is not the model's equilibrium, :meth:`~LearningAlgorithm.free_phase`
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -87,8 +88,10 @@ class LearningAlgorithm:
         return []
 
     def targets(self, model: Any, labels: Tensor) -> Tensor:
-        """The one-hot targets y of integer labels."""
-        return one_hot(labels, model.num_classes).to(labels.device)
+        """The one-hot targets y of integer labels, in the dtype of the model's parameters (a float64 model nudges
+        with float64 targets)."""
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        return one_hot(labels, model.num_classes).to(labels.device, dtype if not dtype.is_complex else torch.float32)
 
     def gradients(self, model: Any, x: Tensor, y: Tensor, free: RelaxResult) -> list[Tensor | None]:
         """Estimate dC/dtheta given the free phase; ``y`` is the one-hot target."""
@@ -102,9 +105,11 @@ class LearningAlgorithm:
     def step(self, model: Any, x: Tensor, labels: Tensor, accumulate: bool = False) -> StepResult:
         """Free phase + gradient estimate (a mean over the batch), written into ``p.grad`` of every parameter:
         replacing what is there (the default), or added to it with ``accumulate=True`` as ``backward()`` does."""
-        y = self.targets(model, labels)
-        free = self.free_phase(model, x)
-        grads = self.gradients(model, x, y, free)
+        scope = getattr(model, "learning_step", None)  # a model may share per-step constants between the phases
+        with scope() if callable(scope) else contextlib.nullcontext():
+            y = self.targets(model, labels)
+            free = self.free_phase(model, x)
+            grads = self.gradients(model, x, y, free)
         write_grads(model, grads, accumulate)
         o = cost_precision(model_output(model, free.states))
         return StepResult(self.cost(o, y).detach(), o.detach(), free, grads)
