@@ -195,6 +195,24 @@ def _cmd_spice_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_spice_check(args: argparse.Namespace) -> int:
+    from .models.spice import IDEAL_DIODE, SMALL_SIGNAL_DIODE, check_against_ngspice
+    from .training.trainer import load_run
+
+    if args.samples < 1 or args.jobs < 1:
+        raise ConfigError(f"--samples and --jobs must be >= 1, got {args.samples} and {args.jobs}")
+    trainer, state = load_run(Path(args.run_dir).expanduser(), args.checkpoint, _data_dir(args))
+    images = trainer.data.normalized("test", flatten=trainer.flatten).tensors[0][: args.samples]
+    labels = trainer.data.test_labels[: args.samples]
+    diodes = {"ideal": IDEAL_DIODE, "1n4148": SMALL_SIGNAL_DIODE}
+    chosen = diodes if args.diode == "both" else {args.diode: diodes[args.diode]}
+    check = check_against_ngspice(trainer.network, images, labels, chosen, jobs=args.jobs)
+    print(f"{args.run_dir} ({args.checkpoint} checkpoint, epoch {state['epoch']}):")
+    for line in check.summary():
+        print("  " + line)
+    return 0
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .training.results import plot_runs
 
@@ -369,6 +387,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
     q.set_defaults(func=_cmd_spice_export)
+    q = spice.add_parser(
+        "check", parents=[common], help="test images of a trained DRN through eqprop and ngspice, side by side"
+    )
+    q.add_argument("run_dir")
+    q.add_argument("--samples", type=int, default=100, help="the first N test images (default 100)")
+    q.add_argument("--diode", choices=["ideal", "1n4148", "both"], default="both")
+    q.add_argument("--jobs", type=int, default=1, help="ngspice processes at once (default 1)")
+    q.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    q.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
+    q.set_defaults(func=_cmd_spice_check)
 
     p = sub.add_parser("plot", parents=[common], help="PNG learning curves of one or more runs")
     p.add_argument("run_dirs", nargs="+")

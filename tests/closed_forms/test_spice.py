@@ -160,3 +160,20 @@ def test_a_real_diode_costs_its_forward_voltage_and_bad_requests_are_clear():
     broken = netlist(net, x).replace("R1_", "Rbad 1 2 0\nR1_", 1)  # a zero resistor: ngspice refuses it
     with pytest.raises(SpiceError):
         ngspice_operating_point(broken)
+
+
+def test_spice_check_runs_test_images_of_a_run_through_both(tmp_path, capsys):
+    """``eqprop spice check RUN --samples N``: accuracy, agreement and the largest voltage difference per diode
+    model, from ngspice and the exact solver on the run's test images."""
+    from eqprop.cli import main
+
+    run = tmp_path / "run"
+    args = ["model=drn", "hidden=[16]", "beta=0.1", "epochs=1", "limit_train=128", "limit_test=8", "progress=false"]
+    assert main(["train", *args, "tensorboard=false", f"out_dir={run}", "-q"]) == 0
+    assert main(["spice", "check", str(run), "--samples", "3", "--diode", "ideal", "--jobs", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].strip().startswith("3 test images; eqprop (exact steady state): accuracy")
+    ideal = lines[2].strip()
+    assert ideal.startswith("ngspice, ideal diode: accuracy") and "same prediction as eqprop 100.00%" in ideal
+    assert float(ideal.split("max |dv| ")[1].split(" V")[0]) < 3e-4
+    assert main(["spice", "check", str(run), "--samples", "0"]) == 2

@@ -48,6 +48,8 @@ from ..errors import ConfigError
 from .resistive import CoordinateDescentSolver, DeepResistiveNetwork
 
 __all__ = [
+    "SpiceCheck",
+    "check_against_ngspice",
     "DiodeModel",
     "IDEAL_DIODE",
     "SMALL_SIGNAL_DIODE",
@@ -263,3 +265,62 @@ def diode_offset_bound(diode: DiodeModel, max_current: float = 1.0, temperature:
     """How far a conducting diode holds its node from the ideal bound: N V_T ln(1 + I_max / IS)."""
     thermal = 1.380649e-23 * temperature / 1.602176634e-19
     return diode.emission * thermal * math.log1p(max_current / diode.saturation_current)
+
+
+@dataclass
+class SpiceCheck:
+    """Test images of a DRN through eqprop and ngspice: labels, eqprop's predictions at its steady state, ngspice's
+    predictions and largest node-voltage differences per diode model."""
+
+    labels: list[int]
+    eqprop: list[int]
+    ngspice: dict[str, list[int]]
+    max_dv: dict[str, list[float]]
+
+    def summary(self) -> list[str]:
+        n = len(self.labels)
+        acc = sum(p == y for p, y in zip(self.eqprop, self.labels)) / n
+        lines = [f"{n} test images; eqprop (exact steady state): accuracy {100 * acc:.2f}%"]
+        for name, preds in self.ngspice.items():
+            agree = sum(a == b for a, b in zip(preds, self.eqprop)) / n
+            acc = sum(p == y for p, y in zip(preds, self.labels)) / n
+            lines.append(
+                f"ngspice, {name} diode: accuracy {100 * acc:.2f}%, same prediction as eqprop {100 * agree:.2f}%, "
+                f"max |dv| {max(self.max_dv[name]):.3g} V (median {sorted(self.max_dv[name])[n // 2]:.3g} V)"
+            )
+        return lines
+
+
+def check_against_ngspice(
+    net: DeepResistiveNetwork,
+    images: Tensor,
+    labels: Tensor,
+    diodes: dict[str, DiodeModel],
+    iterations: int = 500,
+    jobs: int = 1,
+) -> SpiceCheck:
+    """Each image's steady state by eqprop's exact solver and by ngspice with each diode model (``jobs`` ngspice
+    processes at once): predictions and the largest node-voltage difference."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    net = net.double()
+    names = node_names(net)
+    texts, ours = {}, []
+    for i in range(len(images)):
+        x = images[i : i + 1].double()
+        ours.append(_steady_state(net, x, None, iterations))
+        for name, diode in diodes.items():
+            texts[(i, name)] = netlist(net, x, diode=diode, iterations=iterations)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:  # the work is in the ngspice processes
+        results = dict(zip(texts, pool.map(ngspice_operating_point, texts.values())))
+    preds: dict[str, list[int]] = {name: [] for name in diodes}
+    dv: dict[str, list[float]] = {name: [] for name in diodes}
+    for (i, name), volts in results.items():
+        worst = 0.0
+        for k in range(1, net.depth + 1):
+            theirs = torch.tensor([volts[n] for n in names[k]], dtype=torch.float64)
+            worst = max(worst, float((theirs - ours[i][k][0]).abs().max()))
+            if k == net.depth:
+                preds[name].append(int(theirs.argmax()))
+        dv[name].append(worst)
+    return SpiceCheck([int(y) for y in labels], [int(s[-1].argmax()) for s in ours], preds, dv)
