@@ -213,6 +213,24 @@ def _cmd_spice_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_robustness(args: argparse.Namespace) -> int:
+    from .training.robustness import device_robustness, plot_robustness
+    from .training.trainer import load_run
+
+    if args.draws < 1 or any(b < 1 for b in args.bits) or any(s < 0 for s in [*args.sigmas, *args.read_noise]):
+        raise ConfigError("--draws and --bits must be >= 1 and the sigmas >= 0")
+    if any(v < 0 for v in args.forward_voltage):
+        raise ConfigError("--forward-voltage values must be >= 0 volts")
+    output = _writing(args.output, "robustness.png")
+    trainer, state = load_run(Path(args.run_dir).expanduser(), args.checkpoint, _data_dir(args))
+    result = device_robustness(
+        trainer, args.bits, [s / 100 for s in args.sigmas], args.forward_voltage, args.read_noise, args.draws
+    )
+    title = f"{args.run_dir} ({args.checkpoint} checkpoint, epoch {state['epoch']})"
+    print(f"eqprop: wrote {plot_robustness(result, output, title)} and {output.with_suffix('.json')}")
+    return 0
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .training.results import plot_runs
 
@@ -397,6 +415,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--checkpoint", choices=["best", "last"], default="best")
     q.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
     q.set_defaults(func=_cmd_spice_check)
+
+    p = sub.add_parser(
+        "robustness", parents=[common], help="a trained DRN's test error under device non-idealities, with curves"
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--bits", type=int, nargs="+", default=[8, 6, 4, 2], help="conductance levels 2^bits")
+    p.add_argument("--sigmas", type=float, nargs="+", default=[1, 5, 10, 20], help="device variation, percent")
+    p.add_argument("--forward-voltage", type=float, nargs="+", default=[0.05, 0.1, 0.3], help="diode V_F, volts")
+    p.add_argument("--read-noise", type=float, nargs="+", default=[0.01, 0.05, 0.1], help="output read noise, volts")
+    p.add_argument("--draws", type=int, default=5, help="random draws per variation and read-noise level")
+    p.add_argument("-o", "--output", default="robustness.png", help="the PNG (its numbers go to the same name .json)")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
+    p.set_defaults(func=_cmd_robustness)
 
     p = sub.add_parser("plot", parents=[common], help="PNG learning curves of one or more runs")
     p.add_argument("run_dirs", nargs="+")
