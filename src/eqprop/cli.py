@@ -206,7 +206,7 @@ def _cmd_spice_check(args: argparse.Namespace) -> int:
     labels = trainer.data.test_labels[: args.samples]
     diodes = {"ideal": IDEAL_DIODE, "1n4148": SMALL_SIGNAL_DIODE}
     chosen = diodes if args.diode == "both" else {args.diode: diodes[args.diode]}
-    check = check_against_ngspice(trainer.network, images, labels, chosen, jobs=args.jobs)
+    check = check_against_ngspice(trainer.network, images, labels, chosen, jobs=args.jobs, keep_dir=Path.cwd())
     print(f"{args.run_dir} ({args.checkpoint} checkpoint, epoch {state['epoch']}):")
     for line in check.summary():
         print("  " + line)
@@ -530,6 +530,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 setattr(args, target, [*getattr(args, target), f"imports={imports}"])
         return args.func(args)
     except (ConfigError, DataError, RunError, FileNotFoundError) as exc:  # bad input; anything else is a bug
+        print(f"eqprop: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        from .models.spice import SpiceError
+
+        if not isinstance(exc, SpiceError):  # ngspice missing or failing: said in one line, the netlist kept
+            raise
         print(f"eqprop: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -121,3 +121,29 @@ def test_eqprop_robustness_writes_curves_and_numbers(tmp_path, capsys):
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert "1-bit conductances" in capsys.readouterr().out
     assert main(["robustness", str(run), "--bits", "0"]) == 2
+
+
+def test_training_with_quantised_devices_keeps_every_conductance_on_the_grid(tmp_path):
+    """``conductance_bits=B g_max=G``: the conductances start on the grid of 2^B levels in [0, G] and stay on it
+    after every optimiser step (the parameter-constraint mechanism); without g_max the config says what is missing."""
+    from eqprop.training.config import parse_overrides
+    from eqprop.training.trainer import Trainer
+
+    cfg = parse_overrides(["model=drn", "hidden=[16]", "beta=0.1", "epochs=1", "limit_train=128", "limit_test=32",
+                           "conductance_bits=3", "g_max=0.4", "lrs=[0.2]", "progress=false"])  # fmt: skip
+    trainer = Trainer(cfg, log=lambda m: None)
+    net = trainer.network
+    step = 0.4 / 7
+
+    def on_grid() -> bool:
+        return all(
+            bool(torch.allclose(g / step, (g / step).round(), atol=1e-5)) and float(g.max()) <= 0.4 + 1e-6
+            for g in (net.conductance(k).detach() for k in (1, 2))
+        )
+
+    assert on_grid()
+    before = [net.conductance(k).detach().clone() for k in (1, 2)]
+    trainer.fit()
+    assert on_grid() and any(not torch.equal(b, net.conductance(k).detach()) for k, b in zip((1, 2), before))
+    with pytest.raises(ConfigError, match="conductance_bits needs g_max"):
+        parse_overrides(["model=drn", "conductance_bits=4"])

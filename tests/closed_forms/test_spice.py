@@ -162,6 +162,27 @@ def test_a_real_diode_costs_its_forward_voltage_and_bad_requests_are_clear():
         ngspice_operating_point(broken)
 
 
+def test_ngspice_missing_or_failing_is_one_line_and_keeps_the_netlist(tmp_path, monkeypatch, capsys):
+    from eqprop.cli import main
+
+    net = random_drn(0)
+    x = torch.rand(1, 5, dtype=F64)
+    broken = netlist(net, x).replace("R1_", "Rbad 1 2 0\nR1_", 1)
+    kept = tmp_path / "failed.cir"
+    with pytest.raises(SpiceError, match="the netlist is kept in"):
+        ngspice_operating_point(broken, keep=kept)
+    assert kept.read_text() == broken and (tmp_path / "failed.cir.log").exists()
+    run = tmp_path / "run"
+    args = ["model=drn", "hidden=[16]", "beta=0.1", "epochs=1", "limit_train=64", "limit_test=4", "progress=false"]
+    assert main(["train", *args, "tensorboard=false", f"out_dir={run}", "-q"]) == 0
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert main(["spice", "check", str(run), "--samples", "1"]) == 2
+    assert (
+        "ngspice is not installed: install the Debian/Ubuntu package (apt-get install ngspice)"
+        in capsys.readouterr().err
+    )
+
+
 def test_spice_check_runs_test_images_of_a_run_through_both(tmp_path, capsys):
     """``eqprop spice check RUN --samples N``: accuracy, agreement and the largest voltage difference per diode
     model, from ngspice and the exact solver on the run's test images."""

@@ -97,6 +97,7 @@ class DeepResistiveNetwork(nn.Module):
         if len(gains) != n_weights or any(not (math.isfinite(g) and g > 0) for g in gains):
             raise ValueError(f"gains: expected {n_weights} values > 0 (one per conductance layer), got {gains}")
         self.sizes, self.input_gain, self.gains = sizes, float(input_gain), gains
+        self.device_levels: tuple[int, float] | None = None  # (bits, g_max) of non-ideal devices, if any
         self.num_classes = sizes[-1]
         nodes = [2 * sizes[0]] + sizes[1:]  # the circuit's node counts per layer
         self.nodes = nodes
@@ -136,7 +137,14 @@ class DeepResistiveNetwork(nn.Module):
         return [[getattr(self, f"g{k}"), getattr(self, f"b{k}")] for k in range(1, self.depth + 1)]
 
     def parameter_constraints(self) -> list[tuple[Tensor, Projection]]:
-        """Conductances are physical: g >= 0 after every update."""
+        """Conductances are physical: g >= 0 after every update; with ``device_levels = (bits, g_max)`` (devices
+        of 2^bits levels in [0, g_max], :mod:`eqprop.models.devices`) also on that grid."""
+        levels = self.device_levels
+        if levels is not None:
+            from .devices import quantization_constraint
+
+            project = quantization_constraint(*levels)
+            return [(self.conductance(k), project) for k in range(1, self.depth + 1)]
         return [(self.conductance(k), nonnegative) for k in range(1, self.depth + 1)]
 
     @torch.no_grad()
@@ -420,9 +428,14 @@ class ResistiveSection(Section):
 
     name: ClassVar[str] = "resistive"
     input_gain: float = setting(1.0, "drn: the amplification of the input voltage sources input_gain * (x, -x)")
+    conductance_bits: int = setting(0, "drn: train devices of 2^bits conductance levels in [0, g_max] (0: ideal)")
+    g_max: float | None = setting(None, "drn: the largest conductance of such devices (needed with conductance_bits)")
 
     def validate(self) -> None:
-        self.positive("input_gain")
+        self.positive("input_gain", "g_max")
+        self.at_least(0, "conductance_bits")
+        if self.conductance_bits and self.g_max is None:
+            raise ConfigError("conductance_bits needs g_max (the devices' largest conductance), e.g. g_max=0.5")
 
 
 register_section(ResistiveSection, "model family resistive (model=drn)")
@@ -431,7 +444,13 @@ register_section(ResistiveSection, "model family resistive (model=drn)")
 def _build_drn(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> DeepResistiveNetwork:
     sizes = [math.prod(input_shape)] + list(cfg.hidden) + [num_classes]
     try:
-        return DeepResistiveNetwork(sizes, cfg.resistive.input_gain, cfg.gains)
+        net = DeepResistiveNetwork(sizes, cfg.resistive.input_gain, cfg.gains)
+        if cfg.resistive.conductance_bits:
+            net.device_levels = (cfg.resistive.conductance_bits, cfg.resistive.g_max)
+            for tensor, project in net.parameter_constraints():
+                with torch.no_grad():
+                    project(tensor)  # the initial conductances on the devices' grid too
+        return net
     except ValueError as exc:
         key = "hidden" if "even" in str(exc) else "gains" if "gains" in str(exc) else "input_gain"
         raise ConfigError(f"model=drn, config key {key!r}: {exc}") from None

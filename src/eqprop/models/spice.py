@@ -298,9 +298,11 @@ def check_against_ngspice(
     diodes: dict[str, DiodeModel],
     iterations: int = 500,
     jobs: int = 1,
+    keep_dir: str | Path | None = None,
 ) -> SpiceCheck:
     """Each image's steady state by eqprop's exact solver and by ngspice with each diode model (``jobs`` ngspice
-    processes at once): predictions and the largest node-voltage difference."""
+    processes at once): predictions and the largest node-voltage difference. A netlist ngspice fails on is kept in
+    ``keep_dir`` (``spice_failed_{image}_{diode}.cir``, with ngspice's output beside it)."""
     from concurrent.futures import ThreadPoolExecutor
 
     net = net.double()
@@ -311,8 +313,14 @@ def check_against_ngspice(
         ours.append(_steady_state(net, x, None, iterations))
         for name, diode in diodes.items():
             texts[(i, name)] = netlist(net, x, diode=diode, iterations=iterations)
+
+    def solve(item: tuple[tuple[int, str], str]) -> dict[str, float]:
+        (i, name), text = item
+        keep = None if keep_dir is None else Path(keep_dir) / f"spice_failed_{i}_{name}.cir"
+        return ngspice_operating_point(text, keep=keep)
+
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:  # the work is in the ngspice processes
-        results = dict(zip(texts, pool.map(ngspice_operating_point, texts.values())))
+        results = dict(zip(texts, pool.map(solve, texts.items())))
     preds: dict[str, list[int]] = {name: [] for name in diodes}
     dv: dict[str, list[float]] = {name: [] for name in diodes}
     for (i, name), volts in results.items():
