@@ -62,6 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.constraints import Projection
+from ..core.interactions import real_linear
 from ..core.nudging import ClampNudge, EPNudge, Nudge
 from ..core.relaxation import (
     Convergence,
@@ -69,6 +70,7 @@ from ..core.relaxation import (
     Solver,
     SolverStats,
     Trajectory,
+    complex_dtype,
     even_odd_groups,
     register_solver,
 )
@@ -113,6 +115,11 @@ class SettleReport:
             f"{bad} of {n} samples did not settle ({osc} oscillating: a limit cycle or a slow spiral; the others "
             f"still converging), largest residual {float(self.residual.max()):.3g}"
         )
+
+
+def _mm(x: Tensor, w: Tensor) -> Tensor:
+    """x @ w for real weights and real or complex states (complex: the real and imaginary parts in one product)."""
+    return real_linear(lambda t: t @ w, x)
 
 
 def cubic_root(c: Tensor, r: Tensor) -> Tensor:
@@ -222,12 +229,18 @@ class FHNNetwork(nn.Module):
             if self.skips and k >= 2:
                 self.p("s", k).uniform_(-bound / 2, bound / 2)
 
+    # holomorphic EP relaxes its complex phases with this solver: the energy is a polynomial in v, and the exact
+    # solver's unit update continues to complex states as the root of the same cubic reached by Newton's method
+    complex_solver = "fhn-exact"
+
     def non_holomorphic(self) -> list[str]:
-        return [
-            "complex (holomorphic-EP) phases are not implemented for FitzHugh-Nagumo networks: the exact solver's "
-            "cubic root has no complex extension (the dynamics are polynomial, but their complex phases are not "
-            "built); use P-, N- or C-EP"
-        ]
+        """Nothing: F is a polynomial in v, so its complex continuation is holomorphic (HEP applies)."""
+        return []
+
+    def nudged_energy(self, states: Sequence[Tensor], nudge: Any = None) -> Tensor:
+        """F + beta C per sample (F alone without a ``nudge``); complex states give its holomorphic continuation."""
+        e = self.energy(states)
+        return e if nudge is None else e + nudge.extra_energy(states[-1])
 
     def diffuses(self, k: int) -> bool:
         """Whether layer k has diffusion along its chain of units (hidden layers, D > 0, more than one unit)."""
@@ -252,14 +265,14 @@ class FHNNetwork(nn.Module):
         """What layer k receives from the other layers (minus dCouplings/dv_k): W_k^T v_{k-1} + W_{k+1} v_{k+1},
         with skips S_k^T v_{k-2} + S_{k+2} v_{k+2} (v_0 = x)."""
         L = self.depth
-        cur = states[k - 1] @ self.p("w", k)
+        cur = _mm(states[k - 1], self.p("w", k))
         if k < L:
-            cur = cur + states[k + 1] @ self.p("w", k + 1).t()
+            cur = cur + _mm(states[k + 1], self.p("w", k + 1).t())
         if self.skips:
             if k >= 2:
-                cur = cur + states[k - 2] @ self.p("s", k)
+                cur = cur + _mm(states[k - 2], self.p("s", k))
             if k + 2 <= L:
-                cur = cur + states[k + 2] @ self.p("s", k + 2).t()
+                cur = cur + _mm(states[k + 2], self.p("s", k + 2).t())
         return cur
 
     def couplings(self, states: Sequence[Tensor]) -> Tensor:
@@ -267,9 +280,9 @@ class FHNNetwork(nn.Module):
         joins units)."""
         total = torch.zeros(states[0].shape[0], dtype=states[1].dtype, device=states[1].device)
         for k in range(1, self.depth + 1):
-            total = total + ((states[k - 1] @ self.p("w", k)) * states[k]).sum(1)
+            total = total + (_mm(states[k - 1], self.p("w", k)) * states[k]).sum(1)
             if self.skips and k >= 2:
-                total = total + ((states[k - 2] @ self.p("s", k)) * states[k]).sum(1)
+                total = total + (_mm(states[k - 2], self.p("s", k)) * states[k]).sum(1)
             if self.diffuses(k):
                 total = total - 0.5 * self.diffusion * (states[k][:, 1:] - states[k][:, :-1]).pow(2).sum(1)
         return total
@@ -397,16 +410,18 @@ class FHNNetwork(nn.Module):
         self._warned += 1
 
 
-def _nudge_terms(nudge: Nudge | None, exact: bool) -> tuple[float, Tensor | None, Tensor | None, Any]:
-    """(c beta, c beta y, clamp target, cost) of a nudge on the output."""
+def _nudge_terms(nudge: Nudge | None, exact: bool) -> tuple[Any, Tensor | None, Tensor | None, Any]:
+    """(c beta, c beta y, clamp target, cost) of a nudge on the output. The exact solver also takes complex and
+    per-sample betas (holomorphic EP's phases): c beta is then a complex number or a (B, 1) tensor."""
     if nudge is None:
         return 0.0, None, None, None
     if isinstance(nudge, ClampNudge):
         return 0.0, None, nudge.target, None
     if not isinstance(nudge, EPNudge) or nudge.hidden_layers or nudge.readout is not None:
         raise ValueError("an FHN network is nudged on its output voltages by EP (EPNudge) or clamped (ClampNudge)")
-    if isinstance(nudge.beta, complex) or isinstance(nudge.beta, Tensor):
-        raise ValueError("an FHN network is nudged by a real beta (no complex or per-sample nudging values)")
+    beta = nudge.beta
+    if not exact and (isinstance(beta, complex) or isinstance(beta, Tensor)):
+        raise ValueError("the FHN dynamics are integrated for a real beta (complex phases: solver=fhn-exact)")
     c = nudge.cost.curvature
     if c is None:
         if exact:
@@ -415,8 +430,17 @@ def _nudge_terms(nudge: Nudge | None, exact: bool) -> tuple[float, Tensor | None
                 "cost=squared_error or half_squared_error (or use solver=fhn-dynamics)"
             )
         return 0.0, None, None, nudge.cost
-    cb = c * float(nudge.beta)
+    cb: Any = c * (beta[:, None] if isinstance(beta, Tensor) else beta)
     return cb, cb * nudge.y, None, None
+
+
+def _complex_root(c: Tensor, r: Tensor, start: Tensor, steps: int = 30) -> Tensor:
+    """The root of v^3/3 + c v = r reached by Newton's method from ``start`` (complex c, r): near a real phase's
+    state, the holomorphic continuation of :func:`cubic_root`."""
+    v = start
+    for _ in range(steps):
+        v = v - (v**3 / 3 + c * v - r) / (v * v + c)
+    return v
 
 
 def _check(network: Any, iterations: int, name: str) -> None:
@@ -439,9 +463,12 @@ class FHNExactSolver(Solver):
         s, L = self.settings, network.depth
         dtype = network.p("w", 1).dtype
         cb, cby, clamp, _ = _nudge_terms(nudge, exact=True)
-        states = [states[0].flatten(1).to(dtype)] + [t.to(dtype) for t in states[1:]]
+        complex_phase = isinstance(cb, complex) or (isinstance(cb, Tensor) and cb.is_complex())
+        complex_phase = complex_phase or any(t.is_complex() for t in states[1:])
+        sdtype = complex_dtype(dtype) if complex_phase else dtype
+        states = [states[0].flatten(1).to(dtype)] + [t.to(sdtype) for t in states[1:]]
         if clamp is not None:
-            states[L] = clamp.to(dtype).expand_as(states[L])
+            states[L] = clamp.to(sdtype).expand_as(states[L])
         curv = []
         for k in range(1, L + 1):
             c = 1.0 / network.p("b", k) - 1.0
@@ -449,6 +476,9 @@ class FHNExactSolver(Solver):
                 c = c + network.diffusion * network.degree(k, c)
             if k == L:
                 c = c + cb
+            if complex_phase:
+                curv.append(c)
+                continue
             if bool((c <= 0).any()):
                 raise ValueError(
                     f"the exact FHN solver needs each unit's reduced energy convex, 1/b - 1 + D deg"
@@ -461,16 +491,20 @@ class FHNExactSolver(Solver):
         schedule = "forward" if network.skips and s.schedule == "asynchronous" else s.schedule
         groups = even_odd_groups(free, schedule, s.first)
 
+        def root(c: Tensor, r: Tensor, start: Tensor) -> Tensor:
+            c = c.expand_as(r) if isinstance(c, Tensor) else torch.full_like(r, c)
+            return _complex_root(c, r, start) if complex_phase else cubic_root(c, r)
+
         def solve(k: int) -> Tensor:
             c = curv[k - 1]
             r = network.p("i", k) - network.p("a", k) / network.p("b", k) + network.input_current(states, k)
             if k == L and cby is not None:
-                r = r + cby.to(dtype)
+                r = r + cby.to(sdtype)
             if not network.diffuses(k):
-                return cubic_root(c.expand_as(r), r)
+                return root(c, r, states[k])
             v = states[k]
             for parity in (0, 1):  # red-black: a unit's chain neighbours have the other parity
-                new = cubic_root(c.expand_as(r), r + network.diffusion * network.neighbours(v))
+                new = root(c, r + network.diffusion * network.neighbours(v), v)
                 mask = torch.zeros(v.shape[1], dtype=torch.bool, device=v.device)
                 mask[parity::2] = True
                 v = torch.where(mask, new, v)
@@ -491,9 +525,9 @@ class FHNExactSolver(Solver):
                 if traj is not None:
                     with torch.no_grad():
                         energy = network.energy(states)
-                        if cb:
-                            energy = energy + 0.5 * cb * (states[L] - nudge.y.to(dtype)).pow(2).sum(1)  # type: ignore[union-attr]
-                    traj.energy.append(float(energy.mean()))
+                        if cby is not None:
+                            energy = energy + nudge.extra_energy(states[L])  # type: ignore[union-attr]
+                    traj.energy.append(float(energy.real.mean()))
                     traj.change.append(change)
                 if s.tol is not None and change < s.tol:
                     break
@@ -624,7 +658,7 @@ def _build_fhn(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> FHNN
         raise ConfigError(f"model=fhn: {exc}") from None
 
 
-FHN_RULES = ("CL", "PEP", "NEP", "CEP", "PCpL", "NCpL", "CCpL", "TBP", "RBP", "BPTT")
+FHN_RULES = ("CL", "PEP", "NEP", "CEP", "PCpL", "NCpL", "CCpL", "TBP", "RBP", "BPTT", "HEP")
 FHN_DEFAULTS: dict[str, Any] = {
     "hidden": [64],
     "gains": [1.0],

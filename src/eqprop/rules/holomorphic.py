@@ -130,7 +130,7 @@ class HolomorphicEP(RelaxingAlgorithm):
         settings = self.phases.settings
         if settings.dtype in (torch.float16, torch.bfloat16):
             settings = replace(settings, dtype=None)
-        solver = get_solver("messages", settings)
+        solver = get_solver(getattr(model, "complex_solver", "messages"), settings)  # a model may name its own
         pdtype = next(model.parameters()).dtype
         states = [states[0].to(pdtype)] + [s.to(complex_dtype(pdtype)) for s in states[1:]]
         with torch.no_grad():
