@@ -236,3 +236,56 @@ def test_spice_export_writes_a_netlist_of_a_trained_drn_with_its_outputs(tmp_pat
     assert main(["train", "model=mlp", "hidden=[8]", "image_size=8", *common, f"out_dir={other}"]) == 0
     assert main(["spice", "export", str(other), "-o", str(bad)]) == 2
     assert "deep resistive network (model=drn)" in capsys.readouterr().err and not bad.exists()
+
+
+# The universal-DRN paper's code, its Fashion-MNIST results (test / train error), typed here: the data gain is 5
+# instead of MNIST's 8, everything else as the MNIST configs
+FASHION = {
+    ("1h", "ep"): (10.38, 6.14), ("1h", "tbp"): (10.31, 5.91), ("relu_1h", "bp"): (10.20, 5.13),
+    ("2h", "ep"): (10.29, 6.20), ("2h", "tbp"): (9.88, 4.88), ("relu_2h", "bp"): (9.42, 2.78),
+    ("3h", "ep"): (11.23, 8.19), ("3h", "tbp"): (9.79, 4.58), ("relu_3h", "bp"): (9.55, 1.82),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name, rule", sorted(FASHION))
+def test_universal_drn_fashion_configs_are_the_mnist_ones_at_data_gain_5(name, rule):
+    """Each Fashion-MNIST config equals its MNIST twin except the data set (28x28, no normalisation, no flips) and,
+    for the DRNs, the input gain 5 x model gain; its header quotes the paper's numbers."""
+    path = ROOT / "universal_drn" / f"fashion_{name}_{rule}.yaml"
+    cfg = load_config(path)
+    twin = load_config(ROOT / "universal_drn" / f"mnist_{name}_{rule}.yaml").flat()
+    flat = cfg.flat()
+    assert (cfg.dataset, cfg.normalization) == ("fashion_mnist28", "none")
+    changed = {k for k in flat if flat[k] != twin[k]}
+    if name.startswith("relu"):
+        assert changed == {"dataset"}
+    else:
+        assert changed == {"dataset", "input_gain"}
+        assert cfg.resistive.input_gain == 5 * twin["input_gain"] / 8
+    test, train = FASHION[(name, rule)]
+    assert f"{test:.2f} / {train:.2f}" in path.read_text()
+
+
+def test_fashion_mnist28_is_the_28x28_images_unflipped(tmp_path):
+    """``dataset=fashion_mnist28``: Fashion-MNIST's IDX files at 28x28, pixels in [0, 1] with normalization=none,
+    no random flips (the resistive-network papers' data)."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    from eqprop.training.config import parse_overrides
+    from eqprop.training.trainer import load_data
+
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, size=(6, 28, 28), dtype=np.uint8)
+    labs = rng.integers(0, 10, size=6, dtype=np.uint8)
+    for split in ("train", "t10k"):
+        for kind, arr in (("images-idx3", imgs), ("labels-idx1", labs)):
+            header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+            with gzip.open(tmp_path / f"{split}-{kind}-ubyte.gz", "wb") as f:
+                f.write(header + arr.tobytes())
+    data = load_data(parse_overrides(["dataset=fashion_mnist28", "normalization=none", f"data_dir={tmp_path}"]))
+    x = data.normalized("train", flatten=True).tensors[0]
+    assert x.shape == (6, 784) and not data.flip
+    assert torch.allclose(x[2], torch.tensor(imgs[2].reshape(-1) / 255.0, dtype=x.dtype))

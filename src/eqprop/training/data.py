@@ -916,6 +916,22 @@ register_dataset(  # the resistive-network papers' MNIST: the 28x28 images as th
     DatasetSpec("mnist28", 1, 28, 10, _files(functools.partial(load_mnist, pad_to_32=False), checksums=False))
 )
 register_dataset(DatasetSpec("fashion_mnist", 1, 32, 10, _files(load_fashion_mnist, checksums=False)))
+
+
+def load_fashion_mnist28(
+    data_dir: str | os.PathLike,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    download: bool = False,
+) -> ImageData:
+    """The resistive-network papers' Fashion-MNIST: the 28x28 images as they are (no padding) and no random flips
+    (the papers' code uses none)."""
+    data = load_fashion_mnist(data_dir, False, limit_train, limit_test, download)
+    data.flip = False
+    return data
+
+
+register_dataset(DatasetSpec("fashion_mnist28", 1, 28, 10, _files(load_fashion_mnist28, checksums=False)))
 register_dataset(DatasetSpec("svhn", 3, 32, 10, _files(load_svhn, checksums=True)))
 register_dataset(DatasetSpec("cifar10", 3, 32, 10, _files(load_cifar10, checksums=True)))
 register_dataset(DatasetSpec("cifar100", 3, 32, 100, _files(load_cifar100, checksums=True)))
