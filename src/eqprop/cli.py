@@ -532,13 +532,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, RunError, FileNotFoundError) as exc:  # bad input; anything else is a bug
         print(f"eqprop: error: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:
-        from .models.spice import SpiceError
-
-        if not isinstance(exc, SpiceError):  # ngspice missing or failing: said in one line, the netlist kept
-            raise
-        print(f"eqprop: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("eqprop: interrupted; the last checkpoint is kept", file=sys.stderr)
         return 130
@@ -551,6 +544,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, Interrupted):
             print(f"eqprop: {exc}", file=sys.stderr)
             return 143 if exc.signame == "SIGTERM" else 130
+        from .models.spice import SpiceError
+
+        if isinstance(exc, SpiceError):  # ngspice missing or failing: one line, the netlist kept
+            print(f"eqprop: error: {exc}", file=sys.stderr)
+            return 2
         raise
 
 

@@ -161,7 +161,9 @@ def test_shipped_configs_validate_and_build_table5_networks(path):
         assert out.shape == (1, spec.num_classes)
     elif path.parent.parent.name == "resistive":  # the rows themselves: tests/pipeline/test_resistive_pipeline.py
         inputs = net.layers[0].shape if cfg.model.kind == "mlp" else (net.sizes[0],)  # DHN: the dense Hopfield net
-        assert cfg.dataset == "mnist28" and tuple(inputs) == (784,) and net.num_classes == 10
+        assert cfg.dataset in ("mnist28", "fashion_mnist28") and tuple(inputs) == (784,) and net.num_classes == 10
+    elif path.parent.name == "fitzhugh_nagumo":  # FHN networks: 1x8x8 digits or 28x28 MNIST -> hidden -> 10
+        assert net.sizes == [spec.in_channels * size * size, *cfg.hidden, 10] and cfg.solver == "fhn-exact"
     elif path.name != "default.yaml":  # Table 5: n_in x 32 x 32 -> 128x16x16 -> 256x8x8 -> 512x4x4 -> 512x2x2 -> n_out
         assert [tuple(layer.shape) for layer in net.layers] == [
             (spec.in_channels, 32, 32),
