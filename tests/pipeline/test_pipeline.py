@@ -662,3 +662,29 @@ def test_eval_plot_table_and_study(tmp_path, capsys):
         == 0
     )
     assert (runs[0] / "metrics.jsonl").read_text() == before
+
+
+def test_a_study_gives_each_algorithm_its_own_settings_and_tables_them_together(tmp_path, capsys):
+    """``study.settings``: TBP relaxes its K steps differently from the EP rules (as in the resistive papers' code),
+    in the same grid; a run made by an earlier command with its algorithm's own settings joins the table."""
+    from eqprop.training.study import plan_study
+
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("epochs: 1\nstudy:\n  algorithms: [CEP, TBP]\n  settings:\n    TBP: {nudged_iterations: 5}\n")
+    plan = {r.algorithm: r.config for r in plan_study(exp, tmp_path / "s", overrides=TINY)}
+    assert plan["TBP"].nudged_iterations == 5 and plan["CEP"].nudged_iterations == 3
+    study = tmp_path / "study"
+    common = ["study", str(exp), *TINY, "tensorboard=false", "--out", str(study)]
+    assert main([*common, "--algorithms", "TBP"]) == 0
+    assert read_run(study / "TBP_digits_seed0").config["nudged_iterations"] == 5
+    assert main([*common, "--algorithms", "CEP"]) == 0  # the TBP run of the first command joins the table
+    table = (study / "table.md").read_text()
+    assert "| CEP |" in table and "| TBP |" in table
+    capsys.readouterr()
+
+    exp.write_text("study:\n  algorithms: [CEP]\n  settings:\n    RBP: {nudged_iterations: 5}\n")
+    assert main([*common, "--algorithms", "CEP"]) == 2
+    assert "study.settings names RBP, which the study does not run (its algorithms: CEP)" in capsys.readouterr().err
+    exp.write_text("study:\n  settings: [nudged_iterations=5]\n")
+    assert main(common) == 2
+    assert "study.settings must map an algorithm to its settings" in capsys.readouterr().err

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class StudyRun:
     out_dir: Path
     config: TrainConfig | None = None
     returncode: int | None = None
+    settings: list[str] = field(default_factory=list)  # this algorithm's own settings (the study's ``settings:``)
 
     @property
     def overrides(self) -> list[str]:
@@ -47,8 +48,26 @@ class StudyRun:
             f"algorithm={self.algorithm}",
             f"dataset={self.dataset}",
             f"seed={self.seed}",
+            *self.settings,
             f"out_dir={self.out_dir}",
         ]
+
+
+def algorithm_settings(study: dict[str, Any], config: str | Path = "the config") -> dict[str, list[str]]:
+    """The study block's per-algorithm settings as ``key=value`` overrides, e.g. ``settings: {TBP:
+    {nudged_schedule: forward}}``: a baseline that relaxes differently shares the grid and its table."""
+    raw = study.get("settings") or {}
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise ConfigError(
+            f"{config}: study.settings must map an algorithm to its settings, e.g. "
+            "settings: {TBP: {nudged_schedule: forward}}; got " + repr(raw)
+        )
+    return {
+        str(algorithm): [
+            f"{k}={json.dumps(v) if isinstance(v, (list, dict, bool)) or v is None else v}" for k, v in keys.items()
+        ]
+        for algorithm, keys in raw.items()
+    }
 
 
 def plan_study(
@@ -59,16 +78,26 @@ def plan_study(
     seeds: Sequence[int] | None = None,
     overrides: Sequence[str] = (),
 ) -> list[StudyRun]:
-    """The runs of a study; unset axes come from the config's ``study:`` block, else the config itself.
-    Every run's config is validated before any run starts."""
+    """The runs of a study; unset axes come from the config's ``study:`` block, else the config itself, and
+    each algorithm's own settings from the block's ``settings:``. Every run's config is validated before any run
+    starts."""
     study = read_yaml(config).get("study", {})
     base = load_config(config, overrides)
     algorithms = list(algorithms or study.get("algorithms") or [base.algorithm])
     datasets = list(datasets or study.get("datasets") or [base.dataset])
     seeds = [int(s) for s in (seeds or study.get("seeds") or [base.seed])]
+    own = algorithm_settings(study, config)
+    listed = set(study.get("algorithms") or []) | set(algorithms)
+    unknown = sorted(set(own) - listed)
+    if unknown:
+        raise ConfigError(
+            f"{config}: study.settings names {', '.join(unknown)}, which the study does not run "
+            f"(its algorithms: {', '.join(sorted(listed))})"
+        )
     runs = []
     for algorithm, dataset, seed in itertools.product(algorithms, datasets, seeds):
         run = StudyRun(algorithm, dataset, seed, Path(out_dir) / f"{algorithm}_{dataset}_seed{seed}")
+        run.settings = own.get(algorithm, [])
         cfg = parse_overrides(run.overrides, base)  # raises ConfigError naming a bad value
         run.algorithm, run.dataset, run.config = cfg.algorithm, cfg.dataset, cfg
         runs.append(run)
@@ -191,7 +220,7 @@ def _run(
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             runs = list(pool.map(launch, runs))
     finished = [r.out_dir for r in runs if (r.out_dir / "metrics.jsonl").exists()]
-    finished += _earlier_runs(out, runs)
+    finished += _earlier_runs(out, runs, config, overrides)
     if finished:
         (out / "table.md").write_text(results_table(finished) + "\n")
         plot_runs(finished, out / "curves.png", mean_over_seeds=True)
@@ -259,21 +288,27 @@ def _take_runs_from_storage(
             run.returncode = 0
 
 
-def _earlier_runs(out: Path, runs: list[StudyRun]) -> list[Path]:
+def _earlier_runs(out: Path, runs: list[StudyRun], config: str | Path, overrides: Sequence[str]) -> list[Path]:
     """Finished runs of earlier commands in the study directory (other algorithms, data sets or seeds) whose config
-    matches this command's in everything else: they belong in the same table."""
+    is the one this study gives their algorithm and data set (its own ``settings:`` included): they belong in the
+    same table."""
     planned = {r.out_dir for r in runs}
-    reference = runs[0].config
+    base = load_config(config, overrides)
+    own = algorithm_settings(read_yaml(config).get("study", {}), config)
     found = []
     for path in sorted(out.glob("*/config.json")):
         run_dir = path.parent
         if run_dir in planned or not (run_dir / "metrics.jsonl").exists():
             continue
         saved = saved_config(run_dir)
-        if (
-            saved is not None
-            and reference is not None
-            and not config_changes(saved, reference, INCIDENTAL + ("algorithm", "dataset", "seed"))
-        ):
+        if saved is None:
+            continue
+        try:
+            reference = parse_overrides(
+                [f"algorithm={saved.algorithm}", f"dataset={saved.dataset}", *own.get(saved.algorithm, [])], base
+            )
+        except ConfigError:  # a run this study could not make
+            continue
+        if not config_changes(saved, reference, INCIDENTAL + ("seed",)):
             found.append(run_dir)
     return found
