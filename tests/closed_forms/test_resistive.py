@@ -435,21 +435,28 @@ def test_per_step_constants_never_outlive_the_weights_they_were_computed_from():
         opt.step()
         assert max(float((a - b).abs().max()) for a, b in zip(steady(net), steady(copy.deepcopy(net)))) < 1e-12
 
-    calls = []
     original = DeepResistiveNetwork.phase_constants
+    for inputs in (x, x.reshape(4, 1, 5, 1)):  # flat, and images as the data sets give them (B, C, H, W)
+        calls = []
 
-    def counting(self, inputs):
-        fixed, curv = original(self, inputs)
-        calls.append(self._constants is not None)
-        return fixed, curv
+        def counting(self, given):
+            fixed, curv = original(self, given)
+            calls.append(fixed[1])
+            return fixed, curv
 
-    DeepResistiveNetwork.phase_constants = counting
-    try:
-        rule.step(net, x, labels)
-    finally:
-        DeepResistiveNetwork.phase_constants = original
-    assert len(calls) == 3 and all(calls)  # free, two nudged phases: one shared computation, kept in the step
-    assert net._constants is None  # dropped at the step's end
+        DeepResistiveNetwork.phase_constants = counting
+        try:
+            rule.step(net, inputs, labels)
+        finally:
+            DeepResistiveNetwork.phase_constants = original
+        # free, two nudged phases (which start from the free state's flattened input): one shared computation
+        assert len(calls) == 3 and calls[1] is calls[0] and calls[2] is calls[0]
+        assert net._constants is None  # dropped at the step's end
+    other = x.clone()  # another input in other memory is never mistaken for the cached one
+    with net.learning_step(), torch.no_grad():
+        first = net.phase_constants(x)[0][1]
+        assert net.phase_constants(x.reshape(4, 1, 5, 1))[0][1] is first
+        assert net.phase_constants(other)[0][1] is not first
 
 
 def test_float64_models_nudge_with_float64_targets():

@@ -173,14 +173,15 @@ class DeepResistiveNetwork(nn.Module):
         """What stays constant while the voltages relax: per layer k the current b_k (plus, for layer 1, the
         sources' current u G_1) and the curvature 1^T G_k + G_{k+1} 1 (twice the quadratic's a). Inside a
         :meth:`learning_step` without autograd they are kept for the step's next phase on the same input (``x``
-        compared by identity; the parameters' version counters guard against an in-place update inside the step);
+        or a flattened view of it, same memory and version; the parameters' version counters guard against an
+        in-place update inside the step);
         outside one they are computed afresh for every phase."""
         params = list(self.parameters())
         key = (x._version, *(p._version for p in params), params[0].dtype)
         cache = getattr(self, "_constants", None)
         tracking = torch.is_grad_enabled()
         sharing = getattr(self, "_sharing", False)
-        if sharing and not tracking and cache is not None and cache[0] is x and cache[1] == key:
+        if sharing and not tracking and cache is not None and cache[1] == key and _same_input(cache[0], x):
             return cache[2], cache[3]
         L = self.depth
         g: list[Any] = [None] + [self.conductance(k) for k in range(1, L + 1)]
@@ -282,6 +283,19 @@ class DeepResistiveNetwork(nn.Module):
 
 
 # ---- the exact solver ------------------------------------------------------------------------------------------
+def _same_input(a: Tensor, b: Tensor) -> bool:
+    """Whether ``b`` is ``a`` or a flattened view of the same memory (a phase's states hold ``x.flatten(1)``, a new
+    tensor object, so the nudged phases see a view of the free phase's input); the version counters, shared by
+    views, are compared by the caller."""
+    return a is b or (
+        a.data_ptr() == b.data_ptr()
+        and a.dtype == b.dtype
+        and a.device == b.device
+        and a.flatten(1).shape == b.flatten(1).shape
+        and a.flatten(1).stride() == b.flatten(1).stride()
+    )
+
+
 def _output_nudge(nudge: Nudge | None) -> tuple[float, Tensor | None, Tensor | None]:
     """(c beta, c beta y, clamp target) of a nudge on the output: EP with a squared-error cost adds
     beta c/2 ||o - y||^2; clamping holds the output."""
