@@ -67,6 +67,7 @@ __all__ = [
     "complex_dtype",
     "largest_change",
     "Convergence",
+    "block_descent",
 ]
 
 SCHEDULES = ("asynchronous", "synchronous", "forward", "backward")
@@ -317,6 +318,41 @@ class Convergence:
             return None
         its = self.converged_at if self.converged_at is not None else torch.full_like(self.sample_change, float(used))
         return SolverStats(its.clamp(max=used).long(), self.sample_change)
+
+
+def block_descent(
+    states: list[Tensor],
+    free: Sequence[int],
+    groups: Sequence[Sequence[int]],
+    update: Callable[[int], Tensor],
+    iterations: int,
+    tol: float | None,
+    energy: Callable[[list[Tensor]], Tensor] | None = None,
+) -> RelaxResult:
+    """The loop of the exact block solvers (resistive networks, FitzHugh-Nagumo networks): per iteration, each
+    group of layers in turn takes ``update(k)`` (computed for the whole group before any of it is written, so a
+    group updates at once). With ``tol`` the phase stops once no free unit moves more than ``tol``; ``energy``
+    (the phase's energy per sample, nudging term included) asks for a :class:`Trajectory`. ``states`` is updated
+    in place and returned in the result."""
+    traj = Trajectory() if energy is not None else None
+    watch = Convergence(iterations, tol) if tol is not None or energy is not None else None
+    used = 0
+    for _ in range(iterations):
+        before = [states[k] for k in free] if watch is not None else None
+        for group in groups:
+            new = {k: update(k) for k in group}
+            for k, v in new.items():
+                states[k] = v
+        used += 1
+        if watch is not None and before is not None:
+            change = watch.update([states[k] for k in free], before, used)
+            if traj is not None and energy is not None:
+                with torch.no_grad():
+                    traj.energy.append(float(energy(states).real.mean()))
+                traj.change.append(change)
+            if tol is not None and change < tol:
+                break
+    return RelaxResult(states, used, traj, None if watch is None else watch.stats(used))
 
 
 def largest_change(after: Sequence[Tensor], before: Sequence[Tensor]) -> Tensor:

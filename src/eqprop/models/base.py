@@ -9,7 +9,8 @@ relaxation solver.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, cast, runtime_checkable
 
@@ -32,6 +33,7 @@ __all__ = [
     "model_names",
     "build_model",
     "ModelSection",
+    "layer_gains",
 ]
 
 BIAS_INITS = ("zeros", "uniform")
@@ -165,6 +167,17 @@ def image_input(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]
         raise ConfigError(f"model {name!r} needs image inputs (C, H, W), got shape {input_shape}")
     c, h, w = input_shape
     return c, h, w
+
+
+def layer_gains(gains: float | Sequence[float], n: int, what: str = "gains") -> list[float]:
+    """One initialisation gain per weight layer from a number or a list (one value: every layer), each finite and
+    > 0; the models' shared reading of the ``gains`` key."""
+    values = [float(gains)] * n if isinstance(gains, (int, float)) else [float(g) for g in gains]
+    if len(values) == 1:
+        values = values * n
+    if len(values) != n or any(not (math.isfinite(g) and g > 0) for g in values):
+        raise ValueError(f"{what}: expected {n} gains > 0 (one per weight layer), got {values}")
+    return values
 
 
 # ---- config section ----------------------------------------------------------------------------------------

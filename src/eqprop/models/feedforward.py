@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..core.relaxation import RelaxResult
 from ..errors import ConfigError
-from .base import register_model
+from .base import layer_gains, register_model
 
 __all__ = ["ReLUNetwork", "relu_mlp"]
 
@@ -33,10 +33,7 @@ class ReLUNetwork(nn.Module):
         if len(sizes) < 2 or min(sizes) < 1:
             raise ValueError(f"sizes must list at least 2 positive layer sizes (input, ..., output), got {sizes}")
         n = len(sizes) - 1
-        gains = [float(gains)] * n if isinstance(gains, (int, float)) else [float(g) for g in gains]
-        gains = gains * n if len(gains) == 1 else gains
-        if len(gains) != n or min(gains) <= 0:
-            raise ValueError(f"gains: expected {n} values > 0 (one per weight layer), got {gains}")
+        gains = layer_gains(gains, n)
         self.sizes, self.gains, self.num_classes = sizes, gains, sizes[-1]
         for k in range(1, n + 1):
             self.register_parameter(f"w{k}", nn.Parameter(torch.empty(sizes[k - 1], sizes[k])))

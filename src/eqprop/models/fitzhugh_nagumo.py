@@ -65,11 +65,11 @@ from ..core.constraints import Projection
 from ..core.interactions import real_linear
 from ..core.nudging import ClampNudge, EPNudge, Nudge
 from ..core.relaxation import (
-    Convergence,
     RelaxResult,
     Solver,
     SolverStats,
     Trajectory,
+    block_descent,
     complex_dtype,
     even_odd_groups,
     register_solver,
@@ -77,7 +77,7 @@ from ..core.relaxation import (
 from ..errors import ConfigError, Problems
 from ..logs import get_logger
 from ..settings import Section, check_choice, register_section, setting
-from .base import register_model
+from .base import layer_gains, register_model
 
 __all__ = [
     "FHNNetwork",
@@ -164,11 +164,7 @@ class FHNNetwork(nn.Module):
         if unsettled not in ("warn", "raise"):
             raise ValueError(f"unsettled must be 'warn' or 'raise', got {unsettled!r}")
         n_weights = len(sizes) - 1
-        gains = [float(gains)] * n_weights if isinstance(gains, (int, float)) else [float(g) for g in gains]
-        if len(gains) == 1:
-            gains = gains * n_weights
-        if len(gains) != n_weights or any(not (math.isfinite(g) and g > 0) for g in gains):
-            raise ValueError(f"gains: expected {n_weights} values > 0 (one per weight layer), got {gains}")
+        gains = layer_gains(gains, n_weights)
         self.sizes, self.gains, self.num_classes = sizes, gains, sizes[-1]
         self.diffusion, self.skips, self.train_ab = float(diffusion), bool(skips), bool(train_ab)
         self.dt, self.settle_tol, self.unsettled = float(dt), float(settle_tol), unsettled
@@ -510,28 +506,13 @@ class FHNExactSolver(Solver):
                 v = torch.where(mask, new, v)
             return v
 
-        traj = Trajectory() if record else None
-        watch = Convergence(iterations, s.tol) if s.tol is not None or record else None
-        used = 0
-        for _ in range(iterations):
-            before = [states[k] for k in free] if watch is not None else None
-            for group in groups:
-                new = {k: solve(k) for k in group}
-                for k, v in new.items():
-                    states[k] = v
-            used += 1
-            if watch is not None and before is not None:
-                change = watch.update([states[k] for k in free], before, used)
-                if traj is not None:
-                    with torch.no_grad():
-                        energy = network.energy(states)
-                        if cby is not None:
-                            energy = energy + nudge.extra_energy(states[L])  # type: ignore[union-attr]
-                    traj.energy.append(float(energy.real.mean()))
-                    traj.change.append(change)
-                if s.tol is not None and change < s.tol:
-                    break
-        return RelaxResult(states, used, traj, None if watch is None else watch.stats(used))
+        def energy(states: list[Tensor]) -> Tensor:
+            e = network.energy(states)
+            if cby is not None:
+                e = e + nudge.extra_energy(states[L])  # type: ignore[union-attr]
+            return e
+
+        return block_descent(states, free, groups, solve, iterations, s.tol, energy if record else None)
 
 
 @register_solver("fhn-dynamics")

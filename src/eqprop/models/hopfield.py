@@ -14,22 +14,11 @@ from ..core.network import EnergyNetwork
 from ..core.readout import Readout
 from ..errors import ConfigError
 from ..settings import Section, register_section, setting
-from .base import image_input, model_spec, register_model
+from .base import image_input, layer_gains, model_spec, register_model
 
 __all__ = ["dchn", "hopfield_mlp", "DCHN_CHANNELS", "vgg_crnn", "VGG_ARCHS"]
 
 DCHN_CHANNELS = (128, 256, 512, 512)
-
-
-def _gains(gains: float | Sequence[float], n: int, what: str) -> list[float]:
-    if isinstance(gains, (int, float)):
-        return [float(gains)] * n
-    gains = [float(g) for g in gains]
-    if len(gains) == 1:  # one value for every weight layer
-        return gains * n
-    if len(gains) != n:
-        raise ValueError(f"{what}: expected {n} gains (one per weight layer), got {len(gains)}")
-    return gains
 
 
 def dchn(
@@ -63,7 +52,7 @@ def dchn(
     pads = [1] * len(widths) if paddings is None else [int(p) for p in paddings]
     if len(pads) != len(widths) or min(pads, default=0) < 0:
         raise ValueError(f"paddings must give one value >= 0 per conv layer ({len(widths)}), got {list(pads)}")
-    alphas = _gains(gains, len(widths) + 1, "dchn")
+    alphas = layer_gains(gains, len(widths) + 1, "dchn")
     layers = [Layer("s0", (in_channels, input_size, input_size), None)]
     inters: dict[str, Interaction] = {}
     size, c_in = input_size, in_channels
@@ -106,7 +95,7 @@ def hopfield_mlp(
             f"sizes must list at least {2 + int(readout)} positive layer sizes (input, "
             f"{'hidden, classes' if readout else 'output'}), got {list(sizes)}"
         )
-    alphas = _gains(gains, len(sizes) - 1, "hopfield_mlp")
+    alphas = layer_gains(gains, len(sizes) - 1, "hopfield_mlp")
     free = len(sizes) - 1 - int(readout)  # relaxed layers
     layers = [Layer("s0", (int(sizes[0]),), None)]
     inters: dict[str, Interaction] = {}
@@ -163,7 +152,7 @@ def vgg_crnn(
     widths = [[max(1, int(round(c * channel_multiplier))) for c in b] for b in blocks]
     fc = [max(1, int(round(n * channel_multiplier))) for n in fc]
     n_weights = sum(len(b) for b in widths) + len(fc) + 1
-    alphas = _gains(gains, n_weights, "vgg_crnn")
+    alphas = layer_gains(gains, n_weights, "vgg_crnn")
     layers = [Layer("s0", (in_channels, input_size, input_size), None)]
     inters: dict[str, Interaction] = {}
     block_ends: list[int] = []

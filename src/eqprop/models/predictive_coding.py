@@ -30,8 +30,7 @@ from ..core.nudging import ClampNudge, Cost, EPNudge
 from ..core.relaxation import RelaxResult, Solver, SolverSettings, even_odd_groups, get_solver, register_solver
 from ..errors import ConfigError
 from ..settings import Section, check_choice, register_section, setting
-from .base import image_input, register_model
-from .hopfield import _gains
+from .base import image_input, layer_gains, register_model
 
 __all__ = [
     "PCLayer",
@@ -446,7 +445,7 @@ def pc_vgg(
         raise ValueError(f"pools must mark each of the {len(channels)} conv layers, got {len(pools)} entries")
     if input_size % (2 ** sum(pools)):
         raise ValueError(f"input_size={input_size} must be divisible by 2**{sum(pools)} (one 2x2 max-pool per pool)")
-    alphas = _gains(gains, len(channels) + len(hidden) + 1, "pc_vgg")
+    alphas = layer_gains(gains, len(channels) + len(hidden) + 1, "pc_vgg")
     layers: list[PCLayer] = []
     shapes = [(in_channels, input_size)]  # (channels, size) of each conv-stage state h_0..h_n
     c, size = in_channels, input_size

@@ -43,16 +43,15 @@ from torch import Tensor, nn
 from ..core.constraints import Projection, nonnegative
 from ..core.nudging import AugmentedNudge, ClampNudge, EPNudge, Nudge
 from ..core.relaxation import (
-    Convergence,
     RelaxResult,
     Solver,
-    Trajectory,
+    block_descent,
     even_odd_groups,
     register_solver,
 )
 from ..errors import ConfigError
 from ..settings import Section, register_section, setting
-from .base import register_model
+from .base import layer_gains, register_model
 
 __all__ = [
     "DeepResistiveNetwork",
@@ -91,11 +90,7 @@ class DeepResistiveNetwork(nn.Module):
         if not (math.isfinite(input_gain) and input_gain > 0):
             raise ValueError(f"input_gain must be a finite number > 0, got {input_gain}")
         n_weights = len(sizes) - 1
-        gains = [float(gains)] * n_weights if isinstance(gains, (int, float)) else [float(g) for g in gains]
-        if len(gains) == 1:
-            gains = gains * n_weights
-        if len(gains) != n_weights or any(not (math.isfinite(g) and g > 0) for g in gains):
-            raise ValueError(f"gains: expected {n_weights} values > 0 (one per conductance layer), got {gains}")
+        gains = layer_gains(gains, n_weights)
         self.sizes, self.input_gain, self.gains = sizes, float(input_gain), gains
         self.device_levels: tuple[int, float] | None = None  # (bits, g_max) of non-ideal devices, if any
         self.num_classes = sizes[-1]
@@ -379,28 +374,13 @@ class CoordinateDescentSolver(Solver):
             v = torch.where(grounded[k], torch.zeros_like(num), num / safe[k])
             return network.project(k, v)
 
-        traj = Trajectory() if record else None
-        watch = Convergence(iterations, s.tol) if s.tol is not None or record else None
-        used = 0
-        for _ in range(iterations):
-            before = [states[k] for k in free] if watch is not None else None
-            for group in groups:
-                new = {k: update(k) for k in group}
-                for k, v in new.items():
-                    states[k] = v
-            used += 1
-            if watch is not None and before is not None:
-                change = watch.update([states[k] for k in free], before, used)
-                if traj is not None:
-                    with torch.no_grad():
-                        energy = network.energy(states)
-                        if cb != 0.0:
-                            energy = energy + 0.5 * cb * (states[L] - nudge.y.to(pdtype)).pow(2).sum(1)  # type: ignore[union-attr]
-                    traj.energy.append(float(energy.mean()))
-                    traj.change.append(change)
-                if s.tol is not None and change < s.tol:
-                    break
-        return RelaxResult(states, used, traj, None if watch is None else watch.stats(used))
+        def energy(states: list[Tensor]) -> Tensor:
+            e = network.energy(states)
+            if cb != 0.0:
+                e = e + 0.5 * cb * (states[L] - nudge.y.to(pdtype)).pow(2).sum(1)  # type: ignore[union-attr]
+            return e
+
+        return block_descent(states, free, groups, update, iterations, s.tol, energy if record else None)
 
 
 # ---- presets: the papers' networks (MNIST: 784 inputs, 10 classes) -----------------------------------------------
