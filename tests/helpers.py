@@ -14,6 +14,20 @@ from eqprop.models.hamiltonian import HRU_TYPES, HamiltonianSSM
 from eqprop.rules.signals import KnowledgeDistillation, LocalError, WeightedKnowledgeDistillation
 
 
+def random_drn(sizes=(5, 6, 4, 3), gain=3.0, seed=0):
+    """A small float64 DRN at the papers' initialisation with random N(0, 1) bias currents (so that some units sit
+    at their diodes' bounds and some do not)."""
+    from eqprop.models.resistive import DeepResistiveNetwork
+
+    torch.manual_seed(seed)
+    net = DeepResistiveNetwork(list(sizes), input_gain=gain).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.dim() == 1:
+                p.normal_()
+    return net
+
+
 def small_mlp():
     net = hopfield_mlp((20, 16, 12, 5), gains=(1.0, 0.8, 0.8)).double()
     x = torch.rand(8, 20, dtype=torch.float64)

@@ -14,18 +14,9 @@ from eqprop.core.constraints import project_parameters
 from eqprop.core.nudging import ClampNudge, EPNudge, get_cost
 from eqprop.models.resistive import CoordinateDescentSolver, DeepResistiveNetwork
 from eqprop.rules.backprop import energy_implicit_gradient
+from helpers import random_drn
 
 HALF = get_cost("half_squared_error")
-
-
-def random_drn(sizes=(5, 6, 4, 3), gain=3.0, seed=0):
-    torch.manual_seed(seed)
-    net = DeepResistiveNetwork(list(sizes), input_gain=gain).double()
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.dim() == 1:
-                p.normal_()
-    return net
 
 
 def pairwise_energy(net, x, vs, beta=0.0, y=None):

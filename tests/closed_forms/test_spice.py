@@ -9,7 +9,7 @@ import torch
 
 from eqprop.core.nudging import ClampNudge, EPNudge, get_cost
 from eqprop.errors import ConfigError
-from eqprop.models.resistive import CoordinateDescentSolver, DeepResistiveNetwork, drn_xs
+from eqprop.models.resistive import CoordinateDescentSolver, drn_xs
 from eqprop.models.spice import (
     IDEAL_DIODE,
     SMALL_SIGNAL_DIODE,
@@ -19,6 +19,7 @@ from eqprop.models.spice import (
     ngspice_operating_point,
     spice_states,
 )
+from helpers import random_drn
 
 if shutil.which("ngspice") is None:
     if os.environ.get("CI"):
@@ -26,16 +27,6 @@ if shutil.which("ngspice") is None:
     pytestmark = pytest.mark.skip(reason="ngspice is not installed (apt-get install ngspice)")
 
 F64 = torch.float64
-
-
-def random_drn(seed, sizes=(5, 6, 4, 3), gain=3.0):
-    torch.manual_seed(seed)
-    net = DeepResistiveNetwork(list(sizes), input_gain=gain).double()
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.dim() == 1:
-                p.normal_()
-    return net
 
 
 def diode_currents(net, states):
@@ -75,7 +66,7 @@ def test_ngspice_agrees_with_the_exact_solver_free_nudged_and_clamped(seed):
     which both hold at 0 V): every node voltage within the bound derived from the diode model (about 0.1 mV), for
     the free phase, positive and negative nudging (a negative resistor; refused by both where it makes the energy
     unbounded) and a clamped output, and the predicted class is the same."""
-    net = random_drn(seed)
+    net = random_drn(seed=seed)
     x = torch.rand(1, 5, dtype=F64)
     y = torch.eye(3, dtype=F64)[[seed % 3]]
     at_bound = 0
@@ -144,7 +135,7 @@ def test_a_real_diode_costs_its_forward_voltage_and_bad_requests_are_clear():
     """With the 1N4148-like model the clamped nodes sit a diode drop away from 0 (tenths of a volt), far outside
     the ideal bound: what real diodes cost. A non-DRN model, a wrong input size and a failing netlist are errors
     that say what is wrong."""
-    net = random_drn(0)
+    net = random_drn(seed=0)
     x = torch.rand(1, 5, dtype=F64)
     with torch.no_grad():
         ours = CoordinateDescentSolver()(net, net.init_state(x), 500).states
@@ -165,7 +156,7 @@ def test_a_real_diode_costs_its_forward_voltage_and_bad_requests_are_clear():
 def test_ngspice_missing_or_failing_is_one_line_and_keeps_the_netlist(tmp_path, monkeypatch, capsys):
     from eqprop.cli import main
 
-    net = random_drn(0)
+    net = random_drn(seed=0)
     x = torch.rand(1, 5, dtype=F64)
     broken = netlist(net, x).replace("R1_", "Rbad 1 2 0\nR1_", 1)
     kept = tmp_path / "failed.cir"
