@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eqprop.errors import ConfigError
+from eqprop.errors import ConfigError, DataError
 from eqprop.training.config import parse_overrides
 from eqprop.training.results import read_run
 from eqprop.training.trainer import Trainer
@@ -98,6 +98,7 @@ def test_two_workers_share_one_sqlite_storage(experiment):
     for t in [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]:
         rows = [__import__("json").loads(x) for x in open(f"{t.user_attrs['run_dir']}/metrics.jsonl")]
         assert t.value == min(r["val_error"] for r in rows)  # the objective is the validation error
+        assert not any("test_error" in r for r in rows)  # and a trial never evaluates the test set
 
 
 @pytest.mark.slow
@@ -161,6 +162,36 @@ def test_validation_split_is_held_out_and_selects_the_best_checkpoint(tmp_path):
     best = torch.load(tmp_path / "checkpoint_best.pt", weights_only=False)
     assert best["epoch"] == min(history, key=lambda r: r["val_error"])["epoch"]
     assert all("val_error" in r and "test_error" in r for r in history)
+
+
+def test_a_blind_run_never_evaluates_the_test_set(tmp_path, monkeypatch):
+    """evaluate_test=false (what tuning trials get): every evaluation is on the validation split, the rows and the
+    summary hold no test error, the best checkpoint follows the validation error; a table refuses such runs and
+    without a validation split the setting is a clear error."""
+    import eqprop.training.trainer as trainer_module
+    from eqprop.training.results import results_table
+
+    items = [f"{k}={v}" for k, v in (line.split(": ") for line in EXPERIMENT.splitlines())]
+    splits = []
+    real = trainer_module.evaluate
+
+    def spy(*args, split="test", **kwargs):
+        splits.append(split)
+        return real(*args, split=split, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "evaluate", spy)
+    lines = []
+    cfg = parse_overrides([*items, "epochs=2", "evaluate_test=false", f"out_dir={tmp_path / 'blind'}"])
+    trainer = Trainer(cfg, log=lines.append)
+    history = trainer.fit()
+    assert splits == ["val", "val"] and all("val_error" in r and "test_error" not in r for r in history)
+    assert "test error" not in "\n".join(lines) and "best validation error" in lines[-1]
+    best = torch.load(tmp_path / "blind" / "checkpoint_best.pt", weights_only=False)
+    assert best["epoch"] == min(history, key=lambda r: r["val_error"])["epoch"]
+    with pytest.raises(DataError, match="never evaluated the test set"):
+        results_table([tmp_path / "blind"])
+    with pytest.raises(ConfigError, match="evaluate_test=false leaves a run nothing to select"):
+        parse_overrides([*items, "validation=0", "evaluate_test=false"])
 
 
 def cfg_items(cfg):

@@ -991,6 +991,9 @@ class DataSection(Section):
     limit_train: int | None = setting(None, "keep the first N training images (quick runs, tests)")
     limit_test: int | None = setting(None, "keep the first N test images")
     validation: float = setting(0.0, "hold out this fraction of the training set (seeded) for validation; 0: none")
+    evaluate_test: bool = setting(
+        True, "evaluate the test set after every epoch; false (with validation > 0): never read it (tuning trials)"
+    )
 
     def validate(self) -> None:
         self.dataset = check_choice("dataset", self.dataset, dataset_names())
@@ -1003,3 +1006,8 @@ class DataSection(Section):
         self.crop_padding_mode = check_choice("crop_padding_mode", self.crop_padding_mode, list(PADDING_MODES))
         if not 0 <= self.validation < 1:
             raise ConfigError(f"config key 'validation' must be a fraction in [0, 1), got {self.validation}")
+        if not self.evaluate_test and self.validation == 0:
+            raise ConfigError(
+                "evaluate_test=false leaves a run nothing to select or report on: hold out a validation split too "
+                "(validation=0.1, say), or keep evaluate_test=true"
+            )

@@ -297,6 +297,12 @@ def results_table(run_dirs: Sequence[str | Path], metric: str = "final") -> str:
     finished = [r for r in (read_run(d) for d in run_dirs) if r.metrics]
     if not finished:
         raise DataError("none of the runs has finished an epoch: nothing to tabulate")
+    blind = [str(r.path) for r in finished if "test_error" not in r.metrics[-1]]
+    if blind:
+        raise DataError(
+            f"{', '.join(blind)} never evaluated the test set (evaluate_test=false, a tuning trial): a table "
+            "reports test errors; leave such runs out"
+        )
     labels = _variants(finished)
     runs, notes = _one_run_per_seed(finished, labels)
     cells: dict[tuple[str, str], list[Run]] = {}

@@ -728,11 +728,13 @@ class Trainer:
                         row: dict[str, float] = {"epoch": epoch, **self.train_epoch(epoch, bbar)}
                     self._end_epoch(epoch, row)
                     if epoch == cfg.epochs and self.run_dir:  # finished: its settings beside its results
-                        best = min(r["test_error"] for r in self.history)
-                        results = {"best_test_error": best, "final_test_error": row["test_error"]}
+                        key = "test_error" if "test_error" in row else "val_error"
+                        best = min(r[key] for r in self.history)
+                        results = {f"best_{key}": best, f"final_{key}": row[key]}
                         self.run_dir.hparams({**cfg.flat(), "ranks": self.dist.world}, results)
                     ebar.update(1)
-                    ebar.set_postfix(test_err=f"{100 * row['test_error']:.2f}%")
+                    shown = "test_error" if "test_error" in row else "val_error"
+                    ebar.set_postfix({shown.replace("error", "err"): f"{100 * row[shown]:.2f}%"})
                     if distributed.any_rank(self._stop is not None, self.dist) and epoch < cfg.epochs:
                         raise Interrupted(self._stop or "SIGTERM", self.run_dir.last if self.run_dir else None)
                     if epoch == cfg.stop_after_epoch and epoch < cfg.epochs:  # once: a resume goes on past it
@@ -765,7 +767,7 @@ class Trainer:
             f"eqprop: done after {final['epoch']:g} epochs: best {what} error {100 * best[key]:.2f}% "
             f"(epoch {best['epoch']:g}), final {100 * final[key]:.2f}%"
         ]
-        if key == "val_error":
+        if key == "val_error" and "test_error" in best:
             parts.append(f"test error at that epoch {100 * best['test_error']:.2f}%")
         if wall is not None:
             parts.append(f"wall time {wall:.1f} s")
@@ -776,15 +778,18 @@ class Trainer:
     def _end_epoch(self, epoch: int, row: dict[str, float]) -> None:
         """Evaluate, let the callbacks add to the row, record it and checkpoint."""
         t_eval = time.perf_counter()
-        test = evaluate(
-            self.network, self.algorithm, self.data, self.device, flatten=self.flatten, ctx=self.dist, dtype=self.dtype
-        )
-        row.update(
-            test_error=test["error"],
-            test_top5_error=test["top5_error"],
-            test_loss=test["loss"],
-            lr=self.optimizer.param_groups[0]["lr"],
-        )
+        if self.cfg.evaluate_test:  # false: a tuning trial, which never reads the test set
+            test = evaluate(
+                self.network,
+                self.algorithm,
+                self.data,
+                self.device,
+                flatten=self.flatten,
+                ctx=self.dist,
+                dtype=self.dtype,
+            )
+            row.update(test_error=test["error"], test_top5_error=test["top5_error"], test_loss=test["loss"])
+        row["lr"] = self.optimizer.param_groups[0]["lr"]
         if self.data.val_images is not None:  # model selection on the held-out split, never on the test set
             val = evaluate(
                 self.network,
@@ -802,13 +807,17 @@ class Trainer:
             callback.on_epoch_end(self, epoch, row)
         self.history.append(row)
         self.epoch = epoch
-        selected = row.get("val_error", row["test_error"])  # the checkpoint_best criterion
+        selected = row["val_error"] if "val_error" in row else row["test_error"]  # the checkpoint_best criterion
         best = selected < self.best_error
         self.best_error = min(self.best_error, selected)
         self.log(
             f"epoch {epoch:3d}  train loss {row['train_loss']:.4f}  train error "
-            f"{100 * row['train_error']:6.2f}%  test error {100 * row['test_error']:6.2f}%  "
-            f"top-5 {100 * row['test_top5_error']:5.2f}%"
+            f"{100 * row['train_error']:6.2f}%"
+            + (
+                f"  test error {100 * row['test_error']:6.2f}%  top-5 {100 * row['test_top5_error']:5.2f}%"
+                if "test_error" in row
+                else ""
+            )
             + (f"  val error {100 * row['val_error']:6.2f}%" if "val_error" in row else "")
             + f"  ({row['time']:.1f}s)"
         )

@@ -8,12 +8,14 @@ The search space is a YAML mapping from config keys (flat or ``section.key``) to
     algorithm: {type: categorical, choices: [CEP, NEP]}
 
 Each trial is a normal run directory (``OUT/<study>/trial_0007``); a diverged trial is recorded as failed. The
-objective is the run's best validation error when the config holds out a validation split (``validation=0.1``), else
-its best test error (a warning says that the search then looks at the test set). Trials report every epoch, so a
-pruner (median or Hyperband) stops poor ones. Workers on any number of machines cooperate through the storage: a
-SQLite file locally, a PostgreSQL/MySQL URL, or Optuna's journal file (``journal:PATH``). With a database storage
-each running trial sends heartbeats; the trial of a worker that was killed is marked failed once its heartbeat is
-stale and is retried with the same parameters by the next worker (Optuna's retry callback). Optuna 5's
+objective is the run's best validation error when the config holds out a validation split (``validation=0.1``), and
+then the trials never evaluate the test set (``evaluate_test=false``): it is read only by the final runs of the chosen
+settings. Without a split the objective is the best test error (a warning says that the search then looks at it).
+Trials report every epoch, so a pruner (median or Hyperband) stops poor ones. Workers on any number of machines
+cooperate through the storage: a SQLite file locally, a PostgreSQL/MySQL URL, or Optuna's journal file
+(``journal:PATH``). With a database storage each running trial sends heartbeats; the trial of a worker that was
+killed is marked failed once its heartbeat is stale and is retried with the same parameters by the next worker
+(Optuna's retry callback). Optuna 5's
 journal storage has no heartbeat, so there a killed worker's trial stays RUNNING: use a database to get retries.
 """
 
@@ -291,7 +293,8 @@ def run_tune(
             raise optuna.TrialPruned("the study already has its trials")
         sampled = [_override(d.key, d.suggest(trial), base) for d in space]
         run_dir = out / study.study_name / f"trial_{trial.number:04d}"
-        cfg = parse_overrides([*sampled, f"out_dir={run_dir}", "progress=false"], base)
+        blind = ["evaluate_test=false"] if key == "val_error" else []  # a trial never reads the test set
+        cfg = parse_overrides([*sampled, *blind, f"out_dir={run_dir}", "progress=false"], base)
         trial.set_user_attr("run_dir", str(run_dir))
 
         from .callbacks import Callback
