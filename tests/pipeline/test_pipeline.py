@@ -316,7 +316,10 @@ def test_topk_errors():
     assert topk_errors(out[:, :3], torch.tensor([2, 0])) == {1: 2, 5: 0}  # k capped at the number of classes
 
 
-def test_cli_train_writes_a_complete_run_directory(tmp_path, capsys):
+def test_cli_train_writes_a_complete_run_directory(tmp_path, capsys, monkeypatch):
+    import eqprop.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "TENSORBOARD_POINTS", 2)  # 4 batches per epoch: windows of 2 batches
     out = tmp_path / "run"
     assert main(["train", *TINY, "epochs=2", f"out_dir={out}"]) == 0
     printed = capsys.readouterr().out
@@ -347,6 +350,10 @@ def test_cli_train_writes_a_complete_run_directory(tmp_path, capsys):
     events.Reload()
     assert [e.step for e in events.Scalars("epoch/test_error")] == [1, 2]
     assert [e.value for e in events.Scalars("epoch/test_error")] == pytest.approx([r["test_error"] for r in rows])
+    batch = events.Scalars("batch/train_loss")  # the mean of each window: their mean is the epoch's loss
+    assert [e.step for e in batch] == [1, 3, 5, 7]
+    means = [(batch[0].value + batch[1].value) / 2, (batch[2].value + batch[3].value) / 2]
+    assert means == pytest.approx([r["train_loss"] for r in rows], rel=1e-5)
     # the finished run's settings beside its results (TensorBoard's HPARAMS tab)
     from tensorboard.plugins.hparams import plugin_data_pb2
 

@@ -50,6 +50,9 @@ from .run_directory import RunDirectory, provenance, read_checkpoint, restore_rn
 from .teacher import ConvTeacher, TeacherFeatures, load_or_train_teacher
 
 _logger = get_logger(__name__)
+TENSORBOARD_POINTS = (
+    100  # batch-loss points per epoch in TensorBoard (one per window of batches; every batch on small sets)
+)
 
 __all__ = [
     "TrainConfig",
@@ -599,6 +602,7 @@ class Trainer:
     def train_epoch(self, epoch: int, bar: Any = None) -> dict[str, float]:
         """One pass over the shuffled training set (continuing a partial epoch after resume)."""
         cfg, n = self.cfg, len(self.train_labels)
+        self._window = [0.0, 0]  # TensorBoard's batch-loss window: sum, batches
         partial = self._partial or {
             "batch": 0,
             "wrong1": 0,
@@ -659,8 +663,14 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{partial['loss'] / seen:.4f}", err=f"{100 * partial['wrong1'] / seen:.2f}%")
-            if self.run_dir:
-                self.run_dir.scalar("batch/train_loss", loss / global_batch, (epoch - 1) * batches + b)
+            if self.run_dir:  # TensorBoard: the mean batch loss over windows of about 1% of an epoch
+                window = max(1, batches // TENSORBOARD_POINTS)
+                self._window[0] += loss / global_batch
+                self._window[1] += 1
+                if (b + 1) % window == 0 or b + 1 == batches:
+                    step = (epoch - 1) * batches + b
+                    self.run_dir.scalar("batch/train_loss", self._window[0] / self._window[1], step)
+                    self._window = [0.0, 0]
             if stop and b + 1 < batches:
                 partial.update(
                     time=time.perf_counter() - t0,
