@@ -118,7 +118,17 @@ def test_yaml_configs_validate_with_base_files(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-SHIPPED = sorted((ROOT / "configs").rglob("*.yaml"))
+SHIPPED = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if not p.name.startswith("space_"))
+SPACES = sorted((ROOT / "configs").rglob("space_*.yaml"))  # eqprop tune's search spaces, each beside its tune_ config
+
+
+@pytest.mark.parametrize("path", SPACES, ids=[p.name for p in SPACES])
+def test_shipped_search_spaces_read_against_their_tune_configs(path):
+    from eqprop.training.tune import read_space
+
+    tune = path.with_name(path.name.replace("space_", "tune_", 1))
+    space = read_space(path, tune, [])
+    assert space and {d.key for d in space} >= {"beta", "lrs", "crop_padding"}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(ROOT / "configs")) for p in SHIPPED])
