@@ -155,6 +155,35 @@ def test_digits_split_is_fixed_and_seeded():
     assert abs(float(x.mean())) < 1e-5 and float(x.std()) == pytest.approx(1.0, abs=1e-4)
 
 
+def test_the_digits_cache_gives_scikit_learns_split_without_importing_it(tmp_path, monkeypatch):
+    """The cached digits equal scikit-learn's load_digits and train_test_split (stratified, seeded), a cached
+    load imports no scikit-learn, and a damaged cache file is recomputed and rewritten."""
+    import sys
+
+    import numpy as np
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    monkeypatch.setenv("EQPROP_CACHE_DIR", str(tmp_path))
+    first = load_dataset("digits", image_size=8, seed=3)
+    (cached,) = tmp_path.glob("digits-*-seed3-*.npz")
+    sk = sk_digits()
+    train, test = train_test_split(np.arange(1797), test_size=0.2, random_state=3, stratify=sk.target)
+    assert torch.equal(first.train_labels, torch.as_tensor(sk.target[train]))
+    assert torch.equal(first.test_images, torch.as_tensor(sk.images[test], dtype=torch.float32).unsqueeze(1) / 16)
+    for name in [m for m in sys.modules if m == "sklearn" or m.startswith("sklearn.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # importing it now fails
+    again = load_dataset("digits", image_size=8, seed=3)
+    assert torch.equal(again.train_images, first.train_images) and torch.equal(again.test_labels, first.test_labels)
+    monkeypatch.delitem(sys.modules, "sklearn")
+    cached.write_bytes(b"damaged")
+    assert torch.equal(load_dataset("digits", image_size=8, seed=3).train_labels, first.train_labels)
+    assert cached.read_bytes()[:2] == b"PK"  # rewritten (an .npz is a zip file)
+    monkeypatch.setenv("EQPROP_CACHE_DIR", "off")
+    assert torch.equal(load_dataset("digits", image_size=8, seed=3).train_labels, first.train_labels)
+
+
 def test_random_flip_and_crop_are_per_image_and_seeded():
     x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(2 * 3, 1, 4, 5).repeat(10, 1, 1, 1)
     g = torch.Generator().manual_seed(0)

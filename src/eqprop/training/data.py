@@ -53,6 +53,7 @@ __all__ = [
     "dataset_names",
     "load_dataset",
     "load_digits",
+    "cache_dir",
     "load_mnist",
     "read_idx",
     "Augmentation",
@@ -290,15 +291,12 @@ def load_digits(image_size: int = 8, test_fraction: float = 0.2, seed: int = 0) 
 
     Normalised by the train split's pixel mean and std (the images have no published statistics).
     """
-    from sklearn.datasets import load_digits as sk_digits
-    from sklearn.model_selection import train_test_split
-
     if not 0.0 < test_fraction < 1.0:
         raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
     if image_size < 8:
         raise DataError(f"digits images are 8x8; image_size must be >= 8, got {image_size}")
-    data = sk_digits()
-    n = len(data.images)
+    images, target, idx_train, idx_test = _digits_split(test_fraction, seed)
+    n = len(images)
     per_pixel = 4 * 3  # float32: the resized images, their clamped copy and a normalised copy
     from .memory import memory_bytes, require_fits
 
@@ -308,15 +306,53 @@ def load_digits(image_size: int = 8, test_fraction: float = 0.2, seed: int = 0) 
         f"image_size={image_size} ({n} digits images of {image_size}x{image_size} pixels)",
         f"choose an image_size of at most {largest} (the papers use 16 or 32)",
     )
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 16.0
     if image_size != 8:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False).clamp(0, 1)
-    y = torch.tensor(data.target, dtype=torch.int64)
-    idx_train, idx_test = train_test_split(
-        np.arange(len(y)), test_size=test_fraction, random_state=seed, stratify=data.target
+    y = torch.tensor(target, dtype=torch.int64)
+    train, test = torch.as_tensor(idx_train), torch.as_tensor(idx_test)
+    mean, std = float(x[train].mean()), float(x[train].std())
+    return ImageData("digits", x[train], y[train], x[test], y[test], (mean,), (std,), 10)
+
+
+def cache_dir() -> Path | None:
+    """Where eqprop keeps what it can recompute: ``EQPROP_CACHE_DIR``, else ``$XDG_CACHE_HOME/eqprop`` or
+    ``~/.cache/eqprop``; ``EQPROP_CACHE_DIR=off`` turns caching off (None)."""
+    chosen = os.environ.get("EQPROP_CACHE_DIR")
+    if chosen is not None:
+        return None if chosen.strip().lower() in ("", "off", "0", "none") else Path(chosen)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "eqprop"
+
+
+def _digits_split(test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's digits (images, targets) and the seeded stratified split (train and test indices), read from
+    the cache when it holds them: importing scikit-learn takes about 2 s, a large part of a short run's start."""
+    from importlib.metadata import version
+
+    folder = cache_dir()
+    path = None
+    if folder is not None:
+        path = folder / f"digits-sklearn{version('scikit-learn')}-seed{seed}-test{test_fraction!r}.npz"
+        try:
+            with np.load(path) as cached:
+                return cached["images"], cached["target"], cached["train"], cached["test"]
+        except Exception:  # missing, or a damaged file: recompute (and rewrite) it
+            pass
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    data = sk_digits()
+    train, test = train_test_split(
+        np.arange(len(data.target)), test_size=test_fraction, random_state=seed, stratify=data.target
     )
-    mean, std = float(x[idx_train].mean()), float(x[idx_train].std())
-    return ImageData("digits", x[idx_train], y[idx_train], x[idx_test], y[idx_test], (mean,), (std,), 10)
+    arrays = (np.asarray(data.images), np.asarray(data.target), np.asarray(train), np.asarray(test))
+    if path is not None:
+        with contextlib.suppress(OSError):  # an unwritable cache only costs the next start its 2 s
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+            np.savez(tmp, images=arrays[0], target=arrays[1], train=arrays[2], test=arrays[3])
+            os.replace(tmp, path)
+    return arrays
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
