@@ -15,14 +15,14 @@ from eqprop.training.study import run_study
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main(out: str = "runs/sweep", epochs: int = 3, extra: tuple[str, ...] = ()) -> Path:
+def main(out: str = "runs/sweep", epochs: int = 3, extra: tuple[str, ...] = (), jobs: int = 1) -> Path:
     overrides = [f"epochs={epochs}", "channels=[8,16,16]", "free_iterations=15", "nudged_iterations=5", *extra]
     run_study(
         ROOT / "configs" / "default.yaml",
         out,
         algorithms=["PEP", "NEP", "CEP"],
         seeds=[0, 1],
-        jobs=1,
+        jobs=jobs,  # runs at once, one thread each
         overrides=[*overrides, "progress=false", "tensorboard=false", "threads=1"],
     )
     table = Path(out) / "table.md"

@@ -24,7 +24,8 @@ def test_the_new_energy_term_passes_its_autograd_check_and_learns(capsys):
 
 
 def test_the_sweep_writes_one_table_over_rules_and_seeds(tmp_path):
-    table = example("sweep").main(str(tmp_path / "sweep"), epochs=1, extra=("limit_train=128", "limit_test=64"))
+    out = str(tmp_path / "sweep")
+    table = example("sweep").main(out, epochs=1, extra=("limit_train=128", "limit_test=64"), jobs=2)
     text = table.read_text()
     for rule in ("PEP", "NEP", "CEP"):
         assert f"| {rule} |" in text and f"{rule} 2 (0, 1)" in text

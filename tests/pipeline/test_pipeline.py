@@ -681,20 +681,28 @@ def test_eval_plot_table_and_study(tmp_path, capsys):
     assert (runs[0] / "metrics.jsonl").read_text() == before
 
 
-def test_a_study_gives_each_algorithm_its_own_settings_and_tables_them_together(tmp_path, capsys):
+def test_a_study_gives_each_algorithm_its_own_settings_and_tables_them_together(tmp_path, capsys, monkeypatch):
     """``study.settings``: TBP relaxes its K steps differently from the EP rules (as in the resistive papers' code),
-    in the same grid; a run made by an earlier command with its algorithm's own settings joins the table."""
+    in the same grid: its run's command carries them, and a run made by an earlier command with its algorithm's
+    own settings joins the table (the runs are trained here, in this process, as the study's processes would)."""
     from eqprop.training.study import plan_study
 
     exp = tmp_path / "exp.yaml"
     exp.write_text("epochs: 1\nstudy:\n  algorithms: [CEP, TBP]\n  settings:\n    TBP: {nudged_iterations: 5}\n")
-    plan = {r.algorithm: r.config for r in plan_study(exp, tmp_path / "s", overrides=TINY)}
-    assert plan["TBP"].nudged_iterations == 5 and plan["CEP"].nudged_iterations == 3
     study = tmp_path / "study"
-    common = ["study", str(exp), *TINY, "tensorboard=false", "--out", str(study)]
-    assert main([*common, "--algorithms", "TBP"]) == 0
-    assert read_run(study / "TBP_digits_seed0").config["nudged_iterations"] == 5
-    assert main([*common, "--algorithms", "CEP"]) == 0  # the TBP run of the first command joins the table
+    overrides = [*TINY, "tensorboard=false"]
+    plan = {r.algorithm: r for r in plan_study(exp, study, overrides=overrides)}
+    assert plan["TBP"].config.nudged_iterations == 5 and plan["CEP"].config.nudged_iterations == 3
+    assert "nudged_iterations=5" in plan["TBP"].overrides and "nudged_iterations=5" not in plan["CEP"].overrides
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 1)
+    assert main(["study", str(exp), *overrides, "--algorithms", "TBP", "--out", str(tmp_path / "s")]) != 0
+    assert "nudged_iterations=5" in calls[0]  # the run's own process gets TBP's settings
+    for run in plan.values():
+        Trainer(run.config, log=lambda s: None).fit()
+    common = ["study", str(exp), *overrides, "--out", str(study)]
+    calls.clear()
+    assert main([*common, "--algorithms", "CEP"]) == 0 and calls == []  # CEP finished; TBP is an earlier run
     table = (study / "table.md").read_text()
     assert "| CEP |" in table and "| TBP |" in table
     capsys.readouterr()
