@@ -152,3 +152,31 @@ def test_mean_over_seeds_draws_one_colour_per_setting_with_the_mean_a_band_and_f
     assert len(tbp_lines) == 2 and all(line[1] is None for line in tbp_lines)  # test and train, plain
     assert seen["legend"][:2] == ["CEP mnist (mean of 3 seeds)", "TBP mnist (seed 0)"]
     assert "min-max over seeds (band)" in seen["legend"]
+
+
+def test_plot_draws_the_validation_curves_of_a_blind_run(tmp_path, monkeypatch):
+    """A tuning trial (validation split, evaluate_test=false) has no test curve: its validation error and loss are
+    drawn dotted, with a legend entry, beside the training curves."""
+    seen = {}
+    import matplotlib.figure
+
+    original = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        seen["styles"] = [[line.get_linestyle() for line in ax.lines] for ax in fig.axes]
+        seen["values"] = [line.get_ydata().tolist() for line in fig.axes[0].lines if line.get_linestyle() == ":"]
+        seen["legend"] = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    d = tmp_path / "trial"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"algorithm": "CEP", "dataset": "mnist28", "seed": 0}))
+    rows = [
+        dict(epoch=1, train_error=0.2, train_loss=0.5, val_error=0.25, val_loss=0.6),
+        dict(epoch=2, train_error=0.1, train_loss=0.3, val_error=0.15, val_loss=0.4),
+    ]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plot_runs([d], tmp_path / "p.png")
+    assert seen["styles"] == [["--", ":"], ["--", ":"]]
+    assert seen["values"] == [pytest.approx([25.0, 15.0])] and "validation (dotted)" in seen["legend"]

@@ -137,6 +137,8 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path, mean_over_seeds:
         (ax_err, "train_error", 100.0, "--", False),
         (ax_loss, "test_loss", 1.0, "-", False),
         (ax_loss, "train_loss", 1.0, "--", False),
+        (ax_err, "val_error", 100.0, ":", False),  # runs with a validation split (tuning trials: only these)
+        (ax_loss, "val_loss", 1.0, ":", False),
     ]
     if top5:
         panels.append((axes[2], "test_top5_error", 100.0, "-", False))
@@ -149,8 +151,8 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path, mean_over_seeds:
             members = [r for r in group if key in r.metrics[0]]
             if members:
                 _draw(ax, members, key, scale, color, ls, label if labelled else None)
-    ax_err.set(xlabel="epoch", ylabel="error rate (%)", title="top-1 error (solid: test, dashed: train)")
-    ax_loss.set(xlabel="epoch", ylabel="cost", title="loss (solid: test, dashed: train)")
+    ax_err.set(xlabel="epoch", ylabel="error rate (%)", title="top-1 error")
+    ax_loss.set(xlabel="epoch", ylabel="cost", title="loss")
     if top5:  # 100- and 1000-class sets: the top-5 test error the PCN paper reports
         axes[2].set(xlabel="epoch", ylabel="top-5 error rate (%)", title="top-5 test error (100+ classes)")
     for ax in axes:
@@ -171,6 +173,9 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path, mean_over_seeds:
     handles, names = ax_err.get_legend_handles_labels()
     handles += [Line2D([], [], color="0.3", ls="-"), Line2D([], [], color="0.3", ls="--")]
     names += ["test (solid)", "train (dashed)"]
+    if any(r.metrics and "val_error" in r.metrics[0] for r in runs):
+        handles.append(Line2D([], [], color="0.3", ls=":"))
+        names.append("validation (dotted)")
     if any(len(group) > 1 for _, group in series):
         handles += [Line2D([], [], color="0.3", lw=0.8, alpha=0.35), Patch(color="0.3", alpha=0.15)]
         names += ["one seed (faint)", "min-max over seeds (band)"]
