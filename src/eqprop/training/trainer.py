@@ -788,30 +788,22 @@ class Trainer:
     def _end_epoch(self, epoch: int, row: dict[str, float]) -> None:
         """Evaluate, let the callbacks add to the row, record it and checkpoint."""
         t_eval = time.perf_counter()
-        if self.cfg.evaluate_test:  # false: a tuning trial, which never reads the test set
-            test = evaluate(
-                self.network,
-                self.algorithm,
-                self.data,
-                self.device,
-                flatten=self.flatten,
-                ctx=self.dist,
-                dtype=self.dtype,
-            )
-            row.update(test_error=test["error"], test_top5_error=test["top5_error"], test_loss=test["loss"])
-        row["lr"] = self.optimizer.param_groups[0]["lr"]
+        splits = ["test"] if self.cfg.evaluate_test else []  # false: a tuning trial, which never reads the test set
         if self.data.val_images is not None:  # model selection on the held-out split, never on the test set
-            val = evaluate(
+            splits.append("val")
+        for split in splits:
+            result = evaluate(
                 self.network,
                 self.algorithm,
                 self.data,
                 self.device,
                 flatten=self.flatten,
-                split="val",
+                split=split,
                 ctx=self.dist,
                 dtype=self.dtype,
             )
-            row.update(val_error=val["error"], val_top5_error=val["top5_error"], val_loss=val["loss"])
+            row.update({f"{split}_{key}": result[key] for key in ("error", "top5_error", "loss")})
+        row["lr"] = self.optimizer.param_groups[0]["lr"]
         row["time"] = row["train_time"] + time.perf_counter() - t_eval
         for callback in self.callbacks:
             callback.on_epoch_end(self, epoch, row)
