@@ -6,9 +6,12 @@ import torch
 
 from eqprop.training.data import load_digits
 
-# 2 threads on the 2-core CI machine; EQPROP_TEST_THREADS=1 while a training run holds the other core (two
-# threads then fight for one core and the suite runs about 4x slower)
-torch.set_num_threads(int(os.environ.get("EQPROP_TEST_THREADS", "2")))
+# The suite runs as two pytest-xdist workers (pyproject's addopts), each on its own share of the cores: one thread
+# each on the 2-core CI machine (most tests are too small to use two). With -n 0 one
+# process takes 2 threads. EQPROP_TEST_THREADS overrides both, e.g. 1 with -n 0 while a training run holds a core.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+_default_threads = max(1, (os.cpu_count() or 2) // _workers) if _workers else 2
+torch.set_num_threads(int(os.environ.get("EQPROP_TEST_THREADS", str(_default_threads))))
 # one cache for the session and the runs it starts (the digits' split: no scikit-learn import per run), never the
 # user's own
 os.environ["EQPROP_CACHE_DIR"] = tempfile.mkdtemp(prefix="eqprop-test-cache-")
