@@ -14,10 +14,10 @@ for item in "$@"; do
       echo "$(date -Is) $name: finished, skipped" >> "$root/queue.log"; continue
     fi
     echo "$(date -Is) $name: resume" >> "$root/queue.log"
-    eqprop train --resume "$dir" threads=1 progress=false >> "$root/$name.log" 2>&1
+    eqprop train --resume "$dir" threads=1 progress=false >> "$root/$name.log" 2>&1; rc=$?
   else
     echo "$(date -Is) $name: start $config" >> "$root/queue.log"
-    eqprop train "$config" data_dir="$data" threads=1 progress=false out_dir="$dir" >> "$root/$name.log" 2>&1
+    eqprop train "$config" data_dir="$data" threads=1 progress=false out_dir="$dir" >> "$root/$name.log" 2>&1; rc=$?
   fi
-  echo "$(date -Is) $name: exit $?" >> "$root/queue.log"
+  echo "$(date -Is) $name: exit $rc" >> "$root/queue.log"  # rc: $(date) would reset $?
 done

@@ -217,6 +217,39 @@ def test_two_study_workers_share_one_grid(experiment):
         assert [r["epoch"] for r in read_run(run).metrics] == [1, 2]
 
 
+def test_a_study_plans_seed_major_and_its_workers_take_runs_in_that_order(experiment):
+    """The first seed of every algorithm comes before any second seed (a study stopped part-way has every cell of
+    its table), and a shared grid is queued in that order."""
+    from eqprop.training.study import _take_runs_from_storage, plan_study
+
+    (experiment / "grid.yaml").write_text(EXPERIMENT + "study:\n  algorithms: [CEP, NEP]\n  seeds: [0, 1]\n")
+    runs = plan_study(experiment / "grid.yaml", experiment / "grid")
+    order = ["CEP_digits_seed0", "NEP_digits_seed0", "CEP_digits_seed1", "NEP_digits_seed1"]
+    assert [r.out_dir.name for r in runs] == order
+    taken = []
+
+    def launch(run):  # stands in for the training process: records the order, writes no run
+        taken.append(run.out_dir.name)
+        run.returncode = 1
+        return run
+
+    storage = f"sqlite:///{experiment / 'grid.db'}"
+    _take_runs_from_storage(runs, launch, 1, storage, "grid", None, lambda line: None)
+    assert taken == order
+
+
+def test_a_worker_whose_grid_differs_from_the_storages_is_refused(experiment):
+    """Workers of one grid must plan the same runs: one started with other --seeds would take runs it cannot do."""
+    from eqprop.training.config import ConfigError
+    from eqprop.training.study import run_study
+
+    storage = f"sqlite:///{experiment / 'grid.db'}"
+    optuna.create_study(study_name="grid", storage=storage).enqueue_trial({"run": "CEP_digits_seed7"})
+    with pytest.raises(ConfigError, match=r"CEP_digits_seed7.*same config, axes"):
+        run_study(experiment / "exp.yaml", experiment / "grid", seeds=[0], storage=storage, log=lambda line: None)
+    assert not (experiment / "grid" / "CEP_digits_seed0").exists()  # refused before any run started
+
+
 def test_a_journal_file_storage_and_the_hyperband_pruner(experiment):
     from eqprop.training.tune import run_tune
 

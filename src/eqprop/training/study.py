@@ -3,7 +3,9 @@ summarised at the end by ``table.md`` (Table 1 layout) and ``curves.png``.
 
 With ``storage`` (an Optuna storage URL, as for ``eqprop tune``), ``eqprop study`` processes on any number of
 machines share one grid: each run is an enqueued trial that exactly one worker takes; the run of a killed worker is
-retried (and resumes from its checkpoint) by another. Without it one process runs the grid, ``jobs`` at a time.
+retried (and resumes from its checkpoint) by another; every worker of a grid plans the same runs (a worker with
+other axes or overrides is refused). Without it one process runs the grid, ``jobs`` at a time. Either way the grid
+runs seed-major: the first seed of every algorithm and data set before any second seed.
 
 Re-running a study resumes its unfinished runs. A run already in the study directory under another config (say
 the command now has ``epochs=3``) is refused, or re-run from scratch with ``overwrite``: a run is never reported
@@ -95,7 +97,9 @@ def plan_study(
             f"(its algorithms: {', '.join(sorted(listed))})"
         )
     runs = []
-    for algorithm, dataset, seed in itertools.product(algorithms, datasets, seeds):
+    # seed-major: the first seed of every algorithm and data set before any second seed, so that a study stopped
+    # part-way (or still running) has every cell of its table
+    for seed, algorithm, dataset in itertools.product(seeds, algorithms, datasets):
         run = StudyRun(algorithm, dataset, seed, Path(out_dir) / f"{algorithm}_{dataset}_seed{seed}")
         run.settings = own.get(algorithm, [])
         cfg = parse_overrides(run.overrides, base)  # raises ConfigError naming a bad value
@@ -248,8 +252,18 @@ def _take_runs_from_storage(
     names = sorted(by_name)
     study = optuna.create_study(study_name=name, storage=make_storage(storage, heartbeat), load_if_exists=True)
     fail_stale_trials(study)  # runs of killed workers: failed, queued again, resumed by us
-    taken = {t.params.get("run") for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.FAIL}
-    for run_name in names:
+    trials = study.get_trials(deepcopy=False)
+    foreign = sorted(
+        {str(t.params.get("run", t.system_attrs.get("fixed_params", {}).get("run"))) for t in trials} - {"None", *names}
+    )
+    if foreign:
+        raise ConfigError(
+            f"the grid {name!r} in {storage} holds runs this command does not plan ({', '.join(foreign[:4])}"
+            f"{', ...' if len(foreign) > 4 else ''}): every worker of a grid needs the same config, axes "
+            "(--algorithms, --datasets, --seeds) and overrides; for another grid give another --study-name"
+        )
+    taken = {t.params.get("run") for t in trials if t.state != optuna.trial.TrialState.FAIL}
+    for run_name in (r.out_dir.name for r in runs):  # in plan order (seed-major): waiting trials are taken oldest first
         if run_name not in taken:
             study.enqueue_trial({"run": run_name}, skip_if_exists=True)
     waiting = (optuna.trial.TrialState.WAITING,)
