@@ -234,7 +234,12 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .training.results import plot_runs
 
-    written = plot_runs(args.run_dirs, _writing(args.output, "curves.png"), mean_over_seeds=args.mean)
+    labels = args.label or None
+    if args.names:
+        if labels:
+            raise ConfigError("give either --names or --label, not both")
+        labels = [Path(d).resolve().name for d in args.run_dirs]
+    written = plot_runs(args.run_dirs, _writing(args.output, "curves.png"), mean_over_seeds=args.mean, labels=labels)
     print(f"eqprop: wrote {written}")
     return 0
 
@@ -438,6 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="one colour per setting: the mean over its seeds, a min-max band, each seed faint (as eqprop study)",
     )
+    p.add_argument(
+        "--label",
+        action="append",
+        metavar="TEXT",
+        help="the legend name of a run, once per run in their order (default: what tells the runs' configs apart)",
+    )
+    p.add_argument("--names", action="store_true", help="name each run in the legend by its directory")
     p.set_defaults(func=_cmd_plot)
 
     p = sub.add_parser(

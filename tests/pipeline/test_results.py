@@ -180,3 +180,31 @@ def test_plot_draws_the_validation_curves_of_a_blind_run(tmp_path, monkeypatch):
     plot_runs([d], tmp_path / "p.png")
     assert seen["styles"] == [["--", ":"], ["--", ":"]]
     assert seen["values"] == [pytest.approx([25.0, 15.0])] and "validation (dotted)" in seen["legend"]
+
+
+def test_plot_labels_name_the_runs_in_their_order_and_wrong_counts_are_refused(tmp_path, monkeypatch):
+    """--label / --names: the legend reads the given names, one per run in order; a count that does not match the
+    runs, or labels with --mean, is a clear error, not a silently shifted legend."""
+    import matplotlib.figure
+
+    from eqprop.cli import main
+    from eqprop.errors import ConfigError
+
+    seen = {}
+    original = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        (legend,) = fig.legends
+        seen["legend"] = [t.get_text() for t in legend.get_texts()]
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    runs = [fake_run(tmp_path, name, "mnist", [0.7, 0.45]) for name in ("fast_ep", "dhn")]
+    plot_runs(runs, tmp_path / "p.png", labels=["fast DRN-1H", "DHN-1H"])
+    assert seen["legend"][:3] == ["fast DRN-1H", "DHN-1H", "test (solid)"]
+    assert main(["plot", *map(str, runs), "--names", "-o", str(tmp_path / "n.png")]) == 0
+    assert seen["legend"][:2] == ["fast_ep", "dhn"]
+    with pytest.raises(ConfigError, match="1 labels for 2 runs"):
+        plot_runs(runs, tmp_path / "q.png", labels=["only one"])
+    with pytest.raises(ConfigError, match="mean"):
+        plot_runs(runs, tmp_path / "q.png", mean_over_seeds=True, labels=["a", "b"])

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError, RunError
+from ..errors import ConfigError, DataError, RunError
 from .config import INCIDENTAL as RESULT_NEUTRAL
 from .config import flat_dict
 
@@ -115,10 +115,16 @@ def plot_diagnostics(run_dirs: str | Path | Sequence[str | Path], path: str | Pa
     return _save(fig, path)
 
 
-def plot_runs(run_dirs: Sequence[str | Path], path: str | Path, mean_over_seeds: bool = False) -> Path:
+def plot_runs(
+    run_dirs: Sequence[str | Path],
+    path: str | Path,
+    mean_over_seeds: bool = False,
+    labels: Sequence[str] | None = None,
+) -> Path:
     """PNG learning curves: train/test error and train/test loss per epoch, one line per run; returns the file
     written (``path``, with ``.png`` added where it has no suffix). With ``mean_over_seeds`` the runs that differ
-    only in their seed share one colour: their mean as a bold line, the min-max range as a band, each seed faint."""
+    only in their seed share one colour: their mean as a bold line, the min-max range as a band, each seed faint.
+    ``labels`` (one per run, in order) replace the legend names read from the configs' differences."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,7 +134,12 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path, mean_over_seeds:
     runs = [read_run(d) for d in run_dirs]
     if not any(r.metrics for r in runs):
         raise DataError(f"no epoch metrics in {[str(r.path) for r in runs]}: nothing to plot")
-    series = _series(runs, mean_over_seeds)
+    if labels is not None:
+        if mean_over_seeds:
+            raise ConfigError("labels name single runs; with mean_over_seeds (--mean) the legend names each setting")
+        if len(labels) != len(runs):
+            raise ConfigError(f"{len(labels)} labels for {len(runs)} runs: give one label per run, in their order")
+    series = list(zip(labels, ([r] for r in runs))) if labels is not None else _series(runs, mean_over_seeds)
     top5 = [r for r in runs if r.metrics and _many_classes(r.config["dataset"]) and "test_top5_error" in r.metrics[0]]
     fig, axes = plt.subplots(1, 3 if top5 else 2, figsize=(16.5 if top5 else 11, 4))
     ax_err, ax_loss = axes[0], axes[1]
