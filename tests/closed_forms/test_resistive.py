@@ -523,3 +523,52 @@ def test_a_drn_runs_learning_rate_decays_as_gamma_to_the_epochs_and_input_gain_r
     for row in history:
         assert row["lr"] == pytest.approx(0.02 * 0.9 ** row["epoch"], rel=1e-12)
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.02 * 0.9**3, rel=1e-12)
+
+
+def test_the_positive_rules_losses_vanish_as_the_output_layer_is_scaled_down_while_the_cost_does_not():
+    """Why CL and P-CpL drive a DRN's output conductances to 0 (docs/resistive.md, the seven rules on DRN-1H). The
+    output node has no conductance but G_L's, so scaling (G_L, b_L) by s scales the output's energy by s: CL's loss
+    E(clamped) - E(free) and the positive-EP loss (Phi(beta) - Phi(0)) / beta, a lower bound of the cost (the
+    study's Theorem 2), fall with s to 0, while the free state's cost does not fall; the negative-EP loss, an upper
+    bound, rises. Every equilibrium from the independent QP solve (BVLS), every energy from the pairwise sum."""
+    import copy
+
+    net = random_drn()
+    x = torch.rand(3, 5, dtype=torch.float64)
+    y = torch.eye(3, dtype=torch.float64)[[0, 2, 1]]
+    L = net.depth
+
+    def scaled(s):
+        out = copy.deepcopy(net)
+        with torch.no_grad():
+            out.conductance(L).mul_(s)
+            out.bias(L).mul_(s)
+        return out
+
+    def phi(n, beta, clamp=False):  # min_v E + beta C, summed over the samples (clamp: the output held at y)
+        total = 0.0
+        for i in range(len(x)):
+            v = qp_solution(n, x[i], 1e9 if clamp else beta, y[i] if clamp or beta else None)
+            if clamp:
+                v = [*v[:-1], y[i]]
+            total += float(pairwise_energy(n, x[i : i + 1], [t[None] for t in v], 0.0 if clamp else beta, y[i : i + 1]))
+        return total
+
+    def cost(n):
+        return sum(0.5 * float(((qp_solution(n, x[i])[-1] - y[i]) ** 2).sum()) for i in range(len(x)))
+
+    with torch.no_grad():
+        cl = {s: phi(scaled(s), 0.0, clamp=True) - phi(scaled(s), 0.0) for s in (1.0, 1e-2, 1e-3)}
+        costs = {s: cost(scaled(s)) for s in (1.0, 1e-3)}
+        assert 0 < cl[1e-3] < 0.01 * cl[1.0]  # CL's loss falls to 0 with the output layer's scale ...
+        assert cl[1e-2] / 1e-2 == pytest.approx(cl[1e-3] / 1e-3, rel=0.02)  # ... linearly
+        assert costs[1e-3] > 0.5 * costs[1.0]  # while the prediction's cost does not (here it rises)
+        beta = 0.2 * float(net.conductance(L).sum(0).min())  # -beta keeps the nudged output bounded for s >= 0.3
+        bounds = {}
+        for s in (1.0, 0.3):
+            n = scaled(s)
+            free, c = phi(n, 0.0), cost(n)
+            lower, upper = (phi(n, beta) - free) / beta, (free - phi(n, -beta)) / beta
+            assert lower <= c <= upper  # Theorem 2: P-EP's loss bounds the cost from below, N-EP's from above
+            bounds[s] = lower, upper
+        assert bounds[0.3][0] < bounds[1.0][0] and bounds[0.3][1] > 2 * bounds[1.0][1]
