@@ -258,8 +258,21 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from .training.study import run_study
+    from .training.study import run_study, study_status
 
+    if args.status:
+        rows = study_status(
+            args.config, args.out, args.algorithms, args.datasets, args.seeds, [*args.overrides, *_data_dir(args)]
+        )
+        print("| run | state | epochs | last test error |\n|---|---|---|---|")
+        for r in rows:
+            error = "-" if r["test_error"] is None else f"{100 * r['test_error']:.2f}%"
+            print(f"| {r['run']} | {r['state']} | {r['epochs']} / {r['of']} | {error} |")
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["state"]] = counts.get(r["state"], 0) + 1
+        print(f"{len(rows)} runs in {args.out}: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+        return 0
     runs = run_study(
         args.config,
         args.out,
@@ -480,6 +493,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="share the grid with workers on other machines through this Optuna storage (as for eqprop tune)",
     )
     p.add_argument("--study-name", help="the grid's name in the storage (default: the --out folder's name)")
+    p.add_argument(
+        "--status",
+        action="store_true",
+        help="print where each run of this grid stands (finished, running, stopped, waiting) and start nothing",
+    )
     p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
     _add_import_option(p)
     p.set_defaults(func=_cmd_study)

@@ -628,6 +628,40 @@ def test_a_study_leaves_its_finished_runs_as_they_are(finished, tmp_path, monkey
     assert snapshot(study / "CEP_digits_seed0") == before
 
 
+def test_a_studys_status_tells_finished_running_stopped_waiting_and_foreign_runs_and_starts_nothing(
+    finished, tmp_path, capsys
+):
+    from eqprop.training.run_directory import lock_directory
+    from eqprop.training.study import study_status
+
+    (tmp_path / "exp.yaml").write_text("epochs: 2\n")
+    study = tmp_path / "study"
+    copy_run(finished, study / "CEP_digits_seed0")
+    stopped = copy_run(finished, study / "CEP_digits_seed1")
+    rows = (stopped / "metrics.jsonl").read_text().splitlines()
+    (stopped / "metrics.jsonl").write_text(rows[0] + "\n")  # one of its two epochs
+    cfg = json.loads((stopped / "config.json").read_text())
+    cfg["run"]["seed"] = 1
+    (stopped / "config.json").write_text(json.dumps(cfg))
+    foreign = copy_run(finished, study / "CEP_digits_seed3")
+    cfg = json.loads((foreign / "config.json").read_text())
+    cfg["optim"]["epochs"] = 5
+    (foreign / "config.json").write_text(json.dumps(cfg))
+    before = snapshot(study)
+    args = ["study", str(tmp_path / "exp.yaml"), *FAST, "epochs=2", "--seeds", "0", "1", "2", "3", "--out", str(study)]
+    assert main([*args, "--status"]) == 0
+    out = capsys.readouterr().out
+    assert "| CEP_digits_seed1 | stopped | 1 / 2 |" in out and "| CEP_digits_seed2 | waiting | 0 / 2 | - |" in out
+    assert "4 runs in" in out and "1 finished, 1 stopped, 1 waiting, 1 other config" in out
+    assert snapshot(study) == before  # nothing started, nothing written
+    held = lock_directory(stopped)  # as a training process holds its run directory
+    try:
+        states = [r["state"] for r in study_status(tmp_path / "exp.yaml", study, seeds=[0, 1], overrides=FAST)]
+    finally:
+        held.close()
+    assert states == ["finished", "running"]
+
+
 def test_runs_started_in_the_same_second_get_distinct_directories(tmp_path):
     cmd = [sys.executable, "-m", "eqprop", "train", *FAST, "epochs=1"]
     procs = [

@@ -31,7 +31,7 @@ from .results import INCIDENTAL, plot_runs, read_run, results_table
 from .run_directory import PARENT_PID_VAR, is_run_directory, lock_directory
 from .trainer import read_run_config, run_finished
 
-__all__ = ["StudyRun", "plan_study", "run_study"]
+__all__ = ["StudyRun", "plan_study", "run_study", "study_status"]
 
 
 @dataclass
@@ -163,6 +163,57 @@ def run_study(
         return _run(runs, config, out, jobs, overrides, log, overwrite)
     finally:
         lock.close()
+
+
+def study_status(
+    config: str | Path,
+    out_dir: str | Path,
+    algorithms: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    overrides: Sequence[str] = (),
+) -> list[dict[str, Any]]:
+    """Where each planned run of a study stands, without starting anything: per run (in plan order) its ``state``
+    (finished, running: another process holds it, stopped: it has a checkpoint to resume, waiting: not begun, or
+    other config: made with another config than this command's), ``epochs`` done of ``of``, and its last test
+    error (``None`` before its first epoch)."""
+    rows = []
+    for run in plan_study(config, out_dir, algorithms, datasets, seeds, overrides):
+        saved = saved_config(run.out_dir)
+        assert run.config is not None
+        metrics = read_run(run.out_dir).metrics if saved is not None else []
+        last = metrics[-1] if metrics else {}
+        if saved is None:
+            state = "waiting"
+        elif config_changes(saved, run.config):
+            state = "other config"
+        elif _held(run.out_dir):
+            state = "running"
+        elif run_finished(run.out_dir):
+            state = "finished"
+        else:
+            state = "stopped"
+        rows.append(
+            {
+                "run": run.out_dir.name,
+                "state": state,
+                "epochs": int(last.get("epoch", 0)),
+                "of": run.config.epochs,
+                "test_error": last.get("test_error"),
+            }
+        )
+    return rows
+
+
+def _held(run_dir: Path) -> bool:
+    """Whether another process holds the run directory's lock (a training process is running in it)."""
+    from .run_directory import RunDirectory, lock_file
+
+    path = run_dir / RunDirectory.LOCK
+    if not path.exists():
+        return False
+    with open(path, "a+") as handle:
+        return not lock_file(handle)  # closing the file releases a lock taken here
 
 
 def _run(
