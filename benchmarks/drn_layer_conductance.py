@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from eqprop.models.resistive import DeepResistiveNetwork
+    from eqprop.training.results import read_run
     from eqprop.training.saved import load_model
 
     rows = []
@@ -38,12 +38,12 @@ def main() -> None:
         torch.manual_seed(0)
         with torch.no_grad():
             fresh.reset_parameters()
-        epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+        metrics = read_run(run).metrics
         cells = []
         for k in range(1, net.depth + 1):
             g0, g = fresh.conductance(k).detach().sum(0).mean(), net.conductance(k).detach().sum(0).mean()
             cells.append(f"{float(g0):.2f} -> {float(g):.3g} (|b| {float(net.bias(k).detach().abs().mean()):.2g})")
-        rows.append((run.name, max(epochs, default=0), cells))
+        rows.append((run.name, int(metrics[-1]["epoch"]) if metrics else 0, cells))
     depth = max(len(c) for _, _, c in rows)
     heads = [f"layer {k}: 1^T G_{k} per node, init -> trained" for k in range(1, depth + 1)]
     print("| run | epoch | " + " | ".join(heads) + " |")

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -268,9 +269,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
         for r in rows:
             error = "-" if r["test_error"] is None else f"{100 * r['test_error']:.2f}%"
             print(f"| {r['run']} | {r['state']} | {r['epochs']} / {r['of']} | {error} |")
-        counts: dict[str, int] = {}
-        for r in rows:
-            counts[r["state"]] = counts.get(r["state"], 0) + 1
+        counts = Counter(r["state"] for r in rows)
         print(f"{len(rows)} runs in {args.out}: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
         return 0
     runs = run_study(

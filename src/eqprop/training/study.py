@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import RunError
 from .config import ConfigError, TrainConfig, load_config, parse_overrides, read_yaml
 from .results import INCIDENTAL, plot_runs, read_run, results_table
-from .run_directory import PARENT_PID_VAR, is_run_directory, lock_directory
+from .run_directory import PARENT_PID_VAR, RunDirectory, is_run_directory, lock_directory, lock_file
 from .trainer import read_run_config, run_finished
 
 __all__ = ["StudyRun", "plan_study", "run_study", "study_status"]
@@ -207,8 +207,6 @@ def study_status(
 
 def _held(run_dir: Path) -> bool:
     """Whether another process holds the run directory's lock (a training process is running in it)."""
-    from .run_directory import RunDirectory, lock_file
-
     path = run_dir / RunDirectory.LOCK
     if not path.exists():
         return False
