@@ -115,11 +115,14 @@ def test_energy_gradients_are_autograds_of_the_pairwise_energy(problem):
     ref = torch.autograd.grad(pairwise_energy(net, x, states[1:]).mean(), params)
     for ours, r in zip(net.energy_param_grads(states), ref):
         assert torch.allclose(ours, r, atol=1e-12)
-    other = [x] + [torch.randn(3, n, dtype=torch.float64) for n in net.nodes[1:]]
-    fused = net.energy_param_contrast(states, other, -0.3, 0.5)
-    plain = [(b - a) / 0.8 for a, b in zip(net.energy_param_grads(states), net.energy_param_grads(other))]
-    for f, p in zip(fused, plain):
-        assert torch.allclose(f, p, atol=1e-12)
+    # the fused contrast: one input object (layer 1's product with x alone), a copy of it and another input (the
+    # general product), each against autograd's gradients of the pairwise energy at both ends
+    for x2 in (x, x.clone(), torch.rand_like(x)):
+        other = [x2] + [torch.randn(3, n, dtype=torch.float64) for n in net.nodes[1:]]
+        fused = net.energy_param_contrast(states, other, -0.3, 0.5)
+        ref2 = torch.autograd.grad(pairwise_energy(net, x2, other[1:]).mean(), params)
+        for f, a, b in zip(fused, ref, ref2):
+            assert torch.allclose(f, (b - a) / 0.8, atol=1e-12)
 
 
 def finite_difference_gradient(net, x, y, picks, h=1e-5):

@@ -181,10 +181,17 @@ class DeepResistiveNetwork(nn.Module):
         L = self.depth
         g: list[Any] = [None] + [self.conductance(k) for k in range(1, L + 1)]
         fixed: list[Any] = [None] + [self.bias(k) for k in range(1, L + 1)]
-        fixed[1] = torch.addmm(fixed[1], self.sources(x.flatten(1).to(g[1].dtype)), g[1])
+        fixed[1] = self.source_current(x, g[1], fixed[1])
         curv: list[Any] = [None] + [g[k].sum(0) + (g[k + 1].sum(1) if k < L else 0.0) for k in range(1, L + 1)]
         self._constants = (x, key, fixed, curv) if sharing and not tracking else None
         return fixed, curv
+
+    def source_current(self, x: Tensor, g1: Tensor, b1: Tensor) -> Tensor:
+        """u G_1 + b_1, the sources' current into layer 1, with u = gain (x, -x): gain x (G_1^+ - G_1^-) + b_1, one
+        product with half of G_1's rows' worth of work (G_1^+, G_1^- are the rows fed by x and by -x)."""
+        x = x.flatten(1).to(g1.dtype)
+        n = x.shape[1]
+        return torch.addmm(b1, x, g1[:n] - g1[n:], alpha=self.input_gain)
 
     def non_holomorphic(self) -> list[str]:
         """Why complex (holomorphic-EP) phases do not apply: the diodes clip the voltages."""
@@ -240,25 +247,39 @@ class DeepResistiveNetwork(nn.Module):
     ) -> list[Tensor]:
         """(dE/dtheta(second) - dE/dtheta(first)) / (beta_2 - beta_1), the EP contrast, in one product per layer:
         with p, v the two ends of layer k's resistors, the difference of 1/2 (p_i - v_j)^2 is
-        1/2 (dp^2_i + dv^2_j) - (p_2^T v_2 - p_1^T v_1)_ij / B; the sources' squares cancel."""
+        1/2 (dp^2_i + dv^2_j) - (p_2^T v_2 - p_1^T v_1)_ij / B; the sources' squares cancel, and with one input in both
+        phases layer 1's cross term is gain (x, -x)^T (v_2 - v_1): one product with x alone."""
         scale = 1.0 / (beta_2 - beta_1)
         x1, x2 = first[0], second[0]
         p1 = self.sources(x1).detach()
-        p2 = p1 if x2 is x1 else self.sources(x2).detach()
+        p2 = p1 if _same_input(x1, x2) and x1._version == x2._version else self.sources(x2).detach()
         n = p1.shape[0]
         grads: list[Tensor] = []
         for k in range(1, self.depth + 1):
             v1, v2 = first[k].detach(), second[k].detach()
             dv = 0.5 * scale * ((v2 * v2).mean(0) - (v1 * v1).mean(0))
-            squares = dv[None, :].expand(p1.shape[1], -1)
-            if k > 1 or p2 is not p1:
-                dp = 0.5 * scale * ((p2 * p2).mean(0) - (p1 * p1).mean(0))
-                squares = squares + dp[:, None]
-            cross = torch.cat([p2, p1]).t()
-            grads.append(torch.addmm(squares, cross, torch.cat([v2, -v1]), alpha=-scale / n))
+            if k == 1 and p2 is p1:  # one input in both phases
+                grads.append(self._source_contrast(x1, v1, v2, dv, scale))
+            else:
+                squares = dv[None, :].expand(p1.shape[1], -1)
+                if k > 1 or p2 is not p1:
+                    dp = 0.5 * scale * ((p2 * p2).mean(0) - (p1 * p1).mean(0))
+                    squares = squares + dp[:, None]
+                cross = torch.cat([p2, p1]).t()
+                grads.append(torch.addmm(squares, cross, torch.cat([v2, -v1]), alpha=-scale / n))
             grads.append(-scale * (v2.mean(0) - v1.mean(0)))
             p1, p2 = v1, v2
         return grads
+
+    def _source_contrast(self, x: Tensor, v1: Tensor, v2: Tensor, dv: Tensor, scale: float) -> Tensor:
+        """Layer 1's contrast when both phases share the input x: the cross term u^T (v_2 - v_1) with
+        u = gain (x, -x) is +-gain x^T (v_2 - v_1), one product with x alone for both halves of G_1."""
+        x = x.detach().flatten(1).to(v1.dtype)
+        half = torch.mm(x.t(), (v2 - v1).mul_(scale * self.input_gain / x.shape[0]))
+        grad = half.new_empty(2 * half.shape[0], half.shape[1])
+        torch.sub(dv, half, out=grad[: half.shape[0]])
+        torch.add(dv, half, out=grad[half.shape[0] :])
+        return grad
 
     def init_state(self, x: Tensor, init: str = "zeros") -> list[Tensor]:
         """[x, 0, ..., 0]: every node at 0 V (the only start a DRN offers: a state on every diode's half-line)."""
