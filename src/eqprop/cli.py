@@ -309,6 +309,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         sampler_seed=args.seed,
         overrides=[*args.overrides, *_data_dir(args)],
         heartbeat=args.heartbeat or None,
+        baseline=args.baseline,
     )
     return 0
 
@@ -515,6 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
     p.add_argument("--seed", type=int, help="seed of the TPE sampler")
     p.add_argument("--heartbeat", type=int, default=60, help="seconds between a trial's heartbeats (0: none)")
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="queue the config's own values of the searched keys as the first trial (the starting point, ranked "
+        "like the others)",
+    )
     p.add_argument("--out", default="runs/tune", help="where the trials' run directories go (default: runs/tune)")
     p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
     _add_import_option(p)

@@ -337,3 +337,33 @@ def test_a_diverged_trial_is_one_line_and_is_not_counted(experiment, capsys):
     said = [line for line in lines if " diverged: training diverged in epoch 1" in line]
     assert len(said) == len(failed) and all(line.count("\n") == 0 for line in said)
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_baseline_is_the_configs_own_settings_queued_once(experiment):
+    """--baseline: trial 0 runs the config's values of the searched keys (a list key's one value), a second worker
+    on the same storage does not queue it again, and a config value outside the space is refused by name."""
+    from eqprop.training.tune import run_tune
+
+    (experiment / "exp.yaml").write_text(EXPERIMENT + "beta: 0.2\nlrs: [0.05, 0.05, 0.05, 0.05]\n")
+    storage = f"sqlite:///{experiment / 'tune.db'}"
+    lines: list[str] = []
+    kwargs = dict(storage=storage, study_name="s", pruner="none", baseline=True, log=lines.append)
+    run_tune(experiment / "exp.yaml", experiment / "space.yaml", 2, experiment / "out", **kwargs)
+    study = run_tune(experiment / "exp.yaml", experiment / "space.yaml", 3, experiment / "out", **kwargs)
+    trials = study.get_trials()
+    assert [t.number for t in trials if t.user_attrs.get("baseline")] == [0]
+    assert trials[0].params == {"beta": 0.2, "lrs": 0.05}
+    assert trials[0].state == optuna.trial.TrialState.COMPLETE
+    assert any(line.startswith("eqprop tune: trial 0 (baseline") for line in lines)
+    config = __import__("json").loads((experiment / "out" / "s" / "trial_0000" / "config.json").read_text())
+    assert config["rule"]["beta"] == 0.2 and config["optim"]["lrs"] == [0.05]  # one rate for every layer group
+
+    (experiment / "flip.yaml").write_text("flip: {type: categorical, choices: [false, true]}\n")
+    for extra, space, message in [
+        ("beta: 0.45\n", "space.yaml", r"beta=0.45 lies outside the space's \[0.05, 0.4\]"),
+        ("beta: 0.2\nlrs: [0.05, 0.02, 0.05, 0.05]\n", "space.yaml", "lrs=.* differ"),
+        ("", "flip.yaml", "leaves flip unset .* flip=false"),
+    ]:
+        (experiment / "bad.yaml").write_text(EXPERIMENT + extra)
+        with pytest.raises(ConfigError, match=message):
+            run_tune(experiment / "bad.yaml", experiment / space, 1, experiment / "bad", baseline=True)

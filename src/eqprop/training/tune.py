@@ -22,6 +22,7 @@ journal storage has no heartbeat, so there a killed worker's trial stays RUNNING
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 import warnings
@@ -40,6 +41,7 @@ __all__ = [
     "make_storage",
     "run_tune",
     "objective_key",
+    "baseline_params",
     "retried_from",
     "quiet_optuna",
     "fail_stale_trials",
@@ -137,12 +139,42 @@ def read_space(path: str | Path, config: str | Path | None = None, overrides: Se
 
 def _override(key: str, value: Any, base: TrainConfig) -> str:
     """``key=value``, one value broadcast to a list key of ``base`` (``lrs``: every layer group)."""
-    import json
 
     current = getattr(base, key.split(".")[-1], None)
     if isinstance(current, list) and not isinstance(value, list):
         value = [value]
     return f"{key}={json.dumps(value)}"
+
+
+def baseline_params(space: Sequence[Distribution], base: TrainConfig) -> dict[str, Any]:
+    """The config's own values of the searched keys, as a trial's parameters (``eqprop tune --baseline``): the
+    starting point ranked like every trial. A list key must hold one value (the space searches one for all)."""
+    params: dict[str, Any] = {}
+    for dist in space:
+        value = getattr(base, dist.key.split(".")[-1])
+        if isinstance(value, list):
+            if len(set(value)) != 1:
+                raise ConfigError(
+                    f"--baseline: the config's {dist.key}={value} differ, and the space searches one value for all; "
+                    "give the config one value or leave --baseline out"
+                )
+            value = value[0]
+        if value is None and None not in dist.choices:
+            raise ConfigError(
+                f"--baseline: the config leaves {dist.key} unset (null: the data set's or model's own choice); "
+                f"give it a value of the space (e.g. {dist.key}={json.dumps(dist.extremes()[0])}) to run it as the "
+                "baseline"
+            )
+        if dist.kind == "categorical":
+            inside = value in dist.choices
+        else:
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            inside = number and dist.low <= value <= dist.high
+        if not inside:
+            valid = dist.choices if dist.kind == "categorical" else f"[{dist.low}, {dist.high}]"
+            raise ConfigError(f"--baseline: the config's {dist.key}={value!r} lies outside the space's {valid}")
+        params[dist.key] = value
+    return params
 
 
 def objective_key(validation: float) -> str:
@@ -237,10 +269,12 @@ def run_tune(
     sampler_seed: int | None = None,
     overrides: Sequence[str] = (),
     heartbeat: int | None = 60,
+    baseline: bool = False,
     log: Callable[[str], None] = print,
 ) -> Any:
     """Work on the study until it has ``trials`` finished trials (counted over every worker sharing the storage);
-    returns the Optuna study."""
+    returns the Optuna study. With ``baseline`` the study's first trial (queued once, by whichever worker comes
+    first) runs the config's own values of the searched keys."""
     try:
         import optuna
     except ImportError:
@@ -275,6 +309,11 @@ def run_tune(
         sampler=optuna.samplers.TPESampler(seed=sampler_seed),
         pruner=pruners[pruner](),
     )
+    if baseline:
+        params = baseline_params(space, base)
+        with _creation_lock(storage_url):  # two workers starting together queue it once
+            if not any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)):
+                study.enqueue_trial(params, user_attrs={"baseline": True})
     budget_states = (
         optuna.trial.TrialState.COMPLETE,
         optuna.trial.TrialState.PRUNED,
@@ -320,7 +359,8 @@ def run_tune(
             log(f"eqprop tune: trial {trial.number} {trial.params} diverged: {str(exc).split(' (last good')[0]}")
             return float("nan")
         best = min(row[key] for row in history)
-        log(f"eqprop tune: trial {trial.number} {trial.params} -> best {key} {100 * best:.2f}% ({run_dir})")
+        what = " (baseline: the config's settings)" if trial.user_attrs.get("baseline") else ""
+        log(f"eqprop tune: trial {trial.number}{what} {trial.params} -> best {key} {100 * best:.2f}% ({run_dir})")
         return best
 
     def enough(study: Any, trial: Any) -> None:
