@@ -249,7 +249,7 @@ FASHION = {
 
 @pytest.mark.parametrize("name, rule", sorted(FASHION))
 def test_universal_drn_fashion_configs_are_the_mnist_ones_at_data_gain_5(name, rule):
-    """Each Fashion-MNIST config equals its MNIST twin except the data set (28x28, no normalisation, no flips) and,
+    """Each Fashion-MNIST config equals its MNIST twin except the data set (28x28, no normalisation, random flips) and,
     for the DRNs, the input gain 5 x model gain; its header quotes the paper's numbers."""
     path = ROOT / "universal_drn" / f"fashion_{name}_{rule}.yaml"
     cfg = load_config(path)
@@ -266,16 +266,17 @@ def test_universal_drn_fashion_configs_are_the_mnist_ones_at_data_gain_5(name, r
     assert f"{test:.2f} / {train:.2f}" in path.read_text()
 
 
-def test_fashion_mnist28_is_the_28x28_images_unflipped(tmp_path):
+def test_fashion_mnist28_is_the_28x28_images_flipped_in_training(tmp_path):
     """``dataset=fashion_mnist28``: Fashion-MNIST's IDX files at 28x28, pixels in [0, 1] with normalization=none,
-    no random flips (the resistive-network papers' data)."""
+    random horizontal flips in training (the public code's Fashion-MNIST loader adds one with probability 1/2),
+    and ``flip=false`` turns them off."""
     import gzip
     import struct
 
     import numpy as np
 
     from eqprop.training.config import parse_overrides
-    from eqprop.training.trainer import load_data
+    from eqprop.training.trainer import load_data, training_augmentation
 
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, size=(6, 28, 28), dtype=np.uint8)
@@ -287,5 +288,8 @@ def test_fashion_mnist28_is_the_28x28_images_unflipped(tmp_path):
                 f.write(header + arr.tobytes())
     data = load_data(parse_overrides(["dataset=fashion_mnist28", "normalization=none", f"data_dir={tmp_path}"]))
     x = data.normalized("train", flatten=True).tensors[0]
-    assert x.shape == (6, 784) and not data.flip
+    assert x.shape == (6, 784) and data.flip
     assert torch.allclose(x[2], torch.tensor(imgs[2].reshape(-1) / 255.0, dtype=x.dtype))
+    cfg = parse_overrides(["dataset=fashion_mnist28", "normalization=none", f"data_dir={tmp_path}"])
+    assert training_augmentation(cfg, data).flip
+    assert not training_augmentation(parse_overrides(["flip=false"], cfg), data).flip

@@ -960,11 +960,9 @@ def load_fashion_mnist28(
     limit_test: int | None = None,
     download: bool = False,
 ) -> ImageData:
-    """The resistive-network papers' Fashion-MNIST: the 28x28 images as they are (no padding) and no random flips
-    (the papers' code uses none)."""
-    data = load_fashion_mnist(data_dir, False, limit_train, limit_test, download)
-    data.flip = False
-    return data
+    """The resistive-network papers' Fashion-MNIST: the 28x28 images as they are (no padding), flipped at random in
+    training (the papers' code, whose Fashion-MNIST loader always adds a horizontal flip with probability 1/2)."""
+    return load_fashion_mnist(data_dir, False, limit_train, limit_test, download)
 
 
 register_dataset(DatasetSpec("fashion_mnist28", 1, 28, 10, _files(load_fashion_mnist28, checksums=False)))
