@@ -27,6 +27,7 @@ def pairwise_energy(net, x, vs, beta=0.0, y=None):
         g = getattr(net, f"g{k}")
         e = e + 0.5 * (g[None] * (pre[:, :, None] - v[:, None, :]) ** 2).sum((1, 2)) - v @ getattr(net, f"b{k}")
         pre = v
+    e = e + 0.5 * net.output_leak * (vs[-1] ** 2).sum(1)  # the leak resistors from the outputs to ground
     if beta:
         e = e + 0.5 * beta * ((vs[-1] - y) ** 2).sum(1)
     return e
@@ -53,8 +54,9 @@ def qp_solution(net, x1, beta=0.0, y1=None):
             H[sp, sp] += np.diag(g.sum(1))
             H[sp, sk] -= g
             H[sk, sp] -= g.T
+    so = slice(off[-2], off[-1])
+    H[so, so] += net.output_leak * np.eye(sizes[-1])
     if beta:
-        so = slice(off[-2], off[-1])
         H[so, so] += beta * np.eye(sizes[-1])
         c[so] -= beta * y1.numpy()
     lo, hi = np.full(n, -np.inf), np.full(n, np.inf)
@@ -575,3 +577,48 @@ def test_the_positive_rules_losses_vanish_as_the_output_layer_is_scaled_down_whi
             assert lower <= c <= upper  # Theorem 2: P-EP's loss bounds the cost from below, N-EP's from above
             bounds[s] = lower, upper
         assert bounds[0.3][0] < bounds[1.0][0] and bounds[0.3][1] > 2 * bounds[1.0][1]
+
+
+def test_an_output_leak_is_a_resistor_to_ground_and_breaks_the_scale_direction():
+    """output_leak = g_0 (a resistor from every output node to ground): the exact solver's free and nudged steady
+    states equal the independent QP solve with g_0/2 ||v_L||^2 in E, energy() equals the pairwise sum with that term,
+    and the outputs no longer keep their size when (G_L, b_L) are scaled down together: without the leak they do,
+    with it they fall towards 0 V with the scale."""
+    import copy
+
+    net = random_drn()
+    x = torch.rand(3, 5, dtype=torch.float64)
+    y = torch.eye(3, dtype=torch.float64)[[0, 2, 1]]
+    L = net.depth
+
+    def outputs(n):
+        return torch.stack([qp_solution(n, x[i])[-1] for i in range(len(x))])
+
+    def scaled(n, s):
+        out = copy.deepcopy(n)
+        with torch.no_grad():
+            out.conductance(L).mul_(s)
+            out.bias(L).mul_(s)
+        return out
+
+    with torch.no_grad():
+        plain = outputs(net)
+        # without a leak the outputs keep their size as (G_L, b_L) shrink: v_L = (v_{L-1} G_L + b_L) / 1^T G_L, only
+        # v_{L-1} moving as the output's pull on it fades (to the same limit at 1e-3 and 1e-4)
+        assert float(outputs(scaled(net, 1e-3)).abs().max()) > 0.3 * float(plain.abs().max())
+        assert torch.allclose(outputs(scaled(net, 1e-3)), outputs(scaled(net, 1e-4)), atol=1e-2)
+        net.output_leak = 0.8
+        leaky = outputs(net)
+        assert float((leaky - plain).abs().max()) > 0.1  # the leak matters at this size
+        assert float(outputs(scaled(net, 1e-3)).abs().max()) < 0.01 * float(leaky.abs().max())
+        solver = CoordinateDescentSolver(schedule="asynchronous", first="odd")
+        cost = get_cost("half_squared_error")
+        for beta in (0.0, 0.5):
+            nudge = EPNudge(cost, y, beta) if beta else None
+            ours = solver(net, net.init_state(x), 400, nudge).states
+            for i in range(len(x)):
+                ref = qp_solution(net, x[i], beta, y[i] if beta else None)
+                for k in range(1, L + 1):
+                    assert torch.allclose(ours[k][i], ref[k - 1], atol=1e-8)
+        states = solver(net, net.init_state(x), 400).states
+        assert torch.allclose(net.energy(states), pairwise_energy(net, x, states[1:]), atol=1e-10)

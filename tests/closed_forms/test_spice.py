@@ -50,7 +50,7 @@ def bound_for(net, states, nudge=None):
     at an output node of total conductance a weakens the mean there, amplifying an offset by at most a/(a + c beta)."""
     offset = diode_offset_bound(IDEAL_DIODE, max_current=float(diode_currents(net, states).max()) + 1e-12)
     if isinstance(nudge, EPNudge) and nudge.beta < 0:
-        a = net.conductance(net.depth).detach().sum(0)
+        a = net.conductance(net.depth).detach().sum(0) + net.output_leak
         offset *= float((a / (a + nudge.cost.curvature * nudge.beta)).max())
     return offset
 
@@ -60,13 +60,15 @@ def nudges(y):
     return [None, EPNudge(cost, y, 0.5), EPNudge(cost, y, -0.05), ClampNudge(y)]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_ngspice_agrees_with_the_exact_solver_free_nudged_and_clamped(seed):
+@pytest.mark.parametrize("seed, leak", [(0, 0.0), (1, 0.0), (2, 0.0), (1, 0.7)])
+def test_ngspice_agrees_with_the_exact_solver_free_nudged_and_clamped(seed, leak):
     """Random small DRNs with units at their diodes' bounds (and, for seed 1, an output node without conductance,
-    which both hold at 0 V): every node voltage within the bound derived from the diode model (about 0.1 mV), for
-    the free phase, positive and negative nudging (a negative resistor; refused by both where it makes the energy
-    unbounded) and a clamped output, and the predicted class is the same."""
+    which both hold at 0 V unless an output leak grounds it through a resistor): every node voltage within the
+    bound derived from the diode model (about 0.1 mV), for the free phase, positive and negative nudging (a negative
+    resistor; refused by both where it makes the energy unbounded) and a clamped output, and the predicted class is
+    the same."""
     net = random_drn(seed=seed)
+    net.output_leak = leak
     x = torch.rand(1, 5, dtype=F64)
     y = torch.eye(3, dtype=F64)[[seed % 3]]
     at_bound = 0

@@ -74,11 +74,18 @@ def test_hep_with_n_above_2_is_refused_and_n_2_is_centered_ep():
         (["input_gain=0"], "input_gain"),
         (["lr_schedule=linear"], "lr_schedule"),
         (["nudged_schedule=sideways"], "nudged_schedule"),
+        (["output_leak=-0.5"], "output_leak"),
+        (["output_leak=.nan"], "output_leak"),
     ],
 )
 def test_bad_drn_settings_name_their_key(overrides, key):
     with pytest.raises(ConfigError, match=key):
         Trainer(load_config(None, ["model=drn", *overrides, *QUICK]))
+
+
+def test_the_output_leak_reaches_the_circuit():
+    trainer = Trainer(load_config(None, ["model=drn", "output_leak=0.25", *QUICK]))
+    assert trainer.network.output_leak == 0.25
 
 
 def test_the_relu_baseline_trains_by_backprop():

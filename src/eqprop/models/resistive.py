@@ -20,8 +20,12 @@ minimiser over its half-lines, the others fixed, is the clipped vertex
 onto each unit's half-line. Each block update therefore never increases E, and E is convex, so the iterations
 converge to the circuit's unique steady state where the quadratic is strict. EP nudging adds beta * c/2 ||o - y||^2
 (c = 1 for the papers' 1/2 ||o - y||^2), which keeps the output's update an exact vertex: its numerator gains
-c beta y and its curvature c beta. A node whose conductances are all 0 (a = 0) has no defined voltage; this model
-holds it at 0 V (grounded), so no update divides by zero and its conductances' gradients stay finite.
+c beta y and its curvature c beta. An optional output leak (a resistor of conductance g_0 from every output node
+to ground, ``output_leak``) adds g_0/2 ||v_L||^2 to E and g_0 to the output's curvature; without it the outputs keep
+their size when (G_L, b_L) are scaled down together, a direction that CL and positive EP shrink along
+(``docs/resistive.md``, "The seven rules on DRN-1H"). A node whose conductances are all 0 (a = 0) has no defined
+voltage; this model holds it at 0 V (grounded), so no update divides by zero and its conductances' gradients stay
+finite.
 
 Parameters: the conductances are constrained to g >= 0 (:meth:`DeepResistiveNetwork.parameter_constraints`,
 restored after every optimiser step by :mod:`eqprop.core.constraints`); dE/dG_k[i, j] = 1/2 (v_{k-1,i} - v_{k,j})^2
@@ -76,7 +80,13 @@ class DeepResistiveNetwork(nn.Module):
 
     exact_free_phase = False
 
-    def __init__(self, sizes: Sequence[int], input_gain: float = 1.0, gains: float | Sequence[float] = 1.0) -> None:
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        input_gain: float = 1.0,
+        gains: float | Sequence[float] = 1.0,
+        output_leak: float = 0.0,
+    ) -> None:
         super().__init__()
         sizes = [int(n) for n in sizes]
         if len(sizes) < 2 or min(sizes) < 1:
@@ -89,9 +99,12 @@ class DeepResistiveNetwork(nn.Module):
             )
         if not (math.isfinite(input_gain) and input_gain > 0):
             raise ValueError(f"input_gain must be a finite number > 0, got {input_gain}")
+        if not (math.isfinite(output_leak) and output_leak >= 0):
+            raise ValueError(f"output_leak (a conductance to ground) must be a finite number >= 0, got {output_leak}")
         n_weights = len(sizes) - 1
         gains = layer_gains(gains, n_weights)
         self.sizes, self.input_gain, self.gains = sizes, float(input_gain), gains
+        self.output_leak = float(output_leak)  # g_0: each output node's conductance to ground
         self.device_levels: tuple[int, float] | None = None  # (bits, g_max) of non-ideal devices, if any
         self.num_classes = sizes[-1]
         nodes = [2 * sizes[0]] + sizes[1:]  # the circuit's node counts per layer
@@ -182,7 +195,9 @@ class DeepResistiveNetwork(nn.Module):
         g: list[Any] = [None] + [self.conductance(k) for k in range(1, L + 1)]
         fixed: list[Any] = [None] + [self.bias(k) for k in range(1, L + 1)]
         fixed[1] = self.source_current(x, g[1], fixed[1])
-        curv: list[Any] = [None] + [g[k].sum(0) + (g[k + 1].sum(1) if k < L else 0.0) for k in range(1, L + 1)]
+        curv: list[Any] = [None] + [
+            g[k].sum(0) + (g[k + 1].sum(1) if k < L else self.output_leak) for k in range(1, L + 1)
+        ]
         self._constants = (x, key, fixed, curv) if sharing and not tracking else None
         return fixed, curv
 
@@ -218,7 +233,8 @@ class DeepResistiveNetwork(nn.Module):
 
     # ---- energy and its gradients ----------------------------------------------------------------------------
     def energy(self, states: Sequence[Tensor]) -> Tensor:
-        """E per sample: the power 1/2 sum G (v_i - v_j)^2 dissipated in the resistors minus sum b . v."""
+        """E per sample: the power 1/2 sum G (v_i - v_j)^2 dissipated in the resistors (the output leak's
+        g_0/2 ||v_L||^2 included) minus sum b . v."""
         pre = self.sources(states[0])
         total = torch.zeros(pre.shape[0], dtype=pre.dtype, device=pre.device)
         for k in range(1, self.depth + 1):
@@ -226,6 +242,8 @@ class DeepResistiveNetwork(nn.Module):
             power = 0.5 * ((pre * pre) @ g.sum(1) + (v * v) @ g.sum(0)) - ((pre @ g) * v).sum(1)
             total = total + power - v @ self.bias(k)
             pre = v
+        if self.output_leak:
+            total = total + 0.5 * self.output_leak * (pre * pre).sum(1)
         return total
 
     def energy_param_grads(self, states: Sequence[Tensor]) -> list[Tensor]:
@@ -405,9 +423,11 @@ class CoordinateDescentSolver(Solver):
 
 
 # ---- presets: the papers' networks (MNIST: 784 inputs, 10 classes) -----------------------------------------------
-def drn(sizes: Sequence[int], input_gain: float = 1.0, gains: float | Sequence[float] = 1.0) -> DeepResistiveNetwork:
+def drn(
+    sizes: Sequence[int], input_gain: float = 1.0, gains: float | Sequence[float] = 1.0, output_leak: float = 0.0
+) -> DeepResistiveNetwork:
     """A DRN with ``sizes = [n_in, hidden..., n_out]`` (see :class:`DeepResistiveNetwork`)."""
-    return DeepResistiveNetwork(sizes, input_gain, gains)
+    return DeepResistiveNetwork(sizes, input_gain, gains, output_leak)
 
 
 def drn_xs(input_gain: float = 100.0) -> DeepResistiveNetwork:
@@ -445,9 +465,11 @@ class ResistiveSection(Section):
     input_gain: float = setting(1.0, "drn: the amplification of the input voltage sources input_gain * (x, -x)")
     conductance_bits: int = setting(0, "drn: train devices of 2^bits conductance levels in [0, g_max] (0: ideal)")
     g_max: float | None = setting(None, "drn: the largest conductance of such devices (needed with conductance_bits)")
+    output_leak: float = setting(0.0, "drn: a resistor of this conductance from every output node to ground (0: none)")
 
     def validate(self) -> None:
         self.positive("input_gain", "g_max")
+        self.at_least(0.0, "output_leak")
         self.at_least(0, "conductance_bits")
         if self.conductance_bits and self.g_max is None:
             raise ConfigError("conductance_bits needs g_max (the devices' largest conductance), e.g. g_max=0.5")
@@ -459,7 +481,7 @@ register_section(ResistiveSection, "model family resistive (model=drn)")
 def _build_drn(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> DeepResistiveNetwork:
     sizes = [math.prod(input_shape)] + list(cfg.hidden) + [num_classes]
     try:
-        net = DeepResistiveNetwork(sizes, cfg.resistive.input_gain, cfg.gains)
+        net = DeepResistiveNetwork(sizes, cfg.resistive.input_gain, cfg.gains, cfg.resistive.output_leak)
         if cfg.resistive.conductance_bits:
             net.device_levels = (cfg.resistive.conductance_bits, cfg.resistive.g_max)
             for tensor, project in net.parameter_constraints():
@@ -467,7 +489,7 @@ def _build_drn(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> Deep
                     project(tensor)  # the initial conductances on the devices' grid too
         return net
     except ValueError as exc:
-        key = "hidden" if "even" in str(exc) else "gains" if "gains" in str(exc) else "input_gain"
+        key = next((k for k in ("output_leak", "gains", "input_gain") if k in str(exc)), "hidden")
         raise ConfigError(f"model=drn, config key {key!r}: {exc}") from None
 
 

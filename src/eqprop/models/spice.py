@@ -135,6 +135,8 @@ def netlist(
         for j, b in enumerate(net.bias(k).detach().tolist()):
             if b != 0.0:
                 lines.append(f"I{k}_{j} 0 {names[k][j]} DC {b:.12g}")
+    if net.output_leak:
+        lines += [f"Rleak{j} {name} 0 {1.0 / net.output_leak:.12g}" for j, name in enumerate(names[-1])]
     for k in range(1, net.depth):
         half = net.nodes[k] // 2
         for j in range(net.nodes[k]):
@@ -164,7 +166,7 @@ def _grounded_nodes(net: DeepResistiveNetwork, names: list[list[str]], nudge: Nu
         if k < net.depth:
             a = a + net.conductance(k + 1).detach().sum(1)
         else:
-            a = a + cb
+            a = a + cb + net.output_leak
         for j in torch.nonzero(a <= 0).flatten().tolist():
             lines.append(f"* {names[k][j]} has no conductance: eqprop holds it at 0 V (grounded)")
             lines.append(f"Vground_{names[k][j]} {names[k][j]} 0 DC 0")
