@@ -295,9 +295,34 @@ def _cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_tune(args: argparse.Namespace) -> int:
-    from .training.tune import run_tune
+def _cell(value: object) -> str:
+    """A parameter value in a table cell: floats to 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else "-" if value is None else str(value)
 
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .training.tune import run_tune, tune_status
+
+    if args.status:
+        rows = tune_status(args.config, args.out, args.storage, args.study_name)
+        keys = list(dict.fromkeys(k for r in rows for k in r["params"]))
+        print("| trial | state | " + " | ".join(keys) + " | objective | epochs |")
+        print("|---" * (len(keys) + 4) + "|")
+        finished = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]
+        best = min(finished, key=lambda r: r["value"])["trial"] if finished else None
+        for r in rows:
+            name = str(r["trial"]) + (" (baseline)" if r["baseline"] else "")
+            name += f" (retry of {r['retry_of']})" if r["retry_of"] is not None else ""
+            name += " **best**" if r["trial"] == best else ""
+            values = [_cell(r["params"].get(k)) for k in keys]
+            value = "-" if r["value"] is None else f"{100 * r['value']:.2f}%"
+            print(f"| {name} | {r['state']} | " + " | ".join(values) + f" | {value} | {r['epochs']} |")
+        counts = Counter(r["state"] for r in rows)
+        print(f"{len(rows)} trials: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+        return 0
+    if args.space is None or args.trials is None:
+        print("eqprop tune: --space and --trials are needed to search (only --status goes without)", file=sys.stderr)
+        return 2
     run_tune(
         args.config,
         args.space,
@@ -507,8 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every trial")
-    p.add_argument("--space", required=True, help="YAML: config key -> {type: float|int|categorical, low, high, ...}")
-    p.add_argument("--trials", type=int, required=True, help="finished trials wanted, over all workers")
+    p.add_argument("--space", help="YAML: config key -> {type: float|int|categorical, low, high, ...} (needed)")
+    p.add_argument("--trials", type=int, help="finished trials wanted, over all workers (needed)")
     p.add_argument(
         "--storage", help="sqlite:///FILE, postgresql://..., mysql://... or journal:FILE (default: OUT/tune.db)"
     )
@@ -521,6 +546,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="queue the config's own values of the searched keys as the first trial (the starting point, ranked "
         "like the others)",
+    )
+    p.add_argument(
+        "--status",
+        action="store_true",
+        help="print every trial of the study (state, parameters, objective, epochs) and start nothing",
     )
     p.add_argument("--out", default="runs/tune", help="where the trials' run directories go (default: runs/tune)")
     p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")

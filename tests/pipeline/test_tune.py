@@ -339,10 +339,11 @@ def test_a_diverged_trial_is_one_line_and_is_not_counted(experiment, capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
-def test_the_baseline_is_the_configs_own_settings_queued_once(experiment):
+def test_the_baseline_is_the_configs_own_settings_queued_once(experiment, capsys):
     """--baseline: trial 0 runs the config's values of the searched keys (a list key's one value), a second worker
     on the same storage does not queue it again, and a config value outside the space is refused by name."""
-    from eqprop.training.tune import run_tune
+    from eqprop.cli import main
+    from eqprop.training.tune import run_tune, tune_status
 
     (experiment / "exp.yaml").write_text(EXPERIMENT + "beta: 0.2\nlrs: [0.05, 0.05, 0.05, 0.05]\n")
     storage = f"sqlite:///{experiment / 'tune.db'}"
@@ -357,6 +358,37 @@ def test_the_baseline_is_the_configs_own_settings_queued_once(experiment):
     assert any(line.startswith("eqprop tune: trial 0 (baseline") for line in lines)
     config = __import__("json").loads((experiment / "out" / "s" / "trial_0000" / "config.json").read_text())
     assert config["rule"]["beta"] == 0.2 and config["optim"]["lrs"] == [0.05]  # one rate for every layer group
+
+    # --status: every trial from the storage and its run directory, nothing started
+    rows = tune_status(experiment / "exp.yaml", experiment / "out", storage, "s")
+    assert [r["trial"] for r in rows] == [t.number for t in trials if not t.user_attrs.get("surplus")]
+    assert rows[0]["baseline"] and not any(r["baseline"] for r in rows[1:])
+    for row, t in zip(rows, trials):
+        assert (row["state"], row["params"], row["value"]) == (t.state.name, t.params, t.value)
+        assert row["epochs"] == (2 if t.state == optuna.trial.TrialState.COMPLETE else row["epochs"])
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "tune",
+                str(experiment / "exp.yaml"),
+                "--out",
+                str(experiment / "out"),
+                "--study-name",
+                "s",
+                "--storage",
+                storage,
+                "--status",
+            ]
+        )
+        == 0
+    )
+    table = capsys.readouterr().out
+    assert "| 0 (baseline)" in table and "| beta | lrs | objective | epochs |" in table and "**best**" in table
+    with pytest.raises(ConfigError, match="no study in"):
+        tune_status(experiment / "exp.yaml", experiment / "nowhere")
+    assert main(["tune", str(experiment / "exp.yaml"), "--out", str(experiment / "out")]) == 2  # no --space
+    assert "--space and --trials are needed" in capsys.readouterr().err
 
     (experiment / "flip.yaml").write_text("flip: {type: categorical, choices: [false, true]}\n")
     for extra, space, message in [

@@ -42,6 +42,7 @@ __all__ = [
     "run_tune",
     "objective_key",
     "baseline_params",
+    "tune_status",
     "retried_from",
     "quiet_optuna",
     "fail_stale_trials",
@@ -386,3 +387,44 @@ def run_tune(
         where = best.user_attrs.get("run_dir")
         log(f"eqprop tune: best {key} {100 * (best.value or 0.0):.2f}% with {best.params} ({where})")
     return study
+
+
+def tune_status(
+    config: str | Path, out: str | Path, storage: str | None = None, study_name: str | None = None
+) -> list[dict[str, Any]]:
+    """Every trial of a study, without starting anything (``eqprop tune CONFIG --status``): per trial its number,
+    state (Optuna's: COMPLETE, RUNNING, FAIL, PRUNED, WAITING), parameters, objective (the best validation error;
+    None before the trial finishes), epochs written to its run directory, and whether it is the baseline or the
+    retry of a killed worker's trial."""
+    import optuna
+
+    out = Path(out)
+    if storage is None:
+        path = out / "tune.db"
+        if not path.exists():
+            raise ConfigError(f"no study in {out}: {path} does not exist (give --out of the search, or --storage)")
+        storage = f"sqlite:///{path.resolve()}"
+    name = study_name or Path(config).stem
+    try:
+        study = optuna.load_study(study_name=name, storage=make_storage(storage, heartbeat=None))
+    except KeyError:
+        raise ConfigError(f"the storage {storage} holds no study named {name!r} (give --study-name)") from None
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("surplus"):
+            continue
+        run_dir = t.user_attrs.get("run_dir")
+        metrics = Path(run_dir) / "metrics.jsonl" if run_dir else None
+        epochs = sum(1 for line in open(metrics) if line.strip()) if metrics and metrics.exists() else 0
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                "params": dict(t.params),
+                "value": t.value,
+                "epochs": epochs,
+                "baseline": bool(t.user_attrs.get("baseline")),
+                "retry_of": retried_from(t),
+            }
+        )
+    return rows
