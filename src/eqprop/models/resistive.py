@@ -269,22 +269,21 @@ class DeepResistiveNetwork(nn.Module):
         phases layer 1's cross term is gain (x, -x)^T (v_2 - v_1): one product with x alone."""
         scale = 1.0 / (beta_2 - beta_1)
         x1, x2 = first[0], second[0]
-        p1 = self.sources(x1).detach()
-        p2 = p1 if _same_input(x1, x2) and x1._version == x2._version else self.sources(x2).detach()
-        n = p1.shape[0]
+        one_input = _same_input(x1, x2) and x1._version == x2._version
         grads: list[Tensor] = []
         for k in range(1, self.depth + 1):
             v1, v2 = first[k].detach(), second[k].detach()
             dv = 0.5 * scale * ((v2 * v2).mean(0) - (v1 * v1).mean(0))
-            if k == 1 and p2 is p1:  # one input in both phases
+            if k == 1 and one_input:
                 grads.append(self._source_contrast(x1, v1, v2, dv, scale))
             else:
-                squares = dv[None, :].expand(p1.shape[1], -1)
-                if k > 1 or p2 is not p1:
-                    dp = 0.5 * scale * ((p2 * p2).mean(0) - (p1 * p1).mean(0))
-                    squares = squares + dp[:, None]
+                if k == 1:  # two inputs: the sources' voltages of each
+                    p1, p2 = self.sources(x1).detach(), self.sources(x2).detach()
+                dp = 0.5 * scale * ((p2 * p2).mean(0) - (p1 * p1).mean(0))
                 cross = torch.cat([p2, p1]).t()
-                grads.append(torch.addmm(squares, cross, torch.cat([v2, -v1]), alpha=-scale / n))
+                grads.append(
+                    torch.addmm(dv[None, :] + dp[:, None], cross, torch.cat([v2, -v1]), alpha=-scale / len(v1))
+                )
             grads.append(-scale * (v2.mean(0) - v1.mean(0)))
             p1, p2 = v1, v2
         return grads

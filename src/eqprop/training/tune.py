@@ -140,7 +140,6 @@ def read_space(path: str | Path, config: str | Path | None = None, overrides: Se
 
 def _override(key: str, value: Any, base: TrainConfig) -> str:
     """``key=value``, one value broadcast to a list key of ``base`` (``lrs``: every layer group)."""
-
     current = getattr(base, key.split(".")[-1], None)
     if isinstance(current, list) and not isinstance(value, list):
         value = [value]
@@ -176,6 +175,11 @@ def baseline_params(space: Sequence[Distribution], base: TrainConfig) -> dict[st
             raise ConfigError(f"--baseline: the config's {dist.key}={value!r} lies outside the space's {valid}")
         params[dist.key] = value
     return params
+
+
+def _local_storage(out: Path) -> str:
+    """The default storage of a search whose trials go to ``out``: the SQLite file ``out/tune.db``."""
+    return f"sqlite:///{(out / 'tune.db').resolve()}"
 
 
 def objective_key(validation: float) -> str:
@@ -294,7 +298,7 @@ def run_tune(
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    storage_url = storage or f"sqlite:///{(out / 'tune.db').resolve()}"
+    storage_url = storage or _local_storage(out)
     pruners = {
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=base.epochs),
@@ -398,12 +402,15 @@ def tune_status(
     retry of a killed worker's trial."""
     import optuna
 
+    from .results import read_run
+
     out = Path(out)
     if storage is None:
-        path = out / "tune.db"
-        if not path.exists():
-            raise ConfigError(f"no study in {out}: {path} does not exist (give --out of the search, or --storage)")
-        storage = f"sqlite:///{path.resolve()}"
+        if not (out / "tune.db").exists():
+            raise ConfigError(
+                f"no study in {out}: {out / 'tune.db'} does not exist (give --out of the search, or --storage)"
+            )
+        storage = _local_storage(out)
     name = study_name or Path(config).stem
     try:
         study = optuna.load_study(study_name=name, storage=make_storage(storage, heartbeat=None))
@@ -414,8 +421,8 @@ def tune_status(
         if t.user_attrs.get("surplus"):
             continue
         run_dir = t.user_attrs.get("run_dir")
-        metrics = Path(run_dir) / "metrics.jsonl" if run_dir else None
-        epochs = sum(1 for line in open(metrics) if line.strip()) if metrics and metrics.exists() else 0
+        metrics = read_run(run_dir).metrics if run_dir and (Path(run_dir) / "config.json").exists() else []
+        epochs = int(metrics[-1]["epoch"]) if metrics else 0
         rows.append(
             {
                 "trial": t.number,
