@@ -301,7 +301,7 @@ def _cell(value: object) -> str:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from .training.tune import run_tune, tune_status
+    from .training.tune import param_importances, run_tune, tune_status
 
     if args.status:
         rows = tune_status(args.config, args.out, args.storage, args.study_name)
@@ -319,6 +319,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             print(f"| {name} | {r['state']} | " + " | ".join(values) + f" | {value} | {r['epochs']} |")
         counts = Counter(r["state"] for r in rows)
         print(f"{len(rows)} trials: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+        importances = param_importances(args.config, args.out, args.storage, args.study_name)
+        if importances:
+            shares = ", ".join(f"{k} {v:.2f}" for k, v in importances.items())
+            print(f"importance (fANOVA over the {len(finished)} finished trials; rough with few): {shares}")
         return 0
     if args.space is None or args.trials is None:
         print("eqprop tune: --space and --trials are needed to search (only --status goes without)", file=sys.stderr)

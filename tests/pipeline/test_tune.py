@@ -399,3 +399,52 @@ def test_the_baseline_is_the_configs_own_settings_queued_once(experiment, capsys
         (experiment / "bad.yaml").write_text(EXPERIMENT + extra)
         with pytest.raises(ConfigError, match=message):
             run_tune(experiment / "bad.yaml", experiment / space, 1, experiment / "bad", baseline=True)
+
+
+def test_importance_apportions_the_variance_to_the_key_the_objective_depends_on(tmp_path, capsys):
+    """fANOVA over a study whose objective is a function of x alone (y is noise-free and irrelevant, z never
+    varies): x takes almost all the importance, z is left out, and fewer than 3 finished trials give nothing."""
+    from eqprop.cli import main
+    from eqprop.training.tune import param_importances
+
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    study = optuna.create_study(study_name="s", storage=storage)
+    dists = {
+        "x": optuna.distributions.FloatDistribution(0.0, 1.0),
+        "y": optuna.distributions.FloatDistribution(0.0, 1.0),
+        "z": optuna.distributions.CategoricalDistribution(["a", "b"]),
+    }
+    rng = __import__("random").Random(0)
+
+    def add(n: int) -> None:
+        for _ in range(n):
+            x, y = rng.random(), rng.random()
+            params = {"x": x, "y": y, "z": "a"}
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=(x - 0.3) ** 2))
+
+    add(2)
+    assert param_importances(tmp_path / "s.yaml", tmp_path, storage, "s") == {}
+    add(28)
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    shares = param_importances(tmp_path / "s.yaml", tmp_path, storage, "s")
+    assert set(shares) == {"x", "y"} and abs(sum(shares.values()) - 1.0) < 1e-6
+    assert shares["x"] > 0.9 > 0.1 > shares["y"]
+    assert (
+        main(
+            [
+                "tune",
+                str(tmp_path / "s.yaml"),
+                "--out",
+                str(tmp_path),
+                "--storage",
+                storage,
+                "--study-name",
+                "s",
+                "--status",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "importance (fANOVA over the 30 finished trials" in out
+    assert __import__("re").search(r": x (0\.9\d|1\.00), y 0\.\d\d$", out.strip())
