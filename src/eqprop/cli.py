@@ -339,6 +339,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         overrides=[*args.overrides, *_data_dir(args)],
         heartbeat=args.heartbeat or None,
         baseline=args.baseline,
+        startup_trials=args.startup_trials,
     )
     return 0
 
@@ -544,6 +545,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-name", help="the study in the storage (default: the config's file name)")
     p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
     p.add_argument("--seed", type=int, help="seed of the TPE sampler")
+    p.add_argument(
+        "--startup-trials",
+        type=int,
+        default=10,
+        help="finished trials drawn at random before TPE models the objective (Optuna's default: 10)",
+    )
     p.add_argument("--heartbeat", type=int, default=60, help="seconds between a trial's heartbeats (0: none)")
     p.add_argument(
         "--baseline",

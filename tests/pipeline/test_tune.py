@@ -448,3 +448,28 @@ def test_importance_apportions_the_variance_to_the_key_the_objective_depends_on(
     out = capsys.readouterr().out
     assert "importance (fANOVA over the 30 finished trials" in out
     assert __import__("re").search(r": x (0\.9\d|1\.00), y 0\.\d\d$", out.strip())
+
+
+def test_startup_trials_reach_the_sampler_and_a_negative_count_is_refused(experiment, monkeypatch):
+    """--startup-trials N: the TPE sampler draws at random for N finished trials (its n_startup_trials); N < 0 is
+    an error naming the option."""
+    from eqprop.cli import main
+    from eqprop.training.tune import run_tune
+
+    seen: list[int] = []
+
+    class Stop(Exception):
+        pass
+
+    def sampler(**kwargs):
+        seen.append(kwargs["n_startup_trials"])
+        raise Stop
+
+    monkeypatch.setattr(optuna.samplers, "TPESampler", sampler)
+    args = [str(experiment / "exp.yaml"), "--space", str(experiment / "space.yaml"), "--trials", "1"]
+    for extra, expected in [([], 10), (["--startup-trials", "3"], 3)]:
+        with pytest.raises(Stop):
+            main(["tune", *args, "--out", str(experiment / "out"), *extra])
+        assert seen[-1] == expected
+    with pytest.raises(ConfigError, match="--startup-trials must be >= 0, got -1"):
+        run_tune(experiment / "exp.yaml", experiment / "space.yaml", 1, experiment / "out", startup_trials=-1)
