@@ -194,6 +194,45 @@ def test_a_blind_run_never_evaluates_the_test_set(tmp_path, monkeypatch):
         parse_overrides([*items, "validation=0", "evaluate_test=false"])
 
 
+def test_test_once_reads_the_test_set_after_the_last_epoch_only(tmp_path, monkeypatch):
+    """test_once (the final runs of a tuned setting): no split (or a validation split) along the way, the test set
+    once after the last epoch, also when the run is stopped and resumed between; the summary, the table (final and
+    best alike) and the plot read that one value."""
+    import eqprop.training.trainer as trainer_module
+    from eqprop.training.results import plot_runs, results_table
+
+    items = [f"{k}={v}" for k, v in (line.split(": ") for line in EXPERIMENT.splitlines())]
+    splits = []
+    real = trainer_module.evaluate
+
+    def spy(*args, split="test", **kwargs):
+        splits.append(split)
+        return real(*args, split=split, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "evaluate", spy)
+    lines = []
+    run = tmp_path / "final"
+    cfg = parse_overrides(
+        [*items, "epochs=3", "validation=0", "test_once=true", "stop_after_epoch=2", f"out_dir={run}"]
+    )
+    assert [r["epoch"] for r in Trainer(cfg, log=lines.append).fit()] == [1, 2]
+    assert splits == [] and not (run / "checkpoint_best.pt").exists()
+    history = Trainer.resume(run, log=lines.append).fit()
+    assert splits == ["test"] and ["test_error" in r for r in history] == [False, False, True]
+    final = history[-1]["test_error"]
+    assert lines[-1].startswith(f"eqprop: done after 3 epochs: test error {100 * final:.2f}% (read once)")
+    assert torch.load(run / "checkpoint_best.pt", weights_only=False)["epoch"] == 3
+    for metric in ("final", "best"):
+        assert f"| {100 * final:.2f} |" in results_table([run], metric=metric)
+    assert plot_runs([run], tmp_path / "curves.png").exists()
+
+    splits.clear()
+    cfg = parse_overrides([*items, "epochs=2", "test_once=true", f"out_dir={tmp_path / 'held_out'}"])
+    history = Trainer(cfg, log=lines.append).fit()
+    assert splits == ["val", "test", "val"]
+    assert "test error after the last epoch" in lines[-1] or "test error at that epoch" in lines[-1]
+
+
 def cfg_items(cfg):
     return [f"{k}={v}" for k, v in (line.split(": ") for line in EXPERIMENT.splitlines())]
 

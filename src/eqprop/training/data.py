@@ -1028,6 +1028,9 @@ class DataSection(Section):
     evaluate_test: bool = setting(
         True, "evaluate the test set after every epoch; false (with validation > 0): never read it (tuning trials)"
     )
+    test_once: bool = setting(
+        False, "evaluate the test set once, after the last epoch (the final runs of settings chosen on validation)"
+    )
 
     def validate(self) -> None:
         self.dataset = check_choice("dataset", self.dataset, dataset_names())

@@ -159,7 +159,7 @@ def plot_runs(
             continue
         color = f"C{k % 10}"
         for ax, key, scale, ls, labelled in panels:
-            members = [r for r in group if key in r.metrics[0]]
+            members = [r for r in group if any(key in m for m in r.metrics)]  # test_once: the last epoch only
             if members:
                 _draw(ax, members, key, scale, color, ls, label if labelled else None)
     ax_err.set(xlabel="epoch", ylabel="error rate (%)", title="top-1 error")
@@ -213,13 +213,11 @@ def _series(runs: list[Run], mean_over_seeds: bool) -> list[tuple[str, list[Run]
 def _draw(ax: Any, runs: list[Run], key: str, scale: float, color: str, ls: str, label: str | None) -> None:
     """One run's curve of ``key``, or, for several, each faint, their mean bold and a min-max band (over the epochs
     every run reached)."""
-    marker = "o" if max(len(r.metrics) for r in runs) <= 30 else None
+    curves = [{m["epoch"]: scale * m[key] for m in r.metrics if key in m} for r in runs]
+    marker = "o" if min(len(c) for c in curves) == 1 or max(len(c) for c in curves) <= 30 else None
     if len(runs) == 1:
-        epochs = [m["epoch"] for m in runs[0].metrics]
-        values = [scale * m[key] for m in runs[0].metrics]
-        ax.plot(epochs, values, color=color, ls=ls, marker=marker, markersize=3, label=label)
+        ax.plot(list(curves[0]), list(curves[0].values()), color=color, ls=ls, marker=marker, markersize=3, label=label)
         return
-    curves = [{m["epoch"]: scale * m[key] for m in r.metrics} for r in runs]
     for curve in curves:
         ax.plot(list(curve), list(curve.values()), color=color, ls=ls, lw=0.8, alpha=0.35)
     common = sorted(set.intersection(*(set(c) for c in curves)))
@@ -316,8 +314,8 @@ def results_table(run_dirs: Sequence[str | Path], metric: str = "final") -> str:
     blind = [str(r.path) for r in finished if "test_error" not in r.metrics[-1]]
     if blind:
         raise DataError(
-            f"{', '.join(blind)} never evaluated the test set (evaluate_test=false, a tuning trial): a table "
-            "reports test errors; leave such runs out"
+            f"{', '.join(blind)} never evaluated the test set (evaluate_test=false, a tuning trial; or "
+            "test_once before the last epoch): a table reports test errors; leave such runs out"
         )
     labels = _variants(finished)
     runs, notes = _one_run_per_seed(finished, labels)
@@ -338,7 +336,12 @@ def results_table(run_dirs: Sequence[str | Path], metric: str = "final") -> str:
     lines = ["| algorithm | " + " | ".join(columns) + " |", "|" + " --- |" * (1 + 2 * len(sets) + len(top5))]
 
     def values(group: list[Run], key: str) -> list[float]:
-        rows = [min(r.metrics, key=lambda m: m["test_error"]) if metric == "best" else r.final for r in group]
+        rows = [
+            min((m for m in r.metrics if "test_error" in m), key=lambda m: m["test_error"])
+            if metric == "best"
+            else r.final
+            for r in group
+        ]  # test_once: only the last epoch has a test error
         return [row[key] for row in rows if key in row]
 
     for a in algos:

@@ -407,7 +407,8 @@ class RunDirectory:
     def _write_csv(self, history: list[dict[str, float]]) -> None:
         with open(self.path / "metrics.csv", "w", newline="") as f:
             if history:
-                writer = csv.DictWriter(f, fieldnames=list(history[0]))
+                columns = list(dict.fromkeys(k for row in history for k in row))  # test_once: the last row's test
+                writer = csv.DictWriter(f, fieldnames=columns)
                 writer.writeheader()
                 writer.writerows(history)
 

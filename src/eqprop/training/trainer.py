@@ -739,11 +739,11 @@ class Trainer:
                     self._end_epoch(epoch, row)
                     if epoch == cfg.epochs and self.run_dir:  # finished: its settings beside its results
                         key = "test_error" if "test_error" in row else "val_error"
-                        best = min(r[key] for r in self.history)
+                        best = min(r[key] for r in self.history if key in r)  # test_once: the last epoch
                         results = {f"best_{key}": best, f"final_{key}": row[key]}
                         self.run_dir.hparams({**cfg.flat(), "ranks": self.dist.world}, results)
                     ebar.update(1)
-                    shown = "test_error" if "test_error" in row else "val_error"
+                    shown = next(k for k in ("test_error", "val_error", "train_error") if k in row)
                     ebar.set_postfix({shown.replace("error", "err"): f"{100 * row[shown]:.2f}%"})
                     if distributed.any_rank(self._stop is not None, self.dist) and epoch < cfg.epochs:
                         raise Interrupted(self._stop or "SIGTERM", self.run_dir.last if self.run_dir else None)
@@ -770,15 +770,20 @@ class Trainer:
         if not self.history:
             return "eqprop: no epoch finished"
         final = self.history[-1]
-        key = "val_error" if "val_error" in final else "test_error"
-        best = min(self.history, key=lambda r: r[key])
-        what = "validation" if key == "val_error" else "test"
-        parts = [
-            f"eqprop: done after {final['epoch']:g} epochs: best {what} error {100 * best[key]:.2f}% "
-            f"(epoch {best['epoch']:g}), final {100 * final[key]:.2f}%"
-        ]
+        key = "val_error" if "val_error" in final else "test_error" if "test_error" in final else "train_error"
+        best = min((r for r in self.history if key in r), key=lambda r: r[key])
+        what = {"val_error": "validation", "test_error": "test", "train_error": "training"}[key]
+        if key == "test_error" and self.cfg.test_once:
+            parts = [f"eqprop: done after {final['epoch']:g} epochs: test error {100 * final[key]:.2f}% (read once)"]
+        else:
+            parts = [
+                f"eqprop: done after {final['epoch']:g} epochs: best {what} error {100 * best[key]:.2f}% "
+                f"(epoch {best['epoch']:g}), final {100 * final[key]:.2f}%"
+            ]
         if key == "val_error" and "test_error" in best:
             parts.append(f"test error at that epoch {100 * best['test_error']:.2f}%")
+        elif key == "val_error" and "test_error" in final:
+            parts.append(f"test error after the last epoch {100 * final['test_error']:.2f}% (read once)")
         if wall is not None:
             parts.append(f"wall time {wall:.1f} s")
         if self.out:
@@ -788,7 +793,9 @@ class Trainer:
     def _end_epoch(self, epoch: int, row: dict[str, float]) -> None:
         """Evaluate, let the callbacks add to the row, record it and checkpoint."""
         t_eval = time.perf_counter()
-        splits = ["test"] if self.cfg.evaluate_test else []  # false: a tuning trial, which never reads the test set
+        # evaluate_test=false: a tuning trial, which never reads the test set; test_once: only after the last epoch
+        reads_test = self.cfg.evaluate_test and (not self.cfg.test_once or epoch >= self.cfg.epochs)
+        splits = ["test"] if reads_test else []
         if self.data.val_images is not None:  # model selection on the held-out split, never on the test set
             splits.append("val")
         for split in splits:
@@ -809,7 +816,8 @@ class Trainer:
             callback.on_epoch_end(self, epoch, row)
         self.history.append(row)
         self.epoch = epoch
-        selected = row["val_error"] if "val_error" in row else row["test_error"]  # the checkpoint_best criterion
+        # the checkpoint_best criterion: validation error, else test error (test_once: the last epoch is the best)
+        selected = row.get("val_error", row.get("test_error", math.inf))
         best = selected < self.best_error
         self.best_error = min(self.best_error, selected)
         self.log(
