@@ -301,7 +301,7 @@ def _cell(value: object) -> str:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from .training.tune import param_importances, run_tune, tune_status
+    from .training.tune import param_importances, run_tune, tune_status, write_best_config
 
     if args.status:
         rows = tune_status(args.config, args.out, args.storage, args.study_name)
@@ -324,8 +324,20 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             shares = ", ".join(f"{k} {v:.2f}" for k, v in importances.items())
             print(f"importance (fANOVA over the {len(finished)} finished trials; rough with few): {shares}")
         return 0
+    if args.best_config is not None:
+        path = write_best_config(
+            args.config, args.out, args.best_config, args.storage, args.study_name, trial=args.trial
+        )
+        print(f"eqprop tune: wrote {path}")
+        return 0
+    if args.trial is not None:
+        print("eqprop tune: --trial picks the trial of --best-config", file=sys.stderr)
+        return 2
     if args.space is None or args.trials is None:
-        print("eqprop tune: --space and --trials are needed to search (only --status goes without)", file=sys.stderr)
+        print(
+            "eqprop tune: --space and --trials are needed to search (only --status and --best-config go without)",
+            file=sys.stderr,
+        )
         return 2
     run_tune(
         args.config,
@@ -563,6 +575,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print every trial of the study (state, parameters, objective, epochs) and start nothing",
     )
+    p.add_argument(
+        "--best-config",
+        metavar="PATH",
+        help="write the best finished trial's config for its final runs (whole training set, test_once) and start "
+        "nothing",
+    )
+    p.add_argument("--trial", type=int, help="with --best-config: this trial's settings instead of the best's")
     p.add_argument("--out", default="runs/tune", help="where the trials' run directories go (default: runs/tune)")
     p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
     _add_import_option(p)

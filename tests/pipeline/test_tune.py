@@ -512,3 +512,41 @@ def test_startup_trials_reach_the_sampler_and_a_negative_count_is_refused(experi
         assert seen[-1] == expected
     with pytest.raises(ConfigError, match="--startup-trials must be >= 0, got -1"):
         run_tune(experiment / "exp.yaml", experiment / "space.yaml", 1, experiment / "out", startup_trials=-1)
+
+
+def test_best_config_writes_the_chosen_trial_for_its_final_runs(experiment, capsys):
+    """--best-config PATH: the search's config as base, the best finished trial's values (or --trial N's), the whole
+    training set and test_once; the file loads to exactly those settings from another folder; no finished trial,
+    or a trial that did not finish, is a clear error."""
+    from eqprop.cli import main
+    from eqprop.training.config import load_config
+    from eqprop.training.tune import write_best_config
+
+    storage = f"sqlite:///{experiment / 'tune.db'}"
+    study = optuna.create_study(study_name="exp", storage=storage)
+    dists = {
+        "beta": optuna.distributions.FloatDistribution(0.05, 0.4),
+        "lrs": optuna.distributions.FloatDistribution(0.01, 0.2, log=True),
+        "lr_schedule": optuna.distributions.CategoricalDistribution(["exponential", "cosine"]),
+    }
+    target = experiment / "finals" / "best.yaml"
+    with pytest.raises(ConfigError, match="has no finished trial yet"):
+        write_best_config(experiment / "exp.yaml", experiment, target, storage)
+    for beta, lrs, schedule, value in [(0.1, 0.02, "cosine", 0.3), (0.3, 0.05, "exponential", 0.2)]:
+        params = {"beta": beta, "lrs": lrs, "lr_schedule": schedule}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+
+    assert main(["tune", str(experiment / "exp.yaml"), "--out", str(experiment), "--best-config", str(target)]) == 0
+    assert f"wrote {target}" in capsys.readouterr().out
+    cfg = load_config(target)
+    assert (cfg.beta, cfg.lrs, cfg.lr_schedule) == (0.3, [0.05], "exponential")
+    assert (cfg.validation, cfg.test_once, cfg.epochs, cfg.limit_train) == (0.0, True, 2, 80)  # the rest: the base's
+    assert "Trial 1 of the search 'exp' (validation error 20.00%" in target.read_text()
+
+    other = write_best_config(experiment / "exp.yaml", experiment, experiment / "t0.yaml", storage, trial=0)
+    assert (load_config(other).beta, load_config(other).lr_schedule) == (0.1, "cosine")
+    with pytest.raises(ConfigError, match=r"--trial 2: not a finished trial of 'exp' \(finished: \[0, 1\]\)"):
+        write_best_config(experiment / "exp.yaml", experiment, target, storage, trial=2)
+    assert main(["tune", str(experiment / "exp.yaml"), "--out", str(experiment), "--trial", "0"]) == 2
+    assert "--trial picks the trial of --best-config" in capsys.readouterr().err

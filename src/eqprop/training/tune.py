@@ -24,12 +24,13 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..errors import ConfigError
 from .config import FLAT, SECTIONS, TrainConfig, load_config, parse_overrides
@@ -474,3 +475,50 @@ def param_importances(
         return {}
     importances = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed), params=varied)
     return {k: float(v) for k, v in importances.items()}
+
+
+def write_best_config(
+    config: str | Path,
+    out: str | Path,
+    path: str | Path,
+    storage: str | None = None,
+    study_name: str | None = None,
+    trial: int | None = None,
+) -> Path:
+    """Write the config of a search's best finished trial (or of trial number ``trial``) for its final runs: the
+    search's config as ``base``, the trial's values of the searched keys, the whole training set (validation 0) and
+    the test set read once, after the last epoch (``test_once``). Other keys (epochs, seed) are the searcher's to
+    override. Returns the file written."""
+    import optuna
+
+    study = _existing_study(config, out, storage, study_name)
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if trial is None:
+        if not done:
+            raise ConfigError(f"the study {study.study_name!r} has no finished trial yet: no best setting to write")
+        chosen = min(done, key=lambda t: cast(float, t.value))
+    else:
+        found = [t for t in done if t.number == trial]
+        if not found:
+            numbers = [t.number for t in done]
+            raise ConfigError(f"--trial {trial}: not a finished trial of {study.study_name!r} (finished: {numbers})")
+        chosen = found[0]
+    base = load_config(config)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    relative = os.path.relpath(Path(config).resolve(), path.parent.resolve())
+    what = "validation error" if objective_key(base.validation) == "val_error" else "test error"
+    where = chosen.user_attrs.get("run_dir", "its run directory unknown")
+    lines = [
+        f"# Trial {chosen.number} of the search {study.study_name!r} ({what} {100 * cast(float, chosen.value):.2f}%, "
+        f"{where}), written by eqprop tune --best-config",
+        "# for its final runs: the whole training set, the test set read once after the last epoch.",
+        f"base: {relative}",
+    ]
+    for key, value in chosen.params.items():
+        assignment = _override(key, value, base)
+        lines.append(f"{key}: {assignment.split('=', 1)[1]}")
+    lines += ["validation: 0.0", "test_once: true"]
+    path.write_text("\n".join(lines) + "\n")
+    load_config(path)  # the file must be a valid config
+    return path
