@@ -398,18 +398,23 @@ class CoordinateDescentSolver(Solver):
                 )
         grounded = [None] + [curv[k] <= 0 for k in range(1, L + 1)]
         safe = [None] + [torch.where(grounded[k], torch.ones_like(curv[k]), curv[k]) for k in range(1, L + 1)]
+        # a node with no conductance (all its resistors at 0) sits at 0; most phases have none, so skip the mask
+        masked = [None] + [bool(grounded[k].any()) for k in range(1, L + 1)]
         if clamp is not None:
             states[L] = clamp.to(pdtype).expand_as(states[L])
         free = list(range(1, L + 1 if clamp is None else L))
         groups = even_odd_groups(free, s.schedule, s.first)
 
         def update(k: int) -> Tensor:
+            # the currents into layer k (fixed sources and biases, then each neighbour layer's), added by the products
             num = fixed[k]
             if k > 1:
-                num = num + states[k - 1] @ g[k]
+                num = torch.addmm(num, states[k - 1], g[k])  # a bias row broadcasts over the batch
             if k < L:
-                num = num + states[k + 1] @ g[k + 1].t()
-            v = torch.where(grounded[k], torch.zeros_like(num), num / safe[k])
+                num = torch.addmm(num, states[k + 1], g[k + 1].t())
+            v = num / safe[k]
+            if masked[k]:
+                v = v.masked_fill(grounded[k], 0.0)
             return network.project(k, v)
 
         def energy(states: list[Tensor]) -> Tensor:
