@@ -311,14 +311,19 @@ def run_tune(
     }
     if pruner not in pruners:
         raise ConfigError(f"--pruner {pruner!r}: choose one of {list(pruners)}")
-    study = optuna.create_study(
-        study_name=study_name or Path(config).stem,
-        storage=make_storage(storage_url, heartbeat),
-        direction="minimize",
-        load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=startup_trials),
-        pruner=pruners[pruner](),
-    )
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created": eqprop says what it starts
+    try:
+        study = optuna.create_study(
+            study_name=study_name or Path(config).stem,
+            storage=make_storage(storage_url, heartbeat),
+            direction="minimize",
+            load_if_exists=True,
+            sampler=optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=startup_trials),
+            pruner=pruners[pruner](),
+        )
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     if baseline:
         params = baseline_params(space, base)
         with _creation_lock(storage_url):  # two workers starting together queue it once
