@@ -164,22 +164,29 @@ def test_validation_split_is_held_out_and_selects_the_best_checkpoint(tmp_path):
     assert all("val_error" in r and "test_error" in r for r in history)
 
 
-def test_a_blind_run_never_evaluates_the_test_set(tmp_path, monkeypatch):
-    """evaluate_test=false (what tuning trials get): every evaluation is on the validation split, the rows and the
-    summary hold no test error, the best checkpoint follows the validation error; a table refuses such runs and
-    without a validation split the setting is a clear error."""
+@pytest.fixture
+def splits(monkeypatch):
+    """The splits the Trainer evaluates, in order (a spy on its ``evaluate``)."""
     import eqprop.training.trainer as trainer_module
-    from eqprop.training.results import results_table
 
-    items = [f"{k}={v}" for k, v in (line.split(": ") for line in EXPERIMENT.splitlines())]
-    splits = []
+    seen: list[str] = []
     real = trainer_module.evaluate
 
     def spy(*args, split="test", **kwargs):
-        splits.append(split)
+        seen.append(split)
         return real(*args, split=split, **kwargs)
 
     monkeypatch.setattr(trainer_module, "evaluate", spy)
+    return seen
+
+
+def test_a_blind_run_never_evaluates_the_test_set(tmp_path, splits):
+    """evaluate_test=false (what tuning trials get): every evaluation is on the validation split, the rows and the
+    summary hold no test error, the best checkpoint follows the validation error; a table refuses such runs and
+    without a validation split the setting is a clear error."""
+    from eqprop.training.results import results_table
+
+    items = [f"{k}={v}" for k, v in (line.split(": ") for line in EXPERIMENT.splitlines())]
     lines = []
     cfg = parse_overrides([*items, "epochs=2", "evaluate_test=false", f"out_dir={tmp_path / 'blind'}"])
     trainer = Trainer(cfg, log=lines.append)
@@ -194,22 +201,13 @@ def test_a_blind_run_never_evaluates_the_test_set(tmp_path, monkeypatch):
         parse_overrides([*items, "validation=0", "evaluate_test=false"])
 
 
-def test_test_once_reads_the_test_set_after_the_last_epoch_only(tmp_path, monkeypatch):
+def test_test_once_reads_the_test_set_after_the_last_epoch_only(tmp_path, splits):
     """test_once (the final runs of a tuned setting): no split (or a validation split) along the way, the test set
     once after the last epoch, also when the run is stopped and resumed between; the summary, the table (final and
     best alike) and the plot read that one value."""
-    import eqprop.training.trainer as trainer_module
     from eqprop.training.results import plot_runs, results_table
 
     items = [f"{k}={v}" for k, v in (line.split(": ") for line in EXPERIMENT.splitlines())]
-    splits = []
-    real = trainer_module.evaluate
-
-    def spy(*args, split="test", **kwargs):
-        splits.append(split)
-        return real(*args, split=split, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "evaluate", spy)
     lines = []
     run = tmp_path / "final"
     cfg = parse_overrides(
