@@ -40,6 +40,35 @@ def test_a_resumed_drn_run_equals_the_straight_one_and_keeps_g_nonnegative(tmp_p
         assert torch.equal(a, b), name
 
 
+def test_eval_iterations_set_the_relaxation_of_predictions_only():
+    """eval_iterations=E: a model in eval mode (validation and test predictions) relaxes E iterations from zeros,
+    the same vertex sweeps as the solver run directly for E iterations, while training keeps free_iterations; the
+    Trainer's test error is the error of those predictions. E < 1 is refused by name."""
+    from eqprop.core.relaxation import get_solver
+    from eqprop.training.trainer import evaluate
+
+    cfg = load_config(None, ["model=drn", "epochs=1", "hidden=[30]", "eval_iterations=9", *QUICK])
+    trainer = Trainer(cfg, log=lambda s: None)
+    trainer.fit()
+    net, rule, data = trainer.network, trainer.algorithm, trainer.data
+    assert rule.phases.iterations_for(net) == cfg.free_iterations == 4  # the trainer left it in training mode
+    x = data.prepare(data.test_images[:64]).flatten(1)
+    solver = get_solver("coordinate-descent", rule.phases.settings)
+    outputs = {}
+    for t in (4, 9):
+        outputs[t] = solver(net, net.init_state(x, "zeros"), t).states[-1]
+    net.eval()
+    assert torch.equal(rule.free_phase(net, x).states[-1], outputs[9])
+    assert not torch.equal(outputs[4], outputs[9])  # 9 sweeps are not 4: the test can tell them apart
+    labels = data.test_labels[:64]
+    data.test_images, data.test_labels = data.test_images[:64], labels
+    expected = float((outputs[9].argmax(1) != labels).float().mean())
+    assert evaluate(net, rule, data, torch.device("cpu"))["error"] == pytest.approx(expected)
+    assert "T=4 (eval 9)" in repr(rule)
+    with pytest.raises(ConfigError, match="config key 'eval_iterations' must be >= 1, got 0"):
+        load_config(None, ["model=drn", "eval_iterations=0"])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("rule", ["CL", "PEP", "NEP", "PCpL", "NCpL", "CCpL", "TBP", "RBP", "BPTT"])
 def test_every_rule_trains_a_drn_on_digits(rule):

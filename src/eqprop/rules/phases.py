@@ -57,6 +57,7 @@ class Phases:
     refine_iterations: int = 0
     cuda_graphs: bool = False
     nudged_schedule: str | None = None  # the nudged phases' and TBP's schedule; None: settings.schedule
+    eval_iterations: int | None = None  # T of a model in eval mode (val/test predictions); None: free_iterations
     carried: list[Tensor] = field(default_factory=list, compare=False, repr=False)  # init="persistent": s_1..s_L
 
     def __post_init__(self) -> None:
@@ -76,6 +77,8 @@ class Phases:
             )
         if self.refine_iterations < 0:
             raise ValueError(f"refine_iterations must be >= 0, got {self.refine_iterations}")
+        if self.eval_iterations is not None and self.eval_iterations < 1:
+            raise ValueError(f"eval_iterations must be >= 1 (or None: free_iterations), got {self.eval_iterations}")
         if (self.nudged_precision == "deviation" or self.refine_iterations) and self.solver != "messages":
             raise ValueError(
                 f"deviation-mode nudged phases and refinement need the messages solver, not {self.solver!r}"
@@ -116,6 +119,13 @@ class Phases:
         solver = get_solver(name, settings)
         return GraphedSolver(settings, inner=solver) if self.cuda_graphs else solver
 
+    def iterations_for(self, model: Any) -> int:
+        """T of the free phase: ``eval_iterations`` for a model in eval mode (its predictions on the validation and
+        test sets) where set, else ``free_iterations``."""
+        if model.training or self.eval_iterations is None:
+            return self.free_iterations
+        return self.eval_iterations
+
     @property
     def _start(self) -> str:
         """The initial state mode when no carried state applies (a persistent init starts from zeros)."""
@@ -145,7 +155,7 @@ class Phases:
             if self._persists(model):
                 free = self.solver_for("free")(model, self.initial_state(model, x), self.free_iterations)
             else:
-                free = model.free_phase(x, self.solver_for("free"), self.free_iterations, self._start)
+                free = model.free_phase(x, self.solver_for("free"), self.iterations_for(model), self._start)
             if self.refine_iterations:
                 refined = self.solver_for("refine")(model, [x] + list(free.states[1:]), self.refine_iterations)
                 free = RelaxResult(refined.states, free.iterations + refined.iterations, free.trajectory, refined.stats)
@@ -175,8 +185,9 @@ class Phases:
         if self.nudged_schedule is not None and self.nudged_schedule != s.schedule:
             order += f", nudged_schedule={self.nudged_schedule}"
         start = f", init={self.init}" if self.init != "zeros" else ""
+        t_eval = f" (eval {self.eval_iterations})" if self.eval_iterations is not None else ""
         return (
-            f"T={self.free_iterations}, K={self.nudged_iterations}, solver={self.solver}, "
+            f"T={self.free_iterations}{t_eval}, K={self.nudged_iterations}, solver={self.solver}, "
             f"schedule={s.schedule}{order}, dtype={s.dtype}{start}"
         )
 
@@ -202,6 +213,9 @@ class RelaxSection(Section):
     first: str = setting("even", "asynchronous: which parity of layers is updated first (the paper: even)")
     dtype: str = setting("float32", "precision of the states and weight casts in the relaxation")
     nudged_precision: str = setting("same", "nudged phases: same (as dtype), full (float32), deviation (16-bit d)")
+    eval_iterations: int | None = setting(
+        None, "T at evaluation (validation and test predictions, from the start state); null: free_iterations"
+    )
     refine_iterations: int = setting(0, "deviation-mode iterations refining a 16-bit free state")
     tol: float | None = setting(None, "stop a phase once no state unit moves more than this in an iteration")
     init: str = setting("zeros", "free phase start: zeros, uniform, or persistent (the last training step's state)")
@@ -224,6 +238,7 @@ class RelaxSection(Section):
         self.init = check_choice("init", self.init, list(INITS))
         self.at_least(1, "free_iterations", "nudged_iterations")
         self.at_least(0, "refine_iterations")
+        self.at_least(1, "eval_iterations")
         self.positive("tol")
 
     def phases(self, default_solver: str) -> Phases:
@@ -240,4 +255,5 @@ class RelaxSection(Section):
             self.refine_iterations,
             self.cuda_graphs,
             self.nudged_schedule,
+            self.eval_iterations,
         )
