@@ -15,8 +15,10 @@ Trials report every epoch, so a pruner (median or Hyperband) stops poor ones. Wo
 cooperate through the storage: a SQLite file locally, a PostgreSQL/MySQL URL, or Optuna's journal file
 (``journal:PATH``). With a database storage each running trial sends heartbeats; the trial of a worker that was
 killed is marked failed once its heartbeat is stale and is retried with the same parameters by the next worker
-(Optuna's retry callback). Optuna 5's
-journal storage has no heartbeat, so there a killed worker's trial stays RUNNING: use a database to get retries.
+(Optuna's retry callback). Optuna 5's journal storage has no heartbeat, so there a killed worker's trial stays
+RUNNING: use a database to get retries. After the search, :func:`tune_status` lists the trials,
+:func:`param_importances` apportions the objective's variance among the searched keys, and
+:func:`write_best_config` writes the winner's config for its final runs (whole training set, ``test_once``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ __all__ = [
     "objective_key",
     "baseline_params",
     "tune_status",
+    "param_importances",
+    "write_best_config",
     "retried_from",
     "quiet_optuna",
     "fail_stale_trials",
