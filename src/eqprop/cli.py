@@ -301,7 +301,7 @@ def _cell(value: object) -> str:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from .training.tune import param_importances, run_tune, tune_status, write_best_config
+    from .training.tune import param_importances, plot_trials, run_tune, tune_status, write_best_config
 
     if args.status:
         rows = tune_status(args.config, args.out, args.storage, args.study_name)
@@ -323,7 +323,12 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         if importances:
             shares = ", ".join(f"{k} {v:.2f}" for k, v in importances.items())
             print(f"importance (fANOVA over the {len(finished)} finished trials; rough with few): {shares}")
+        if args.plot is not None and finished:
+            print(f"wrote {plot_trials(args.config, args.out, args.plot, args.storage, args.study_name)}")
         return 0
+    if args.plot is not None:
+        print("eqprop tune: --plot goes with --status (it draws the study's finished trials)", file=sys.stderr)
+        return 2
     if args.best_config is not None:
         path = write_best_config(
             args.config, args.out, args.best_config, args.storage, args.study_name, trial=args.trial
@@ -582,6 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
         "nothing",
     )
     p.add_argument("--trial", type=int, help="with --best-config: this trial's settings instead of the best's")
+    p.add_argument(
+        "--plot", metavar="PATH", help="with --status: a PNG of the objective against each searched key (PATH)"
+    )
     p.add_argument("--out", default="runs/tune", help="where the trials' run directories go (default: runs/tune)")
     p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
     _add_import_option(p)

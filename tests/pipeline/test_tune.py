@@ -548,3 +548,61 @@ def test_best_config_writes_the_chosen_trial_for_its_final_runs(experiment, caps
         write_best_config(experiment / "exp.yaml", experiment, target, storage, trial=2)
     assert main(["tune", str(experiment / "exp.yaml"), "--out", str(experiment), "--trial", "0"]) == 2
     assert "--trial picks the trial of --best-config" in capsys.readouterr().err
+
+
+def test_plot_trials_draws_each_key_against_the_objective(tmp_path, monkeypatch, capsys):
+    """--status --plot PATH: a panel per searched key with every finished trial's (value, error in %), the best
+    ringed and the baseline boxed at their own coordinates, a log axis for a log key, a categorical key's choices
+    as ticks; --plot without --status is refused."""
+    import matplotlib.figure
+
+    from eqprop.cli import main
+
+    seen = {}
+    original = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        seen["panels"] = [
+            (
+                ax.get_xlabel(),
+                ax.get_xscale(),
+                [t.get_text() for t in ax.get_xticklabels()],
+                [(c.get_offsets().tolist(), c.get_paths()[0].vertices.shape[0]) for c in ax.collections],
+            )
+            for ax in fig.axes
+        ]
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    (tmp_path / "s.yaml").write_text("validation: 0.2\n")
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    study = optuna.create_study(study_name="s", storage=storage)
+    dists = {
+        "lrs": optuna.distributions.FloatDistribution(0.001, 0.1, log=True),
+        "lr_schedule": optuna.distributions.CategoricalDistribution(["exponential", "cosine"]),
+    }
+    rows = [(0.01, "exponential", 0.30, True), (0.002, "cosine", 0.10, False), (0.05, "cosine", 0.20, False)]
+    for lrs, schedule, value, baseline in rows:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lrs": lrs, "lr_schedule": schedule},
+                distributions=dists,
+                value=value,
+                user_attrs={"baseline": True} if baseline else {},
+            )
+        )
+    args = ["tune", str(tmp_path / "s.yaml"), "--out", str(tmp_path), "--storage", storage, "--status"]
+    assert main([*args, "--plot", str(tmp_path / "trials")]) == 0
+    assert f"wrote {tmp_path / 'trials.png'}" in capsys.readouterr().out and (tmp_path / "trials.png").exists()
+    (lr_label, lr_scale, _, lr_marks), (sched_label, _, sched_ticks, sched_marks) = seen["panels"]
+    assert (lr_label, lr_scale, sched_label) == ("lrs", "log", "lr_schedule")
+    assert sched_ticks == ["exponential", "cosine"]
+    points, *marks = lr_marks
+    assert points[0] == [[0.01, 30.0], [0.002, 10.0], [0.05, 20.0]]
+    square = [offsets for offsets, corners in marks if corners == 5]  # a closed square's path: 5 vertices
+    ring = [offsets for offsets, corners in marks if corners != 5]
+    assert ring == [[[0.002, 10.0]]] and square == [[[0.01, 30.0]]]
+    assert sched_marks[0][0] == [[0, 30.0], [1, 10.0], [1, 20.0]]
+    assert sorted(offsets for offsets, _ in sched_marks[1:]) == [[[0, 30.0]], [[1, 10.0]]]
+    assert main(["tune", str(tmp_path / "s.yaml"), "--out", str(tmp_path), "--plot", "x.png"]) == 2
+    assert "--plot goes with --status" in capsys.readouterr().err

@@ -47,6 +47,7 @@ __all__ = [
     "baseline_params",
     "tune_status",
     "param_importances",
+    "plot_trials",
     "write_best_config",
     "retried_from",
     "quiet_optuna",
@@ -531,3 +532,58 @@ def write_best_config(
     path.write_text("\n".join(lines) + "\n")
     load_config(path)  # the file must be a valid config
     return path
+
+
+def plot_trials(
+    config: str | Path, out: str | Path, path: str | Path, storage: str | None = None, study_name: str | None = None
+) -> Path:
+    """PNG of the objective (an error rate, in %) against each searched key over the finished trials: one panel per
+    key, a log axis for a log-scale key, the best trial ringed and the baseline boxed; what a search tried and where
+    its good trials lie. Returns the file written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    from .results import _save
+
+    study = _existing_study(config, out, storage, study_name)
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.value is not None and not t.user_attrs.get("surplus")
+    ]
+    if not done:
+        raise ConfigError(f"the study {study.study_name!r} has no finished trial yet: nothing to plot")
+    keys = list(dict.fromkeys(k for t in done for k in t.params))
+    best = min(done, key=lambda t: cast(float, t.value))
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), sharey=True, squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        trials = [t for t in done if key in t.params]
+        dist = trials[0].distributions[key]
+        labels = [str(c) for c in dist.choices] if hasattr(dist, "choices") else None
+        xs = [labels.index(str(t.params[key])) if labels else t.params[key] for t in trials]
+        ys = [100 * cast(float, t.value) for t in trials]
+        ax.scatter(xs, ys, s=18, color="C0")
+        for x, y, t in zip(xs, ys, trials):
+            if t.number == best.number:
+                ax.scatter([x], [y], s=70, facecolors="none", edgecolors="C3")
+            if t.user_attrs.get("baseline"):
+                ax.scatter([x], [y], s=70, marker="s", facecolors="none", edgecolors="C2")
+        if labels:
+            ax.set_xticks(range(len(labels)), labels)
+            ax.set_xlim(-0.5, len(labels) - 0.5)
+        elif getattr(dist, "log", False):
+            ax.set_xscale("log")  # labels at 1, 2, 3, 5, 7 times each power of ten: a range inside a decade has some
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0, 7.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        if isinstance(dist, optuna.distributions.IntDistribution):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(key)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("objective: error (%)")
+    fig.suptitle(f"{study.study_name}: {len(done)} finished trials (ring: best; square: baseline)", fontsize=9)
+    return _save(fig, path)
