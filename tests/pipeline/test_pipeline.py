@@ -716,3 +716,59 @@ def test_a_study_gives_each_algorithm_its_own_settings_and_tables_them_together(
     exp.write_text("study:\n  settings: [nudged_iterations=5]\n")
     assert main(common) == 2
     assert "study.settings must map an algorithm to its settings" in capsys.readouterr().err
+
+
+def test_study_variants_make_an_ablation_grid_with_a_row_per_variant(tmp_path, capsys, monkeypatch):
+    """``study.variants``: every named variant of the config for every algorithm and seed (seed-major), its keys
+    over the algorithm's own settings, its name in the runs' folders; the table gives each variant a row labelled
+    with the keys that set it apart, and a rerun starts nothing; a bad name or value names the variant."""
+    from eqprop.training.study import plan_study, study_status
+
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(
+        "epochs: 1\nstudy:\n  algorithms: [CEP, TBP]\n  settings:\n    TBP: {nudged_iterations: 5}\n"
+        "  variants:\n    paper: {}\n    T9: {free_iterations: 9, nudged_iterations: 4}\n"
+    )
+    out = tmp_path / "ablation"
+    overrides = [*TINY_MLP, "limit_train=64", "limit_test=32", "batch_size=32", "tensorboard=false"]
+    plan = plan_study(exp, out, seeds=[0, 1], overrides=overrides)
+    assert [r.out_dir.name for r in plan][:4] == [
+        "CEP_digits_paper_seed0",
+        "TBP_digits_paper_seed0",
+        "CEP_digits_T9_seed0",
+        "TBP_digits_T9_seed0",
+    ]
+    assert len(plan) == 8 and {r.seed for r in plan[4:]} == {1}
+    iterations = {(r.algorithm, r.variant): (r.config.free_iterations, r.config.nudged_iterations) for r in plan}
+    assert iterations == {
+        ("CEP", "paper"): (4, 2),
+        ("TBP", "paper"): (4, 5),  # TBP's own setting
+        ("CEP", "T9"): (9, 4),
+        ("TBP", "T9"): (9, 4),  # the variant's keys over the algorithm's own
+    }
+    for run in plan:
+        Trainer(run.config, log=lambda s: None).fit()
+    assert {r["state"] for r in study_status(exp, out, seeds=[0, 1], overrides=overrides)} == {"finished"}
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 1)
+    assert main(["study", str(exp), *overrides, "--seeds", "0", "1", "--out", str(out)]) == 0 and calls == []
+    table = (out / "table.md").read_text().splitlines()
+    rows = [line.split(" | ")[0] for line in table if line.startswith(("| CEP", "| TBP"))]
+    assert sorted(rows) == [
+        "| CEP (free_iterations=4, nudged_iterations=2)",
+        "| CEP (free_iterations=9, nudged_iterations=4)",
+        "| TBP (free_iterations=4, nudged_iterations=5)",
+        "| TBP (free_iterations=9, nudged_iterations=4)",
+    ]
+    capsys.readouterr()
+
+    common = ["study", str(exp), *overrides, "--out", str(tmp_path / "other")]
+    exp.write_text("study:\n  variants:\n    a/b: {free_iterations: 9}\n")
+    assert main(common) == 2
+    assert "study.variants names ['a/b'] are not usable in a folder name" in capsys.readouterr().err
+    exp.write_text("study:\n  variants:\n    T0: {free_iterations: 0}\n")
+    assert main(common) == 2
+    assert "study variant 'T0': config key 'free_iterations' must be >= 1, got 0" in capsys.readouterr().err
+    exp.write_text("study:\n  variants: [free_iterations=9]\n")
+    assert main(common) == 2
+    assert "study.variants must map a name to its settings" in capsys.readouterr().err

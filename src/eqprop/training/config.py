@@ -52,7 +52,7 @@ __all__ = [
     "INCIDENTAL",
 ]
 
-STUDY_KEYS = ("algorithms", "datasets", "seeds", "jobs", "settings")
+STUDY_KEYS = ("algorithms", "datasets", "seeds", "jobs", "settings", "variants")
 # settings that do not change what a run computes: a resume may change them, and runs that differ only in these
 # (and in out_dir and seed) are the same experiment
 INCIDENTAL = (

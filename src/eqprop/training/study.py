@@ -1,5 +1,6 @@
-"""Studies: a grid of runs (algorithms x data sets x seeds) from one config, run as separate processes,
-summarised at the end by ``table.md`` (Table 1 layout) and ``curves.png``.
+"""Studies: a grid of runs (algorithms x data sets x seeds, and the study block's named ``variants`` of the config)
+from one config, run as separate processes, summarised at the end by ``table.md`` (Table 1 layout; a variant's row
+is labelled with the settings that set it apart) and ``curves.png``.
 
 With ``storage`` (an Optuna storage URL, as for ``eqprop tune``), ``eqprop study`` processes on any number of
 machines share one grid: each run is an enqueued trial that exactly one worker takes; the run of a killed worker is
@@ -31,7 +32,7 @@ from .results import INCIDENTAL, plot_runs, read_run, results_table
 from .run_directory import PARENT_PID_VAR, RunDirectory, is_run_directory, lock_directory, lock_file
 from .trainer import read_run_config, run_finished
 
-__all__ = ["StudyRun", "plan_study", "run_study", "study_status"]
+__all__ = ["StudyRun", "plan_study", "run_study", "study_status", "study_variants"]
 
 
 @dataclass
@@ -43,6 +44,8 @@ class StudyRun:
     config: TrainConfig | None = None
     returncode: int | None = None
     settings: list[str] = field(default_factory=list)  # this algorithm's own settings (the study's ``settings:``)
+    variant: str | None = None  # the name of this run's variant (the study's ``variants:``), if it has any
+    variant_settings: list[str] = field(default_factory=list)
 
     @property
     def overrides(self) -> list[str]:
@@ -51,8 +54,13 @@ class StudyRun:
             f"dataset={self.dataset}",
             f"seed={self.seed}",
             *self.settings,
+            *self.variant_settings,  # last: a variant's keys override the algorithm's own
             f"out_dir={self.out_dir}",
         ]
+
+
+def _as_overrides(keys: dict[str, Any]) -> list[str]:
+    return [f"{k}={json.dumps(v) if isinstance(v, (list, dict, bool)) or v is None else v}" for k, v in keys.items()]
 
 
 def algorithm_settings(study: dict[str, Any], config: str | Path = "the config") -> dict[str, list[str]]:
@@ -64,12 +72,26 @@ def algorithm_settings(study: dict[str, Any], config: str | Path = "the config")
             f"{config}: study.settings must map an algorithm to its settings, e.g. "
             "settings: {TBP: {nudged_schedule: forward}}; got " + repr(raw)
         )
-    return {
-        str(algorithm): [
-            f"{k}={json.dumps(v) if isinstance(v, (list, dict, bool)) or v is None else v}" for k, v in keys.items()
-        ]
-        for algorithm, keys in raw.items()
-    }
+    return {str(algorithm): _as_overrides(keys) for algorithm, keys in raw.items()}
+
+
+def study_variants(study: dict[str, Any], config: str | Path = "the config") -> dict[str | None, list[str]]:
+    """The study block's named variants of the config as ``key=value`` overrides, e.g. ``variants: {paper: {},
+    T8: {free_iterations: 8}}`` (an ablation: each variant a row of the table, for every algorithm, data set and
+    seed); ``{None: []}`` without the block. A name becomes part of its runs' folder names."""
+    raw = study.get("variants")
+    if raw is None:
+        return {None: []}
+    example = "variants: {paper: {}, T8: {free_iterations: 8}}"
+    if not isinstance(raw, dict) or not raw or not all(isinstance(v, dict) or v is None for v in raw.values()):
+        raise ConfigError(f"{config}: study.variants must map a name to its settings, e.g. {example}; got {raw!r}")
+    bad = [str(name) for name in raw if not str(name) or not all(c.isalnum() or c in "-._" for c in str(name))]
+    if bad:
+        raise ConfigError(
+            f"{config}: study.variants names {bad} are not usable in a folder name: use letters, digits, '-', '_' "
+            f"and '.' (e.g. {example})"
+        )
+    return {str(name): _as_overrides(keys or {}) for name, keys in raw.items()}
 
 
 def plan_study(
@@ -96,13 +118,24 @@ def plan_study(
             f"{config}: study.settings names {', '.join(unknown)}, which the study does not run "
             f"(its algorithms: {', '.join(sorted(listed))})"
         )
+    variants = study_variants(study, config)
     runs = []
-    # seed-major: the first seed of every algorithm and data set before any second seed, so that a study stopped
-    # part-way (or still running) has every cell of its table
-    for seed, algorithm, dataset in itertools.product(seeds, algorithms, datasets):
-        run = StudyRun(algorithm, dataset, seed, Path(out_dir) / f"{algorithm}_{dataset}_seed{seed}")
-        run.settings = own.get(algorithm, [])
-        cfg = parse_overrides(run.overrides, base)  # raises ConfigError naming a bad value
+    # seed-major: the first seed of every variant, algorithm and data set before any second seed, so that a study
+    # stopped part-way (or still running) has every cell of its table
+    for seed, variant, algorithm, dataset in itertools.product(seeds, variants, algorithms, datasets):
+        name = (
+            f"{algorithm}_{dataset}_{variant}_seed{seed}"
+            if variant is not None
+            else f"{algorithm}_{dataset}_seed{seed}"
+        )
+        run = StudyRun(algorithm, dataset, seed, Path(out_dir) / name, variant=variant)
+        run.settings, run.variant_settings = own.get(algorithm, []), variants[variant]
+        try:
+            cfg = parse_overrides(run.overrides, base)  # raises ConfigError naming a bad value
+        except ConfigError as exc:
+            if variant is None:
+                raise
+            raise ConfigError(f"{config}: study variant {variant!r}: {exc}") from None
         run.algorithm, run.dataset, run.config = cfg.algorithm, cfg.dataset, cfg
         runs.append(run)
     return runs
@@ -357,7 +390,8 @@ def _earlier_runs(out: Path, runs: list[StudyRun], config: str | Path, overrides
     same table."""
     planned = {r.out_dir for r in runs}
     base = load_config(config, overrides)
-    own = algorithm_settings(read_yaml(config).get("study", {}), config)
+    study = read_yaml(config).get("study", {})
+    own, variants = algorithm_settings(study, config), study_variants(study, config)
     found = []
     for path in sorted(out.glob("*/config.json")):
         run_dir = path.parent
@@ -366,12 +400,20 @@ def _earlier_runs(out: Path, runs: list[StudyRun], config: str | Path, overrides
         saved = saved_config(run_dir)
         if saved is None:
             continue
-        try:
-            reference = parse_overrides(
-                [f"algorithm={saved.algorithm}", f"dataset={saved.dataset}", *own.get(saved.algorithm, [])], base
-            )
-        except ConfigError:  # a run this study could not make
-            continue
-        if not config_changes(saved, reference, INCIDENTAL + ("seed",)):
-            found.append(run_dir)
+        for variant in variants.values():
+            try:
+                reference = parse_overrides(
+                    [
+                        f"algorithm={saved.algorithm}",
+                        f"dataset={saved.dataset}",
+                        *own.get(saved.algorithm, []),
+                        *variant,
+                    ],
+                    base,
+                )
+            except ConfigError:  # a run this study could not make
+                continue
+            if not config_changes(saved, reference, INCIDENTAL + ("seed",)):
+                found.append(run_dir)
+                break
     return found
