@@ -408,6 +408,18 @@ def run_tune(
     return study
 
 
+def _finished(study: Any) -> list[Any]:
+    """The study's finished trials with an objective (not a worker's surplus trial)."""
+    import optuna
+
+    complete = (optuna.trial.TrialState.COMPLETE,)
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=complete)
+        if t.value is not None and not t.user_attrs.get("surplus")
+    ]
+
+
 def _existing_study(config: str | Path, out: str | Path, storage: str | None, study_name: str | None) -> Any:
     """The study of an earlier search (``--out`` or ``--storage``, ``--study-name``), loaded without starting
     anything; a clear error names what is missing."""
@@ -467,17 +479,12 @@ def param_importances(
 ) -> dict[str, float]:
     """How much of the objective's variance over the finished trials each searched key explains (fANOVA,
     Hutter et al. 2014, through Optuna's evaluator; the values sum to 1). Empty with fewer than 3 finished
-    trials or fewer than 2 keys that took different values: there is nothing to apportion. A rough guide with
+    trials or when no key took different values: there is nothing to apportion. A rough guide with
     few trials, not a measurement: say which trials gave it."""
-    import optuna
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
     study = _existing_study(config, out, storage, study_name)
-    done = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if t.value is not None and not t.user_attrs.get("surplus")
-    ]
+    done = _finished(study)
     varied = [
         k for k in dict.fromkeys(k for t in done for k in t.params) if len({repr(t.params.get(k)) for t in done}) > 1
     ]
@@ -499,10 +506,9 @@ def write_best_config(
     search's config as ``base``, the trial's values of the searched keys, the whole training set (validation 0) and
     the test set read once, after the last epoch (``test_once``). Other keys (epochs, seed) are the searcher's to
     override. Returns the file written."""
-    import optuna
 
     study = _existing_study(config, out, storage, study_name)
-    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    done = _finished(study)
     if trial is None:
         if not done:
             raise ConfigError(f"the study {study.study_name!r} has no finished trial yet: no best setting to write")
@@ -550,11 +556,7 @@ def plot_trials(
     from .results import _save
 
     study = _existing_study(config, out, storage, study_name)
-    done = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if t.value is not None and not t.user_attrs.get("surplus")
-    ]
+    done = _finished(study)
     if not done:
         raise ConfigError(f"the study {study.study_name!r} has no finished trial yet: nothing to plot")
     keys = list(dict.fromkeys(k for t in done for k in t.params))
