@@ -398,8 +398,6 @@ class CoordinateDescentSolver(Solver):
                 )
         grounded = [None] + [curv[k] <= 0 for k in range(1, L + 1)]
         safe = [None] + [torch.where(grounded[k], torch.ones_like(curv[k]), curv[k]) for k in range(1, L + 1)]
-        # a node with no conductance (all its resistors at 0) sits at 0; most phases have none, so skip the mask
-        masked = [None] + [bool(grounded[k].any()) for k in range(1, L + 1)]
         if clamp is not None:
             states[L] = clamp.to(pdtype).expand_as(states[L])
         free = list(range(1, L + 1 if clamp is None else L))
@@ -412,10 +410,8 @@ class CoordinateDescentSolver(Solver):
                 num = torch.addmm(num, states[k - 1], g[k])  # a bias row broadcasts over the batch
             if k < L:
                 num = torch.addmm(num, states[k + 1], g[k + 1].t())
-            v = num / safe[k]
-            if masked[k]:
-                v = v.masked_fill(grounded[k], 0.0)
-            return network.project(k, v)
+            # a node with no conductance (all its resistors at 0) sits at 0 V; no host sync (CUDA graph capture)
+            return network.project(k, (num / safe[k]).masked_fill(grounded[k], 0.0))
 
         def energy(states: list[Tensor]) -> Tensor:
             e = network.energy(states)
