@@ -96,6 +96,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     config, overrides = _split_config(args.items)
     overrides += _data_dir(args)
+    if args.until is not None:
+        overrides.append(f"stop_after_epoch={args.until}")
     mode = "overwrite" if args.overwrite else "new"
     if args.resume and args.extend:
         raise ConfigError("give --resume RUN_DIR (continue a stopped run) or --extend RUN_DIR (train more), not both")
@@ -429,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--overwrite", action="store_true", help="delete the earlier run in out_dir first (default: refuse to reuse it)"
+    )
+    p.add_argument(
+        "--until",
+        type=int,
+        metavar="N",
+        help="end this stretch after epoch N with its checkpoint (stop_after_epoch=N; the schedule still runs to "
+        "epochs, and --resume goes on)",
     )
     p.add_argument("--help-config", action="store_true", help="list the config keys, their types and defaults")
     p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")

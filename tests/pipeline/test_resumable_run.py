@@ -146,6 +146,23 @@ def test_stop_after_epoch_ends_a_stretch_and_the_resumed_run_is_the_uninterrupte
         parse_overrides([*TINY, "stop_after_epoch=0"])
 
 
+def test_until_on_the_command_line_runs_stretches_and_refuses_an_epoch_already_done(tmp_path, capsys):
+    """``eqprop train --until N``: stretches of one run (stop_after_epoch=N), each resumed with ``--resume``; an N
+    the run has already passed is an error that names the epochs done, not a run that silently goes to the end."""
+    from eqprop.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "epochs=3", f"out_dir={run}", "--until", "1"]) == 0
+    assert main(["train", "--resume", str(run), "--until", "2"]) == 0
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--until", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "stop_after_epoch=2 (--until)" in err and "has done 2 epochs already" in err and "epochs=3" in err
+    assert main(["train", "--resume", str(run)]) == 0  # the saved stop_after_epoch=2 lies behind it: to the end
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
 @pytest.mark.slow
 def test_start_until_runs_a_background_run_in_stretches_of_whole_epochs(tmp_path):
     """``start RUN CONFIG --until 1``, then ``start RUN --until 2``, then ``start RUN``: three stretches, each ending

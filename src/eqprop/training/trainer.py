@@ -528,6 +528,13 @@ class Trainer:
                 f"cannot change {bad} when resuming (it would not be the same run); "
                 f"keys that may change are {list(cls.RESUMABLE_OVERRIDES)}"
             )
+        stop, done = changed.stop_after_epoch, state["epoch"]
+        asked = any(o.split("=", 1)[0].strip().split(".")[-1] == "stop_after_epoch" for o in overrides)
+        if asked and stop is not None and stop <= done:  # the saved one may lie behind: it is not asked for
+            raise ConfigError(
+                f"stop_after_epoch={stop} (--until): {run_dir} has done {done} epochs already; give an epoch after "
+                f"it (up to epochs={cfg.epochs}), or leave it out to run to the end"
+            )
         changed.out_dir = str(run_dir)
         trainer = cls(changed, log=log, callbacks=callbacks, run_mode="resume")
         trainer.load_checkpoint(ckpt, state)
