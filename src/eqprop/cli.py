@@ -359,6 +359,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         heartbeat=args.heartbeat or None,
         baseline=args.baseline,
         startup_trials=args.startup_trials,
+        prune_every=args.prune_every,
     )
     return 0
 
@@ -569,7 +570,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage", help="sqlite:///FILE, postgresql://..., mysql://... or journal:FILE (default: OUT/tune.db)"
     )
     p.add_argument("--study-name", help="the study in the storage (default: the config's file name)")
-    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
+    p.add_argument(
+        "--pruner",
+        choices=["median", "hyperband", "none"],
+        default="median",
+        help="stop poor trials early: median (worse than earlier trials' median at the same epoch), hyperband, none",
+    )
+    p.add_argument(
+        "--prune-every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="the pruner looks at a trial at epochs N, 2N, ... only (default 1: every epoch); more for settings "
+        "that start slow, such as random translations",
+    )
     p.add_argument("--seed", type=int, help="seed of the TPE sampler")
     p.add_argument(
         "--startup-trials",

@@ -489,7 +489,7 @@ def test_importance_apportions_the_variance_to_the_key_the_objective_depends_on(
 
 def test_startup_trials_reach_the_sampler_and_a_negative_count_is_refused(experiment, monkeypatch):
     """--startup-trials N: the TPE sampler draws at random for N finished trials (its n_startup_trials); N < 0 is
-    an error naming the option."""
+    an error naming the option. --prune-every reaches the pruner the same way."""
     from eqprop.cli import main
     from eqprop.training.tune import run_tune
 
@@ -502,14 +502,42 @@ def test_startup_trials_reach_the_sampler_and_a_negative_count_is_refused(experi
         seen.append(kwargs["n_startup_trials"])
         raise Stop
 
+    looks: list[tuple[int, int]] = []
+    median = optuna.pruners.MedianPruner
+
+    def pruner(**kwargs):
+        looks.append((kwargs["n_warmup_steps"], kwargs["interval_steps"]))
+        return median(**kwargs)
+
     monkeypatch.setattr(optuna.samplers, "TPESampler", sampler)
+    monkeypatch.setattr(optuna.pruners, "MedianPruner", pruner)
     args = [str(experiment / "exp.yaml"), "--space", str(experiment / "space.yaml"), "--trials", "1"]
-    for extra, expected in [([], 10), (["--startup-trials", "3"], 3)]:
+    for extra, expected in [([], 10), (["--startup-trials", "3", "--prune-every", "2"], 3)]:
         with pytest.raises(Stop):
             main(["tune", *args, "--out", str(experiment / "out"), *extra])
         assert seen[-1] == expected
+    assert looks == [(1, 1), (2, 2)]  # --prune-every reaches the pruner (default 1)
     with pytest.raises(ConfigError, match="--startup-trials must be >= 0, got -1"):
         run_tune(experiment / "exp.yaml", experiment / "space.yaml", 1, experiment / "out", startup_trials=-1)
+
+
+@pytest.mark.parametrize("every", [1, 4])
+def test_the_median_pruner_looks_at_every_nth_epoch_only(every):
+    """--prune-every N: a trial far worse than both finished ones at every epoch is stopped at epoch N, not
+    before; one worse only at the epochs between looks is never stopped; N < 1 is an error naming the option."""
+    from eqprop.training.tune import make_pruner, replay_pruner
+
+    finished = [{epoch: error for epoch in range(1, 13)} for error in (0.10, 0.20)]
+    worse = {epoch: 0.90 for epoch in range(1, 13)}
+    between = {epoch: 0.90 if epoch % 4 else 0.05 for epoch in range(1, 13)}  # good at epochs 4, 8, 12 only
+    assert replay_pruner([*finished, worse], "median", 12, every) == [None, None, every]
+    assert replay_pruner([*finished, between], "median", 12, every) == [None, None, 1 if every == 1 else None]
+    assert replay_pruner([*finished, worse], "none", 12, every) == [None, None, None]
+    with pytest.raises(ConfigError, match="--prune-every must be >= 1, got 0"):
+        make_pruner("median", 10, 0)
+    with pytest.raises(ConfigError, match="--pruner 'mean': choose one of"):
+        make_pruner("mean", 10)
+    assert isinstance(make_pruner("hyperband", 10, 4), optuna.pruners.HyperbandPruner)
 
 
 def test_best_config_writes_the_chosen_trial_for_its_final_runs(experiment, capsys):

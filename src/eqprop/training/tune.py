@@ -43,6 +43,8 @@ __all__ = [
     "read_space",
     "make_storage",
     "run_tune",
+    "make_pruner",
+    "replay_pruner",
     "objective_key",
     "baseline_params",
     "tune_status",
@@ -283,11 +285,13 @@ def run_tune(
     baseline: bool = False,
     startup_trials: int = 10,
     log: Callable[[str], None] = print,
+    prune_every: int = 1,
 ) -> Any:
     """Work on the study until it has ``trials`` finished trials (counted over every worker sharing the storage);
     returns the Optuna study. With ``baseline`` the study's first trial (queued once, by whichever worker comes
     first) runs the config's own values of the searched keys. The TPE sampler draws at random until the study has
-    ``startup_trials`` finished trials (Optuna's default 10; fewer lets a short search exploit sooner)."""
+    ``startup_trials`` finished trials (Optuna's default 10; fewer lets a short search exploit sooner). The pruner
+    looks at a trial every ``prune_every`` epochs (:func:`make_pruner`)."""
     try:
         import optuna
     except ImportError:
@@ -309,13 +313,7 @@ def run_tune(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     storage_url = storage or _local_storage(out)
-    pruners = {
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=base.epochs),
-        "none": lambda: optuna.pruners.NopPruner(),
-    }
-    if pruner not in pruners:
-        raise ConfigError(f"--pruner {pruner!r}: choose one of {list(pruners)}")
+    chosen_pruner = make_pruner(pruner, base.epochs, prune_every)
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created": eqprop says what it starts
     try:
@@ -325,7 +323,7 @@ def run_tune(
             direction="minimize",
             load_if_exists=True,
             sampler=optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=startup_trials),
-            pruner=pruners[pruner](),
+            pruner=chosen_pruner,
         )
     finally:
         optuna.logging.set_verbosity(verbosity)
@@ -406,6 +404,58 @@ def run_tune(
         where = best.user_attrs.get("run_dir")
         log(f"eqprop tune: best {key} {100 * (best.value or 0.0):.2f}% with {best.params} ({where})")
     return study
+
+
+PRUNERS = ("median", "hyperband", "none")
+
+
+def make_pruner(name: str, epochs: int, every: int = 1) -> Any:
+    """The Optuna pruner ``name`` for trials of ``epochs`` epochs that looks at a trial only at every ``every``-th
+    epoch (``every``, 2 ``every``, ...): no trial is stopped before it has trained ``every`` epochs, and an epoch
+    between looks stops none. A regulariser such as random translations starts slow; a pruner that looks at every
+    epoch stops it before it wins (docs/resistive.md). median: stop a trial whose error is above the median of the
+    earlier trials' at that epoch (after 2 finished trials); hyperband: successive halving from ``every`` epochs up
+    to ``epochs``; none: never stop one. A trial's last epoch is never cut."""
+    import optuna
+
+    if name not in PRUNERS:
+        raise ConfigError(f"--pruner {name!r}: choose one of {list(PRUNERS)}")
+    if every < 1:
+        raise ConfigError(f"--prune-every must be >= 1, got {every}")
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=every, interval_steps=every)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=min(every, epochs), max_resource=epochs)
+    return optuna.pruners.NopPruner()
+
+
+def replay_pruner(curves: Sequence[dict[int, float]], name: str, epochs: int, every: int = 1) -> list[int | None]:
+    """What pruner ``name`` (:func:`make_pruner`) would have done to trials with these objective curves (epoch ->
+    value), run one after another in this order: per trial, the epoch it would have been stopped at, or None
+    (it runs to the end). A finished search's records tell how much a pruner would have saved, and what it would
+    have lost."""
+    import optuna
+
+    quiet = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        study = optuna.create_study(direction="minimize", pruner=make_pruner(name, epochs, every))
+        stops: list[int | None] = []
+        for curve in curves:
+            trial, stop = study.ask(), None
+            for epoch in sorted(curve):
+                trial.report(curve[epoch], epoch)
+                if epoch < epochs and trial.should_prune():  # a trial's last epoch is never cut
+                    stop = epoch
+                    break
+            if stop is None:
+                study.tell(trial, min(curve.values()))
+            else:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            stops.append(stop)
+    finally:
+        optuna.logging.set_verbosity(quiet)
+    return stops
 
 
 def _finished(study: Any) -> list[Any]:
