@@ -174,7 +174,7 @@ def free_loss(net, alg, x, y):
     return float(alg.cost(net.output(alg.free_phase(net, x).states), alg.targets(net, y)).detach().mean())
 
 
-ALL = ["CL", "PEP", "NEP", "CEP", "PCpL", "NCpL", "CCpL", "TBP", "RBP", "BPTT"]
+ALL = ["CL", "PEP", "NEP", "CEP", "PCpL", "NCpL", "CCpL", "REP", "RCpL", "TBP", "RBP", "BPTT"]
 
 
 SIGNAL_TINY = [

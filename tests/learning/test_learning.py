@@ -25,7 +25,7 @@ def test_each_algorithm_lowers_the_training_loss_on_digits(name, digits):
     x, y = digits
     torch.manual_seed(0)
     net = hopfield_mlp((64, 32, 10), gains=(0.8, 0.5))
-    beta = 0.5 if name in ("PCpL", "NCpL", "CCpL") else 0.2
+    beta = 0.5 if name in ("PCpL", "NCpL", "CCpL", "RCpL") else 0.2
     nudging = {} if name in ("TBP", "RBP", "BPTT", "CL") else {"beta": beta}  # backprop does not nudge; CL clamps fully
     alg = get_algorithm(name, free_iterations=15, nudged_iterations=6, **nudging)
     opt = make_optimizer(net, [0.05, 0.02], momentum=0.9)

@@ -70,7 +70,7 @@ def test_eval_iterations_set_the_relaxation_of_predictions_only():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rule", ["CL", "PEP", "NEP", "PCpL", "NCpL", "CCpL", "TBP", "RBP", "BPTT"])
+@pytest.mark.parametrize("rule", ["CL", "PEP", "NEP", "REP", "PCpL", "NCpL", "CCpL", "RCpL", "TBP", "RBP", "BPTT"])
 def test_every_rule_trains_a_drn_on_digits(rule):
     overrides = ["model=drn", f"algorithm={rule}", "epochs=3", "beta=0.2", "lrs=[0.005]", *QUICK]
     history = Trainer(load_config(None, overrides)).fit()

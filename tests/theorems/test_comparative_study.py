@@ -1,6 +1,6 @@
 """Oracle: the comparative study's theorems and claims: the surrogate bounds (Theorem 2), C-EP -> RBP and the
 bias orders (Theorem 3), Almeida-Pineda RBP as truncated implicit differentiation, block-coordinate descent of
-the asynchronous schedule, the 16-bit contrast."""
+the asynchronous schedule, the 16-bit contrast; the random-sign rules as the mean of the one-sided ones."""
 
 import pytest
 import torch
@@ -12,6 +12,7 @@ from helpers import (
     iterations_to,
     loglog_slope,
     max_diff,
+    random_drn,
     rel_error,
     small_conv,
     small_mlp,
@@ -155,3 +156,39 @@ def test_deviation_mode_keeps_the_contrast_that_16bit_states_lose():
     same = update(dtype="bfloat16")
     assert min(cosine(a, b) for a, b in zip(dev, full)) > 0.999
     assert min(cosine(a, b) for a, b in zip(same, full)) < 0.9  # the test can tell the two apart
+
+
+def _drn_case():
+    net = random_drn()
+    torch.manual_seed(1)
+    x = torch.rand(6, 5, dtype=torch.float64)
+    return net, x, torch.randint(0, 3, (6,))
+
+
+@pytest.mark.parametrize("case", ["hopfield", "drn"])
+@pytest.mark.parametrize(
+    "rule, one_sided, centered", [("REP", ("PEP", "NEP"), "CEP"), ("RCpL", ("PCpL", "NCpL"), "CCpL")]
+)
+def test_random_sign_rules_draw_a_one_sided_estimate_whose_mean_is_the_centered_one(case, rule, one_sided, centered):
+    """REP (RCpL) nudges once per step, at +beta or -beta by a drawn sign: each step's estimate is P-EP's or N-EP's
+    (P-CpL's or N-CpL's), both signs come up, and the two estimates' mean is the centered rule's,
+    (g(b) - g(-b)) / 2b, since both one-sided estimates subtract the same beta = 0 phase."""
+    if case == "hopfield":
+        net, x, labels = small_mlp()
+        opts = dict(free_iterations=60, nudged_iterations=30)
+    else:
+        net, x, labels = _drn_case()
+        opts = dict(free_iterations=20, nudged_iterations=20, solver="coordinate-descent", cost="half_squared_error")
+    beta = 0.1
+    ref = {name: get_algorithm(name, beta=beta, **opts).step(net, x, labels).grads for name in (*one_sided, centered)}
+    random_rule = get_algorithm(rule, beta=beta, seed=3, **opts)
+    drawn = []
+    for _ in range(12):
+        grads = random_rule.step(net, x, labels).grads
+        match = [name for name in one_sided if max_diff(grads, ref[name]) < 1e-12]
+        assert len(match) == 1, f"{rule}: a step's estimate is neither {one_sided[0]}'s nor {one_sided[1]}'s"
+        drawn.append(match[0])
+    assert set(drawn) == set(one_sided)  # both signs in 12 draws (seeded)
+    mean = [(a + b) / 2 for a, b in zip(ref[one_sided[0]], ref[one_sided[1]])]
+    assert max_diff(mean, ref[centered]) < 1e-12
+    assert max_diff(ref[one_sided[0]], ref[centered]) > 1e-6  # the one-sided estimates differ: the check can fail

@@ -639,7 +639,7 @@ def _build_fhn(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> FHNN
         raise ConfigError(f"model=fhn: {exc}") from None
 
 
-FHN_RULES = ("CL", "PEP", "NEP", "CEP", "PCpL", "NCpL", "CCpL", "TBP", "RBP", "BPTT", "HEP")
+FHN_RULES = ("CL", "PEP", "NEP", "CEP", "REP", "PCpL", "NCpL", "CCpL", "RCpL", "TBP", "RBP", "BPTT", "HEP")
 FHN_DEFAULTS: dict[str, Any] = {
     "hidden": [64],
     "gains": [1.0],

@@ -495,7 +495,7 @@ def _build_drn(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> Deep
 
 # The rules that train a DRN (every contrastive rule, the backprop baselines; HEP only with N = 2), and the
 # settings of the papers' code that a run on the default data takes unless the config says otherwise.
-DRN_RULES = ("CL", "PEP", "NEP", "CEP", "PCpL", "NCpL", "CCpL", "TBP", "RBP", "BPTT", "HEP")
+DRN_RULES = ("CL", "PEP", "NEP", "CEP", "REP", "PCpL", "NCpL", "CCpL", "RCpL", "TBP", "RBP", "BPTT", "HEP")
 DRN_DEFAULTS: dict[str, Any] = {
     "hidden": [100],
     "gains": [1.0],

@@ -180,3 +180,8 @@ register_algorithm("CEP", contrastive_rule("CEP", "ep", "centered"), options=_OP
 register_algorithm("PCpL", contrastive_rule("PCpL", "clamp", "positive"), options=_OPTIONS)
 register_algorithm("NCpL", contrastive_rule("NCpL", "clamp", "negative"), options=_OPTIONS)
 register_algorithm("CCpL", contrastive_rule("CCpL", "clamp", "centered"), options=_OPTIONS)
+# One nudged phase per step at +beta or -beta, the sign drawn per step (seeded, kept in checkpoints): P-EP's or
+# N-EP's estimate (P-CpL's or N-CpL's), whose mean over the two signs is C-EP's (C-CpL's) exactly; two phases per
+# step where the centered rules need three.
+register_algorithm("REP", contrastive_rule("REP", "ep", "random"), options=_OPTIONS)
+register_algorithm("RCpL", contrastive_rule("RCpL", "clamp", "random"), options=_OPTIONS)
