@@ -461,18 +461,19 @@ def test_a_persistent_start_is_checkpointed_and_resumes_exactly(tmp_path):
     assert len(carried) == 4 and all(torch.equal(a, b) for a, b in zip(carried, extended.algorithm.phases.carried))
 
 
-def test_the_random_schemes_signs_continue_after_a_checkpoint():
-    """PC-REP draws a nudging sign per step: its generator state is part of the rule's state_dict, so a resumed
-    run draws the signs the uninterrupted one would have drawn (a fresh rule repeats the first ones instead)."""
-    rule = get_algorithm("PC-REP", beta=0.1, seed=4)
+@pytest.mark.parametrize("name", ["PC-REP", "REP", "RCpL"])
+def test_the_random_schemes_signs_continue_after_a_checkpoint(name):
+    """PC-REP, REP and RCpL draw a nudging sign per step: the generator state is part of the rule's state_dict, so
+    a resumed run draws the signs the uninterrupted one would have drawn (a fresh rule repeats the first ones)."""
+    rule = get_algorithm(name, beta=0.1, seed=4)
     for _ in range(5):
         rule.next_betas()
     saved = rule.state_dict()
     ahead = [rule.next_betas() for _ in range(20)]
-    again = get_algorithm("PC-REP", beta=0.1, seed=4)
+    again = get_algorithm(name, beta=0.1, seed=4)
     again.load_state_dict(saved)
     assert [again.next_betas() for _ in range(20)] == ahead
-    fresh = get_algorithm("PC-REP", beta=0.1, seed=4)
+    fresh = get_algorithm(name, beta=0.1, seed=4)
     assert [fresh.next_betas() for _ in range(20)] != ahead
     assert get_algorithm("CEP").state_dict() == {}
 
