@@ -540,6 +540,29 @@ def test_the_median_pruner_looks_at_every_nth_epoch_only(every):
     assert isinstance(make_pruner("hyperband", 10, 4), optuna.pruners.HyperbandPruner)
 
 
+def test_prune_replay_reads_a_searchs_trials_and_reports_what_pruning_would_have_cost(tmp_path):
+    """benchmarks/prune_replay.py on trial folders as eqprop tune writes them: per --prune-every, the trials stopped
+    (at which epoch), the epochs trained and whether the best trial survives; an unfinished trial is left out."""
+    import json
+
+    curves = {0: [0.10] * 6, 1: [0.20] * 6, 2: [0.90, 0.90, 0.05, 0.05, 0.05, 0.05], 3: [0.90] * 6, 4: [0.5] * 2}
+    for number, errors in curves.items():
+        run = tmp_path / f"trial_{number:04d}"
+        run.mkdir()
+        rows = [{"epoch": e + 1, "val_error": v, "train_error": v} for e, v in enumerate(errors)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "prune_replay.py"
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), "--epochs", "6", "--every", "1", "3"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "4 trials of 6 epochs; best trial_0002 (5.00%)" in out  # trial 4 trained 2 epochs only: left out
+    assert "| 1 | 2: 1, 3: 1 | 14 of 24 | no |" in out  # looking every epoch loses the late winner
+    assert "| 3 | 3: 3 | 21 of 24 | yes |" in out
+
+
 def test_best_config_writes_the_chosen_trial_for_its_final_runs(experiment, capsys):
     """--best-config PATH: the search's config as base, the best finished trial's values (or --trial N's), the whole
     training set and test_once; the file loads to exactly those settings from another folder; no finished trial,
