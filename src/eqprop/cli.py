@@ -154,14 +154,35 @@ def _claim(stem: Path) -> Path:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .training.trainer import evaluate, load_run
 
+    if args.split == "val":  # the split the run held out; another fraction or seed would mix in its training images
+        moved = [o.split("=", 1)[0].strip() for o in args.overrides if "=" in o]
+        moved = [k for k in moved if k.split(".")[-1] in ("validation", "seed")]
+        if moved:
+            raise ConfigError(
+                f"--split val measures the validation split the run held out; {moved} would move it onto images "
+                "the run trained on: leave them out"
+            )
     trainer, state = load_run(Path(args.run_dir).expanduser(), args.checkpoint, [*args.overrides, *_data_dir(args)])
+    if args.split == "val" and trainer.data.val_images is None:
+        trainer.close()
+        raise ConfigError(
+            f"{args.run_dir} held out no validation split (validation=0): --split val needs a run trained with one; "
+            "use --split test or train"
+        )
     res = evaluate(
-        trainer.network, trainer.algorithm, trainer.data, trainer.device, flatten=trainer.flatten, dtype=trainer.dtype
+        trainer.network,
+        trainer.algorithm,
+        trainer.data,
+        trainer.device,
+        flatten=trainer.flatten,
+        split=args.split,
+        dtype=trainer.dtype,
     )
+    what = {"test": "test", "val": "validation", "train": "training"}[args.split]
     print(
-        f"{args.run_dir} ({args.checkpoint} checkpoint, epoch {state['epoch']}): test error "
-        f"{100 * res['error']:.2f}%  top-5 {100 * res['top5_error']:.2f}%  test loss {res['loss']:.4f}  "
-        f"({len(trainer.data.test_labels)} images)"
+        f"{args.run_dir} ({args.checkpoint} checkpoint, epoch {state['epoch']}): {what} error "
+        f"{100 * res['error']:.2f}%  top-5 {100 * res['top5_error']:.2f}%  {what} loss {res['loss']:.4f}  "
+        f"({len(trainer.data.split(args.split)[1])} images)"
     )
     return 0
 
@@ -447,8 +468,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", parents=[common], help="re-measure a run's test error from a checkpoint")
     p.add_argument("run_dir")
-    p.add_argument("overrides", nargs="*", help="key=value, e.g. data_dir=... or device=cpu")
+    p.add_argument(
+        "overrides", nargs="*", help="key=value, e.g. data_dir=... or device=cpu, or eval_iterations=16 (inference)"
+    )
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument(
+        "--split",
+        choices=["test", "val", "train"],
+        default="test",
+        help="the split to measure: val is the run's own held-out split (an inference-time setting such as "
+        "eval_iterations measured without reading the test set)",
+    )
     p.add_argument("--data-dir", help="the folder holding the data set's files (same as data_dir=...)")
     _add_import_option(p)
     p.set_defaults(func=_cmd_eval)

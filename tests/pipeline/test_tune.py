@@ -231,6 +231,38 @@ def test_test_once_reads_the_test_set_after_the_last_epoch_only(tmp_path, splits
     assert "test error after the last epoch" in lines[-1] or "test error at that epoch" in lines[-1]
 
 
+def test_eval_measures_a_runs_own_validation_split_without_reading_the_test_set(tmp_path, splits, capsys):
+    """eqprop eval --split val: the validation error of a checkpoint, on the split the run held out (the last
+    checkpoint gives the last row's value), evaluating no other split; an inference-time setting such as
+    eval_iterations is measured that way without the test set. Moving the split (validation, seed) or asking a run
+    without one is refused."""
+    import re
+
+    from eqprop.cli import main
+
+    items = [f"{k}={v}" for k, v in (line.split(": ") for line in EXPERIMENT.splitlines())]
+    run = tmp_path / "blind"
+    history = Trainer(
+        parse_overrides([*items, "epochs=2", "evaluate_test=false", f"out_dir={run}"]), log=lambda s: None
+    ).fit()
+    splits.clear()
+    capsys.readouterr()
+    assert main(["eval", str(run), "--checkpoint", "last", "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert splits == ["val"] and "validation error" in out and "(20 images)" in out
+    assert float(re.search(r"validation error ([0-9.]+)%", out).group(1)) == pytest.approx(
+        100 * history[-1]["val_error"], abs=0.005
+    )
+    assert main(["eval", str(run), "--checkpoint", "last", "--split", "val", "eval_iterations=1"]) == 0
+    assert splits == ["val", "val"]
+    assert main(["eval", str(run), "--split", "val", "seed=3"]) == 2
+    assert "would move it onto images the run trained on" in capsys.readouterr().err
+    plain = tmp_path / "plain"
+    Trainer(parse_overrides([*items, "epochs=1", "validation=0", f"out_dir={plain}"]), log=lambda s: None).fit()
+    assert main(["eval", str(plain), "--split", "val"]) == 2
+    assert "held out no validation split" in capsys.readouterr().err
+
+
 def cfg_items(cfg):
     return [f"{k}={v}" for k, v in (line.split(": ") for line in EXPERIMENT.splitlines())]
 
