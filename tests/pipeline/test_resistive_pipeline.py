@@ -329,3 +329,30 @@ def test_fashion_mnist28_is_the_28x28_images_flipped_in_training(tmp_path):
     cfg = parse_overrides(["dataset=fashion_mnist28", "normalization=none", f"data_dir={tmp_path}"])
     assert training_augmentation(cfg, data).flip
     assert not training_augmentation(parse_overrides(["flip=false"], cfg), data).flip
+
+
+def test_drn_convergence_reports_each_phase_closing_on_its_steady_state(tmp_path):
+    """benchmarks/drn_convergence.py on a trained DRN: per phase (free from zeros, nudged at +-beta), the largest
+    voltage difference from 200 iterations falls as T grows and is 0 at T = 200 itself."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = tmp_path / "run"
+    overrides = ["model=drn", "hidden=[12,10]", "beta=0.1", "epochs=1", "schedule=forward", "nudged_schedule=backward"]
+    overrides += QUICK
+    Trainer(load_config(None, [*overrides, f"out_dir={run}"])).fit()
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "drn_convergence.py"
+    out = subprocess.run(
+        [sys.executable, str(script), str(run), "--images", "64", "--iterations", "1", "3", "200"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| free") or line.startswith("| nudged")]
+    assert [r.split("|")[1].split(",")[0].strip() for r in rows] == ["free", "nudged at +0.1", "nudged at -0.1"]
+    for row in rows:
+        one, three, steady = (float(v) for v in re.findall(r"\| ([0-9.e+-]+) (?=\|)", row))
+        assert one > three >= steady == 0.0, row
+    assert "(forward)" in rows[0] and "(backward)" in rows[1]
