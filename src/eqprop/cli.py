@@ -272,7 +272,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
     from .training.results import results_table
 
     output = _writing(args.output, "table.md") if args.output else None
-    table = results_table(args.run_dirs, metric=args.metric)
+    table = results_table(args.run_dirs, metric=args.metric, split=args.split)
     if output is not None:
         output.write_text(table + "\n")
     print(table)
@@ -288,9 +288,13 @@ def _cmd_study(args: argparse.Namespace) -> int:
         rows = study_status(
             args.config, args.out, args.algorithms, args.datasets, args.seeds, [*args.overrides, *_data_dir(args)]
         )
-        print("| run | state | epochs | last test error |\n|---|---|---|---|")
+        print("| run | state | epochs | last error |\n|---|---|---|---|")
         for r in rows:
-            error = "-" if r["test_error"] is None else f"{100 * r['test_error']:.2f}%"
+            error = "-"
+            if r["test_error"] is not None:
+                error = f"{100 * r['test_error']:.2f}% (test)"
+            elif r.get("val_error") is not None:  # a study on the validation split
+                error = f"{100 * r['val_error']:.2f}% (validation)"
             print(f"| {r['run']} | {r['state']} | {r['epochs']} / {r['of']} | {error} |")
         counts = Counter(r["state"] for r in rows)
         print(f"{len(rows)} runs in {args.out}: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
@@ -557,6 +561,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--metric", choices=["final", "best"], default="final")
+    p.add_argument(
+        "--split",
+        choices=["test", "val"],
+        default="test",
+        help="the error tabulated: test, or the validation split each run held out (runs that never read the test set)",
+    )
     p.add_argument("-o", "--output", help="also write the table to this file")
     p.set_defaults(func=_cmd_table)
 

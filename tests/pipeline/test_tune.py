@@ -197,6 +197,11 @@ def test_a_blind_run_never_evaluates_the_test_set(tmp_path, splits):
     assert best["epoch"] == min(history, key=lambda r: r["val_error"])["epoch"]
     with pytest.raises(DataError, match="never evaluated the test set"):
         results_table([tmp_path / "blind"])
+    table = results_table([tmp_path / "blind"], split="val")  # its validation error instead, said so
+    assert "digits validation | digits train" in table and "the validation error of the split" in table
+    assert f"| {100 * history[-1]['val_error']:.2f} |" in table
+    best = min(r["val_error"] for r in history)
+    assert f"| {100 * best:.2f} |" in results_table([tmp_path / "blind"], metric="best", split="val")
     with pytest.raises(ConfigError, match="evaluate_test=false leaves a run nothing to select"):
         parse_overrides([*items, "validation=0", "evaluate_test=false"])
 
@@ -284,6 +289,30 @@ def test_two_study_workers_share_one_grid(experiment):
         run = experiment / "grid" / f"CEP_digits_seed{seed}"
         assert (run / "stdout.log").read_text().count("eqprop: CEP on digits") == 1  # started by one worker
         assert [r["epoch"] for r in read_run(run).metrics] == [1, 2]
+
+
+def test_a_study_on_the_validation_split_tabulates_its_validation_error(experiment, capsys):
+    """An ablation on the validation split (evaluate_test=false, named variants): the study runs its grid and
+    writes the table of validation errors, a row per variant, instead of failing on the missing test errors; its
+    --status shows each run's last validation error."""
+    from eqprop.cli import main
+    from eqprop.training.study import run_study
+
+    (experiment / "ablation.yaml").write_text(
+        EXPERIMENT + "evaluate_test: false\nstudy:\n  variants:\n    chosen: {}\n    beta2: {beta: 0.2}\n"
+    )
+    lines = []
+    runs = run_study(experiment / "ablation.yaml", experiment / "ablation", log=lines.append)
+    assert [r.returncode for r in runs] == [0, 0]
+    table = (experiment / "ablation" / "table.md").read_text()
+    assert "digits validation" in table and "beta=0.2" in table and "test |" not in table
+    for run in runs:
+        assert all("test_error" not in m for m in read_run(run.out_dir).metrics)
+        assert f"| {100 * read_run(run.out_dir).metrics[-1]['val_error']:.2f} |" in table
+    capsys.readouterr()
+    assert main(["study", str(experiment / "ablation.yaml"), "--out", str(experiment / "ablation"), "--status"]) == 0
+    status = capsys.readouterr().out
+    assert status.count("% (validation) |") == 2 and "2 finished" in status
 
 
 def test_a_study_plans_seed_major_and_its_workers_take_runs_in_that_order(experiment):

@@ -296,27 +296,35 @@ def _differing_keys(runs: list[Run]) -> list[str]:
     return sorted(k for k in keys if len({repr(r.config.get(k)) for r in runs}) > 1)
 
 
-def results_table(run_dirs: Sequence[str | Path], metric: str = "final") -> str:
+def results_table(run_dirs: Sequence[str | Path], metric: str = "final", split: str = "test") -> str:
     """Markdown table in Table 1's layout: rows = algorithms, columns = (data set: test, train) error in % (plus
     the top-5 test error for 100- and 1000-class sets), mean ± sample std over seeds, from each run's final epoch
     (``metric='best'``: its lowest test error). Only runs that differ in nothing but the seed (and settings that
     do not change results) share a cell: runs of one algorithm that differ in another setting get rows of their
     own, labelled with it. Each seed counts once (the newest of repeated runs); the notes under the table say, per
-    data set, how many seeds each cell has, which runs were merged, and what set the rows of one algorithm apart."""
+    data set, how many seeds each cell has, which runs were merged, and what set the rows of one algorithm apart.
+    ``split='val'``: the validation error instead of the test error (runs that never read the test set: tuning
+    trials, an ablation on the validation split)."""
     from ..rules.base import algorithm_names
     from .data import dataset_names
 
     if metric not in ("final", "best"):
         raise ValueError(f"metric must be 'final' or 'best', got {metric!r}")
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be 'test' or 'val', got {split!r}")
     finished = [r for r in (read_run(d) for d in run_dirs) if r.metrics]
     if not finished:
         raise DataError("none of the runs has finished an epoch: nothing to tabulate")
-    blind = [str(r.path) for r in finished if "test_error" not in r.metrics[-1]]
-    if blind:
+    key = f"{split}_error"
+    blind = [str(r.path) for r in finished if key not in r.metrics[-1]]
+    if blind and split == "test":
         raise DataError(
             f"{', '.join(blind)} never evaluated the test set (evaluate_test=false, a tuning trial; or "
-            "test_once before the last epoch): a table reports test errors; leave such runs out"
+            "test_once before the last epoch): a table reports test errors; leave such runs out, or tabulate their "
+            "validation error (split 'val', eqprop table --split val)"
         )
+    if blind:
+        raise DataError(f"{', '.join(blind)} held out no validation split (validation=0): no validation error")
     labels = _variants(finished)
     runs, notes = _one_run_per_seed(finished, labels)
     cells: dict[tuple[str, str], list[Run]] = {}
@@ -332,27 +340,29 @@ def results_table(run_dirs: Sequence[str | Path], metric: str = "final") -> str:
     algos = sorted({a for a, _ in cells}, key=row_order)
     sets = sorted({d for _, d in cells}, key=lambda d: order_d.index(d) if d in order_d else len(order_d))
     top5 = {d for d in sets if _many_classes(d)}  # 100- and 1000-class sets also get a top-5 test column
-    columns = [f"{d} test | {d} top-5 test | {d} train" if d in top5 else f"{d} test | {d} train" for d in sets]
+    shown = "test" if split == "test" else "validation"
+    columns = [
+        f"{d} {shown} | {d} top-5 {shown} | {d} train" if d in top5 else f"{d} {shown} | {d} train" for d in sets
+    ]
     lines = ["| algorithm | " + " | ".join(columns) + " |", "|" + " --- |" * (1 + 2 * len(sets) + len(top5))]
 
-    def values(group: list[Run], key: str) -> list[float]:
+    def values(group: list[Run], column: str) -> list[float]:
         rows = [
-            min((m for m in r.metrics if "test_error" in m), key=lambda m: m["test_error"])
-            if metric == "best"
-            else r.final
+            min((m for m in r.metrics if key in m), key=lambda m: m[key]) if metric == "best" else r.final
             for r in group
         ]  # test_once: only the last epoch has a test error
-        return [row[key] for row in rows if key in row]
+        return [row[column] for row in rows if column in row]
 
     for a in algos:
         parts = []
         for d in sets:
             group = cells.get((a, d), [])
-            parts.append(_cell(values(group, "test_error")))
-            parts += [_cell(values(group, "test_top5_error"))] if d in top5 else []
+            parts.append(_cell(values(group, key)))
+            parts += [_cell(values(group, f"{split}_top5_error"))] if d in top5 else []
             parts.append(_cell(values(group, "train_error")))
         lines.append(f"| {a} | " + " | ".join(parts) + " |")
-    lines += ["", f"Error rates in % ({metric} epoch), mean ± sample std over the seeds of each cell."]
+    what = "" if split == "test" else "; the validation error of the split each run held out (no test error)"
+    lines += ["", f"Error rates in % ({metric} epoch), mean ± sample std over the seeds of each cell{what}."]
     for d in sets:
         counts = [
             f"{a} {len(cells[a, d])} ({', '.join(str(r.config['seed']) for r in cells[a, d])})"
@@ -363,8 +373,8 @@ def results_table(run_dirs: Sequence[str | Path], metric: str = "final") -> str:
     for (a, d), group in sorted(cells.items()):
         if len(group) > 1:
             lines.append(f"- {a} on {d} merges {', '.join(str(r.path) for r in group)}")
-    split = sorted({algorithm_of[row] for row in algos if row != algorithm_of[row]})
-    for algorithm in split:
+    several = sorted({algorithm_of[row] for row in algos if row != algorithm_of[row]})
+    for algorithm in several:
         rows = [row for row in algos if algorithm_of[row] == algorithm]
         every = sorted(
             {

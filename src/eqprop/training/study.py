@@ -233,6 +233,7 @@ def study_status(
                 "epochs": int(last.get("epoch", 0)),
                 "of": run.config.epochs,
                 "test_error": last.get("test_error"),
+                "val_error": last.get("val_error"),
             }
         )
     return rows
@@ -308,7 +309,9 @@ def _run(
     finished = [r.out_dir for r in runs if (r.out_dir / "metrics.jsonl").exists()]
     finished += _earlier_runs(out, runs, config, overrides)
     if finished:
-        (out / "table.md").write_text(results_table(finished) + "\n")
+        # a study on the validation split (evaluate_test=false: an ablation, tuning) tabulates its validation error
+        blind = all("test_error" not in m for d in finished for m in read_run(d).metrics)
+        (out / "table.md").write_text(results_table(finished, split="val" if blind else "test") + "\n")
         plot_runs(finished, out / "curves.png", mean_over_seeds=True)
         log(f"eqprop study: wrote {out / 'table.md'} and {out / 'curves.png'}")
     return runs
@@ -371,7 +374,7 @@ def _take_runs_from_storage(
         if run.returncode != 0:
             raise RuntimeError(f"run {run_name} exited with {run.returncode} (see its stdout.log)")
         final = read_run(run.out_dir).final
-        return float(final.get("test_error", float("nan")))
+        return float(final.get("test_error", final.get("val_error", float("nan"))))  # a study on the validation split
 
     def done(study: Any, trial: Any) -> None:
         if not study.get_trials(deepcopy=False, states=waiting):
