@@ -96,7 +96,7 @@ def test_the_exact_solver_ends_at_a_critical_point_of_h_that_the_dynamics_reach(
     assert max(float((a - b).abs().max()) for a, b in zip(back.states[1:], s[1:])) < 1e-7
     settled = [t.detach() for t in FHNDynamicsSolver()(net, net.init_state(x), 1500).states]
     assert bool(net.last_report.settled.all())
-    assert max(float(net.energy_grad(settled, k).abs().max()) for k in range(1, net.depth + 1)) < 1e-5
+    assert max(float(net.energy_grad(settled, k).detach().abs().max()) for k in range(1, net.depth + 1)) < 1e-5
 
 
 def test_the_cubic_root_solves_its_cubic():
