@@ -15,7 +15,6 @@ import torch
 
 from eqprop import one_hot
 from eqprop.core.nudging import EPNudge
-from eqprop.models.resistive import CoordinateDescentSolver
 from eqprop.training.trainer import load_run
 
 REFERENCE = 200  # iterations taken as the steady state
@@ -26,8 +25,7 @@ def gaps(run: str, checkpoint: str, images: int, iterations: list[int], override
     trainer, state = load_run(run, checkpoint, overrides)
     net = trainer.network.double()
     phases = trainer.algorithm.phases
-    free_schedule = phases.settings.schedule
-    nudged_schedule = phases.nudged_schedule or free_schedule
+    free, nudged = phases.solver_for("free"), phases.solver_for("nudged")  # the run's schedules and parity order
     beta = abs(trainer.algorithm.beta)
     x = trainer.data.prepare(trainer.data.train_images[:images], flatten=True).double()
     y = one_hot(trainer.data.train_labels[:images], net.nodes[-1], torch.float64)
@@ -38,11 +36,9 @@ def gaps(run: str, checkpoint: str, images: int, iterations: list[int], override
 
     rows = []
     with torch.no_grad():
-        free = CoordinateDescentSolver(schedule=free_schedule)
         steady = free(net, net.init_state(x), REFERENCE).states
         cells = [largest(free(net, net.init_state(x), t).states, steady) for t in iterations]
-        rows.append(f"| free, from zeros ({free_schedule}) | " + " | ".join(f"{c:.1e}" for c in cells) + " |")
-        nudged = CoordinateDescentSolver(schedule=nudged_schedule)
+        rows.append(f"| free, from zeros ({free.settings.schedule}) | " + " | ".join(f"{c:.1e}" for c in cells) + " |")
         for b in (beta, -beta):
             target = nudged(net, [s.clone() for s in steady], REFERENCE, EPNudge(cost, y, b)).states
             cells = [
@@ -50,7 +46,7 @@ def gaps(run: str, checkpoint: str, images: int, iterations: list[int], override
                 for t in iterations
             ]
             rows.append(
-                f"| nudged at {b:+.3g}, from the free state ({nudged_schedule}) | "
+                f"| nudged at {b:+.3g}, from the free state ({nudged.settings.schedule}) | "
                 + " | ".join(f"{c:.1e}" for c in cells)
                 + " |"
             )

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from eqprop.training.tune import replay_pruner
+from eqprop.training.tune import PRUNERS, replay_pruner
 
 
 def read_curves(folder: Path, epochs: int) -> dict[str, dict[int, float]]:
@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--epochs", type=int, required=True, help="the trials' epochs")
     parser.add_argument("--every", type=int, nargs="+", default=[1], help="--prune-every values to replay")
-    parser.add_argument("--pruner", default="median", choices=["median", "hyperband"])
+    parser.add_argument("--pruner", default="median", choices=[p for p in PRUNERS if p != "none"])
     args = parser.parse_args()
     curves = read_curves(args.folder, args.epochs)
     if not curves:

@@ -152,11 +152,11 @@ def _claim(stem: Path) -> Path:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from .training.config import override_keys
     from .training.trainer import evaluate, load_run
 
     if args.split == "val":  # the split the run held out; another fraction or seed would mix in its training images
-        moved = [o.split("=", 1)[0].strip() for o in args.overrides if "=" in o]
-        moved = [k for k in moved if k.split(".")[-1] in ("validation", "seed")]
+        moved = sorted(override_keys(args.overrides) & {"validation", "seed"})
         if moved:
             raise ConfigError(
                 f"--split val measures the validation split the run held out; {moved} would move it onto images "

@@ -452,6 +452,11 @@ def override_values(items: Sequence[str]) -> dict[str, Any]:
     return changes
 
 
+def override_keys(items: Sequence[str]) -> set[str]:
+    """The flat config keys that ``key=value`` overrides set (``section.key`` and ``key-name`` forms included)."""
+    return {key.split(".")[-1] for key in override_values(items)}
+
+
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read an experiment YAML (following ``base:`` links); returns the merged mapping in sections, ``study``
     included."""

@@ -296,7 +296,7 @@ def _differing_keys(runs: list[Run]) -> list[str]:
     return sorted(k for k in keys if len({repr(r.config.get(k)) for r in runs}) > 1)
 
 
-def results_table(run_dirs: Sequence[str | Path], metric: str = "final", split: str = "test") -> str:
+def results_table(run_dirs: Sequence[str | Path], metric: str = "final", split: str | None = "test") -> str:
     """Markdown table in Table 1's layout: rows = algorithms, columns = (data set: test, train) error in % (plus
     the top-5 test error for 100- and 1000-class sets), mean ± sample std over seeds, from each run's final epoch
     (``metric='best'``: its lowest test error). Only runs that differ in nothing but the seed (and settings that
@@ -304,17 +304,19 @@ def results_table(run_dirs: Sequence[str | Path], metric: str = "final", split: 
     own, labelled with it. Each seed counts once (the newest of repeated runs); the notes under the table say, per
     data set, how many seeds each cell has, which runs were merged, and what set the rows of one algorithm apart.
     ``split='val'``: the validation error instead of the test error (runs that never read the test set: tuning
-    trials, an ablation on the validation split)."""
+    trials, an ablation on the validation split); ``split=None``: 'val' when no run read the test set, else 'test'."""
     from ..rules.base import algorithm_names
     from .data import dataset_names
 
     if metric not in ("final", "best"):
         raise ValueError(f"metric must be 'final' or 'best', got {metric!r}")
-    if split not in ("test", "val"):
-        raise ValueError(f"split must be 'test' or 'val', got {split!r}")
+    if split not in ("test", "val", None):
+        raise ValueError(f"split must be 'test', 'val' or None, got {split!r}")
     finished = [r for r in (read_run(d) for d in run_dirs) if r.metrics]
     if not finished:
         raise DataError("none of the runs has finished an epoch: nothing to tabulate")
+    if split is None:
+        split = "test" if any("test_error" in m for r in finished for m in r.metrics) else "val"
     key = f"{split}_error"
     blind = [str(r.path) for r in finished if key not in r.metrics[-1]]
     if blind and split == "test":

@@ -42,7 +42,7 @@ from ..rules.phases import Phases
 from ..rules.signals import KnowledgeDistillation, LocalError, WeightedKnowledgeDistillation
 from . import distributed
 from .callbacks import BatchFunction, Callback, Diagnostics, DivergenceError, DivergenceGuard, KappaSchedule
-from .config import INCIDENTAL, SECTIONS, ConfigError, TrainConfig, config_from_dict, parse_overrides
+from .config import INCIDENTAL, SECTIONS, ConfigError, TrainConfig, config_from_dict, override_keys, parse_overrides
 from .data import Augmentation, ImageData, epoch_batches, load_dataset, normalize_as
 from .memory import require_fits
 from .optim import layer_rates, make_optimizer, make_scheduler
@@ -529,7 +529,7 @@ class Trainer:
                 f"keys that may change are {list(cls.RESUMABLE_OVERRIDES)}"
             )
         stop, done = changed.stop_after_epoch, state["epoch"]
-        asked = any(o.split("=", 1)[0].strip().split(".")[-1] == "stop_after_epoch" for o in overrides)
+        asked = "stop_after_epoch" in override_keys(overrides)
         if asked and stop is not None and stop <= done:  # the saved one may lie behind: it is not asked for
             raise ConfigError(
                 f"stop_after_epoch={stop} (--until): {run_dir} has done {done} epochs already; give an epoch after "
