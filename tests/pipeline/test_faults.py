@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -325,6 +326,30 @@ def test_help_and_the_parser_do_not_import_torch():
         """
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
+
+
+def test_counting_parameters_on_the_meta_device_imports_no_dynamo():
+    """Every run counts its model's parameters on the meta device before building it (the memory check). An
+    operation with a Python meta kernel there (torch.cat, a division) imports torch._dynamo, seconds of every start;
+    the count itself is checked against the layer sizes written out by hand."""
+    code = textwrap.dedent(
+        """
+        import sys
+        from eqprop.training.config import TrainConfig, load_config, parse_overrides
+        from eqprop.training.trainer import count_parameters
+        drn = count_parameters(load_config("configs/resistive/fast_drn/1h_ep.yaml"), (1, 28, 28), 10)
+        assert drn == 2 * 784 * 1024 + 1024 + 1024 * 10 + 10, drn  # conductances and biases, sources (x, -x)
+        fhn_config = parse_overrides(["model=fhn", "hidden=[64]", "gains=[0.5,0.5]"], TrainConfig())
+        fhn = count_parameters(fhn_config, (1, 8, 8), 10)
+        assert fhn == 64 * 64 + 64 + 64 * 10 + 10, fhn  # weights and bias currents (a, b, eps are buffers)
+        count_parameters(load_config("configs/rhel/digits_rhel.yaml"), (1, 8, 8), 10)
+        count_parameters(TrainConfig(), (1, 8, 8), 10)
+        assert "torch._dynamo" not in sys.modules, "torch._dynamo was imported"
+        """
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 # ------------------------------------------------------------------------------------- what a user misses

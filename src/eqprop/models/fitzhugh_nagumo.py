@@ -221,7 +221,8 @@ class FHNNetwork(nn.Module):
         for k in range(1, self.depth + 1):
             bound = self.gains[k - 1] / math.sqrt(self.sizes[k - 1])
             self.p("w", k).uniform_(-bound, bound)
-            self.p("i", k).copy_(self.p("a", k) / self.p("b", k))
+            # in place, a/b: a division has a Python meta kernel that imports torch._dynamo (count_parameters)
+            self.p("i", k).copy_(self.p("a", k)).div_(self.p("b", k))
             if self.skips and k >= 2:
                 self.p("s", k).uniform_(-bound / 2, bound / 2)
 

@@ -117,7 +117,7 @@ class LinearHRU(HamiltonianUnit):
     def __init__(self, input_size: int, size: int, a_range: tuple[float, float] = (0.1, 1.0)) -> None:
         super().__init__(input_size, size)
         self.log_a = nn.Parameter(torch.empty(size).uniform_(*a_range).log())
-        self.B = nn.Parameter(torch.randn(size, input_size) / math.sqrt(input_size))
+        self.B = nn.Parameter(torch.randn(size, input_size).div_(math.sqrt(input_size)))
 
     @property
     def a(self) -> Tensor:
@@ -155,7 +155,7 @@ class NonlinearHRU(HamiltonianUnit):
         super().__init__(input_size, size)
         self.alpha = float(alpha)
         self.a = nn.Parameter(torch.empty(size).uniform_(*a_range))
-        self.B = nn.Parameter(torch.randn(size, input_size) / math.sqrt(input_size))
+        self.B = nn.Parameter(torch.randn(size, input_size).div_(math.sqrt(input_size)))
         self.b = nn.Parameter(torch.zeros(size))
 
     def potential(self, phi, u):

@@ -115,10 +115,13 @@ class DeepResistiveNetwork(nn.Module):
         self.reset_parameters()
         # the diodes: the half-line of every hidden unit (the output layer is linear)
         for k in range(1, len(nodes) - 1):
-            half = nodes[k] // 2
-            low = torch.cat([torch.zeros(half), torch.full((nodes[k] - half,), -math.inf)])
+            half, rest = nodes[k] // 2, nodes[k] - nodes[k] // 2
+            # from lists, not torch.cat/neg: those have Python meta kernels, and the parameter count on the meta
+            # device (count_parameters) would import torch._dynamo for them (seconds in every run)
+            low = torch.tensor([0.0] * half + [-math.inf] * rest)
+            high = torch.tensor([math.inf] * rest + [-0.0] * half)  # = -low.flip(0), bit for bit
             self.register_buffer(f"low{k}", low, persistent=False)
-            self.register_buffer(f"high{k}", -low.flip(0), persistent=False)
+            self.register_buffer(f"high{k}", high, persistent=False)
 
     # ---- structure -------------------------------------------------------------------------------------------
     @property
