@@ -13,3 +13,21 @@ def test_readme_example_runs():
     exec(compile(block, "README.md", "exec"), scope)
     assert scope["result"].free.iterations == 60
     assert all(p.grad is not None for p in scope["net"].parameters())
+
+
+def test_the_citation_file_is_valid_and_names_this_version():
+    """CITATION.cff: its version is the package's, and it is valid Citation File Format 1.2.0 (checked by
+    cffconvert against the format's schema where cffconvert is installed)."""
+    import yaml
+
+    import eqprop
+
+    root = Path(__file__).resolve().parents[2]
+    meta = yaml.safe_load((root / "CITATION.cff").read_text(encoding="utf-8"))
+    assert meta["cff-version"] == "1.2.0" and meta["title"] and meta["authors"]
+    assert str(meta["version"]) == eqprop.__version__
+    pyproject = (root / "pyproject.toml").read_text()
+    assert f'version = "{meta["version"]}"' in pyproject
+    assert all(ref["title"] and ref["authors"] for ref in meta["references"])
+    cffconvert = pytest.importorskip("cffconvert")
+    cffconvert.Citation((root / "CITATION.cff").read_text(encoding="utf-8")).validate()  # raises on a schema error
