@@ -44,7 +44,7 @@ def make_optimizer(
         biases = [{"params": [p for p in g if p.dim() == 1], "lr": lr} for g, lr in zip(groups, blrs)]
         param_groups = [group for group in weights + biases if group["params"]]
     coupled = 0.0 if decoupled else weight_decay
-    fused = all(_fusable(p) for group in param_groups for p in group["params"]) or None
+    fused = all(_fusable(p) for group in groups for p in group) or None
     opt = torch.optim.SGD(
         param_groups, lr=lrs[0], momentum=momentum, weight_decay=coupled, nesterov=nesterov, fused=fused
     )
