@@ -478,6 +478,22 @@ def test_the_random_schemes_signs_continue_after_a_checkpoint(name):
     assert get_algorithm("CEP").state_dict() == {}
 
 
+@pytest.mark.parametrize("name", ["PC-REP", "REP", "RCpL"])
+def test_the_random_schemes_signs_without_a_seed_follow_torch_manual_seed(name):
+    """Without ``seed`` the signs come from a seed drawn from torch's global generator: ``torch.manual_seed`` fixes
+    them as it fixes the rest of a run (they used to come from the operating system's entropy, so a test or a
+    notebook cell that set torch's seed drew different signs each time)."""
+
+    def signs(seed: int) -> list[tuple[float, float]]:
+        torch.manual_seed(seed)
+        rule = get_algorithm(name, beta=0.1)
+        return [rule.next_betas() for _ in range(40)]
+
+    assert signs(0) == signs(0)
+    assert signs(0) != signs(1)
+    assert {b for _, b in signs(0)} == {0.1, -0.1}
+
+
 @pytest.mark.slow
 def test_sigterm_to_a_cli_run_leaves_a_resumable_checkpoint(tmp_path):
     out = tmp_path / "run"

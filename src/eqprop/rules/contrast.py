@@ -16,6 +16,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ..core.nudging import Beta, Cost, EPNudge
@@ -34,7 +35,8 @@ SCHEME_ALIASES = {"forward": "positive", "backward": "negative"}
 
 
 class Scheme:
-    """Nudging values (beta_1, beta_2) of a scheme at strength ``beta``; ``seed`` seeds the random scheme."""
+    """Nudging values (beta_1, beta_2) of a scheme at strength ``beta``; ``seed`` seeds the random scheme (None:
+    a seed drawn from torch's global generator, so that ``torch.manual_seed`` fixes the signs too)."""
 
     def __init__(self, name: str, beta: float, seed: int | None = None) -> None:
         name = SCHEME_ALIASES.get(name, name)
@@ -43,6 +45,8 @@ class Scheme:
                 f"unknown scheme {name!r}; valid schemes are {sorted(SCHEMES)} (or {sorted(SCHEME_ALIASES)})"
             )
         self.name, self.beta = name, float(beta)
+        if seed is None and name == "random":  # reproducible under torch.manual_seed, as the rest of a run is
+            seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
         self._rng = random.Random(seed)
         if name != "random" and self.betas[0] == self.betas[1]:
             raise ValueError(f"the two nudging values must differ, got beta_1 = beta_2 = {self.betas[0]}")
