@@ -483,6 +483,10 @@ def test_the_baseline_is_the_configs_own_settings_queued_once(experiment, capsys
     )
     table = capsys.readouterr().out
     assert "| 0 (baseline)" in table and "| beta | lrs | objective | epochs |" in table and "**best**" in table
+    # the storage alone (copied to a machine without the run directories) still tells each trial's epochs
+    (experiment / "out").rename(experiment / "elsewhere")
+    assert tune_status(experiment / "exp.yaml", experiment / "out", storage, "s") == rows
+    (experiment / "elsewhere").rename(experiment / "out")
     with pytest.raises(ConfigError, match="no study in"):
         tune_status(experiment / "exp.yaml", experiment / "nowhere")
     assert main(["tune", str(experiment / "exp.yaml"), "--out", str(experiment / "out")]) == 2  # no --space

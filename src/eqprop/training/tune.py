@@ -494,8 +494,8 @@ def tune_status(
 ) -> list[dict[str, Any]]:
     """Every trial of a study, without starting anything (``eqprop tune CONFIG --status``): per trial its number,
     state (Optuna's: COMPLETE, RUNNING, FAIL, PRUNED, WAITING), parameters, objective (the best validation error;
-    None before the trial finishes), epochs written to its run directory, and whether it is the baseline or the
-    retry of a killed worker's trial."""
+    None before the trial finishes), epochs trained (as reported to the storage, else from its run directory), and
+    whether it is the baseline or the retry of a killed worker's trial."""
     from .results import read_run
 
     study = _existing_study(config, out, storage, study_name)
@@ -503,9 +503,13 @@ def tune_status(
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("surplus"):
             continue
+        # the epochs each trial reported to the storage, so that a study's storage copied to another machine
+        # (without the run directories) tells them too; a run directory fills in a trial that reported none
+        epochs = max(t.intermediate_values, default=0)
         run_dir = t.user_attrs.get("run_dir")
-        metrics = read_run(run_dir).metrics if run_dir and (Path(run_dir) / "config.json").exists() else []
-        epochs = int(metrics[-1]["epoch"]) if metrics else 0
+        if not epochs and run_dir and (Path(run_dir) / "config.json").exists():
+            metrics = read_run(run_dir).metrics
+            epochs = int(metrics[-1]["epoch"]) if metrics else 0
         rows.append(
             {
                 "trial": t.number,
